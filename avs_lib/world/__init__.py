@@ -1,0 +1,1 @@
+"""Composed AVS worlds: asset libraries, clip composition, AVSBench/VPO writers."""

@@ -1,0 +1,243 @@
+"""Write composed worlds in the exact on-disk layouts of AVSBench (S4, MS3, AVSS) and VPO.
+
+Written under ``out/``::
+
+    Single-source/   s4_meta_data.csv, s4_sources.jsonl, s4_data/{visual_frames,gt_masks,audio_wav,audio_log_mel}/...
+    Multi-sources/   ms3_meta_data.csv, ms3_sources.jsonl, ms3_data/...
+    AVSS/            metadata.csv, label2idx.json, sources.jsonl, {v1s,v1m,v2}/{uid}/{frames,labels_rgb}/..., audio.wav
+    VPO/             vpo_msmi_data_stereo.csv, vpo_msmi_sources.jsonl, data/, mask/, VGGSound/audios/
+    world.json       the configuration, the class list and the asset library
+
+The ``*_sources.jsonl`` sidecars (one JSON object per clip) record the true sources of every clip:
+class, member, on or off screen, sounding or silent, gain, instance id and per-frame boxes.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from PIL import Image
+from tqdm.auto import tqdm
+
+from avs_lib.audio import per_second_vggish_examples
+from avs_lib.data.palette import voc_palette
+from avs_lib.world.assets import AssetLibrary, load_library
+from avs_lib.world.compose import Clip, WorldConfig, compose_clip
+
+WORLD_FORMAT_VERSION = 1
+JPEG_QUALITY = 92
+
+
+def _png(array: np.ndarray, path: Path, palette: np.ndarray | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(array)
+    if palette is not None:  # putpalette turns an L image into a P image, keeping the indices
+        img.putpalette(palette.reshape(-1).tolist())
+    img.save(path, format="PNG")
+
+
+def _jpg(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="JPEG", quality=JPEG_QUALITY)
+
+
+def _wav(audio: np.ndarray, path: Path, sample_rate: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(str(path), audio, sample_rate, subtype="PCM_16", format="WAV")
+
+
+class _TensorPickler(pickle.Pickler):
+    """Pickles a tensor as ``torch.from_numpy(array)``: it loads as the same tensor, and unlike
+    torch's own reduction (which embeds a memory address) the bytes depend only on the values."""
+
+    def reducer_override(self, obj):
+        import torch
+
+        if isinstance(obj, torch.Tensor):
+            return torch.from_numpy, (obj.detach().cpu().numpy(),)
+        return NotImplemented
+
+
+def _log_mel_pickle(audio: np.ndarray, frames: int, sample_rate: int, path: Path) -> None:
+    """AVSBench stores a pickled torch tensor [T, 1, 96, 64] per clip."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    examples = torch.from_numpy(per_second_vggish_examples(audio, frames, sample_rate))
+    with open(path, "wb") as fh:
+        _TensorPickler(fh, protocol=4).dump(examples)
+
+
+def _mask255(mask: np.ndarray) -> np.ndarray:
+    return (mask > 0).astype(np.uint8) * 255
+
+
+def _sidecar_record(clip: Clip, **extra) -> dict:
+    return {"name": clip.name, "subset": clip.subset, "split": clip.split, "label": clip.label,
+            "frames": int(clip.frames.shape[0]), "background": clip.background,
+            "sources": [s.to_dict() for s in clip.sources], **extra}
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    with open(path, "w") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, sort_keys=True) + "\n")
+
+
+# ----------------------------------------------------------------------------- per subset
+def _write_s4(clip: Clip, root: Path, sr: int) -> list:
+    """Frames and audio under split/category/name; train keeps the mask of frame 1 only, as AVSBench."""
+    category = next(s.class_name for s in clip.sources if s.on_screen and s.sounding)
+    base = root / "Single-source" / "s4_data"
+    masks = clip.binary_masks()
+    for t in range(len(clip.frames)):
+        _png(clip.frames[t], base / "visual_frames" / clip.split / category / clip.name / f"{clip.name}_{t + 1}.png")
+        if clip.split != "train" or t == 0:
+            _png(_mask255(masks[t]), base / "gt_masks" / clip.split / category / clip.name / f"{clip.name}_{t + 1}.png")
+    _wav(clip.audio, base / "audio_wav" / clip.split / category / f"{clip.name}.wav", sr)
+    _log_mel_pickle(clip.audio, len(clip.frames), sr, base / "audio_log_mel" / clip.split / category / f"{clip.name}.pkl")
+    return [clip.name, 0, category, clip.split]
+
+
+def _write_ms3(clip: Clip, root: Path, sr: int) -> list:
+    base = root / "Multi-sources" / "ms3_data"
+    masks = clip.binary_masks()
+    for t in range(len(clip.frames)):
+        _png(clip.frames[t], base / "visual_frames" / clip.name / f"{clip.name}.mp4_{t + 1}.png")
+        _png(_mask255(masks[t]), base / "gt_masks" / clip.split / clip.name / f"{clip.name}_{t + 1}.png")
+    _wav(clip.audio, base / "audio_wav" / clip.split / f"{clip.name}.wav", sr)
+    _log_mel_pickle(clip.audio, len(clip.frames), sr, base / "audio_log_mel" / clip.split / f"{clip.name}.pkl")
+    return [clip.name, clip.split]
+
+
+def _write_avss(clip: Clip, root: Path, sr: int) -> list:
+    base = root / "AVSS" / clip.label / clip.name
+    semantic = clip.semantic_masks()
+    palette = voc_palette()
+    for t in range(len(clip.frames)):
+        _jpg(clip.frames[t], base / "frames" / f"{t}.jpg")
+        _png(semantic[t], base / "labels_rgb" / f"{t}.png", palette=palette)
+    _wav(clip.audio, base / "audio.wav", sr)
+    audible = sorted({s.class_name for s in clip.sources if s.on_screen and s.sounding})
+    return [clip.name, clip.name, 0, 0, ";".join(audible), clip.split, clip.label]
+
+
+def _write_msmi(clip: Clip, root: Path, sr: int, clip_number: int) -> tuple[list[list], dict]:
+    """VPO is image-level: every frame of a clip becomes one record with its own 1 s of audio.
+    ``ann_Ids`` lists the sounding instances (VPO keeps masks of audible objects only)."""
+    base = root / "VPO"
+    category = clip.sources[0].class_name
+    cate_id = clip.sources[0].class_index + 1
+    rows, img_ids, ann_of = [], [], {}
+    for t in range(len(clip.frames)):
+        img_id = clip_number * 100 + t + 1
+        img_ids.append(img_id)
+        _jpg(clip.frames[t], base / "data" / category / f"{img_id:012d}.jpg")
+        ann_ids = []
+        for inst in clip.sounding_instances:
+            ann_id = img_id * 100 + inst + 1
+            ann_ids.append(ann_id)
+            ann_of.setdefault(str(inst), []).append(ann_id)
+            _png(_mask255(clip.instance_mask(inst)[t]), base / "mask" / category / f"{img_id:012d}_{ann_id:012d}.png")
+        vgg_file = f"{clip.name}_{t}"
+        _wav(clip.audio[t * sr : (t + 1) * sr], base / "VGGSound" / "audios" / f"{vgg_file}.wav", sr)
+        rows.append([category, cate_id, img_id, " ".join(str(a) for a in ann_ids), vgg_file, clip.split])
+    return rows, {"img_ids": img_ids, "ann_ids_by_instance": ann_of}
+
+
+# ----------------------------------------------------------------------------- the world
+_WORKER_STATE: dict = {}  # set in the parent before forking workers; read-only in them
+
+
+def _write_clip(subset: str, index: int, cfg: WorldConfig, out: Path, library: AssetLibrary) -> tuple[str, list, dict]:
+    clip = compose_clip(library, subset, index, cfg)
+    sr = cfg.sample_rate
+    if subset == "s4":
+        return clip.split, [_write_s4(clip, out, sr)], _sidecar_record(clip)
+    if subset == "ms3":
+        return clip.split, [_write_ms3(clip, out, sr)], _sidecar_record(clip)
+    if subset == "avss":
+        return clip.split, [_write_avss(clip, out, sr)], _sidecar_record(clip)
+    frame_rows, ids = _write_msmi(clip, out, sr, index + 1)
+    return clip.split, frame_rows, _sidecar_record(clip, vpo=ids)
+
+
+def _write_clip_in_worker(job: tuple[str, int]) -> tuple[str, list, dict]:
+    return _write_clip(*job, _WORKER_STATE["cfg"], _WORKER_STATE["out"], _WORKER_STATE["library"])
+
+
+def write_world(cfg: WorldConfig, out: str | Path, progress: bool = True, library: AssetLibrary | None = None,
+                workers: int = 1) -> dict:
+    """Compose ``cfg.clips`` clips of each subset and write them under ``out``; returns a summary.
+
+    The same configuration always writes byte-identical files, whatever ``workers`` is: each clip
+    has its own random stream and the metadata rows are written in clip order.
+    """
+    out = Path(out)
+    library = library or load_library(cfg.kind, cfg.sample_rate)
+    out.mkdir(parents=True, exist_ok=True)
+    class_names = library.class_names
+    summary: dict = {"root": str(out), "library": library.kind, "classes": class_names, "subsets": {}}
+    pool = None
+    if workers > 1:
+        import multiprocessing
+
+        _WORKER_STATE.update(cfg=cfg, out=out, library=library)
+        pool = multiprocessing.get_context("fork").Pool(workers)
+    try:
+        for subset in cfg.subsets:
+            jobs = [(subset, index) for index in range(cfg.clips)]
+            results = (pool.imap(_write_clip_in_worker, jobs, chunksize=4) if pool
+                       else (_write_clip(s, i, cfg, out, library) for s, i in jobs))
+            rows, records, counts = [], [], {}
+            for split, clip_rows, record in tqdm(results, total=len(jobs), desc=f"world {subset}", disable=not progress, unit="clip"):
+                counts[split] = counts.get(split, 0) + 1
+                rows.extend(clip_rows)
+                records.append(record)
+            _write_subset_metadata(subset, out, rows, records, class_names)
+            summary["subsets"][subset] = counts
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+            _WORKER_STATE.clear()
+    meta = {"format_version": WORLD_FORMAT_VERSION, "config": asdict(cfg), "library": library.kind,
+            "classes": class_names, "members": {c.name: [m.name for m in c.members] for c in library.classes}}
+    (out / "world.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    return summary
+
+
+def _write_subset_metadata(subset: str, out: Path, rows: list, records: list, class_names: list[str]) -> None:
+    if subset == "s4":
+        _write_csv(out / "Single-source" / "s4_meta_data.csv", ["name", "start_time", "category", "split"], rows)
+        _write_jsonl(out / "Single-source" / "s4_sources.jsonl", records)
+    elif subset == "ms3":
+        _write_csv(out / "Multi-sources" / "ms3_meta_data.csv", ["name", "split"], rows)
+        _write_jsonl(out / "Multi-sources" / "ms3_sources.jsonl", records)
+    elif subset == "avss":
+        _write_csv(out / "AVSS" / "metadata.csv", ["vid", "uid", "s_min", "s_sec", "a_obj", "split", "label"], rows)
+        _write_jsonl(out / "AVSS" / "sources.jsonl", records)
+        label2idx = {"background": 0, **{name: i + 1 for i, name in enumerate(class_names)}}
+        (out / "AVSS" / "label2idx.json").write_text(json.dumps(label2idx, indent=1) + "\n")
+    else:
+        _write_csv(out / "VPO" / "vpo_msmi_data_stereo.csv", ["cateName", "cateId", "img_Id", "ann_Ids", "vgg_file", "split"], rows)
+        _write_jsonl(out / "VPO" / "vpo_msmi_sources.jsonl", records)
+
+
+def world_roots(out: str | Path) -> dict[str, tuple[Path, str]]:
+    """Where each subset of a written world lives, as (root, layout) for the loaders."""
+    out = Path(out)
+    return {"s4": (out, "s4"), "ms3": (out, "ms3"), "avss": (out / "AVSS", "avss"), "msmi": (out / "VPO", "vpo")}

@@ -1,0 +1,102 @@
+"""A written world read back through the loaders gives the masks that were composed."""
+import json
+
+import numpy as np
+import pytest
+
+from avs_lib.data.convert import avss_to_ddeseg
+from avs_lib.data.datasets import AVSDataset, load_sources
+from avs_lib.world.compose import compose_clip
+from avs_lib.world.write import world_roots
+
+
+def _by_clip(dataset):
+    out = {}
+    for index, rec in enumerate(dataset.records):
+        out.setdefault(rec.clip, {})[rec.frame] = index
+    return out
+
+
+def test_s4_and_ms3_masks_round_trip(small_world):
+    cfg, library, root = small_world
+    for subset in ("s4", "ms3"):
+        dataset = AVSDataset(*world_roots(root)[subset])
+        assert len(dataset.clips) == cfg.clips
+        for name, frames in _by_clip(dataset).items():
+            clip = compose_clip(library, subset, int(name.split("_")[1]), cfg)
+            expected = clip.binary_masks()
+            for t, index in frames.items():
+                sample = dataset[index]
+                assert sample["image"].shape == (3, cfg.size, cfg.size)
+                assert sample["audio"].shape == (cfg.sample_rate,)
+                if sample["mask_valid"]:
+                    np.testing.assert_array_equal(sample["mask"].numpy(), expected[t])
+                else:  # AVSBench S4 train clips carry the first mask only
+                    assert subset == "s4" and sample["split"] == "train" and t > 0
+
+
+def test_avss_semantic_masks_round_trip_in_both_layouts(small_world, tmp_path):
+    cfg, library, root = small_world
+    avss_root, layout = world_roots(root)["avss"]
+    original = AVSDataset(avss_root, layout)
+    ddeseg_root = tmp_path / "ddeseg"
+    assert avss_to_ddeseg(avss_root, ddeseg_root) == len(original)
+    reorganised = AVSDataset(ddeseg_root, "avss-ddeseg")
+    reorganised_index = {(r.clip, r.frame): i for i, r in enumerate(reorganised.records)}
+    label2idx = json.loads((ddeseg_root / "label2idx.json").read_text())
+    assert label2idx["background"] == 1 and min(label2idx.values()) == 1
+    for name, frames in _by_clip(original).items():
+        clip = compose_clip(library, "avss", int(name.split("_")[1]), cfg)
+        expected = clip.semantic_masks()
+        assert len(frames) == len(expected) == (10 if clip.label == "v2" else 5)
+        for t, index in frames.items():
+            np.testing.assert_array_equal(original[index]["mask"].numpy(), expected[t])
+            again = reorganised[reorganised_index[(name, t)]]
+            np.testing.assert_array_equal(again["mask"].numpy(), expected[t])
+            np.testing.assert_allclose(again["audio"].numpy(), original[index]["audio"].numpy(), atol=1e-6)
+
+
+def test_msmi_vpo_masks_round_trip(small_world):
+    cfg, library, root = small_world
+    vpo_root, layout = world_roots(root)["msmi"]
+    dataset = AVSDataset(vpo_root, layout, vpo_subset="msmi")
+    sources = load_sources(vpo_root, layout)
+    assert len(sources) == cfg.clips
+    checked = 0
+    for name, record in sources.items():
+        clip = compose_clip(library, "msmi", int(name.split("_")[1]), cfg)
+        expected = clip.semantic_masks()
+        for t, img_id in enumerate(record["vpo"]["img_ids"]):
+            index = dataset.clips[f"{img_id:012d}"][0]
+            np.testing.assert_array_equal(dataset[index]["mask"].numpy(), expected[t])
+            checked += 1
+    assert checked == cfg.clips * cfg.frames
+
+
+def test_sources_sidecar_describes_the_clip(small_world):
+    cfg, library, root = small_world
+    sources = load_sources(*world_roots(root)["ms3"])
+    for name, record in sources.items():
+        clip = compose_clip(library, "ms3", int(name.split("_")[1]), cfg)
+        on_screen_sounding = [s for s in record["sources"] if s["on_screen"] and s["sounding"]]
+        assert 2 <= len(on_screen_sounding) <= 3
+        assert [s["instance"] for s in on_screen_sounding] == clip.sounding_instances
+        for s in record["sources"]:
+            assert library.classes[s["class_index"]].name == s["class_name"]
+            if s["on_screen"]:
+                assert len(s["bboxes"]) == cfg.frames
+            else:  # off-screen sources are never seen
+                assert s["bboxes"] is None and s["class_index"] not in {o["class_index"] for o in on_screen_sounding}
+
+
+def test_msmi_sounding_instance_is_larger_than_its_silent_siblings(small_world):
+    cfg, library, _ = small_world
+    for index in range(cfg.clips):
+        clip = compose_clip(library, "msmi", index, cfg)
+        assert len({s.class_index for s in clip.sources if s.on_screen}) == 1
+        area = {s.instance: (clip.instance_map == s.instance).sum() for s in clip.sources if s.on_screen}
+        sounding = clip.sounding_instances
+        silent = [i for i in area if i not in sounding]
+        assert sounding and silent
+        # Same base size, but the sounding ones grow with loudness (occlusion aside, they cover more pixels).
+        assert max(area[i] for i in sounding) > min(area[i] for i in silent)
