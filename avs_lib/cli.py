@@ -89,6 +89,10 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
                                         seed=args.seed, out=str(out), quiet=False, workers=args.workers)
         _cmd_world(world_args)
     print(describe_world(out))
+    from avs_lib.plots import world_overview
+
+    figure = world_overview(out, Path(args.figures) / "world_overview.png")
+    print(f"figure: {figure}")
     return 0
 
 
@@ -127,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=workers)
     p.add_argument("--rebuild", action="store_true", help="rebuild the world even if it exists")
+    p.add_argument("--figures", default="figures", help="where figures go (default: figures/)")
     p.set_defaults(func=_cmd_pipeline)
     return parser
 

@@ -138,7 +138,7 @@ def _background_photos() -> list[tuple[str, Path]]:
         import skimage
 
         data_dir = Path(skimage.__file__).parent / "data"
-        for name in ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg"]:
+        for name in ["astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png"]:
             if (data_dir / name).exists():
                 found.append((f"skimage:{name}", data_dir / name))
     except ImportError:

@@ -196,9 +196,13 @@ def _bboxes(instance_map: np.ndarray, instance: int) -> list[list[int]]:
 
 # ----------------------------------------------------------------------------- clip sampling
 def _split_of(index: int, clips: int, splits: tuple[float, float, float]) -> str:
-    """Contiguous blocks: the first 70 % of clip indices are train, and so on."""
-    n_train = int(round(splits[0] * clips))
+    """Contiguous blocks: the first ~70 % of clip indices are train, then val, then test. From 3
+    clips on, val and test get at least one clip each, so a small world can still be evaluated."""
     n_val = int(round(splits[1] * clips))
+    n_test = int(round(splits[2] * clips))
+    if clips >= 3:
+        n_val, n_test = max(1, n_val), max(1, n_test)
+    n_train = max(0, clips - n_val - n_test)
     if index < n_train:
         return "train"
     return "val" if index < n_train + n_val else "test"

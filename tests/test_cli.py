@@ -1,0 +1,43 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from avs_lib.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_help_lists_subcommands(capsys):
+    try:
+        main(["--help"])
+    except SystemExit as exit_:
+        assert exit_.code == 0
+    out = capsys.readouterr().out
+    for command in ["world", "check-data", "summary", "pipeline"]:
+        assert command in out
+
+
+def test_world_command_writes_a_checkable_world(tmp_path, capsys):
+    out = tmp_path / "w"
+    code = main(["world", "--kind", "procedural", "--subsets", "s4,msmi", "--clips", "3", "--size", "32",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["subsets"] == {"s4": {"train": 1, "val": 1, "test": 1}, "msmi": {"train": 1, "val": 1, "test": 1}}
+    assert main(["check-data", str(out), "--layout", "s4", "--quiet"]) == 0
+    assert main(["check-data", str(out / "VPO"), "--layout", "vpo", "--quiet"]) == 0
+    assert main(["summary", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "3 clips" in text and "procedural" in text
+
+
+def test_unknown_subset_is_a_clear_error(tmp_path, capsys):
+    assert main(["world", "--kind", "procedural", "--subsets", "s5", "--out", str(tmp_path), "--quiet"]) == 2
+    assert "unknown subsets ['s5']" in capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    avs = Path(sys.executable).parent / "avs"
+    result = subprocess.run([str(avs), "check-data", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--layout" in result.stdout
