@@ -1,0 +1,205 @@
+"""DDESeg's semantic memory (Step 1 of the Dynamic Derivation Module, Eq. 2-4).
+
+From single-source audio features of each class c:
+
+* Eq. 2: the class centroid mu^c, the mean of the class's features;
+* Eq. 3: k-means partitions the class into k sub-clusters with centroids mu_j^c;
+* Eq. 4: in each sub-cluster, the m features nearest its centroid are the class's
+  discriminative features x_rep_j^c.
+
+The k-means runs for all classes at once on padded [C, N_max, d] tensors, on the caller's device,
+deterministically for a seed (k-means++ seeding from a ``torch.Generator``, best of ``n_init``
+restarts by inertia).
+
+Choices where the paper is silent (also in the README's notes):
+
+* a sub-cluster with fewer than m members fills its m slots by repeating its members, nearest
+  first (the paper assumes |C_j^c| >= m);
+* a class with fewer than k features is an error naming the class, not a silent shrink of k.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MEMORY_FORMAT_VERSION = 1
+
+
+@dataclass
+class SemanticMemory:
+    centroids: torch.Tensor  # [C, d]        Eq. 2
+    subcentroids: torch.Tensor  # [C, k, d]  Eq. 3
+    features: torch.Tensor  # [C, k, m, d]   Eq. 4, the discriminative features
+    class_names: list[str]
+    inertia: torch.Tensor  # [C] sum of squared distances to the assigned sub-centroid
+    meta: dict = field(default_factory=dict)  # encoder, source-data hash, ...
+
+    @property
+    def k(self) -> int:
+        return self.subcentroids.shape[1]
+
+    @property
+    def m(self) -> int:
+        return self.features.shape[2]
+
+    @property
+    def dim(self) -> int:
+        return self.centroids.shape[1]
+
+    def to(self, device: torch.device | str) -> "SemanticMemory":
+        return SemanticMemory(self.centroids.to(device), self.subcentroids.to(device), self.features.to(device),
+                              list(self.class_names), self.inertia.to(device), dict(self.meta))
+
+
+# ----------------------------------------------------------------------------- batched k-means
+def _squared_distances(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """[C, N, d] x [C, k, d] -> [C, N, k]."""
+    return (x.pow(2).sum(-1, keepdim=True) - 2 * x @ centres.transpose(1, 2) + centres.pow(2).sum(-1).unsqueeze(1)).clamp_min(0)
+
+
+def _kmeans_plus_plus(x: torch.Tensor, valid: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding per class: each new centre drawn with probability proportional to D^2."""
+    C, N, d = x.shape
+    batch = torch.arange(C, device=x.device)
+    weights = valid.float()
+    first = torch.multinomial(weights.cpu(), 1, generator=generator).squeeze(1).to(x.device)
+    centres = [x[batch, first]]
+    closest = _squared_distances(x, centres[0].unsqueeze(1)).squeeze(-1)
+    for _ in range(1, k):
+        probs = (closest * valid).cpu()
+        # all-duplicate classes have zero D^2 everywhere: fall back to uniform over valid rows
+        probs = torch.where(probs.sum(1, keepdim=True) > 0, probs, weights.cpu())
+        pick = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(x.device)
+        centres.append(x[batch, pick])
+        closest = torch.minimum(closest, _squared_distances(x, centres[-1].unsqueeze(1)).squeeze(-1))
+    return torch.stack(centres, dim=1)
+
+
+def batched_kmeans(x: torch.Tensor, valid: torch.Tensor, k: int, seed: int = 0, n_init: int = 4,
+                   max_iter: int = 100, tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means on every class at once.
+
+    x [C, N, d] (rows beyond a class's count are padding), valid [C, N] bool.
+    Returns centres [C, k, d], assignment [C, N] (-1 on padding) and inertia [C].
+    """
+    generator = torch.Generator().manual_seed(seed)
+    C = x.shape[0]
+    best_centres, best_assign, best_inertia = None, None, torch.full((C,), float("inf"), device=x.device, dtype=x.dtype)
+    valid_f = valid.to(x.dtype)
+    for _ in range(n_init):
+        centres = _kmeans_plus_plus(x, valid, k, generator)
+        for _ in range(max_iter):
+            assign = _squared_distances(x, centres).argmin(-1)  # [C, N]
+            one_hot = torch.nn.functional.one_hot(assign, k).to(x.dtype) * valid_f.unsqueeze(-1)  # [C, N, k]
+            counts = one_hot.sum(1)  # [C, k]
+            sums = one_hot.transpose(1, 2) @ x  # [C, k, d]
+            # an empty cluster keeps its centre rather than collapsing to zero
+            new = torch.where(counts.unsqueeze(-1) > 0, sums / counts.clamp_min(1).unsqueeze(-1), centres)
+            shift = (new - centres).pow(2).sum(-1).max()
+            centres = new
+            if shift <= tol:
+                break
+        distances = _squared_distances(x, centres)
+        assign = distances.argmin(-1)
+        inertia = (distances.min(-1).values * valid_f).sum(1)
+        better = inertia < best_inertia
+        if best_centres is None:
+            best_centres, best_assign = centres.clone(), assign.clone()
+        best_centres[better], best_assign[better] = centres[better], assign[better]
+        best_inertia = torch.where(better, inertia, best_inertia)
+    best_assign = torch.where(valid, best_assign, torch.full_like(best_assign, -1))
+    return best_centres, best_assign, best_inertia
+
+
+# ----------------------------------------------------------------------------- the memory
+def source_hash(features: torch.Tensor, labels: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    digest.update(features.detach().cpu().float().numpy().tobytes())
+    digest.update(labels.detach().cpu().long().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def build_semantic_memory(features: torch.Tensor, labels: torch.Tensor, k: int, m: int, seed: int = 0,
+                          class_names: list[str] | None = None, n_init: int = 4, encoder: str = "unknown") -> SemanticMemory:
+    """Eq. 2-4 from single-source features [N, d] and class labels [N] in 0..C-1."""
+    features = features.float()
+    labels = labels.long().to(features.device)
+    n_classes = int(labels.max()) + 1 if class_names is None else len(class_names)
+    class_names = class_names or [f"class_{c}" for c in range(n_classes)]
+    counts = torch.bincount(labels, minlength=n_classes)
+    short = [f"{class_names[c]} ({int(counts[c])})" for c in range(n_classes) if counts[c] < k]
+    if short:
+        raise ValueError(f"k={k} sub-clusters need at least {k} features per class; too few for: {', '.join(short)}")
+    d = features.shape[1]
+    n_max = int(counts.max())
+    # Pad each class's features into one [C, N_max, d] tensor, in their original order.
+    order = torch.argsort(labels, stable=True)
+    position = torch.arange(len(labels), device=features.device) - torch.repeat_interleave(
+        torch.cumsum(counts, 0) - counts, counts)
+    padded = features.new_zeros(n_classes, n_max, d)
+    valid = torch.zeros(n_classes, n_max, dtype=torch.bool, device=features.device)
+    padded[labels[order], position] = features[order]
+    valid[labels[order], position] = True
+
+    centroids = (padded * valid.unsqueeze(-1)).sum(1) / counts.unsqueeze(-1).to(features.dtype)  # Eq. 2, [C, d]
+    subcentroids, assign, inertia = batched_kmeans(padded, valid, k, seed=seed, n_init=n_init)  # Eq. 3
+
+    # Eq. 4: the m members of each sub-cluster nearest its centroid.
+    distances = _squared_distances(padded, subcentroids).sqrt()  # [C, N, k]
+    member = assign.unsqueeze(-1) == torch.arange(k, device=features.device)  # [C, N, k]
+    masked = torch.where(member, distances, torch.full_like(distances, float("inf")))
+    sorted_dist, sorted_index = masked.sort(dim=1)  # nearest first along N
+    size = member.sum(1)  # [C, k]
+    slots = torch.arange(m, device=features.device)
+    # slots beyond a small cluster's size repeat its members, nearest first
+    take = slots.view(1, m, 1) % size.clamp_min(1).unsqueeze(1)  # [C, m, k]
+    chosen = torch.gather(sorted_index, 1, take)  # [C, m, k]
+    batch = torch.arange(n_classes, device=features.device).view(-1, 1, 1)
+    discriminative = padded[batch, chosen].permute(0, 2, 1, 3).contiguous()  # [C, k, m, d]
+    meta = {"encoder": encoder, "source_hash": source_hash(features, labels), "seed": seed, "n_init": n_init,
+            "counts": counts.tolist()}
+    return SemanticMemory(centroids, subcentroids, discriminative, list(class_names), inertia, meta)
+
+
+# ----------------------------------------------------------------------------- file format
+def save_memory(memory: SemanticMemory, path: str | Path) -> Path:
+    """One .npz: the tensors, plus a JSON header (format version, classes, k, m, dim, meta)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"format_version": MEMORY_FORMAT_VERSION, "class_names": memory.class_names, "k": memory.k,
+              "m": memory.m, "dim": memory.dim, "meta": memory.meta}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.savez(fh, centroids=memory.centroids.cpu().numpy(), subcentroids=memory.subcentroids.cpu().numpy(),
+                 features=memory.features.cpu().numpy(), inertia=memory.inertia.cpu().numpy(),
+                 header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
+    tmp.replace(path)
+    return path
+
+
+def load_memory(path: str | Path, class_names: list[str] | None = None, dim: int | None = None,
+                device: torch.device | str = "cpu") -> SemanticMemory:
+    """Load a memory file; when the model's classes or feature size are given, they must match."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: semantic memory file not found; build one with build_semantic_memory and save_memory")
+    with np.load(path, allow_pickle=False) as data:
+        header = json.loads(bytes(data["header"]).decode())
+        tensors = {name: torch.from_numpy(data[name].copy()).to(device) for name in ("centroids", "subcentroids", "features", "inertia")}
+    if header.get("format_version") != MEMORY_FORMAT_VERSION:
+        raise ValueError(f"{path}: memory format version {header.get('format_version')} (this workbench reads {MEMORY_FORMAT_VERSION})")
+    if class_names is not None and list(class_names) != header["class_names"]:
+        missing = sorted(set(class_names) - set(header["class_names"]))
+        extra = sorted(set(header["class_names"]) - set(class_names))
+        raise ValueError(f"{path}: the memory's classes do not match the model's (missing {missing}, extra {extra}, "
+                         "or another order); rebuild the memory for this class list")
+    if dim is not None and dim != header["dim"]:
+        raise ValueError(f"{path}: memory features are {header['dim']}-d but the model expects {dim}-d "
+                         f"(memory built with encoder '{header['meta'].get('encoder')}')")
+    return SemanticMemory(tensors["centroids"], tensors["subcentroids"], tensors["features"], header["class_names"],
+                          tensors["inertia"], header["meta"])
