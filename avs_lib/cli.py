@@ -17,7 +17,7 @@ def _cmd_world(args: argparse.Namespace) -> int:
 
     cfg = WorldConfig(kind=args.kind, subsets=tuple(s.strip() for s in args.subsets.split(",") if s.strip()),
                       clips=args.clips, size=args.size, seed=args.seed)
-    library = load_library(cfg.kind, cfg.sample_rate)
+    library = load_library(cfg.kind, cfg.sample_rate, warn_on_fallback=False)  # the note below says it once
     if library.kind != cfg.kind:
         print(f"note: asset library '{cfg.kind}' is not installed here; writing a '{library.kind}' world instead "
               "(`apt-get install tuxpaint-stamps-default sonic-pi-samples` for the stamps library)", file=sys.stderr)

@@ -50,8 +50,7 @@ def world_overview(root: str | Path, out_png: str | Path, clips_per_subset: int 
             rows.append((subset, name, [dataset.load_raw(i) for i in indices], record))
     if not rows:
         raise FileNotFoundError(f"{root}: no subset of a world found to draw")
-    n_frames = max(len(f) for _, _, f, _ in rows)
-    n_frames = min(n_frames, 5)
+    n_frames = min(5, max(len(f) for _, _, f, _ in rows))
     fig, axes = plt.subplots(len(rows), n_frames + 2, figsize=(2.0 * (n_frames + 2) + 2, 2.1 * len(rows)),
                              gridspec_kw={"width_ratios": [1] * n_frames + [1.6, 1.8]})
     axes = np.atleast_2d(axes)

@@ -162,16 +162,14 @@ def _write_msmi(clip: Clip, root: Path, sr: int, clip_number: int) -> tuple[list
 _WORKER_STATE: dict = {}  # set in the parent before forking workers; read-only in them
 
 
+_CLIP_WRITERS = {"s4": _write_s4, "ms3": _write_ms3, "avss": _write_avss}
+
+
 def _write_clip(subset: str, index: int, cfg: WorldConfig, out: Path, library: AssetLibrary) -> tuple[str, list, dict]:
     clip = compose_clip(library, subset, index, cfg)
-    sr = cfg.sample_rate
-    if subset == "s4":
-        return clip.split, [_write_s4(clip, out, sr)], _sidecar_record(clip)
-    if subset == "ms3":
-        return clip.split, [_write_ms3(clip, out, sr)], _sidecar_record(clip)
-    if subset == "avss":
-        return clip.split, [_write_avss(clip, out, sr)], _sidecar_record(clip)
-    frame_rows, ids = _write_msmi(clip, out, sr, index + 1)
+    if subset in _CLIP_WRITERS:
+        return clip.split, [_CLIP_WRITERS[subset](clip, out, cfg.sample_rate)], _sidecar_record(clip)
+    frame_rows, ids = _write_msmi(clip, out, cfg.sample_rate, index + 1)
     return clip.split, frame_rows, _sidecar_record(clip, vpo=ids)
 
 
