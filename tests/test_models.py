@@ -1,0 +1,131 @@
+"""Whole models: shapes, gradients to every parameter, switches, checkpoint loading."""
+import numpy as np
+import pytest
+import torch
+
+from avs_lib.losses import avsac_loss, ddeseg_loss
+from avs_lib.memory import build_semantic_memory
+from avs_lib.models import ABLATIONS, build_model, count_parameters
+from avs_lib.models.mit import MIT_SIZES, MiTEncoder, load_backbone_state_dict
+from dataclasses import replace
+
+
+def _inputs(batch=2, size=64, audio_dim=16):
+    torch.manual_seed(0)
+    return torch.randn(batch, 3, size, size), torch.randn(batch, audio_dim), (torch.rand(batch, size, size) > 0.5).long()
+
+
+def _memory(audio_dim=16, classes=6):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(classes), 12)
+    features = rng.normal(size=(len(labels), audio_dim)) + labels[:, None]
+    return build_semantic_memory(torch.tensor(features, dtype=torch.float32), torch.tensor(labels), k=2, m=3, seed=0,
+                                 class_names=[f"c{i}" for i in range(classes)])
+
+
+def _assert_all_gradients(model, loss):
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    assert not missing, f"no (finite) gradient for {missing[:10]}"
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("ablation", list(ABLATIONS))
+def test_ddeseg_ablations_train_every_parameter(ablation):
+    image, audio, masks = _inputs()
+    model = build_model("ddeseg", ablation=ablation, memory=_memory()).train()
+    out = model(image, audio)
+    assert out.logits.shape == masks.shape
+    assert len(out.tokens) == 4 and out.tokens[0].shape[1] == (1 if ablation == "baseline" else 5)
+    _assert_all_gradients(model, ddeseg_loss(out.logits, masks))
+
+
+@pytest.mark.parametrize("variant", ["paper", "released"])
+def test_ddeseg_semantic_and_variants(variant):
+    image, audio, _ = _inputs()
+    masks = torch.randint(0, 4, (2, 64, 64))
+    model = build_model("ddeseg", variant=variant, memory=_memory(), num_classes=4).train()
+    out = model(image, audio)
+    assert out.logits.shape == (2, 4, 64, 64)
+    assert out.scores.shape == (2, 5)
+    _assert_all_gradients(model, ddeseg_loss(out.logits, masks))
+
+
+def test_ddeseg_with_efficientnet_backbone():
+    image, audio, masks = _inputs()
+    model = build_model("ddeseg", backbone="efficientnet_lite0", memory=_memory()).train()
+    out = model(image, audio)
+    assert [f.shape[1] for f in out.features] == [24, 40, 112, 320]
+    _assert_all_gradients(model, ddeseg_loss(out.logits, masks))
+
+
+def test_avsac_trains_every_parameter_and_uses_audio():
+    image, audio, masks = _inputs()
+    model = build_model("avsac", audio_dim=16).train()
+    out = model(image, audio)
+    assert out.logits.shape == masks.shape and out.vga.shape[1] == 16
+    _assert_all_gradients(model, avsac_loss(out.logits, masks, out.audio, out.agv))
+    model.eval()
+    with torch.no_grad():
+        assert not torch.allclose(model(image, audio).logits, model(image, torch.zeros_like(audio)).logits)
+
+
+def test_audio_changes_ddeseg_output():
+    image, audio, _ = _inputs()
+    model = build_model("ddeseg", memory=_memory()).eval()
+    with torch.no_grad():
+        assert not torch.allclose(model(image, audio).logits, model(image, audio.flip(0)).logits)
+
+
+def test_b5_shapes_and_parameter_count():
+    model = build_model("ddeseg", size="b5", audio_dim=768, memory_classes=71)
+    counts = count_parameters(model)
+    # MiT-b5's own backbone (no fusion) has 81.4M parameters; fusion adds cross-attention to all 52 blocks
+    plain = sum(p.numel() for p in MiTEncoder(replace(MIT_SIZES["b5"], fusion=False)).parameters())
+    assert 81e6 < plain < 82e6
+    assert counts["encoder"] > plain
+    assert 95e6 < counts["total"] < 120e6, counts  # the paper reports 103.84M trainable
+    with torch.no_grad():
+        out = model.eval()(torch.randn(1, 3, 64, 64), torch.randn(1, 768))
+    assert out.logits.shape == (1, 64, 64)
+    assert [f.shape[1] for f in out.features] == [64, 128, 320, 512]
+
+
+def test_mit_checkpoint_loading_reports_mismatches(tmp_path):
+    plain = MiTEncoder(replace(MIT_SIZES["tiny"], fusion=False))
+    state = {f"module.{k}": v.clone() for k, v in plain.state_dict().items()}
+    state["head.weight"] = torch.zeros(1000, 128)
+    for name in ("patch_embed1.proj.weight", "block1.0.attn.q.weight", "block1.0.attn.kv.weight",
+                 "block1.0.attn.sr.weight", "block1.0.mlp.dwconv.dwconv.weight", "norm4.weight"):
+        assert f"module.{name}" in state  # the official MiT / PVT-v2 names
+    path = tmp_path / "mit_tiny.pth"
+    torch.save({"state_dict": state}, path)
+    fused = MiTEncoder(MIT_SIZES["tiny"])
+    report = load_backbone_state_dict(fused, path)
+    assert report.ok and not report.unexpected
+    assert report.new_in_model and all(".cross_" in k for k in report.new_in_model)
+    assert torch.equal(fused.state_dict()["block3.0.attn.q.weight"], plain.state_dict()["block3.0.attn.q.weight"])
+    state.pop("module.block2.0.attn.q.weight")
+    state["module.norm4.weight"] = torch.zeros(7)
+    with pytest.raises(ValueError, match="block2.0.attn.q.weight") as error:
+        load_backbone_state_dict(fused, state)
+    assert "norm4.weight" in str(error.value)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_backbone_state_dict(fused, tmp_path / "nope.pth")
+
+
+def test_memory_mismatch_is_a_clear_error():
+    model = build_model("ddeseg", audio_dim=16, memory_classes=7, k=2, m=3)
+    with pytest.raises(ValueError, match="rebuild the memory"):
+        model.set_memory(_memory(classes=6))
+    with pytest.raises(ValueError, match="baseline"):
+        build_model("baseline").set_memory(_memory())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_autocast_on_cuda():
+    image, audio, masks = _inputs()
+    model = build_model("ddeseg", memory=_memory()).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(image.cuda(), audio.cuda())
+    assert torch.isfinite(out.logits.float()).all()
