@@ -96,6 +96,107 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from avs_lib.train import load_config, train
+
+    config = load_config(args.config, args.overrides)
+    result = train(config)
+    if result:
+        t = result["test"]
+        print(f"test ({t['convention']}): J {t['J']:.4f}  F {t['F']:.4f}  J&F {t['JF']:.4f}  -> {config.out}/metrics.json")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import replace
+
+    import torch
+
+    from avs_lib.train import evaluate_model, load_trained
+
+    model, config, prepared = load_trained(args.checkpoint)
+    config = replace(config, convention=args.convention, eval_batch_size=args.batch_size, zero_audio=args.zero_audio)
+    frames = {"train": prepared.train, "val": prepared.val, "test": prepared.test}[args.split]
+    result = evaluate_model(model, frames, torch.device("cpu"), config)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import json
+
+    from avs_lib.runs import RunExists, run_notebook
+
+    parameters = {}
+    for key, value in args.parameter:
+        try:
+            parameters[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parameters[key] = value  # a bare string
+    try:
+        run_dir = run_notebook(args.notebook, parameters, args.name, args.runs_dir, progress=not args.quiet)
+    except RunExists as err:
+        print(f"avs run: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # the notebook failed: its partial output stays in the run folder
+        print(f"avs run: {args.notebook} failed ({type(err).__name__}); partial notebook kept in the run folder",
+              file=sys.stderr)
+        return 1
+    print(f"run: {run_dir}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import yaml
+
+    from avs_lib.runs import run_sweep
+
+    spec = yaml.safe_load(Path(args.grid).read_text())
+    results = run_sweep(spec, parallel=args.parallel, runs_dir=args.runs_dir)
+    for name, status in results:
+        print(f"{status:7s} {name}")
+    return 1 if any(status == "failed" for _, status in results) else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from avs_lib.report import gather, markdown_table, summarise
+
+    runs = [Path(r) for r in args.runs] or sorted(p for p in Path(args.runs_dir).iterdir() if p.is_dir())
+    table = gather(runs)
+    if table.empty:
+        print("no runs with a metrics.json", file=sys.stderr)
+        return 1
+    metrics = [m for m in args.metrics.split(",") if m in table.columns]
+    by = args.by
+    if by is None:  # group by every parameter except the seed and the run folder
+        params = [c for c in table.columns if c.startswith("param.") and c not in ("param.seed", "param.run_dir")]
+        varying = [c for c in params if table[c].astype(str).nunique() > 1]
+        table["setting"] = table[varying].astype(str).agg(", ".join, axis=1) if varying else "all"
+        by = "setting"
+    summary = summarise(table, by, metrics)
+    text = markdown_table(summary, by, metrics, scale=args.scale)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".md").write_text(text + "\n")
+        summary.to_csv(out.with_suffix(".csv"), index=False)
+        table.to_csv(out.with_name(out.stem + "_runs.csv"), index=False)
+    return 0
+
+
+def _cmd_ablation(args: argparse.Namespace) -> int:
+    from avs_lib.report import run_ablation
+    from avs_lib.train import load_config
+
+    config = load_config(args.config, args.overrides)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    summary = run_ablation(args.out, config, seeds=seeds, figure=Path(args.figures) / "ablation.png")
+    print((Path(args.out) / "ablation.md").read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avs", description="The AVS workbench: composed worlds, data checks, models, runs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,6 +234,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="rebuild the world even if it exists")
     p.add_argument("--figures", default="figures", help="where figures go (default: figures/)")
     p.set_defaults(func=_cmd_pipeline)
+
+    t = sub.add_parser("train", help="train a model: avs train --config configs/tiny_world.yaml [key=value ...]")
+    t.add_argument("--config", default=None, help="YAML config (see configs/)")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. epochs=3 seed=1 switches.tau=0.5")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint written by avs train")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--split", choices=["train", "val", "test"], default="test")
+    e.add_argument("--convention", choices=["per_frame", "avsbench", "dataset"], default="per_frame")
+    e.add_argument("--batch-size", type=int, default=5, help="frames per batch (matters for the avsbench convention)")
+    e.add_argument("--zero-audio", action="store_true", help="evaluate with the audio zeroed")
+    e.set_defaults(func=_cmd_eval)
+
+    r = sub.add_parser("run", help="execute a notebook through papermill into papermill_runs/<name>/")
+    r.add_argument("notebook")
+    r.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                   help="a parameter (VALUE read as JSON, else as a string)")
+    r.add_argument("--name", default=None, help="run name (default: notebook name + hash of the parameters)")
+    r.add_argument("--runs-dir", default="papermill_runs")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(func=_cmd_run)
+
+    g = sub.add_parser("sweep", help="run a notebook over a grid of parameters (GRID.yaml: notebook, name, parameters, grid)")
+    g.add_argument("grid")
+    g.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1)")
+    g.add_argument("--runs-dir", default="papermill_runs")
+    g.set_defaults(func=_cmd_sweep)
+
+    rp = sub.add_parser("report", help="gather runs into a table with mean +- std over seeds")
+    rp.add_argument("runs", nargs="*", help="run folders (default: every folder in --runs-dir)")
+    rp.add_argument("--runs-dir", default="papermill_runs")
+    rp.add_argument("--by", default=None, help="column to group by (default: every varying parameter but the seed)")
+    rp.add_argument("--metrics", default="J,F,JF,test.J,test.F,test.JF")
+    rp.add_argument("--scale", type=float, default=100.0, help="multiply metrics (default 100: percent)")
+    rp.add_argument("--out", default=None, help="write OUT.md, OUT.csv and OUT_runs.csv")
+    rp.set_defaults(func=_cmd_report)
+
+    a = sub.add_parser("ablation", help="DDESeg Table 3 + AVSAC on a world, several seeds, with source-aware analyses")
+    a.add_argument("--config", default="configs/tiny_world.yaml")
+    a.add_argument("overrides", nargs="*")
+    a.add_argument("--seeds", default="0,1,2")
+    a.add_argument("--out", default="runs/ablation")
+    a.add_argument("--figures", default="figures")
+    a.set_defaults(func=_cmd_ablation)
     return parser
 
 

@@ -26,7 +26,7 @@ from .decoder import SegFormerHead
 from .derivation import DerivationOutput, DynamicDerivation
 from .efficientnet import EfficientNetLite0, efficientnet_lite0
 from .elimination import DynamicElimination, EliminationOutput
-from .mit import MIT_SIZES, FusionBlock, MiTEncoder
+from .mit import MIT_SIZES, FusionBlock, MiTEncoder, load_backbone_state_dict
 
 
 @dataclass
@@ -50,6 +50,8 @@ class DDESegConfig:
     decoder_dim: int | None = None  # None: 64 for tiny, 256 for b0, 768 for b5
     first_stride: int | None = None  # None: 4 for "paper", 2 for "released"
     pretrained_backbone: str | None = None  # path to an mit_b5.pth-style file, or True for Lite0's wheel
+    decoder_dropout: float = 0.1
+    decoder_norm: str = "batch"  # "batch" (SegFormer) or "group"
 
     def __post_init__(self):
         if not self.derivation:
@@ -114,6 +116,8 @@ class DDESeg(nn.Module):
                                  first_stride=config.first_stride or (2 if config.variant == "released" else 4))
             self.encoder = MiTEncoder(mit_config)
             heads = mit_config.heads
+            if config.pretrained_backbone:
+                print(load_backbone_state_dict(self.encoder, config.pretrained_backbone))
         elif config.backbone == "efficientnet_lite0":
             self.encoder = _CNNFusionEncoder(efficientnet_lite0(pretrained=config.pretrained_backbone or False))
             heads = (1, 1, 1, 1)
@@ -130,7 +134,7 @@ class DDESeg(nn.Module):
             DynamicElimination(d, config.num_centres, h, config.tau, config.elimination, config.centre_update, score)
             for d, h in zip(dims[1:], heads[1:]))
         decoder_dim = config.decoder_dim or {"tiny": 64, "b0": 256}.get(config.size, 768)
-        self.decoder = SegFormerHead(dims, decoder_dim, config.num_classes)
+        self.decoder = SegFormerHead(dims, decoder_dim, config.num_classes, config.decoder_dropout, config.decoder_norm)
 
     def set_memory(self, memory) -> None:
         if self.derivation is None:

@@ -8,11 +8,14 @@ from torch import nn
 
 
 class SegFormerHead(nn.Module):
-    def __init__(self, in_dims: list[int], embed_dim: int, num_outputs: int, dropout: float = 0.1):
+    def __init__(self, in_dims: list[int], embed_dim: int, num_outputs: int, dropout: float = 0.1, norm: str = "batch"):
         super().__init__()
         self.projections = nn.ModuleList(nn.Linear(d, embed_dim) for d in in_dims)
+        # "batch" is SegFormer's; "group" has no batch statistics, so a CPU DDP run (where
+        # SyncBatchNorm is unavailable) computes exactly what one process computes on the global batch
+        norm_layer = nn.BatchNorm2d(embed_dim) if norm == "batch" else nn.GroupNorm(8, embed_dim)
         self.fuse = nn.Sequential(nn.Conv2d(embed_dim * len(in_dims), embed_dim, 1, bias=False),
-                                  nn.BatchNorm2d(embed_dim), nn.ReLU(inplace=True))
+                                  norm_layer, nn.ReLU(inplace=True))
         self.dropout = nn.Dropout2d(dropout)
         self.predict = nn.Conv2d(embed_dim, num_outputs, 1)
 

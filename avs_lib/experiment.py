@@ -1,0 +1,138 @@
+"""What a training run needs before its first step, computed once and cached:
+
+* ``prepare_audio_encoder``: the frozen audio encoder. For a composed world, the small encoder is
+  trained on the world's single-source (S4) training clips and saved under ``<cache>/``.
+* ``load_frames``: every frame of a split, resized, with its mask and its audio embedding F_a,
+  held in memory as tensors (``FrameSet``). Embeddings go through ``EmbeddingCache``.
+* ``build_world_memory``: the semantic memory from the single-source training embeddings.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from avs_lib.audio import vggish_examples
+from avs_lib.cache import EmbeddingCache
+from avs_lib.data.datasets import AVSDataset, load_sources, read_audio_segment, read_image, read_mask
+from avs_lib.memory import SemanticMemory, build_semantic_memory, load_memory, save_memory
+from avs_lib.models.audio_encoders import (SmallAudioEncoder, load_audio_encoder, save_audio_encoder,
+                                           train_small_audio_encoder)
+
+SEMANTIC_LAYOUTS = ("avss", "avss-ddeseg", "vpo")
+
+
+@dataclass
+class FrameSet:
+    images: torch.Tensor  # [N, 3, S, S] uint8
+    masks: torch.Tensor  # [N, S, S] int64
+    valid: torch.Tensor  # [N] bool: the frame has a ground truth
+    audio: torch.Tensor  # [N, d] F_a
+    clips: list[str]
+    frames: list[int]
+    categories: list[str]
+    sources: dict = field(default_factory=dict)  # clip -> true sources (composed worlds only)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+
+def world_classes(root: str | Path) -> list[str]:
+    path = Path(root) / "world.json"
+    if path.exists():
+        return json.loads(path.read_text())["classes"]
+    raise FileNotFoundError(f"{path} not found: class names of a real dataset come from its label file")
+
+
+def _log_mel(record) -> np.ndarray:
+    return vggish_examples(read_audio_segment(record, 16000))[0]  # [96, 64], the first 0.96 s of the frame
+
+
+def frame_log_mels(dataset: AVSDataset, progress: bool = False) -> np.ndarray:
+    return np.stack([_log_mel(r) for r in tqdm(dataset.records, desc=f"log-mel {dataset.layout}/{dataset.split}",
+                                               disable=not progress, leave=False)])
+
+
+def _encoder_id(model: torch.nn.Module) -> str:
+    buffer = io.BytesIO()
+    for name, tensor in sorted(model.state_dict().items()):
+        buffer.write(name.encode())
+        buffer.write(tensor.detach().cpu().numpy().tobytes())
+    return "small-" + hashlib.sha256(buffer.getvalue()).hexdigest()[:16]
+
+
+def prepare_audio_encoder(root: str | Path, cache_dir: str | Path, dim: int = 128, epochs: int = 15, seed: int = 0,
+                          progress: bool = False) -> tuple[SmallAudioEncoder, list[str], str]:
+    """Train (or reuse) the world's small audio encoder on its S4 training clips.
+
+    Returns (encoder, class names, encoder id); the id changes with the weights and keys the cache."""
+    classes = world_classes(root)
+    path = Path(cache_dir) / f"audio_encoder_d{dim}_e{epochs}_s{seed}.pt"
+    if path.exists():
+        encoder, names = load_audio_encoder(path)
+        return encoder, names, _encoder_id(encoder)
+    s4 = AVSDataset(root, "s4", "train")
+    examples = frame_log_mels(s4, progress)
+    labels = np.array([classes.index(r.category) for r in s4.records])
+    encoder, history = train_small_audio_encoder(examples, labels, len(classes), dim=dim, epochs=epochs, seed=seed,
+                                                 progress=progress)
+    save_audio_encoder(encoder, path, classes, {"history": history, "root": str(root)})
+    return encoder, classes, _encoder_id(encoder)
+
+
+@torch.no_grad()
+def embed(encoder: torch.nn.Module, log_mels: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    encoder = encoder.eval()
+    device = next(encoder.parameters()).device
+    out = [encoder(torch.from_numpy(log_mels[i:i + batch_size]).to(device)).cpu() for i in range(0, len(log_mels), batch_size)]
+    return torch.cat(out).numpy()
+
+
+def _resize(array: np.ndarray, size: int, nearest: bool) -> np.ndarray:
+    image = Image.fromarray(array)
+    return np.asarray(image.resize((size, size), Image.NEAREST if nearest else Image.BILINEAR))
+
+
+def load_frames(root: str | Path, layout: str, split: str, image_size: int, encoder: torch.nn.Module,
+                encoder_id: str, cache_dir: str | Path, progress: bool = False, **layout_kwargs) -> FrameSet:
+    dataset = AVSDataset(root, layout, split, **layout_kwargs)
+    images, masks, valid = [], [], []
+    for i in tqdm(range(len(dataset)), desc=f"frames {layout}/{split}", disable=not progress, leave=False):
+        rec = dataset.records[i]
+        image = read_image(rec.image)
+        mask = read_mask(rec, image.shape[:2])
+        images.append(_resize(image, image_size, nearest=False).transpose(2, 0, 1))
+        masks.append(_resize(mask.astype(np.uint8), image_size, nearest=True))
+        valid.append(bool(rec.masks))
+    log_mels = frame_log_mels(dataset, progress)
+    cache = EmbeddingCache(Path(cache_dir) / "embeddings")
+    audio = cache.get_or_compute(encoder_id, log_mels, lambda: embed(encoder, log_mels))
+    return FrameSet(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks).astype(np.int64)),
+                    torch.tensor(valid), torch.from_numpy(np.asarray(audio, dtype=np.float32)),
+                    [r.clip for r in dataset.records], [r.frame for r in dataset.records],
+                    [r.category for r in dataset.records], load_sources(root, layout, **layout_kwargs))
+
+
+def build_world_memory(root: str | Path, encoder: torch.nn.Module, encoder_id: str, cache_dir: str | Path,
+                       k: int = 3, m: int = 5, seed: int = 0, progress: bool = False) -> SemanticMemory:
+    """Eq. 2-4 on the S4 training embeddings; saved to and reused from ``<cache>/memory_*.npz``."""
+    classes = world_classes(root)
+    path = Path(cache_dir) / f"memory_{encoder_id}_k{k}_m{m}_s{seed}.npz"
+    if path.exists():
+        return load_memory(path, class_names=classes)
+    s4 = AVSDataset(root, "s4", "train")
+    log_mels = frame_log_mels(s4, progress)
+    cache = EmbeddingCache(Path(cache_dir) / "embeddings")
+    features = cache.get_or_compute(encoder_id, log_mels, lambda: embed(encoder, log_mels))
+    labels = torch.tensor([classes.index(r.category) for r in s4.records])
+    memory = build_semantic_memory(torch.from_numpy(np.asarray(features)), labels, k=k, m=m, seed=seed,
+                                   class_names=classes, encoder=encoder_id)
+    save_memory(memory, path)
+    return memory

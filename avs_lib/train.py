@@ -1,0 +1,359 @@
+"""The training engine: one loop from a 2-core CPU to several GPUs.
+
+``train(TrainConfig(...))`` (or ``avs train --config FILE key=value ...``):
+
+* AdamW with no weight decay on norms, biases and other 1-D parameters; linear warm-up then a cosine
+  decay to ``min_lr``, stepped every iteration;
+* bf16 autocast on CUDA; gradient clipping;
+* reproducibility: the order of the training frames, the augmentation and every random draw in the
+  model (Gumbel noise, dropout) are seeded from (seed, epoch), so a CPU run is bit-reproducible and
+  ``resume`` continues exactly where it stopped;
+* validation every epoch, test once at the end with the best checkpoint;
+* ``last.pt`` and ``best.pt`` are written atomically (temporary file, then rename); ``log.jsonl``
+  gets one JSON line per epoch; ``metrics.json`` holds the final numbers;
+* several processes: launched by ``torchrun``, the engine initialises the process group (NCCL on
+  CUDA, gloo on CPU), wraps the model in DistributedDataParallel and gives each rank an equal slice
+  of every global batch. On CUDA, BatchNorm becomes SyncBatchNorm; on CPU (where SyncBatchNorm does
+  not run) use ``decoder_norm=group`` for results identical to one process.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from avs_lib.experiment import SEMANTIC_LAYOUTS, FrameSet, build_world_memory, load_frames, prepare_audio_encoder
+from avs_lib.losses import avsac_loss, ddeseg_loss
+from avs_lib.metrics import evaluate
+from avs_lib.models import build_model
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = "ddeseg"  # ddeseg, baseline, avsac
+    size: str = "tiny"
+    variant: str = "paper"
+    ablation: str | None = "full"  # baseline, derivation, enhancement, full (ddeseg only)
+    switches: dict = field(default_factory=dict)  # any other DDESegConfig / AVSACConfig field
+    # data
+    data_root: str = "data/default_world"
+    layout: str = "ms3"
+    image_size: int = 96
+    cache_dir: str | None = None  # None: <data_root>/cache
+    audio_dim: int = 128
+    encoder_epochs: int = 15
+    k: int = 3
+    m: int = 5
+    zero_audio: bool = False  # trivial baseline: the model never hears anything
+    # optimisation
+    epochs: int = 8
+    batch_size: int = 8
+    lr: float = 1e-3
+    min_lr: float = 4e-4
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    grad_clip: float = 1.0
+    avfs_weight: float = 1.0  # AVSAC only
+    flip: bool = True
+    # running
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda
+    bf16: bool = True  # autocast on CUDA only
+    eval_batch_size: int = 5
+    convention: str = "per_frame"
+    out: str = "runs/default"
+    resume: bool = False
+    stop_after_epoch: int | None = None  # stop early (the schedule still spans `epochs`); resume later
+    progress: bool = True
+    threads: int | None = None
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown config keys {sorted(unknown)}; known keys: {sorted(known)}")
+    return TrainConfig(**values)
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """``key=value`` with YAML typing (``epochs=3``, ``bf16=false``, ``switches.tau=0.5``)."""
+    import yaml
+
+    if "=" not in text:
+        raise ValueError(f"override {text!r} is not key=value")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    import yaml
+
+    values = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"config {path} does not exist (see configs/ for examples)")
+        values = yaml.safe_load(path.read_text()) or {}
+    for text in overrides:
+        key, value = parse_override(text)
+        if key.startswith("switches."):
+            values.setdefault("switches", {})[key.split(".", 1)[1]] = value
+        else:
+            values[key] = value
+    return config_from_dict(values)
+
+
+# ----------------------------------------------------------------------------- pieces
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def learning_rate(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
+    """Linear warm-up from lr/warmup to lr, then cosine from lr to min_lr at the last step."""
+    if warmup_steps and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps - 1)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    return (images.float() - MEAN.to(images.device)) / STD.to(images.device)
+
+
+def _forward(model, images, audio):
+    out = model(normalise(images), audio)
+    return out
+
+
+def _loss(config: TrainConfig, out, masks, valid):
+    if config.model == "avsac":
+        return avsac_loss(out.logits.float(), masks, out.audio.float(), out.agv.float(), valid, config.avfs_weight)
+    return ddeseg_loss(out.logits.float(), masks, valid)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict(model, frames: FrameSet, device: torch.device, batch_size: int = 32, bf16: bool = True,
+            zero_audio: bool = False) -> torch.Tensor:
+    """Logits of every frame, on CPU (float32)."""
+    model.eval()
+    outs = []
+    for start in range(0, len(frames), batch_size):
+        images = frames.images[start:start + batch_size].to(device)
+        audio = frames.audio[start:start + batch_size].to(device)
+        if zero_audio:
+            audio = torch.zeros_like(audio)
+        with _autocast(device, bf16):
+            outs.append(_forward(model, images, audio).logits.float().cpu())
+    return torch.cat(outs)
+
+
+def evaluate_model(model, frames: FrameSet, device: torch.device, config: TrainConfig) -> dict:
+    logits = predict(model, frames, device, bf16=config.bf16, zero_audio=config.zero_audio)
+    keep = frames.valid
+    return evaluate(logits[keep], frames.masks[keep], convention=config.convention, batch_size=config.eval_batch_size)
+
+
+# ----------------------------------------------------------------------------- setup
+@dataclass
+class Prepared:
+    train: FrameSet
+    val: FrameSet
+    test: FrameSet
+    memory: object
+    num_classes: int
+
+
+def prepare(config: TrainConfig, progress: bool = False) -> Prepared:
+    cache = Path(config.cache_dir or Path(config.data_root) / "cache")
+    encoder, classes, encoder_id = prepare_audio_encoder(config.data_root, cache, config.audio_dim,
+                                                         config.encoder_epochs, seed=0, progress=progress)
+    memory = build_world_memory(config.data_root, encoder, encoder_id, cache, config.k, config.m, seed=0,
+                                progress=progress)
+    sets = [load_frames(config.data_root, config.layout, split, config.image_size, encoder, encoder_id, cache, progress)
+            for split in ("train", "val", "test")]
+    num_classes = len(classes) + 1 if config.layout in SEMANTIC_LAYOUTS else 1
+    return Prepared(*sets, memory=memory, num_classes=num_classes)
+
+
+def make_model(config: TrainConfig, prepared: Prepared) -> torch.nn.Module:
+    switches = dict(config.switches)
+    switches.setdefault("num_classes", prepared.num_classes)
+    if config.model == "avsac":
+        return build_model("avsac", size=config.size, memory=prepared.memory, **switches)
+    return build_model(config.model, size=config.size, variant=config.variant,
+                       ablation=config.ablation if config.model == "ddeseg" else None,
+                       memory=prepared.memory, **switches)
+
+
+def _distributed() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    flip = torch.rand(len(images), generator=generator) < 0.5
+    images, masks = images.clone(), masks.clone()
+    images[flip] = images[flip].flip(-1)
+    masks[flip] = masks[flip].flip(-1)
+    return images, masks
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(config: TrainConfig, prepared: Prepared | None = None) -> dict:
+    rank, world = _distributed()
+    main = rank == 0
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    out_dir = Path(config.out)
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if (out_dir / "last.pt").exists() and not config.resume:
+            raise FileExistsError(f"{out_dir} already holds a run; pass resume=true to continue it or choose another out=")
+        (out_dir / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    prepared = prepared or prepare(config, progress=config.progress and main)
+    torch.manual_seed(config.seed)
+    model = make_model(config, prepared).to(device)
+    if world > 1:
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    core = model.module if world > 1 else model
+    optimiser = torch.optim.AdamW(parameter_groups(core, config.weight_decay), lr=config.lr)
+    n_train = len(prepared.train)
+    steps_per_epoch = max(1, n_train // config.batch_size)  # drop the last partial batch: equal rank slices
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
+
+    start_epoch, best, history = 0, -1.0, []
+    last_path, best_path, log_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "log.jsonl"
+    if config.resume and last_path.exists():
+        state = torch.load(last_path, map_location=device, weights_only=False)
+        core.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        torch.manual_seed(config.seed * 100_003 + epoch)  # Gumbel noise, dropout
+        order = torch.randperm(n_train, generator=generator)
+        t0, losses = time.time(), []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (config.progress and main),
+                   leave=False)
+        for step_in_epoch in bar:
+            step = epoch * steps_per_epoch + step_in_epoch
+            for group in optimiser.param_groups:
+                group["lr"] = learning_rate(step, total_steps, warmup_steps, config.lr, config.min_lr)
+            batch = order[step_in_epoch * config.batch_size:(step_in_epoch + 1) * config.batch_size]
+            images, masks = prepared.train.images[batch], prepared.train.masks[batch]
+            if config.flip:
+                images, masks = _augment(images, masks, generator)
+            audio, valid = prepared.train.audio[batch], prepared.train.valid[batch]
+            if config.zero_audio:
+                audio = torch.zeros_like(audio)
+            share = batch.numel() // world  # this rank's slice of the global batch
+            sl = slice(rank * share, (rank + 1) * share)
+            images, masks, audio, valid = (t[sl].to(device) for t in (images, masks, audio, valid))
+            with _autocast(device, config.bf16):
+                out = _forward(model, images, audio)
+            loss = _loss(config, out, masks, valid)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimiser.step()
+            reduced = loss.detach().clone()
+            if world > 1:
+                dist.all_reduce(reduced)
+                reduced /= world
+            losses.append(reduced.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        record = {"epoch": epoch + 1, "loss": sum(losses) / len(losses), "losses": losses,
+                  "lr": optimiser.param_groups[0]["lr"], "seconds": time.time() - t0,
+                  "frames_per_second": steps_per_epoch * config.batch_size / (time.time() - t0)}
+        if main:
+            record["val"] = evaluate_model(core, prepared.val, device, config)
+            improved = record["val"]["JF"] > best
+            best = max(best, record["val"]["JF"])
+            history.append({k: v for k, v in record.items() if k != "losses"})
+            state = {"model": core.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epoch, "best": best,
+                     "history": history, "config": asdict(config)}
+            if improved:
+                atomic_save(state, best_path)
+            atomic_save(state, last_path)
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            if config.progress:
+                v = record["val"]
+                print(f"epoch {epoch + 1}: loss {record['loss']:.4f}  val J {v['J']:.3f} F {v['F']:.3f} J&F {v['JF']:.3f}"
+                      + ("  (best)" if improved else ""), flush=True)
+        if world > 1:
+            dist.barrier()
+        if config.stop_after_epoch is not None and epoch + 1 >= config.stop_after_epoch and epoch + 1 < config.epochs:
+            return {"stopped_after_epoch": epoch + 1}
+
+    result = {}
+    if main:
+        state = torch.load(best_path, map_location=device, weights_only=False)
+        core.load_state_dict(state["model"])
+        result = {"test": evaluate_model(core, prepared.test, device, config), "best_val_JF": best,
+                  "epochs": config.epochs, "history": history, "config": asdict(config),
+                  "best_epoch": state["epoch"] + 1}
+        (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def load_trained(checkpoint: str | Path, prepared: Prepared | None = None, device: str = "cpu"):
+    """(model, config, prepared) from a best.pt/last.pt written by ``train``."""
+    state = torch.load(checkpoint, map_location=device, weights_only=False)
+    config = config_from_dict(state["config"])
+    prepared = prepared or prepare(config)
+    model = make_model(config, prepared)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), config, prepared
