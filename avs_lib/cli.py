@@ -93,6 +93,41 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
     figure = world_overview(out, Path(args.figures) / "world_overview.png")
     print(f"figure: {figure}")
+    if args.no_notebooks:
+        return 0
+    return _run_pipeline_notebooks(out, Path(args.figures), Path(args.runs_dir))
+
+
+PIPELINE_NOTEBOOKS = ("00_data_tour", "01_semantic_memory", "02_derivation", "03_elimination", "04_tsne_probe",
+                      "05_training")
+
+
+def _run_pipeline_notebooks(world: Path, figures: Path, runs_dir: Path) -> int:
+    """Notebooks 00-05 in order through papermill into papermill_runs/main-<time>/, then their
+    figures copied into figures/<notebook>/."""
+    import datetime as dt
+    import shutil
+    import time
+
+    from avs_lib.runs import run_notebook
+
+    batch = runs_dir / f"main-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    started = time.time()
+    for name in PIPELINE_NOTEBOOKS:
+        t0 = time.time()
+        print(f"[{name}] running ...", flush=True)
+        try:
+            run = run_notebook(Path("notebooks") / f"{name}.py", {"data_root": str(world)}, name=name, runs_dir=batch,
+                               progress=False)
+        except Exception as err:
+            print(f"[{name}] failed: {type(err).__name__}; the partial notebook is in {batch / name}", file=sys.stderr)
+            return 1
+        target = figures / name
+        if (run / "figures").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(run / "figures", target)
+        print(f"[{name}] done in {time.time() - t0:.0f} s -> {run}", flush=True)
+    print(f"notebook pipeline: {time.time() - started:.0f} s; runs in {batch}")
     return 0
 
 
@@ -233,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=workers)
     p.add_argument("--rebuild", action="store_true", help="rebuild the world even if it exists")
     p.add_argument("--figures", default="figures", help="where figures go (default: figures/)")
+    p.add_argument("--runs-dir", default="papermill_runs")
+    p.add_argument("--no-notebooks", action="store_true", help="only build and summarise the world")
     p.set_defaults(func=_cmd_pipeline)
 
     t = sub.add_parser("train", help="train a model: avs train --config configs/tiny_world.yaml [key=value ...]")

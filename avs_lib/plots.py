@@ -82,3 +82,149 @@ def world_overview(root: str | Path, out_png: str | Path, clips_per_subset: int 
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
+
+
+# ----------------------------------------------------------------------------- model figures
+def _pyplot():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg",) and "inline" not in matplotlib.get_backend().lower():
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, path: str | Path | None) -> None:
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+
+
+def memory_map(memory, features=None, labels=None, path=None):
+    """A 2-D PCA map of the memory: class centroids (stars), sub-centroids (triangles) and the
+    discriminative features (dots), with the training features faint behind them."""
+    from sklearn.decomposition import PCA
+
+    plt = _pyplot()
+    c, k, m, d = memory.features.shape
+    points = [memory.centroids.numpy(), memory.subcentroids.reshape(-1, d).numpy(), memory.features.reshape(-1, d).numpy()]
+    pca = PCA(2, random_state=0).fit(np.concatenate(points + ([features] if features is not None else [])))
+    cmap = plt.get_cmap("tab20")
+    fig, ax = plt.subplots(figsize=(7, 6))
+    if features is not None:
+        xy = pca.transform(features)
+        ax.scatter(xy[:, 0], xy[:, 1], c=[cmap(int(l) % 20) for l in labels], s=4, alpha=0.15)
+    disc = pca.transform(points[2]).reshape(c, k * m, 2)
+    sub = pca.transform(points[1]).reshape(c, k, 2)
+    cen = pca.transform(points[0])
+    for i, name in enumerate(memory.class_names):
+        ax.scatter(disc[i, :, 0], disc[i, :, 1], color=cmap(i % 20), s=10)
+        ax.scatter(sub[i, :, 0], sub[i, :, 1], color=cmap(i % 20), marker="^", s=50, edgecolor="k")
+        ax.scatter(cen[i, 0], cen[i, 1], color=cmap(i % 20), marker="*", s=220, edgecolor="k", label=name)
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    ax.set_title(f"semantic memory (PCA): {c} classes, k={k} sub-clusters, m={m} features each")
+    save(fig, path)
+    return fig
+
+
+def recall_curve(recalls: list[dict], path=None):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ks = [r["K"] for r in recalls]
+    ax.plot(ks, [r["recall"] for r in recalls], "o-", label="all sounding classes")
+    ax.plot(ks, [r["recall_on_screen"] for r in recalls], "s--", label="on screen")
+    if all(r["recall_off_screen"] is not None for r in recalls):
+        ax.plot(ks, [r["recall_off_screen"] for r in recalls], "^:", label="off screen only")
+    ax.set_xlabel("K nearest class centres")
+    ax.set_ylabel("recall of the true classes")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    save(fig, path)
+    return fig
+
+
+def assignment_maps(image: np.ndarray, assignment: np.ndarray, grid: tuple[int, int], path=None):
+    """The frame and, for each visual centre, the soft assignment O[:, c] over the stage's grid."""
+    plt = _pyplot()
+    n = assignment.shape[1]
+    fig, axes = plt.subplots(1, n + 1, figsize=(2.2 * (n + 1), 2.4))
+    axes[0].imshow(image)
+    axes[0].set_title("frame")
+    for c in range(n):
+        axes[c + 1].imshow(assignment[:, c].reshape(grid), vmin=0, vmax=1, cmap="magma")
+        axes[c + 1].set_title(f"centre {c}")
+    for ax in axes:
+        ax.axis("off")
+    save(fig, path)
+    return fig
+
+
+def roc_figure(labels, scores, title: str, path=None):
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    fpr, tpr, _ = roc_curve(labels, scores)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(labels, scores):.3f}")
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    ax.set_xlabel("false positive rate (off-screen kept)")
+    ax.set_ylabel("true positive rate (on-screen kept)")
+    ax.set_title(title)
+    ax.legend()
+    save(fig, path)
+    return fig
+
+
+def training_curves(history: list[dict], path=None):
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    epochs = [h["epoch"] for h in history]
+    axes[0].plot(epochs, [h["loss"] for h in history], "o-")
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("training loss")
+    for key in ("J", "F", "JF"):
+        axes[1].plot(epochs, [h["val"][key] for h in history], "o-", label=key)
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("validation")
+    axes[1].legend()
+    save(fig, path)
+    return fig
+
+
+def qualitative(images: np.ndarray, masks: np.ndarray, logits: np.ndarray, attention: np.ndarray | None = None, path=None):
+    """Rows: frames. Columns: frame, ground truth, prediction, and (optionally) each token's attention."""
+    plt = _pyplot()
+    n = len(images)
+    extra = 0 if attention is None else attention.shape[1]
+    fig, axes = plt.subplots(n, 3 + extra, figsize=(2 * (3 + extra), 2 * n), squeeze=False)
+    for r in range(n):
+        axes[r, 0].imshow(images[r])
+        axes[r, 1].imshow(_overlay(images[r], masks[r]))
+        axes[r, 2].imshow(_overlay(images[r], (logits[r] > 0).astype(np.int64)))
+        for t in range(extra):
+            axes[r, 3 + t].imshow(attention[r, t], cmap="viridis")
+        if r == 0:
+            for c, title in enumerate(["frame", "ground truth", "prediction"] + [f"token {t}" for t in range(extra)]):
+                axes[0, c].set_title(title, fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    save(fig, path)
+    return fig
+
+
+def embedding_figure(xy: dict[str, np.ndarray], labels: np.ndarray, class_names: list[str], path=None):
+    """Side-by-side 2-D embeddings (e.g. t-SNE of baseline / +derivation / full), coloured by class."""
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab20")
+    fig, axes = plt.subplots(1, len(xy), figsize=(4.2 * len(xy), 4))
+    for ax, (name, points) in zip(np.atleast_1d(axes), xy.items()):
+        for c in np.unique(labels):
+            sel = labels == c
+            ax.scatter(points[sel, 0], points[sel, 1], s=6, color=cmap(int(c) % 20), label=class_names[int(c)])
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    np.atleast_1d(axes)[-1].legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
+    save(fig, path)
+    return fig

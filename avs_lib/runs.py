@@ -104,7 +104,7 @@ def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str
     output = run_dir / f"{notebook.stem}.ipynb"
     started = dt.datetime.now()
     try:
-        papermill.execute_notebook(jupytext.read(notebook), str(output), parameters=parameters, kernel_name="python3",
+        papermill.execute_notebook(jupytext.read(notebook), str(output), parameters=parameters, kernel_name="python3", language="python",
                                    progress_bar=progress, cwd=str(cwd))
     except BaseException as error:
         status.update(status="failed", error=f"{type(error).__name__}: {str(error)[-2000:]}")

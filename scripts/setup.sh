@@ -19,16 +19,20 @@ fi
 
 # Real assets for the default world (GPL-2 stamps, CC0 samples). Never fatal: without them the
 # default world falls back to the procedural library and says so.
-if [[ ! -d /usr/share/tuxpaint/stamps || ! -d /usr/share/sonic-pi/samples ]]; then
-  pkgs="tuxpaint-stamps-default sonic-pi-samples"
+# Debian's chromium drives the browser test of notebook 02 (Playwright, no browser download).
+pkgs=""
+[[ -d /usr/share/tuxpaint/stamps ]] || pkgs="$pkgs tuxpaint-stamps-default"
+[[ -d /usr/share/sonic-pi/samples ]] || pkgs="$pkgs sonic-pi-samples"
+[[ -x /usr/bin/chromium ]] || pkgs="$pkgs chromium"
+if [[ -n $pkgs ]]; then
   sudo=""; [[ $(id -u) -ne 0 ]] && command -v sudo >/dev/null && sudo="sudo -n"
   if command -v apt-get >/dev/null && { [[ $(id -u) -eq 0 ]] || [[ -n $sudo ]]; }; then
     echo "== installing Debian packages: $pkgs"
     export DEBIAN_FRONTEND=noninteractive
     $sudo apt-get install -y -q $pkgs >/dev/null 2>&1 \
       || { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q $pkgs >/dev/null 2>&1; } \
-      || echo "note: could not install $pkgs; the default world will use the procedural library"
+      || echo "note: could not install$pkgs; without the stamps the default world uses the procedural library, without chromium the browser test is skipped"
   else
-    echo "note: apt-get is not usable here; the default world will use the procedural library"
+    echo "note: apt-get is not usable here; the default world uses the procedural library and the browser test is skipped"
   fi
 fi

@@ -26,3 +26,11 @@ def procedural_world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world_procedural_b")
     write_world(cfg, root, progress=False)
     return cfg, root
+
+
+@pytest.fixture(scope="session")
+def notebook_world(tmp_path_factory):
+    """s4 and ms3 at 32 px with 120 clips each: every class has single-source training clips for the memory."""
+    root = tmp_path_factory.mktemp("nb_world")
+    write_world(WorldConfig(kind="procedural", subsets=("s4", "ms3"), clips=120, size=32), root, progress=False)
+    return root

@@ -1,0 +1,82 @@
+"""Every notebook runs through papermill (`avs run`) with tiny parameters; pairs are in sync; no outputs
+are committed; runs are never overwritten and failures are kept."""
+import json
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+
+from avs_lib.runs import RunExists, notebook_parameters, run_notebook
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+ALL = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+
+
+TINY = {"image_size": 64}
+CASES = {
+    "00_data_tour": ({}, {"clips", "frames"}, ["clip_masks.png", "clip_spectrogram.png"]),
+    "01_semantic_memory": ({"k": 2, "m": 2}, {"nearest_centroid_accuracy", "classes"}, ["memory_map.png"]),
+    "02_derivation": ({"train_epochs": 1, **TINY}, {"recall_at_K", "recall_curve"}, ["derivation_recall.png"]),
+    "03_elimination": ({"train_epochs": 1, **TINY}, {"auc", "auc_by_tau"}, ["assignment_maps.png", "elimination_roc.png"]),
+    "04_tsne_probe": ({"train_epochs": 1, "perplexity": 5, **TINY}, {"probe_f1"}, ["tsne.png", "umap.png", "tsne.html"]),
+    "05_training": ({"epochs": 1, **TINY}, {"test", "table"}, ["training_curves.png", "qualitative.png"]),
+    "06_avsac": ({"epochs": 1, **TINY}, {"table"}, []),
+}
+
+
+def test_every_notebook_has_a_case():
+    assert sorted(p.stem for p in ALL) == sorted(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_notebook_executes(name, notebook_world, tmp_path):
+    parameters, keys, figures = CASES[name]
+    run = run_notebook(NOTEBOOKS / f"{name}.py", {"data_root": str(notebook_world), **parameters}, name=name,
+                       runs_dir=tmp_path, progress=False)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert keys <= set(metrics), metrics.keys()
+    for figure in figures:
+        assert (run / "figures" / figure).stat().st_size > 1000, figure
+    assert json.loads((run / "status.json").read_text())["status"] == "done"
+    params = json.loads((run / "params.json").read_text())
+    assert params["data_root"] == str(notebook_world) and "run_dir" in params
+    env = json.loads((run / "environment.json").read_text())
+    assert env["packages"]["torch"] and "device" in env
+    if name == "02_derivation":
+        assert 0 <= metrics["recall_at_K"] <= 1
+        assert metrics["recall_curve"][-1] == pytest.approx(1.0)  # K = all classes covers everything
+    if name == "05_training":
+        assert {row["convention"] for row in metrics["table"]} >= {"per_frame", "avsbench", "dataset"}
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.stem)
+def test_pairs_in_sync_and_without_outputs(path):
+    paired = path.with_suffix(".ipynb")
+    assert paired.exists(), f"{paired} missing: run `jupytext --sync {path}`"
+    text, stored = jupytext.read(path), nbformat.read(paired, as_version=4)
+    assert [(c.cell_type, c.source) for c in text.cells] == [(c.cell_type, c.source) for c in stored.cells], \
+        f"{path.name} and {paired.name} differ: run `jupytext --sync {path}`"
+    for cell in stored.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None, f"{paired.name} carries outputs"
+    tagged = [c for c in text.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    assert "data_root" in notebook_parameters(path) and "run_dir" in notebook_parameters(path)
+
+
+def test_runs_are_never_overwritten_and_failures_are_kept(tmp_path):
+    notebook = tmp_path / "boom.py"
+    notebook.write_text('# %% tags=["parameters"]\nfail = True\nrun_dir = "."\n\n# %%\nprint("started")\n'
+                        'assert not fail, "asked to fail"\n')
+    with pytest.raises(Exception):
+        run_notebook(notebook, {}, name="first", runs_dir=tmp_path / "runs", progress=False)
+    status = json.loads((tmp_path / "runs" / "first" / "status.json").read_text())
+    assert status["status"] == "failed" and "asked to fail" in status["error"]
+    executed = nbformat.read(tmp_path / "runs" / "first" / "boom.ipynb", as_version=4)
+    assert any("started" in str(cell.get("outputs", "")) for cell in executed.cells)
+    with pytest.raises(RunExists):
+        run_notebook(notebook, {"fail": False}, name="first", runs_dir=tmp_path / "runs", progress=False)
+    run_notebook(notebook, {"fail": False}, name="second", runs_dir=tmp_path / "runs", progress=False)
+    with pytest.raises(ValueError, match="no parameters"):
+        run_notebook(notebook, {"nope": 1}, name="third", runs_dir=tmp_path / "runs", progress=False)
