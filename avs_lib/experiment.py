@@ -45,10 +45,42 @@ class FrameSet:
 
 
 def world_classes(root: str | Path) -> list[str]:
+    """Class names: a composed world's ``world.json``, else the sorted categories of the S4 training
+    clips under ``root`` (AVSBench)."""
     path = Path(root) / "world.json"
     if path.exists():
         return json.loads(path.read_text())["classes"]
-    raise FileNotFoundError(f"{path} not found: class names of a real dataset come from its label file")
+    return sorted({r.category for r in AVSDataset(root, "s4", "train").records})
+
+
+class FileAudioEncoder(torch.nn.Module):
+    """Wraps an encoder of log-mel examples loaded from a local file (``vggish:/path/vggish.pth``)."""
+
+    def __init__(self, spec: str):
+        super().__init__()
+        from avs_lib.models.audio_encoders import load_htsat, load_vggish
+
+        kind, _, path = spec.partition(":")
+        if kind == "vggish":
+            self.net = load_vggish(path)
+        elif kind == "htsat":
+            self.net = load_htsat(path)
+        else:
+            raise ValueError(f"audio_encoder {spec!r}: use 'small', 'vggish:PATH' or 'htsat:PATH'")
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+        self.identifier = f"{kind}-{digest}"
+
+    def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
+        return self.net(log_mel)
+
+
+def audio_encoder_from_spec(spec: str, root: str | Path, cache_dir: str | Path, dim: int, epochs: int,
+                            progress: bool = False):
+    """(encoder, class names, encoder id) for ``spec``: 'small' trains the world's encoder."""
+    if spec == "small":
+        return prepare_audio_encoder(root, cache_dir, dim, epochs, seed=0, progress=progress)
+    encoder = FileAudioEncoder(spec).eval()
+    return encoder, world_classes(root), encoder.identifier
 
 
 def _log_mel(record) -> np.ndarray:

@@ -31,7 +31,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from avs_lib.experiment import SEMANTIC_LAYOUTS, FrameSet, build_world_memory, load_frames, prepare_audio_encoder
+from avs_lib.experiment import SEMANTIC_LAYOUTS, FrameSet, audio_encoder_from_spec, build_world_memory, load_frames
 from avs_lib.losses import avsac_loss, ddeseg_loss
 from avs_lib.metrics import evaluate
 from avs_lib.models import build_model
@@ -53,6 +53,8 @@ class TrainConfig:
     layout: str = "ms3"
     image_size: int = 96
     cache_dir: str | None = None  # None: <data_root>/cache
+    audio_encoder: str = "small"  # small (trained on the world's S4 clips), vggish:PATH, htsat:PATH
+    memory_root: str | None = None  # where the single-source (S4) clips for the memory live; None: data_root
     audio_dim: int = 128
     encoder_epochs: int = 15
     k: int = 3
@@ -201,9 +203,10 @@ class Prepared:
 
 def prepare(config: TrainConfig, progress: bool = False) -> Prepared:
     cache = Path(config.cache_dir or Path(config.data_root) / "cache")
-    encoder, classes, encoder_id = prepare_audio_encoder(config.data_root, cache, config.audio_dim,
-                                                         config.encoder_epochs, seed=0, progress=progress)
-    memory = build_world_memory(config.data_root, encoder, encoder_id, cache, config.k, config.m, seed=0,
+    memory_root = config.memory_root or config.data_root
+    encoder, classes, encoder_id = audio_encoder_from_spec(config.audio_encoder, memory_root, cache, config.audio_dim,
+                                                           config.encoder_epochs, progress=progress)
+    memory = build_world_memory(memory_root, encoder, encoder_id, cache, config.k, config.m, seed=0,
                                 progress=progress)
     sets = [load_frames(config.data_root, config.layout, split, config.image_size, encoder, encoder_id, cache, progress)
             for split in ("train", "val", "test")]

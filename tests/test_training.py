@@ -129,3 +129,16 @@ def test_avs_train_and_eval_cli(training_world, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["convention"] == "avsbench" and 0 <= result["J"] <= 1
     assert main(["train", "nonsense_key=1"]) == 2
+
+
+def test_every_shipped_config_parses():
+    from pathlib import Path
+
+    from avs_lib.train import load_config
+
+    configs = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+    assert len(configs) >= 7
+    for path in configs:
+        config = load_config(path)
+        assert config.model in ("ddeseg", "baseline", "avsac"), path
+        assert config.audio_encoder == "small" or config.audio_encoder.split(":")[0] in ("vggish", "htsat"), path
