@@ -24,8 +24,8 @@ def derivation_explorer(model, frames, class_names: list[str], max_k: int | None
     picker = widgets.Dropdown(options=options, value=0, description="frame")
     slider = widgets.IntSlider(value=derivation.num_tokens, min=1, max=max_k, description="K")
     figure = go.FigureWidget(layout=dict(height=360, width=720, barmode="group", margin=dict(t=40, b=80)))
-    figure.add_bar(name="distance to centre", x=[], y=[])
-    figure.add_bar(name="fusion weight (Eq. 6)", x=[], y=[], yaxis="y2")
+    figure.add_bar(name="distance to centre", x=[], y=[], offsetgroup=0)
+    figure.add_bar(name="fusion weight (Eq. 6)", x=[], y=[], yaxis="y2", offsetgroup=1)
     figure.update_layout(yaxis=dict(title="Euclidean distance"),
                          yaxis2=dict(title="fusion weight", overlaying="y", side="right", range=[0, 1]))
 

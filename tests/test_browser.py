@@ -74,7 +74,7 @@ def test_notebook_02_explorer_in_chromium(lab):
         plot.scroll_into_view_if_needed()
         title = page.locator(".js-plotly-plot .gtitle")
         title.wait_for(timeout=60_000)
-        assert "K=5" in title.inner_text()
+        assert "K=5" in title.text_content()
         assert page.locator(".js-plotly-plot .bars .point").count() == 10  # 5 distances + 5 weights
         handle = page.locator(".widget-slider .noUi-handle").first
         handle.focus()
