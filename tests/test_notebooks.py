@@ -80,3 +80,23 @@ def test_runs_are_never_overwritten_and_failures_are_kept(tmp_path):
     run_notebook(notebook, {"fail": False}, name="second", runs_dir=tmp_path / "runs", progress=False)
     with pytest.raises(ValueError, match="no parameters"):
         run_notebook(notebook, {"nope": 1}, name="third", runs_dir=tmp_path / "runs", progress=False)
+
+
+def test_sweep_and_report(tmp_path, capsys):
+    from avs_lib.cli import main
+
+    notebook = tmp_path / "toy.py"
+    notebook.write_text('# %% tags=["parameters"]\nx = 1\nseed = 0\nrun_dir = "."\n\n# %%\nimport json, pathlib\n'
+                        'pathlib.Path(run_dir, "metrics.json").write_text(json.dumps({"J": x / 10 + seed / 100, '
+                        '"F": 0.5, "JF": 0.3}))\n')
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"notebook: {notebook}\nname: toy\ngrid:\n  x: [1, 2]\n  seed: [0, 2]\n")
+    runs = tmp_path / "runs"
+    assert main(["sweep", str(grid), "--parallel", "2", "--runs-dir", str(runs)]) == 0
+    assert sorted(p.name for p in runs.iterdir()) == ["toy_x=1_seed=0", "toy_x=1_seed=2", "toy_x=2_seed=0", "toy_x=2_seed=2"]
+    assert "exists" in (capsys.readouterr(), main(["sweep", str(grid), "--runs-dir", str(runs)]), capsys.readouterr().out)[2]
+    assert main(["report", "--runs-dir", str(runs), "--by", "param.x", "--out", str(tmp_path / "report")]) == 0
+    text = (tmp_path / "report.md").read_text()
+    # x=1: J = 0.10 and 0.12 -> 11.0 ± 1.4 (percent); x=2: 21.0 ± 1.4
+    assert "11.0 ± 1.4" in text and "21.0 ± 1.4" in text
+    assert (tmp_path / "report.csv").exists() and (tmp_path / "report_runs.csv").exists()
