@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -18,7 +20,9 @@
 # full model, and a linear probe that classifies audio-visual events from them. We redo it on the
 # default world. The representation of a frame is the mean of the audio tokens that enter the last
 # stage (after elimination for the full model); for the baseline it is the projected F_a itself.
-# The frames are single-source (S4) test frames, so each has one class to colour by.
+# The frames are single-source (S4) test frames, so each has one class to colour by. The probe
+# standardises each feature first: elimination multiplies the tokens by its scores, which can make
+# them tiny without removing any information, and a linear probe should not depend on that scale.
 
 # %% tags=["parameters"]
 data_root = "data/default_world"
@@ -39,6 +43,8 @@ import torch
 from openTSNE import TSNE
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from umap import UMAP
 
 from avs_lib.plots import embedding_figure
@@ -72,9 +78,10 @@ for setting in settings:
     train(config, prepared)
     model, _, _ = load_trained(Path(config.out) / "best.pt", prepared)
     train_x, test_x = representations(model, s4_sets.train), representations(model, s4_sets.test)
-    probe = LogisticRegression(max_iter=2000).fit(train_x, labels_of(s4_sets.train))
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(train_x, labels_of(s4_sets.train))
     probe_f1[setting] = f1_score(labels_of(s4_sets.test), probe.predict(test_x), average="macro")
     features[setting] = test_x
+    print(f"{setting}: token scale {np.abs(test_x).mean():.2e}, probe macro-F1 {probe_f1[setting]:.3f}")
 probe_f1
 
 # %% [markdown]
@@ -83,8 +90,9 @@ probe_f1
 
 # %%
 labels = labels_of(s4_sets.test)
-tsne = {s: np.asarray(TSNE(perplexity=perplexity, random_state=seed).fit(f)) for s, f in features.items()}
-umap = {s: UMAP(random_state=seed).fit_transform(f) for s, f in features.items()}
+scaled = {s: StandardScaler().fit_transform(f) for s, f in features.items()}  # same reason as for the probe
+tsne = {s: np.asarray(TSNE(perplexity=perplexity, random_state=seed).fit(f)) for s, f in scaled.items()}
+umap = {s: UMAP(random_state=seed).fit_transform(f) for s, f in scaled.items()}
 embedding_figure(tsne, labels, classes, figures / "tsne.png");
 embedding_figure(umap, labels, classes, figures / "umap.png");
 

@@ -58,7 +58,8 @@ def lab(tmp_path, notebook_world):
     server.wait(timeout=30)
 
 
-def test_notebook_02_explorer_in_chromium(lab):
+def test_notebook_02_explorer_in_chromium(lab, tmp_path):
+    lab_dir = tmp_path
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -66,10 +67,21 @@ def test_notebook_02_explorer_in_chromium(lab):
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(f"{lab}/lab/tree/02_derivation.ipynb?reset")
         page.wait_for_selector(".jp-Notebook", timeout=60_000)
-        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
+        # wait until the kernel is connected and idle, then run all cells from the Run menu
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+        page.wait_for_function("() => document.body.textContent.includes('Python 3 (ipykernel) | Idle')", timeout=120_000)
         page.click("div.lm-MenuBar-itemLabel:text-is('Run')")
         page.click("div.lm-Menu-itemLabel:text-is('Run All Cells')")
-        slider = page.wait_for_selector(".widget-slider", timeout=900_000)
+        deadline = time.time() + 900
+        while not page.locator(".widget-slider").count():
+            failure = page.locator("[data-mime-type='application/vnd.jupyter.stderr']")
+            tracebacks = [failure.nth(i).inner_text() for i in range(failure.count())]
+            tracebacks = [t for t in tracebacks if "Traceback" in t or "Error" in t]
+            if tracebacks or time.time() > deadline:
+                shot = Path(lab_dir) / "failure.png"
+                page.screenshot(path=str(shot))
+                pytest.fail(f"the explorer did not render (screenshot {shot}): {tracebacks[:1]}")
+            time.sleep(2)
         plot = page.wait_for_selector(".js-plotly-plot", timeout=300_000)
         plot.scroll_into_view_if_needed()
         title = page.locator(".js-plotly-plot .gtitle")
