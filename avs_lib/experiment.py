@@ -23,8 +23,8 @@ from avs_lib.audio import vggish_examples
 from avs_lib.cache import EmbeddingCache
 from avs_lib.data.datasets import AVSDataset, load_sources, read_audio_segment, read_image, read_mask
 from avs_lib.memory import SemanticMemory, build_semantic_memory, load_memory, save_memory
-from avs_lib.models.audio_encoders import (SmallAudioEncoder, load_audio_encoder, save_audio_encoder,
-                                           train_small_audio_encoder)
+from avs_lib.models.audio_encoders import (PrecomputedEmbeddings, SmallAudioEncoder, load_audio_encoder,
+                                           save_audio_encoder, train_small_audio_encoder)
 
 SEMANTIC_LAYOUTS = ("avss", "avss-ddeseg", "vpo")
 
@@ -66,7 +66,7 @@ class FileAudioEncoder(torch.nn.Module):
         elif kind == "htsat":
             self.net = load_htsat(path)
         else:
-            raise ValueError(f"audio_encoder {spec!r}: use 'small', 'vggish:PATH' or 'htsat:PATH'")
+            raise ValueError(f"audio_encoder {spec!r}: use 'small', 'vggish:PATH', 'htsat:PATH' or 'precomputed:DIR'")
         digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
         self.identifier = f"{kind}-{digest}"
 
@@ -79,6 +79,9 @@ def audio_encoder_from_spec(spec: str, root: str | Path, cache_dir: str | Path, 
     """(encoder, class names, encoder id) for ``spec``: 'small' trains the world's encoder."""
     if spec == "small":
         return prepare_audio_encoder(root, cache_dir, dim, epochs, seed=0, progress=progress)
+    if spec.startswith("precomputed:"):
+        folder = spec.split(":", 1)[1]
+        return PrecomputedEmbeddings(folder), world_classes(root), f"precomputed-{Path(folder).resolve()}"
     encoder = FileAudioEncoder(spec).eval()
     return encoder, world_classes(root), encoder.identifier
 
@@ -119,6 +122,22 @@ def prepare_audio_encoder(root: str | Path, cache_dir: str | Path, dim: int = 12
     return encoder, classes, _encoder_id(encoder)
 
 
+def frame_embeddings(dataset: AVSDataset, encoder, encoder_id: str, cache_dir: str | Path, progress: bool = False) -> np.ndarray:
+    """F_a of every record [N, d]: row ``frame`` of the clip's file for precomputed embeddings, else
+    the encoder over the frame's log-mel, through the embedding cache."""
+    if isinstance(encoder, PrecomputedEmbeddings):
+        rows = []
+        for record in dataset.records:
+            clip = encoder(record.clip)
+            if record.frame >= len(clip):
+                raise ValueError(f"embedding of clip {record.clip} has {len(clip)} rows; frame {record.frame + 1} needs more")
+            rows.append(clip[record.frame])
+        return np.stack(rows)
+    log_mels = frame_log_mels(dataset, progress)
+    cache = EmbeddingCache(Path(cache_dir) / "embeddings")
+    return cache.get_or_compute(encoder_id, log_mels, lambda: embed(encoder, log_mels))
+
+
 @torch.no_grad()
 def embed(encoder: torch.nn.Module, log_mels: np.ndarray, batch_size: int = 256) -> np.ndarray:
     encoder = encoder.eval()
@@ -143,9 +162,7 @@ def load_frames(root: str | Path, layout: str, split: str, image_size: int, enco
         images.append(_resize(image, image_size, nearest=False).transpose(2, 0, 1))
         masks.append(_resize(mask.astype(np.uint8), image_size, nearest=True))
         valid.append(bool(rec.masks))
-    log_mels = frame_log_mels(dataset, progress)
-    cache = EmbeddingCache(Path(cache_dir) / "embeddings")
-    audio = cache.get_or_compute(encoder_id, log_mels, lambda: embed(encoder, log_mels))
+    audio = frame_embeddings(dataset, encoder, encoder_id, cache_dir, progress)
     return FrameSet(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks).astype(np.int64)),
                     torch.tensor(valid), torch.from_numpy(np.asarray(audio, dtype=np.float32)),
                     [r.clip for r in dataset.records], [r.frame for r in dataset.records],
@@ -156,13 +173,12 @@ def build_world_memory(root: str | Path, encoder: torch.nn.Module, encoder_id: s
                        k: int = 3, m: int = 5, seed: int = 0, progress: bool = False) -> SemanticMemory:
     """Eq. 2-4 on the S4 training embeddings; saved to and reused from ``<cache>/memory_*.npz``."""
     classes = world_classes(root)
-    path = Path(cache_dir) / f"memory_{encoder_id}_k{k}_m{m}_s{seed}.npz"
+    safe_id = hashlib.sha256(encoder_id.encode()).hexdigest()[:16] if "/" in encoder_id else encoder_id
+    path = Path(cache_dir) / f"memory_{safe_id}_k{k}_m{m}_s{seed}.npz"
     if path.exists():
         return load_memory(path, class_names=classes)
     s4 = AVSDataset(root, "s4", "train")
-    log_mels = frame_log_mels(s4, progress)
-    cache = EmbeddingCache(Path(cache_dir) / "embeddings")
-    features = cache.get_or_compute(encoder_id, log_mels, lambda: embed(encoder, log_mels))
+    features = frame_embeddings(s4, encoder, encoder_id, cache_dir, progress)
     labels = torch.tensor([classes.index(r.category) for r in s4.records])
     memory = build_semantic_memory(torch.from_numpy(np.asarray(features)), labels, k=k, m=m, seed=seed,
                                    class_names=classes, encoder=encoder_id)

@@ -141,4 +141,25 @@ def test_every_shipped_config_parses():
     for path in configs:
         config = load_config(path)
         assert config.model in ("ddeseg", "baseline", "avsac"), path
-        assert config.audio_encoder == "small" or config.audio_encoder.split(":")[0] in ("vggish", "htsat"), path
+        assert config.audio_encoder == "small" or config.audio_encoder.split(":")[0] in ("vggish", "htsat", "precomputed"), path
+
+
+def test_training_on_precomputed_embeddings(training_world, tmp_path):
+    """HTS-AT-style embeddings computed elsewhere: one [frames, d] .npy per clip."""
+    from avs_lib.data.datasets import AVSDataset
+    from avs_lib.train import load_config, prepare
+
+    folder = tmp_path / "embeddings"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for layout in ("s4", "ms3"):
+        for clip in AVSDataset(training_world, layout).clips:
+            np.save(folder / f"{clip}.npy", rng.normal(size=(5, 24)).astype(np.float32))
+    config = load_config(None, [f"data_root={training_world}", "layout=ms3", "image_size=64", "epochs=1", "batch_size=4",
+                                f"audio_encoder=precomputed:{folder}", "audio_dim=24", "k=2", "m=2",
+                                f"out={tmp_path / 'run'}", "progress=false", f"cache_dir={tmp_path / 'cache'}"])
+    prepared = prepare(config)
+    first = prepared.val
+    np.testing.assert_array_equal(first.audio[0].numpy(), np.load(folder / f"{first.clips[0]}.npy")[first.frames[0]])
+    assert prepared.memory.dim == 24
+    assert set(train(config, prepared)["test"]) >= {"J", "F", "JF"}

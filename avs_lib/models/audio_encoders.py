@@ -156,8 +156,8 @@ def load_vggish(path: str | Path, pca_path: str | Path | None = None) -> VGGish:
 def load_htsat(path: str | Path):
     raise NotImplementedError(
         f"HTS-AT ({path}) is not built into this version of the workbench. Compute HTS-AT embeddings "
-        "with the authors' code and load them with PrecomputedEmbeddings (one [T, 768] .npy per clip), "
-        "or use 'vggish' or the world's 'small' encoder.")
+        "with the authors' code (one [T, 768] .npy per clip) and train with "
+        "audio_encoder=precomputed:DIR audio_dim=768, or use 'vggish' or the world's 'small' encoder.")
 
 
 # ----------------------------------------------------------------------------- precomputed
