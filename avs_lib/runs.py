@@ -7,6 +7,8 @@ figures. The notebook receives ``run_dir`` as a parameter and writes into it.
 
 papermill cannot read jupytext ``.py`` notebooks, so the notebook is converted in memory first.
 A run name that exists is never overwritten; a failed run keeps its partial notebook.
+The executed notebook is saved without its widget state: a live widget only works in a live kernel,
+and anywidget's saved state embeds its JavaScript bundle (5 MB for one plotly FigureWidget).
 """
 from __future__ import annotations
 
@@ -112,9 +114,20 @@ def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str
     else:
         status["status"] = "done"
     finally:
+        if output.exists():
+            drop_widget_state(output)
         status["seconds"] = round((dt.datetime.now() - started).total_seconds(), 1)
         (run_dir / "status.json").write_text(json.dumps(status, indent=1))
     return run_dir
+
+
+def drop_widget_state(path: str | Path) -> None:
+    """Remove the saved ipywidgets state from an executed notebook (outputs are kept)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    if nb.metadata.pop("widgets", None) is not None:
+        nbformat.write(nb, path)
 
 
 def expand_grid(grid: dict) -> list[dict]:
