@@ -227,7 +227,7 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.overrides)
     seeds = tuple(int(s) for s in args.seeds.split(","))
-    summary = run_ablation(args.out, config, seeds=seeds, figure=Path(args.figures) / "ablation.png")
+    run_ablation(args.out, config, seeds=seeds, figure=Path(args.figures) / "ablation.png")
     print((Path(args.out) / "ablation.md").read_text())
     return 0
 

@@ -128,9 +128,8 @@ def memory_map(memory, features=None, labels=None, path=None):
     return fig
 
 
-def recall_curve(recalls: list[dict], path=None):
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+def draw_recall(ax, recalls: list[dict]) -> None:
+    """Derivation recall against K (overall, on screen, off screen) on ``ax``."""
     ks = [r["K"] for r in recalls]
     ax.plot(ks, [r["recall"] for r in recalls], "o-", label="all sounding classes")
     ax.plot(ks, [r["recall_on_screen"] for r in recalls], "s--", label="on screen")
@@ -140,6 +139,12 @@ def recall_curve(recalls: list[dict], path=None):
     ax.set_ylabel("recall of the true classes")
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8)
+
+
+def recall_curve(recalls: list[dict], path=None):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    draw_recall(ax, recalls)
     save(fig, path)
     return fig
 

@@ -86,31 +86,37 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2), settings: list[s
 
     from avs_lib.analysis import derivation_recall, elimination_auc
     from avs_lib.metrics import evaluate
-    from avs_lib.train import evaluate_model, load_trained, make_model, prepare, train
+    from avs_lib.train import evaluate_model, load_trained, prepare, train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     settings = settings or list(SETTINGS)
     prepared = prepare(base_config, progress=progress)
     jobs = [(s, seed) for s in settings for seed in seeds]
+
+    def run_dir_of(setting: str, seed: int) -> Path:
+        return out / f"{setting.strip('+')}_seed{seed}"
+
     for setting, seed in tqdm(jobs, desc="ablation runs", disable=not progress):
-        run_dir = out / f"{setting.strip('+')}_seed{seed}"
+        run_dir = run_dir_of(setting, seed)
         if (run_dir / "metrics.json").exists():
             continue
         config = replace(base_config, seed=seed, out=str(run_dir), progress=False, resume=True, **SETTINGS[setting])
         train(config, prepared)
     rows = []
     for setting, seed in jobs:
-        metrics = json.loads((out / f"{setting.strip('+')}_seed{seed}" / "metrics.json").read_text())
+        metrics = json.loads((run_dir_of(setting, seed) / "metrics.json").read_text())
         rows.append({"setting": setting, "seed": seed, **{k: metrics["test"][k] for k in ("J", "F", "JF")}})
     # trivial baselines: every pixel foreground; the full model with its audio zeroed at test time
     test = prepared.test
     keep = test.valid
     all_foreground = evaluate(torch.full(test.masks[keep].shape, 20.0), test.masks[keep], convention=base_config.convention)
-    zero_rows = []
+    zero_rows, aucs = [], []
     for seed in seeds:
-        model, config, _ = load_trained(out / f"full_seed{seed}" / "best.pt", prepared)
+        model, config, _ = load_trained(run_dir_of("full", seed) / "best.pt", prepared)
         zero_rows.append(evaluate_model(model, test, torch.device("cpu"), replace(config, zero_audio=True)))
+        result = elimination_auc(model, test)
+        aucs.append({"seed": seed, "auc": result["auc"], "positives": result["positives"], "negatives": result["negatives"]})
     rows.append({"setting": "trivial: all foreground", "seed": -1, **{k: all_foreground[k] for k in ("J", "F", "JF")}})
     for seed, r in zip(seeds, zero_rows):
         rows.append({"setting": "trivial: full, audio zeroed", "seed": seed, **{k: r[k] for k in ("J", "F", "JF")}})
@@ -118,11 +124,6 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2), settings: list[s
     summary = summarise(table, "setting", ["J", "F", "JF"])
     # analyses
     recall = [derivation_recall(test, prepared.memory.centroids, k) for k in range(1, len(prepared.memory.class_names) + 1)]
-    aucs = []
-    for seed in seeds:
-        model, _, _ = load_trained(out / f"full_seed{seed}" / "best.pt", prepared)
-        result = elimination_auc(model, test)
-        aucs.append({"seed": seed, "auc": result["auc"], "positives": result["positives"], "negatives": result["negatives"]})
     analyses = {"derivation_recall": recall, "elimination_auc": aucs, "convention": base_config.convention,
                 "test_frames": int(keep.sum())}
     table.to_csv(out / "ablation.csv", index=False)
@@ -145,11 +146,9 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2), settings: list[s
 
 
 def plot_ablation(summary: pd.DataFrame, recall: list[dict], aucs: list[dict], path: str | Path) -> None:
-    import matplotlib
+    from avs_lib.plots import _pyplot, draw_recall
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
     ax = axes[0]
     x = np.arange(len(summary))
@@ -158,17 +157,9 @@ def plot_ablation(summary: pd.DataFrame, recall: list[dict], aucs: list[dict], p
     ax.set_xticks(x, summary["setting"], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("test J&F (%)")
     ax.set_title("Table 3 on the default world (mean ± std over seeds)")
-    ax = axes[1]
-    ks = [r["K"] for r in recall]
-    ax.plot(ks, [r["recall"] for r in recall], "o-", label="all sounding")
-    ax.plot(ks, [r["recall_on_screen"] for r in recall], "s--", label="on screen")
-    if all(r["recall_off_screen"] is not None for r in recall):
-        ax.plot(ks, [r["recall_off_screen"] for r in recall], "^:", label="off screen")
-    ax.set_xlabel("K (derived tokens)")
-    ax.set_ylabel("derivation recall")
+    draw_recall(axes[1], recall)
     auc_values = [a["auc"] for a in aucs if a["auc"] is not None]
-    ax.set_title(f"elimination AUC {np.mean(auc_values):.2f}" if auc_values else "derivation recall")
-    ax.legend(fontsize=8)
+    axes[1].set_title(f"elimination AUC {np.mean(auc_values):.2f}" if auc_values else "derivation recall")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from avs_lib.experiment import SEMANTIC_LAYOUTS, FrameSet, audio_encoder_from_spec, build_world_memory, load_frames
@@ -152,11 +151,6 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return (images.float() - MEAN.to(images.device)) / STD.to(images.device)
 
 
-def _forward(model, images, audio):
-    out = model(normalise(images), audio)
-    return out
-
-
 def _loss(config: TrainConfig, out, masks, valid):
     if config.model == "avsac":
         return avsac_loss(out.logits.float(), masks, out.audio.float(), out.agv.float(), valid, config.avfs_weight)
@@ -181,7 +175,7 @@ def predict(model, frames: FrameSet, device: torch.device, batch_size: int = 32,
         if zero_audio:
             audio = torch.zeros_like(audio)
         with _autocast(device, bf16):
-            outs.append(_forward(model, images, audio).logits.float().cpu())
+            outs.append(model(normalise(images), audio).logits.float().cpu())
     return torch.cat(outs)
 
 
@@ -304,7 +298,7 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> dict:
             sl = slice(rank * share, (rank + 1) * share)
             images, masks, audio, valid = (t[sl].to(device) for t in (images, masks, audio, valid))
             with _autocast(device, config.bf16):
-                out = _forward(model, images, audio)
+                out = model(normalise(images), audio)
             loss = _loss(config, out, masks, valid)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -350,6 +344,17 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> dict:
                   "best_epoch": state["epoch"] + 1}
         (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def train_or_load(checkpoint: str | Path | None, overrides: list[str], out: str | Path):
+    """(model, config, prepared) for a notebook: load ``checkpoint`` when given, else train a run
+    from ``overrides`` (``key=value``, no config file) into ``out`` and load its best checkpoint."""
+    if checkpoint:
+        return load_trained(checkpoint)
+    config = load_config(None, [*overrides, f"out={out}"])
+    prepared = prepare(config)
+    train(config, prepared)
+    return load_trained(Path(out) / "best.pt", prepared)
 
 
 def load_trained(checkpoint: str | Path, prepared: Prepared | None = None, device: str = "cpu"):

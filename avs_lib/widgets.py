@@ -16,7 +16,6 @@ def derivation_explorer(model, frames, class_names: list[str], max_k: int | None
 
     from avs_lib.analysis import true_classes
     from avs_lib.models.derivation import nearest_centres
-    from avs_lib.train import normalise
 
     derivation = model.derivation
     max_k = max_k or derivation.centroids.shape[0]
@@ -56,7 +55,6 @@ def clip_browser(root):
     """Browse clips of a written world: subset picker and clip slider; frames with masks and sources."""
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
-    from IPython.display import display
 
     from avs_lib.data.datasets import AVSDataset, load_sources
     from avs_lib.plots import _overlay

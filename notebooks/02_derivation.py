@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -41,19 +43,14 @@ import torch
 
 from avs_lib.analysis import derivation_recall, true_classes
 from avs_lib.plots import recall_curve
-from avs_lib.train import load_config, load_trained, train
+from avs_lib.train import train_or_load
 from avs_lib.widgets import derivation_explorer
 
-if checkpoint:
-    model, config, prepared = load_trained(checkpoint)
-else:
-    config = load_config(None, [f"data_root={data_root}", f"layout={layout}", f"image_size={image_size}",
-                                f"epochs={train_epochs}", f"seed={seed}", f"switches.num_tokens={K}",
-                                f"out={Path(run_dir) / 'model'}", "progress=false"])
-    from avs_lib.train import prepare
-    prepared = prepare(config)
-    train(config, prepared)
-    model, config, _ = load_trained(Path(run_dir) / "model" / "best.pt", prepared)
+# a given checkpoint is loaded; otherwise a short run trains one into run_dir/model
+model, config, prepared = train_or_load(checkpoint, [f"data_root={data_root}", f"layout={layout}",
+                                                     f"image_size={image_size}", f"epochs={train_epochs}", f"seed={seed}",
+                                                     f"switches.num_tokens={K}", "progress=false"],
+                                        Path(run_dir) / "model")
 classes = prepared.memory.class_names
 test = prepared.test
 

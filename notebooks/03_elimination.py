@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -41,16 +43,11 @@ import torch
 
 from avs_lib.analysis import elimination_auc
 from avs_lib.plots import assignment_maps, roc_figure
-from avs_lib.train import load_config, load_trained, normalise, prepare, train
+from avs_lib.train import normalise, train_or_load
 
-if checkpoint:
-    model, config, prepared = load_trained(checkpoint)
-else:
-    config = load_config(None, [f"data_root={data_root}", f"layout={layout}", f"image_size={image_size}",
-                                f"epochs={train_epochs}", f"seed={seed}", f"out={Path(run_dir) / 'model'}", "progress=false"])
-    prepared = prepare(config)
-    train(config, prepared)
-    model, config, _ = load_trained(Path(run_dir) / "model" / "best.pt", prepared)
+model, config, prepared = train_or_load(checkpoint, [f"data_root={data_root}", f"layout={layout}",
+                                                     f"image_size={image_size}", f"epochs={train_epochs}", f"seed={seed}",
+                                                     "progress=false"], Path(run_dir) / "model")
 test = prepared.test
 figures = Path(run_dir) / "figures"
 

@@ -2,7 +2,6 @@
 driving Debian's /usr/bin/chromium), all cells run, the explorer widget and its plotly figure
 render and follow a K-slider move. A screenshot goes to figures/."""
 import os
-import shutil
 import socket
 import subprocess
 import sys

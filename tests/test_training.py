@@ -2,7 +2,6 @@
 import json
 import os
 import socket
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -81,7 +80,7 @@ def _ddp_worker(rank, world, port, out):
 
 
 def test_ddp_two_processes_match_one(tmp_path):
-    single = train(_config(tmp_path / "single", epochs=2), _prepared())
+    train(_config(tmp_path / "single", epochs=2), _prepared())
     mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
     losses_single = [json.loads(l)["losses"] for l in open(tmp_path / "single" / "log.jsonl")]
     losses_ddp = [json.loads(l)["losses"] for l in open(tmp_path / "ddp" / "log.jsonl")]

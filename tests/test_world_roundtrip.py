@@ -2,7 +2,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from avs_lib.data.convert import avss_to_ddeseg
 from avs_lib.data.datasets import AVSDataset, load_sources

@@ -8,7 +8,6 @@ enhancement), ``"full"`` (+ elimination).
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .avsac import AVSAC, AVSACConfig, AVSACOutput

@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 SCHEMES = ("none", "fc", "ca_fc", "softkmeans_ca_fc", "gumbel_ca_fc")
