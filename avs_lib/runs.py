@@ -78,9 +78,11 @@ def default_name(notebook: str | Path, parameters: dict) -> str:
 
 
 def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str | None = None,
-                 runs_dir: str | Path = RUNS_DIR, progress: bool = True, cwd: str | Path = ".") -> Path:
+                 runs_dir: str | Path = RUNS_DIR, progress: bool = True, cwd: str | Path = ".",
+                 cell_timeout: int = 1800) -> Path:
     """Execute ``notebook`` with ``parameters``; return the run folder. Raises on failure (the run
-    folder is kept, marked failed)."""
+    folder is kept, marked failed). ``cell_timeout`` (seconds) turns a cell that never finishes into a
+    failed run: nbclient can block on a cell that displays ipywidgets (jupyter/nbclient#312)."""
     import jupytext
     import papermill
 
@@ -107,7 +109,7 @@ def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str
     started = dt.datetime.now()
     try:
         papermill.execute_notebook(jupytext.read(notebook), str(output), parameters=parameters, kernel_name="python3", language="python",
-                                   progress_bar=progress, cwd=str(cwd))
+                                   progress_bar=progress, cwd=str(cwd), execution_timeout=cell_timeout)
     except BaseException as error:
         status.update(status="failed", error=f"{type(error).__name__}: {str(error)[-2000:]}")
         raise
