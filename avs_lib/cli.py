@@ -95,39 +95,26 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     print(f"figure: {figure}")
     if args.no_notebooks:
         return 0
-    return _run_pipeline_notebooks(out, Path(args.figures), Path(args.runs_dir))
+    from avs_lib.runs import NotebookFailed, readme_block, run_pipeline
 
+    batch = None
+    try:
+        batch = run_pipeline(out, Path(args.figures), Path(args.runs_dir))
+    except NotebookFailed as err:
+        print(f"avs pipeline: a notebook failed: {err}", file=sys.stderr)
+        return 1
+    finally:
+        runs = sorted(Path(args.runs_dir).glob("main-*"))
+        if runs:
+            print(f"run report: {runs[-1] / 'index.md'}")
+    if args.update_readme:
+        from avs_lib.paths import repo_root
 
-PIPELINE_NOTEBOOKS = ("00_data_tour", "01_semantic_memory", "02_derivation", "03_elimination", "04_tsne_probe",
-                      "05_training")
-
-
-def _run_pipeline_notebooks(world: Path, figures: Path, runs_dir: Path) -> int:
-    """Notebooks 00-05 in order through papermill into papermill_runs/main-<time>/, then their
-    figures copied into figures/<notebook>/."""
-    import datetime as dt
-    import shutil
-    import time
-
-    from avs_lib.runs import run_notebook
-
-    batch = runs_dir / f"main-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    started = time.time()
-    for name in PIPELINE_NOTEBOOKS:
-        t0 = time.time()
-        print(f"[{name}] running ...", flush=True)
-        try:
-            run = run_notebook(Path("notebooks") / f"{name}.py", {"data_root": str(world)}, name=name, runs_dir=batch,
-                               progress=False)
-        except Exception as err:
-            print(f"[{name}] failed: {type(err).__name__}; the partial notebook is in {batch / name}", file=sys.stderr)
-            return 1
-        target = figures / name
-        if (run / "figures").exists():
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(run / "figures", target)
-        print(f"[{name}] done in {time.time() - t0:.0f} s -> {run}", flush=True)
-    print(f"notebook pipeline: {time.time() - started:.0f} s; runs in {batch}")
+        readme = repo_root() / "README.md"
+        text = readme.read_text()
+        start, end = text.index("<!-- run-numbers: start -->"), text.index("<!-- run-numbers: end -->")
+        readme.write_text(text[:start] + readme_block(batch) + text[end + len("<!-- run-numbers: end -->"):])
+        print(f"README.md: the run-numbers table now quotes {batch}")
     return 0
 
 
@@ -161,7 +148,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import json
 
-    from avs_lib.runs import RunExists, run_notebook
+    from avs_lib.runs import NotebookFailed, RunExists, run_notebook
 
     parameters = {}
     for key, value in args.parameter:
@@ -174,9 +161,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except RunExists as err:
         print(f"avs run: error: {err}", file=sys.stderr)
         return 2
-    except Exception as err:  # the notebook failed: its partial output stays in the run folder
-        print(f"avs run: {args.notebook} failed ({type(err).__name__}); partial notebook kept in the run folder",
-              file=sys.stderr)
+    except NotebookFailed as err:  # the partial notebook stays in the run folder
+        print(f"avs run: {args.notebook} failed: {err}", file=sys.stderr)
         return 1
     print(f"run: {run_dir}")
     return 0
@@ -270,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figures", default="figures", help="where figures go (default: figures/)")
     p.add_argument("--runs-dir", default="papermill_runs")
     p.add_argument("--no-notebooks", action="store_true", help="only build and summarise the world")
+    p.add_argument("--update-readme", action="store_true",
+                   help="rewrite README.md's table of run numbers from this run (maintainers, before committing a run)")
     p.set_defaults(func=_cmd_pipeline)
 
     t = sub.add_parser("train", help="train a model: avs train --config configs/tiny_world.yaml [key=value ...]")

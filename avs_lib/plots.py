@@ -6,11 +6,11 @@ from pathlib import Path
 import numpy as np
 
 from avs_lib.audio import vggish_log_mel
-from avs_lib.data.datasets import AVSDataset, DataError, load_sources
+from avs_lib.data.datasets import AVSDataset, DataError, clip_frames, load_sources
 from avs_lib.data.palette import voc_palette
 
 
-def _overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def overlay_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Colour the mask's classes over the frame (binary masks use class 1's red)."""
     colours = voc_palette(256).astype(np.float32)
     out = image.astype(np.float32).copy()
@@ -38,14 +38,7 @@ def world_overview(root: str | Path, out_png: str | Path, clips_per_subset: int 
         except DataError:
             continue
         sources = load_sources(sub_root, layout)
-        if layout == "vpo":
-            # VPO records are single frames; the sidecar says which image ids make up a clip.
-            index_of = {int(rec.clip): i for i, rec in enumerate(dataset.records)}
-            groups = [(r["name"], [index_of[i] for i in r["vpo"]["img_ids"]], r) for r in sources.values()
-                      if r["split"] == "val"]
-        else:
-            groups = [(name, sorted(idx, key=lambda i: dataset.records[i].frame), sources.get(name))
-                      for name, idx in dataset.clips.items()]
+        groups = [(name, indices, sources.get(name)) for name, indices in clip_frames(dataset, sources).items()]
         for name, indices, record in groups[:clips_per_subset]:
             rows.append((subset, name, [dataset.load_raw(i) for i in indices], record))
     if not rows:
@@ -60,7 +53,7 @@ def world_overview(root: str | Path, out_png: str | Path, clips_per_subset: int 
             ax.axis("off")
             if t < len(frames):
                 sample = frames[t]
-                ax.imshow(_overlay(sample["image"], sample["mask"]) if sample["mask_valid"] else sample["image"])
+                ax.imshow(overlay_mask(sample["image"], sample["mask"]) if sample["mask_valid"] else sample["image"])
                 if t == 0:
                     ax.set_title(f"{subset}: {name}", fontsize=8, loc="left")
         audio = np.concatenate([f["audio"] for f in frames])
@@ -205,8 +198,8 @@ def qualitative(images: np.ndarray, masks: np.ndarray, logits: np.ndarray, atten
     fig, axes = plt.subplots(n, 3 + extra, figsize=(2 * (3 + extra), 2 * n), squeeze=False)
     for r in range(n):
         axes[r, 0].imshow(images[r])
-        axes[r, 1].imshow(_overlay(images[r], masks[r]))
-        axes[r, 2].imshow(_overlay(images[r], (logits[r] > 0).astype(np.int64)))
+        axes[r, 1].imshow(overlay_mask(images[r], masks[r]))
+        axes[r, 2].imshow(overlay_mask(images[r], (logits[r] > 0).astype(np.int64)))
         for t in range(extra):
             axes[r, 3 + t].imshow(attention[r, t], cmap="viridis")
         if r == 0:

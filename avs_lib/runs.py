@@ -31,6 +31,41 @@ class RunExists(FileExistsError):
     pass
 
 
+# Folders the workbench's own runs write into: a tree that differs from its commit only there is
+# the commit's code, so these paths are listed apart from the rest of what is dirty.
+OUTPUT_PATHS = ("papermill_runs/", "figures/")
+
+
+def cpu_model() -> str:
+    """The processor's model name (Linux /proc/cpuinfo; else platform.processor())."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def git_state(cwd: str | Path | None = None) -> dict:
+    """The commit, and what differs from it: ``dirty_code`` (any file outside the output folders,
+    which would make the run not reproducible from the commit) and ``dirty_outputs``."""
+    from avs_lib.paths import repo_root
+
+    cwd = cwd or repo_root()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                                cwd=cwd).stdout.strip()
+        lines = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True,
+                               cwd=cwd).stdout.splitlines()
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": None, "git_dirty": None, "dirty_code": None, "dirty_outputs": None}
+    paths = [line[3:] for line in lines]
+    outputs = [p for p in paths if p.startswith(OUTPUT_PATHS)]
+    code = [p for p in paths if not p.startswith(OUTPUT_PATHS)]
+    return {"git_commit": commit, "git_dirty": bool(code), "dirty_code": code, "dirty_outputs": len(outputs)}
+
+
 def environment() -> dict:
     from importlib import metadata
 
@@ -42,15 +77,25 @@ def environment() -> dict:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = None, None
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions,
-            "git_commit": commit, "git_dirty": dirty,
-            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or 'unknown'})",
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions, **git_state(),
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({cpu_model()})",
             "cpu_threads": torch.get_num_threads(), "started": dt.datetime.now().isoformat(timespec="seconds")}
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook run failed; the message says which cell, which exception, and where the partial
+    notebook is."""
+
+
+def describe_failure(error: BaseException, output: Path) -> str:
+    """One readable paragraph for a failed run: the failing cell (number and first lines), the
+    exception and its message, and where the partial notebook is."""
+    cell = getattr(error, "exec_count", None)
+    ename, evalue = getattr(error, "ename", type(error).__name__), getattr(error, "evalue", str(error))
+    source = (getattr(error, "source", "") or "").strip().splitlines()
+    where = f"cell [{cell}]" if cell is not None else "the notebook"
+    first = f" ({source[0].strip()[:80]}{' ...' if len(source) > 1 else ''})" if source else ""
+    return f"{where}{first} raised {ename}: {evalue}\npartial notebook: {output}"
 
 
 def notebook_parameters(notebook: str | Path) -> dict:
@@ -80,9 +125,11 @@ def default_name(notebook: str | Path, parameters: dict) -> str:
 def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str | None = None,
                  runs_dir: str | Path = RUNS_DIR, progress: bool = True, cwd: str | Path = ".",
                  cell_timeout: int = 1800) -> Path:
-    """Execute ``notebook`` with ``parameters``; return the run folder. Raises on failure (the run
-    folder is kept, marked failed). ``cell_timeout`` (seconds) turns a cell that never finishes into a
-    failed run: nbclient can block on a cell that displays ipywidgets (jupyter/nbclient#312)."""
+    """Execute ``notebook`` with ``parameters``; return the run folder. A failing cell raises
+    ``NotebookFailed`` naming the cell, the exception and the partial notebook (the run folder is
+    kept, marked failed). ``cell_timeout`` (seconds) bounds a cell that never finishes. The
+    workbench's widgets never use ``widgets.Output``, whose messages can leave nbclient waiting
+    until this timeout although the cell has finished (jupyter/nbclient#312)."""
     import jupytext
     import papermill
 
@@ -110,6 +157,9 @@ def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str
     try:
         papermill.execute_notebook(jupytext.read(notebook), str(output), parameters=parameters, kernel_name="python3", language="python",
                                    progress_bar=progress, cwd=str(cwd), execution_timeout=cell_timeout)
+    except papermill.PapermillExecutionError as error:
+        status.update(status="failed", error=f"{error.ename}: {error.evalue}"[-2000:], cell=error.exec_count)
+        raise NotebookFailed(describe_failure(error, output)) from error
     except BaseException as error:
         status.update(status="failed", error=f"{type(error).__name__}: {str(error)[-2000:]}")
         raise
@@ -157,3 +207,118 @@ def run_sweep(spec: dict, parallel: int = 1, runs_dir: str | Path = RUNS_DIR) ->
 
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         return list(pool.map(one, points))
+
+
+# ----------------------------------------------------------------------------- the main job
+PIPELINE_NOTEBOOKS = ("00_data_tour", "01_semantic_memory", "02_derivation", "03_elimination", "04_tsne_probe",
+                      "05_training")
+README_BLOCK = ("<!-- run-numbers: start -->", "<!-- run-numbers: end -->")
+
+
+def run_pipeline(world: Path, figures: Path, runs_dir: Path, notebooks: tuple[str, ...] = PIPELINE_NOTEBOOKS,
+                 parameters: dict | None = None, batch_name: str | None = None) -> Path:
+    """Notebooks 00-05 in order through papermill into ``<runs_dir>/main-<time>/``, their figures
+    copied into ``figures/<notebook>/``, then the run report ``index.md``. Returns the batch folder;
+    a failing notebook raises ``NotebookFailed`` after the report of what ran is written."""
+    import shutil
+    import time
+
+    from avs_lib.paths import repo_root
+
+    batch = Path(runs_dir) / (batch_name or f"main-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    started = time.time()
+    try:
+        for name in notebooks:
+            t0 = time.time()
+            print(f"[{name}] running ...", flush=True)
+            run = run_notebook(repo_root() / "notebooks" / f"{name}.py", {"data_root": str(world), **(parameters or {})},
+                               name=name, runs_dir=batch, progress=False)
+            if (run / "figures").exists():
+                shutil.rmtree(Path(figures) / name, ignore_errors=True)
+                shutil.copytree(run / "figures", Path(figures) / name)
+            print(f"[{name}] done in {time.time() - t0:.0f} s", flush=True)
+    finally:
+        if batch.exists():
+            write_run_report(batch, readme=repo_root() / "README.md")
+    print(f"notebook pipeline: {time.time() - started:.0f} s", flush=True)
+    return batch
+
+
+def headline_numbers(metrics: dict) -> dict[str, float]:
+    """The scalar numbers of a metrics.json, nested keys joined by dots (lists are left out)."""
+    numbers = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            numbers[key] = value
+        elif isinstance(value, dict):
+            numbers.update({f"{key}.{k}": v for k, v in headline_numbers(value).items()})
+    return numbers
+
+
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:.4g}"
+
+
+def readme_numbers(readme: Path) -> dict[tuple[str, str], str]:
+    """{(notebook, number): value} from the README's table between the run-numbers markers."""
+    if not readme.exists():
+        return {}
+    text = readme.read_text()
+    if README_BLOCK[0] not in text:
+        return {}
+    block = text.split(README_BLOCK[0], 1)[1].split(README_BLOCK[1], 1)[0]
+    rows = {}
+    for line in block.splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and cells[0] not in ("notebook", "") and not set(cells[0]) <= set("-: "):
+            rows[cells[0], cells[1]] = cells[2]
+    return rows
+
+
+def readme_block(batch: Path) -> str:
+    """The README's table of headline numbers for the run ``batch`` (between the markers)."""
+    lines = [README_BLOCK[0], "", f"Numbers of the committed main-job run `{batch.as_posix()}` "
+             "(each notebook's `metrics.json`; `make run` on this machine reproduces them, and its run report "
+             "puts them side by side with a new run's):", "", "| notebook | number | value |", "| --- | --- | --- |"]
+    for run in sorted(p for p in batch.iterdir() if (p / "metrics.json").exists()):
+        for key, value in headline_numbers(json.loads((run / "metrics.json").read_text())).items():
+            lines.append(f"| `{run.name}` | `{key}` | {_number(value)} |")
+    return "\n".join(lines + ["", README_BLOCK[1]])
+
+
+def write_run_report(batch: Path, readme: Path | None = None) -> Path:
+    """``<batch>/index.md``: per notebook its status, its headline numbers (beside the README's,
+    where the README quotes one), thumbnails of its figures and a link to the executed notebook."""
+    quoted = readme_numbers(readme) if readme else {}
+    lines = [f"# Run report: {batch.name}", ""]
+    env_files = sorted(batch.glob("*/environment.json"))
+    if env_files:
+        env = json.loads(env_files[0].read_text())
+        dirty = f", uncommitted code changes: {', '.join(env['dirty_code'])}" if env.get("dirty_code") else ""
+        lines += [f"Commit `{env.get('git_commit')}`{dirty}; {env.get('device')}; torch "
+                  f"{env.get('packages', {}).get('torch')}; started {env.get('started')}.", ""]
+    for run in sorted(p for p in batch.iterdir() if p.is_dir()):
+        status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
+        lines += [f"## {run.name}", "",
+                  f"{status.get('status', 'unknown')}" + (f" in {status['seconds']} s" if "seconds" in status else "")
+                  + f" · [executed notebook]({run.name}/{run.name}.ipynb) · [parameters]({run.name}/params.json)", ""]
+        if status.get("error"):
+            lines += [f"Error: `{status['error'][:300]}`", ""]
+        if (run / "metrics.json").exists():
+            numbers = headline_numbers(json.loads((run / "metrics.json").read_text()))
+            lines += ["| number | this run | README |", "| --- | --- | --- |"]
+            for key, value in numbers.items():
+                readme_value = quoted.get((run.name, key), "")
+                mark = "" if not readme_value or readme_value == _number(value) else " (differs)"
+                lines.append(f"| `{key}` | {_number(value)} | {readme_value}{mark} |")
+            lines.append("")
+        thumbs = [f'<a href="{f.relative_to(batch).as_posix()}"><img src="{f.relative_to(batch).as_posix()}" width="240"></a>'
+                  for f in sorted((run / "figures").glob("*.png"))]
+        thumbs += [f"[{f.name}]({f.relative_to(batch).as_posix()})" for f in sorted((run / "figures").glob("*.html"))]
+        if thumbs:
+            lines += [" ".join(thumbs), ""]
+    path = batch / "index.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -196,13 +196,18 @@ class Prepared:
 
 
 def prepare(config: TrainConfig, progress: bool = False) -> Prepared:
-    cache = Path(config.cache_dir or Path(config.data_root) / "cache")
-    memory_root = config.memory_root or config.data_root
+    """Relative data paths are read from the repository root (``avs_lib.paths``), so a notebook's
+    kernel in ``notebooks/`` reads the same world as ``avs`` run from the root."""
+    from avs_lib.paths import workbench_path
+
+    data_root = workbench_path(config.data_root)
+    cache = workbench_path(config.cache_dir) if config.cache_dir else data_root / "cache"
+    memory_root = workbench_path(config.memory_root) if config.memory_root else data_root
     encoder, classes, encoder_id = audio_encoder_from_spec(config.audio_encoder, memory_root, cache, config.audio_dim,
                                                            config.encoder_epochs, progress=progress)
     memory = build_world_memory(memory_root, encoder, encoder_id, cache, config.k, config.m, seed=0,
                                 progress=progress)
-    sets = [load_frames(config.data_root, config.layout, split, config.image_size, encoder, encoder_id, cache, progress)
+    sets = [load_frames(data_root, config.layout, split, config.image_size, encoder, encoder_id, cache, progress)
             for split in ("train", "val", "test")]
     num_classes = len(classes) + 1 if config.layout in SEMANTIC_LAYOUTS else 1
     return Prepared(*sets, memory=memory, num_classes=num_classes)
@@ -346,14 +351,55 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> dict:
     return result
 
 
+# Settings that do not change what a run computes: a run that differs only in these is the same run.
+RUN_IDENTITY_EXCLUDES = ("out", "resume", "progress", "threads", "stop_after_epoch")
+
+
+def config_differences(a: TrainConfig | dict, b: TrainConfig | dict) -> dict[str, tuple]:
+    """{key: (a's value, b's value)} for the keys that change what a run computes."""
+    a, b = (json.loads(json.dumps(asdict(c) if isinstance(c, TrainConfig) else c)) for c in (a, b))
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if k not in RUN_IDENTITY_EXCLUDES and a.get(k) != b.get(k)}
+
+
+def train_once(config: TrainConfig, prepared: Prepared | None = None) -> dict:
+    """``train``, made safe to call again (a notebook's second Run All): a finished run in
+    ``config.out`` with the same settings is reused (its metrics are returned, nothing is trained),
+    an unfinished one is resumed, and a run with other settings is moved aside to
+    ``<out>-previous-<n>`` (said in one line) so that nothing is lost."""
+    from dataclasses import replace
+
+    out = Path(config.out)
+    saved = out / "config.json"
+    if saved.exists():
+        differences = config_differences(json.loads(saved.read_text()), config)
+        if not differences and (out / "metrics.json").exists():
+            print(f"reusing the model trained in {out} (same settings)", flush=True)
+            return json.loads((out / "metrics.json").read_text())
+        if not differences and (out / "last.pt").exists():
+            print(f"resuming the unfinished run in {out}", flush=True)
+            return train(replace(config, resume=True), prepared)
+        n = 1
+        while out.with_name(f"{out.name}-previous-{n}").exists():
+            n += 1
+        aside = out.with_name(f"{out.name}-previous-{n}")
+        out.rename(aside)
+        changed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in differences.items()) or "unfinished"
+        print(f"{out} held a run with other settings ({changed}); moved it to {aside}", flush=True)
+    return train(config, prepared)
+
+
 def train_or_load(checkpoint: str | Path | None, overrides: list[str], out: str | Path):
     """(model, config, prepared) for a notebook: load ``checkpoint`` when given, else train a run
-    from ``overrides`` (``key=value``, no config file) into ``out`` and load its best checkpoint."""
+    from ``overrides`` (``key=value``, no config file) into ``out`` (or reuse the one a previous
+    call trained there with the same settings) and load its best checkpoint."""
+    from avs_lib.paths import workbench_path
+
     if checkpoint:
-        return load_trained(checkpoint)
+        return load_trained(workbench_path(checkpoint))
     config = load_config(None, [*overrides, f"out={out}"])
     prepared = prepare(config)
-    train(config, prepared)
+    train_once(config, prepared)
     return load_trained(Path(out) / "best.pt", prepared)
 
 

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -21,10 +23,10 @@
 # sources, and gives you a browser over the clips of every subset.
 
 # %% tags=["parameters"]
-data_root = "data/default_world"
+data_root = "data/default_world"  # relative paths are read from the repository root
 subset = "ms3"
 clip_index = 0
-run_dir = "."
+run_dir = ""  # empty: runs/notebooks/00_data_tour/ under the repository root
 
 # %%
 import json
@@ -35,17 +37,20 @@ import numpy as np
 from IPython.display import Audio, display
 
 from avs_lib.audio import vggish_log_mel
-from avs_lib.data.datasets import AVSDataset, load_sources
-from avs_lib.plots import _overlay, save
+from avs_lib.data.datasets import AVSDataset, clip_frames, load_sources
+from avs_lib.paths import notebook_paths
+from avs_lib.plots import overlay_mask, save
 from avs_lib.widgets import clip_browser
 from avs_lib.world.write import world_roots
 
-figures = Path(run_dir) / "figures"
+data_root, run_dir = notebook_paths(data_root, run_dir, '00_data_tour')
+
+figures = run_dir / "figures"
 roots = world_roots(data_root)
 path, layout = roots[subset]
 dataset = AVSDataset(path, layout, "train")
 sources = load_sources(path, layout)
-clip = list(dataset.clips)[clip_index]
+clip = list(clip_frames(dataset, sources))[clip_index]
 
 # %% [markdown]
 # ## One clip: frames and masks
@@ -53,11 +58,11 @@ clip = list(dataset.clips)[clip_index]
 # sound at once, some objects are silent, and half of the clips also carry an off-screen source.
 
 # %%
-samples = [dataset.load_raw(i) for i in dataset.clips[clip]]
+samples = [dataset.load_raw(i) for i in clip_frames(dataset, sources)[clip]]
 fig, axes = plt.subplots(2, len(samples), figsize=(2.2 * len(samples), 4.4))
 for t, s in enumerate(samples):
     axes[0, t].imshow(s["image"]); axes[0, t].set_title(f"frame {t + 1}")
-    axes[1, t].imshow(_overlay(s["image"], s["mask"]))
+    axes[1, t].imshow(overlay_mask(s["image"], s["mask"]))
 for ax in axes.ravel():
     ax.axis("off")
 save(fig, figures / "clip_masks.png")
@@ -80,13 +85,22 @@ for s in record["sources"]:
 
 # %% [markdown]
 # ## Browse
-# Pick a subset and move through its clips (this needs a live kernel).
+# Pick a subset, a split and a clip: its frames with the sounding objects tinted, its audio, and
+# its true sources with their roles. The pickers need a live kernel (in an executed notebook the
+# browser shows its first clip only).
 
 # %%
 clip_browser(data_root)
 
+# %% [markdown]
+# ## The numbers of this split
+# Clips and frames of the chosen subset's training split, and how many of those clips carry a
+# source that is heard but not seen (the sounds DDESeg's elimination is meant to discard).
+
 # %%
-metrics = {"subset": subset, "clips": len(dataset.clips), "frames": len(dataset),
-           "offscreen_clips": sum(any(s["sounding"] and not s["on_screen"] for s in r["sources"]) for r in sources.values())}
-Path(run_dir, "metrics.json").write_text(json.dumps(metrics, indent=1))
+train_clips = clip_frames(dataset, sources)
+metrics = {"subset": subset, "split": "train", "clips": len(train_clips), "frames": len(dataset),
+           "offscreen_clips": sum(any(s["sounding"] and not s["on_screen"] for s in sources[name]["sources"])
+                                  for name in train_clips if name in sources)}
+(run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
 metrics

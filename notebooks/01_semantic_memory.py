@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -22,13 +24,13 @@
 # (a dog barks and whines), a larger m averages more of it.
 
 # %% tags=["parameters"]
-data_root = "data/default_world"
+data_root = "data/default_world"  # relative paths are read from the repository root
 k = 3
 m = 5
 audio_dim = 128
 encoder_epochs = 15
 seed = 0
-run_dir = "."
+run_dir = ""  # empty: runs/notebooks/01_semantic_memory/ under the repository root
 
 # %%
 import json
@@ -40,7 +42,10 @@ import torch
 from avs_lib.data.datasets import AVSDataset
 from avs_lib.experiment import build_world_memory, embed, frame_log_mels, prepare_audio_encoder, world_classes
 from avs_lib.memory import save_memory
+from avs_lib.paths import notebook_paths
 from avs_lib.plots import memory_map
+
+data_root, run_dir = notebook_paths(data_root, run_dir, '01_semantic_memory')
 
 cache = Path(data_root) / "cache"
 encoder, classes, encoder_id = prepare_audio_encoder(data_root, cache, audio_dim, encoder_epochs, seed=0, progress=True)

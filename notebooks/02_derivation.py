@@ -24,7 +24,7 @@
 # cover the classes that actually sound?**
 
 # %% tags=["parameters"]
-data_root = "data/default_world"
+data_root = "data/default_world"  # relative paths are read from the repository root
 layout = "ms3"
 K = 5
 image_size = 96
@@ -32,7 +32,7 @@ train_epochs = 2
 checkpoint = ""
 frame_index = 0
 seed = 0
-run_dir = "."
+run_dir = ""  # empty: runs/notebooks/02_derivation/ under the repository root
 
 # %%
 import json
@@ -42,9 +42,12 @@ import pandas as pd
 import torch
 
 from avs_lib.analysis import derivation_recall, true_classes
+from avs_lib.paths import notebook_paths
 from avs_lib.plots import recall_curve
 from avs_lib.train import train_or_load
 from avs_lib.widgets import derivation_explorer
+
+data_root, run_dir = notebook_paths(data_root, run_dir, '02_derivation')
 
 # a given checkpoint is loaded; otherwise a short run trains one into run_dir/model
 model, config, prepared = train_or_load(checkpoint, [f"data_root={data_root}", f"layout={layout}",

@@ -24,7 +24,7 @@
 # sounds on screen should score higher than one whose class sounds only off screen.
 
 # %% tags=["parameters"]
-data_root = "data/default_world"
+data_root = "data/default_world"  # relative paths are read from the repository root
 layout = "ms3"
 image_size = 96
 train_epochs = 2
@@ -32,7 +32,7 @@ checkpoint = ""
 frame_index = 0
 taus = [0.25, 1.0, 4.0]
 seed = 0
-run_dir = "."
+run_dir = ""  # empty: runs/notebooks/03_elimination/ under the repository root
 
 # %%
 import json
@@ -42,14 +42,17 @@ import numpy as np
 import torch
 
 from avs_lib.analysis import elimination_auc
+from avs_lib.paths import notebook_paths
 from avs_lib.plots import assignment_maps, roc_figure
 from avs_lib.train import normalise, train_or_load
+
+data_root, run_dir = notebook_paths(data_root, run_dir, '03_elimination')
 
 model, config, prepared = train_or_load(checkpoint, [f"data_root={data_root}", f"layout={layout}",
                                                      f"image_size={image_size}", f"epochs={train_epochs}", f"seed={seed}",
                                                      "progress=false"], Path(run_dir) / "model")
 test = prepared.test
-figures = Path(run_dir) / "figures"
+figures = run_dir / "figures"
 
 # %% [markdown]
 # ## Where do the visual centres look?

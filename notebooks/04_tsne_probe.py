@@ -25,13 +25,13 @@
 # them tiny without removing any information, and a linear probe should not depend on that scale.
 
 # %% tags=["parameters"]
-data_root = "data/default_world"
+data_root = "data/default_world"  # relative paths are read from the repository root
 settings = ["baseline", "derivation", "full"]
 image_size = 96
 train_epochs = 2
 perplexity = 20
 seed = 0
-run_dir = "."
+run_dir = ""  # empty: runs/notebooks/04_tsne_probe/ under the repository root
 
 # %%
 import json
@@ -47,10 +47,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from umap import UMAP
 
+from avs_lib.paths import notebook_paths
 from avs_lib.plots import embedding_figure
-from avs_lib.train import load_config, load_trained, normalise, prepare, train
+from avs_lib.train import load_config, load_trained, normalise, prepare, train_once
 
-figures = Path(run_dir) / "figures"
+data_root, run_dir = notebook_paths(data_root, run_dir, '04_tsne_probe')
+
+figures = run_dir / "figures"
 base = load_config(None, [f"data_root={data_root}", "layout=ms3", f"image_size={image_size}", f"epochs={train_epochs}",
                           f"seed={seed}", "progress=false"])
 prepared = prepare(base)
@@ -75,7 +78,7 @@ features, probe_f1 = {}, {}
 for setting in settings:
     from dataclasses import replace
     config = replace(base, ablation=setting, model="ddeseg", out=str(Path(run_dir) / f"model_{setting}"))
-    train(config, prepared)
+    train_once(config, prepared)
     model, _, _ = load_trained(Path(config.out) / "best.pt", prepared)
     train_x, test_x = representations(model, s4_sets.train), representations(model, s4_sets.test)
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(train_x, labels_of(s4_sets.train))

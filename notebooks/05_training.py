@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -21,11 +23,11 @@
 
 # %% tags=["parameters"]
 config_file = "configs/tiny_world.yaml"
-data_root = "data/default_world"
+data_root = "data/default_world"  # relative paths are read from the repository root
 epochs = 4
 seed = 0
 image_size = 96
-run_dir = "."
+run_dir = ""  # empty: runs/notebooks/05_training/ under the repository root
 
 # %%
 import json
@@ -36,14 +38,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from avs_lib.paths import notebook_paths, workbench_path
 from avs_lib.plots import qualitative, training_curves
-from avs_lib.train import evaluate_model, load_config, load_trained, normalise, prepare, train
+from avs_lib.train import evaluate_model, load_config, load_trained, normalise, prepare, train_once
 
-figures = Path(run_dir) / "figures"
-config = load_config(config_file, [f"data_root={data_root}", f"epochs={epochs}", f"seed={seed}",
+data_root, run_dir = notebook_paths(data_root, run_dir, '05_training')
+
+figures = run_dir / "figures"
+config = load_config(workbench_path(config_file), [f"data_root={data_root}", f"epochs={epochs}", f"seed={seed}",
                                    f"image_size={image_size}", f"out={Path(run_dir) / 'model'}", "progress=false"])
 prepared = prepare(config)
-result = train(config, prepared)
+result = train_once(config, prepared)
 training_curves(result["history"], figures / "training_curves.png");
 
 # %% [markdown]

@@ -174,7 +174,9 @@ def vpo_records(root: Path, split: str | None = None, vpo_subset: str = "msmi") 
 def layout_records(root: str | Path, layout: str, split: str | None = None, **kwargs) -> list[FrameRecord]:
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{root}: dataset root does not exist or is not a folder")
+        from avs_lib.paths import BUILD_HINT
+
+        raise DataError(f"{root}: dataset root does not exist or is not a folder; {BUILD_HINT}")
     builders = {"s4": s4_records, "ms3": ms3_records, "avss": avss_records, "avss-ddeseg": avss_ddeseg_records, "vpo": vpo_records}
     if layout not in builders:
         raise DataError(f"unknown layout {layout!r}: choose from {', '.join(LAYOUTS)}")
@@ -297,6 +299,22 @@ def load_sources(root: str | Path, layout: str, vpo_subset: str = "msmi") -> dic
             rec = json.loads(line)
             out[rec["name"]] = rec
     return out
+
+
+def clip_frames(dataset: AVSDataset, sources: dict[str, dict]) -> dict[str, list[int]]:
+    """{clip name: indices of its frames in order}. For AVSBench layouts these are the dataset's own
+    clips. VPO is image-level (each frame is a record named by its image id); for a composed world
+    the sources sidecar says which image ids make up each clip, and those clips are returned under
+    their world names (``msmi_00003``). Clips with no frame in ``dataset`` (another split) are left out."""
+    if dataset.layout != "vpo" or not sources:
+        return {name: sorted(idx, key=lambda i: dataset.records[i].frame) for name, idx in dataset.clips.items()}
+    index_of = {int(rec.clip): i for i, rec in enumerate(dataset.records)}
+    groups = {}
+    for name, record in sources.items():
+        indices = [index_of[i] for i in record.get("vpo", {}).get("img_ids", []) if i in index_of]
+        if indices:
+            groups[name] = indices
+    return groups
 
 
 # ----------------------------------------------------------------------------- checking a root
