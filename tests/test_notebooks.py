@@ -102,3 +102,57 @@ def test_sweep_and_report(tmp_path, capsys):
     # x=1: J = 0.10 and 0.12 -> 11.0 ± 1.4 (percent); x=2: 21.0 ± 1.4
     assert "11.0 ± 1.4" in text and "21.0 ± 1.4" in text
     assert (tmp_path / "report.csv").exists() and (tmp_path / "report_runs.csv").exists()
+
+
+def test_same_parameters_give_identical_metrics(notebook_world, tmp_path):
+    parameters = {"data_root": str(notebook_world), "train_epochs": 1, "image_size": 64}
+    first = run_notebook(NOTEBOOKS / "02_derivation.py", parameters, name="a", runs_dir=tmp_path, progress=False)
+    second = run_notebook(NOTEBOOKS / "02_derivation.py", parameters, name="b", runs_dir=tmp_path, progress=False)
+    assert json.loads((first / "metrics.json").read_text()) == json.loads((second / "metrics.json").read_text())
+
+
+def test_avs_run_names_the_failing_cell_and_a_missing_world(tmp_path, capsys):
+    from avs_lib.cli import main
+
+    notebook = tmp_path / "boom.py"
+    notebook.write_text('# %% tags=["parameters"]\nrun_dir = "."\n\n# %%\nx = 1\n\n# %%\nraise KeyError("no such clip")\n')
+    assert main(["run", str(notebook), "--runs-dir", str(tmp_path / "runs"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    # In [4] of the partial notebook: the parameters cell, the one papermill injects, x = 1, then this
+    assert "cell [4]" in err and "KeyError" in err and "no such clip" in err and "partial notebook" in err
+    assert "Traceback" not in err
+    missing = tmp_path / "nowhere"
+    assert main(["run", str(NOTEBOOKS / "00_data_tour.py"), "-p", "data_root", str(missing),
+                 "--runs-dir", str(tmp_path / "runs"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert str(missing) in err and "make run" in err and "avs world" in err
+
+
+def test_environment_names_the_cpu_and_what_was_dirty(tmp_path):
+    from avs_lib.runs import environment
+
+    env = environment()
+    assert env["device"].startswith("cpu (") and "unknown" not in env["device"]
+    assert isinstance(env["dirty_code"], list) and env["git_dirty"] == bool(env["dirty_code"])
+    assert not any(p.startswith(("papermill_runs/", "figures/")) for p in env["dirty_code"])
+
+
+def test_run_report_puts_readme_numbers_beside_the_run(tmp_path):
+    from avs_lib.runs import readme_block, readme_numbers, write_run_report
+
+    batch = tmp_path / "main-x"
+    for name, metrics in {"01_a": {"accuracy": 0.5, "nested": {"auc": 0.75}, "curve": [1, 2]},
+                          "02_b": {"recall": 0.25}}.items():
+        (batch / name / "figures").mkdir(parents=True)
+        (batch / name / "metrics.json").write_text(json.dumps(metrics))
+        (batch / name / "status.json").write_text(json.dumps({"status": "done", "seconds": 1.0}))
+        (batch / name / "figures" / "plot.png").write_bytes(b"png")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n" + readme_block(batch) + "\nrest\n")
+    assert readme_numbers(readme) == {("01_a", "accuracy"): "0.5", ("01_a", "nested.auc"): "0.75",
+                                      ("02_b", "recall"): "0.25"}
+    (batch / "02_b" / "metrics.json").write_text(json.dumps({"recall": 0.3}))
+    report = write_run_report(batch, readme).read_text()
+    assert "| `accuracy` | 0.5 | 0.5 |" in report and "| `recall` | 0.3 | 0.25 (differs) |" in report
+    assert '<img src="01_a/figures/plot.png"' in report and "(01_a/01_a.ipynb)" in report
+    assert "curve" not in report
