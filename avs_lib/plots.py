@@ -19,12 +19,27 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
+ROLE_COLOURS = {"sounding": "#ffd60a", "silent": "#8ecae6", "off screen": "#ff5d8f"}
+TINT = np.array([255, 214, 10])  # the sounding pixels, one colour for every subset
+
+
+def tint_sounding(image: np.ndarray, mask: np.ndarray, strength: float = 0.5) -> np.ndarray:
+    """The frame with every ground-truth sounding pixel (mask > 0, any class or instance) tinted in
+    one colour, so that frames of every subset read the same way."""
+    out = image.astype(np.float32).copy()
+    on = mask > 0
+    out[on] = (1 - strength) * out[on] + strength * TINT
+    return out.astype(np.uint8)
+
+
 def world_overview(root: str | Path, out_png: str | Path, clips_per_subset: int = 2) -> Path:
-    """One row per clip of each subset: frames with the sounding objects tinted, the log-mel of the
-    clip's audio, and its true sources (what is heard, seen, or heard but not seen)."""
+    """What a composed world holds, at a glance: for each subset, ``clips_per_subset`` val clips,
+    each as its first frame (sounding pixels tinted; every on-screen source boxed and labelled with
+    its class and role; off-screen sources named under the frame) beside the log-mel of its audio."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.patches as patches
     import matplotlib.pyplot as plt
 
     from avs_lib.world.write import world_roots
@@ -38,41 +53,51 @@ def world_overview(root: str | Path, out_png: str | Path, clips_per_subset: int 
         except DataError:
             continue
         sources = load_sources(sub_root, layout)
-        groups = [(name, indices, sources.get(name)) for name, indices in clip_frames(dataset, sources).items()]
-        for name, indices, record in groups[:clips_per_subset]:
-            rows.append((subset, name, [dataset.load_raw(i) for i in indices], record))
+        groups = list(clip_frames(dataset, sources).items())[:clips_per_subset]
+        rows.append((subset, [(name, [dataset.load_raw(i) for i in indices], sources.get(name)) for name, indices in groups]))
     if not rows:
         raise FileNotFoundError(f"{root}: no subset of a world found to draw")
-    n_frames = min(5, max(len(f) for _, _, f, _ in rows))
-    fig, axes = plt.subplots(len(rows), n_frames + 2, figsize=(2.0 * (n_frames + 2) + 2, 2.1 * len(rows)),
-                             gridspec_kw={"width_ratios": [1] * n_frames + [1.6, 1.8]})
-    axes = np.atleast_2d(axes)
-    for r, (subset, name, frames, record) in enumerate(rows):
-        for t in range(n_frames):
-            ax = axes[r, t]
-            ax.axis("off")
-            if t < len(frames):
-                sample = frames[t]
-                ax.imshow(overlay_mask(sample["image"], sample["mask"]) if sample["mask_valid"] else sample["image"])
-                if t == 0:
-                    ax.set_title(f"{subset}: {name}", fontsize=8, loc="left")
-        audio = np.concatenate([f["audio"] for f in frames])
-        axes[r, n_frames].imshow(vggish_log_mel(audio).T, origin="lower", aspect="auto", cmap="magma")
-        axes[r, n_frames].set_title("log-mel (VGGish)", fontsize=8)
-        axes[r, n_frames].axis("off")
-        ax = axes[r, n_frames + 1]
-        ax.axis("off")
-        if record is not None:
-            lines = []
-            for s in record["sources"]:
-                where = "off-screen" if not s["on_screen"] else ("sounding" if s["sounding"] else "silent")
-                lines.append(f"{s['class_name']} / {s['member']}: {where}")
-            ax.text(0, 1, "\n".join(lines), va="top", fontsize=7, family="monospace", transform=ax.transAxes)
-    fig.suptitle(f"composed AVS world at {root} (val clips; tint = ground-truth sounding pixels)", fontsize=9)
-    fig.tight_layout()
+    fig, axes = plt.subplots(len(rows), 2 * clips_per_subset, figsize=(5.2 * clips_per_subset, 2.9 * len(rows)),
+                             gridspec_kw={"width_ratios": [1, 1.15] * clips_per_subset}, squeeze=False)
+    for r, (subset, clips) in enumerate(rows):
+        for c in range(clips_per_subset):
+            frame_ax, mel_ax = axes[r, 2 * c], axes[r, 2 * c + 1]
+            frame_ax.axis("off")
+            mel_ax.axis("off")
+            if c >= len(clips):
+                continue
+            name, frames, record = clips[c]
+            first = frames[0]
+            frame_ax.imshow(tint_sounding(first["image"], first["mask"]))
+            frame_ax.set_title(f"{subset} · {name}", fontsize=10, loc="left")
+            off_screen = []
+            for s in (record or {}).get("sources", []):
+                role = "off screen" if not s["on_screen"] else "sounding" if s["sounding"] else "silent"
+                if role == "off screen":
+                    off_screen.append(s["class_name"])
+                    continue
+                if not s.get("bboxes") or not s["bboxes"][0]:
+                    continue
+                x0, y0, x1, y1 = s["bboxes"][0]
+                frame_ax.add_patch(patches.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False,
+                                                     edgecolor=ROLE_COLOURS[role], linewidth=1.5))
+                frame_ax.text(x0, y0 - 1, s["class_name"], color="black", fontsize=8, va="bottom",
+                              bbox=dict(facecolor=ROLE_COLOURS[role], edgecolor="none", pad=1, alpha=0.9))
+            if off_screen:
+                frame_ax.text(0.5, -0.04, "heard off screen: " + ", ".join(off_screen), transform=frame_ax.transAxes,
+                              ha="center", va="top", fontsize=8, color=ROLE_COLOURS["off screen"], weight="bold")
+            audio = np.concatenate([f["audio"] for f in frames])
+            mel_ax.imshow(vggish_log_mel(audio).T, origin="lower", aspect="auto", cmap="magma")
+            mel_ax.set_title(f"its sound, {len(frames)} s (log-mel)", fontsize=9)
+    handles = [patches.Patch(facecolor=TINT / 255, alpha=0.6, label="ground-truth mask (sounding pixels)")]
+    handles += [patches.Patch(facecolor="none", edgecolor=colour, linewidth=2, label=f"source: {role}")
+                for role, colour in ROLE_COLOURS.items() if role != "off screen"]
+    handles.append(patches.Patch(facecolor=ROLE_COLOURS["off screen"], label="source heard off screen (named under the frame)"))
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1), h_pad=2.2)
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    fig.savefig(out_png, dpi=80)
     plt.close(fig)
     return out_png
 
@@ -175,54 +200,126 @@ def roc_figure(labels, scores, title: str, path=None):
 
 
 def training_curves(history: list[dict], path=None):
+    """Training loss and validation J, F, J&F per epoch (whole-epoch ticks)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     epochs = [h["epoch"] for h in history]
     axes[0].plot(epochs, [h["loss"] for h in history], "o-")
-    axes[0].set_xlabel("epoch")
     axes[0].set_ylabel("training loss")
     for key in ("J", "F", "JF"):
         axes[1].plot(epochs, [h["val"][key] for h in history], "o-", label=key)
-    axes[1].set_xlabel("epoch")
     axes[1].set_ylabel("validation")
     axes[1].legend()
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     save(fig, path)
     return fig
 
 
-def qualitative(images: np.ndarray, masks: np.ndarray, logits: np.ndarray, attention: np.ndarray | None = None, path=None):
-    """Rows: frames. Columns: frame, ground truth, prediction, and (optionally) each token's attention."""
+ERROR_COLOURS = {"true positive": (46, 204, 113), "false positive": (231, 76, 60), "false negative": (52, 152, 219)}
+
+
+def error_overlay(image: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """The frame with true positives, false positives and false negatives in ERROR_COLOURS."""
+    out = image.astype(np.float32).copy()
+    truth, predicted = truth > 0, predicted > 0
+    for name, where in (("true positive", truth & predicted), ("false positive", ~truth & predicted),
+                        ("false negative", truth & ~predicted)):
+        out[where] = 0.4 * out[where] + 0.6 * np.array(ERROR_COLOURS[name])
+    return out.astype(np.uint8)
+
+
+def qualitative(images: np.ndarray, masks: np.ndarray, logits: np.ndarray, attention: np.ndarray | None = None,
+                path=None, token_names: list[list[str]] | None = None):
+    """Rows: frames. Columns: the frame; the prediction against the truth (true positives, false
+    positives, false negatives in three colours, the frame's IoU in the title); and, when given,
+    each audio token's attention map (titled with the token's class, one shared colour bar)."""
+    import matplotlib.patches as patches
+
     plt = _pyplot()
     n = len(images)
     extra = 0 if attention is None else attention.shape[1]
-    fig, axes = plt.subplots(n, 3 + extra, figsize=(2 * (3 + extra), 2 * n), squeeze=False)
+    fig, axes = plt.subplots(n, 2 + extra, figsize=(2.2 * (2 + extra) + 0.8, 2.2 * n + 0.6), squeeze=False)
+    vmax = float(attention.max()) if extra else 1.0
     for r in range(n):
+        truth, predicted = masks[r] > 0, logits[r] > 0
+        union = (truth | predicted).sum()
+        iou = (truth & predicted).sum() / union if union else 1.0
         axes[r, 0].imshow(images[r])
-        axes[r, 1].imshow(overlay_mask(images[r], masks[r]))
-        axes[r, 2].imshow(overlay_mask(images[r], (logits[r] > 0).astype(np.int64)))
+        axes[r, 1].imshow(error_overlay(images[r], truth, predicted))
+        axes[r, 1].set_title(f"IoU {iou:.2f}", fontsize=9)
         for t in range(extra):
-            axes[r, 3 + t].imshow(attention[r, t], cmap="viridis")
-        if r == 0:
-            for c, title in enumerate(["frame", "ground truth", "prediction"] + [f"token {t}" for t in range(extra)]):
-                axes[0, c].set_title(title, fontsize=8)
+            shown = axes[r, 2 + t].imshow(attention[r, t], cmap="viridis", vmin=0, vmax=vmax)
+            name = token_names[r][t] if token_names else f"token {t}"
+            axes[r, 2 + t].set_title(name, fontsize=8)
+    axes[0, 0].set_title("frame", fontsize=9)
     for ax in axes.ravel():
         ax.axis("off")
+    handles = [patches.Patch(color=np.array(c) / 255, label=name) for name, c in ERROR_COLOURS.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    if extra:
+        fig.colorbar(shown, ax=axes[:, 2:].ravel().tolist(), shrink=0.8, label="attention weight")
     save(fig, path)
     return fig
 
 
-def embedding_figure(xy: dict[str, np.ndarray], labels: np.ndarray, class_names: list[str], path=None):
-    """Side-by-side 2-D embeddings (e.g. t-SNE of baseline / +derivation / full), coloured by class."""
+def embedding_figure(xy: dict[str, np.ndarray], labels: np.ndarray, class_names: list[str], path=None,
+                     method: str = "t-SNE"):
+    """Side-by-side 2-D embeddings (e.g. t-SNE of baseline / +derivation / full), one colour per
+    class (a palette with as many distinct colours as classes), titled with the method."""
     plt = _pyplot()
-    cmap = plt.get_cmap("tab20")
-    fig, axes = plt.subplots(1, len(xy), figsize=(4.2 * len(xy), 4))
+    classes = np.unique(labels)
+    cmap = plt.get_cmap("tab20" if len(classes) <= 20 else "gist_ncar")
+    colours = {int(c): cmap(i / max(len(classes) - 1, 1) if len(classes) > 20 else i) for i, c in enumerate(classes)}
+    fig, axes = plt.subplots(1, len(xy), figsize=(4.4 * len(xy) + 2, 4.4))
     for ax, (name, points) in zip(np.atleast_1d(axes), xy.items()):
-        for c in np.unique(labels):
+        for c in classes:
             sel = labels == c
-            ax.scatter(points[sel, 0], points[sel, 1], s=6, color=cmap(int(c) % 20), label=class_names[int(c)])
-        ax.set_title(name)
+            ax.scatter(points[sel, 0], points[sel, 1], s=8, color=colours[int(c)], label=class_names[int(c)])
+        ax.set_title(f"{method}: {name}", fontsize=11)
         ax.set_xticks([])
         ax.set_yticks([])
-    np.atleast_1d(axes)[-1].legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
+    np.atleast_1d(axes)[-1].legend(fontsize=9, markerscale=2.5, loc="center left", bbox_to_anchor=(1, 0.5))
     save(fig, path)
     return fig
+
+
+# ----------------------------------------------------------------------------- interactive figures
+PLOTLY_JS = Path("figures") / "plotly.min.js"  # one shared copy, under the repository root
+
+
+def _plotlyjs_src(html_path: Path) -> str:
+    """The relative path from ``html_path``'s folder to the shared plotly.min.js, written once."""
+    import os
+
+    import plotly.offline
+
+    from avs_lib.paths import repo_root
+
+    shared = repo_root() / PLOTLY_JS
+    if not shared.exists():
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        shared.write_text(plotly.offline.get_plotlyjs())
+    return Path(os.path.relpath(shared, html_path.resolve().parent)).as_posix()
+
+
+def write_interactive_html(figure, path: str | Path) -> Path:
+    """A plotly figure as HTML that loads the repository's one shared plotly.min.js instead of
+    embedding its own 4.7 MB copy."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.write_html(path, include_plotlyjs=_plotlyjs_src(path))
+    return path
+
+
+def relink_plotlyjs(path: str | Path) -> None:
+    """Point a copied HTML figure (see ``write_interactive_html``) at the shared plotly.min.js from
+    its new folder."""
+    import re
+
+    path = Path(path)
+    text = path.read_text()
+    path.write_text(re.sub(r'src="[^"]*plotly\.min\.js"', f'src="{_plotlyjs_src(path)}"', text, count=1))

@@ -224,6 +224,7 @@ def run_pipeline(world: Path, figures: Path, runs_dir: Path, notebooks: tuple[st
     import time
 
     from avs_lib.paths import repo_root
+    from avs_lib.plots import relink_plotlyjs
 
     batch = Path(runs_dir) / (batch_name or f"main-{dt.datetime.now():%Y%m%d-%H%M%S}")
     started = time.time()
@@ -236,6 +237,8 @@ def run_pipeline(world: Path, figures: Path, runs_dir: Path, notebooks: tuple[st
             if (run / "figures").exists():
                 shutil.rmtree(Path(figures) / name, ignore_errors=True)
                 shutil.copytree(run / "figures", Path(figures) / name)
+                for html in (Path(figures) / name).glob("*.html"):
+                    relink_plotlyjs(html)
             print(f"[{name}] done in {time.time() - t0:.0f} s", flush=True)
     finally:
         if batch.exists():

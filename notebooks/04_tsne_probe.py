@@ -48,7 +48,7 @@ from sklearn.preprocessing import StandardScaler
 from umap import UMAP
 
 from avs_lib.paths import notebook_paths
-from avs_lib.plots import embedding_figure
+from avs_lib.plots import embedding_figure, write_interactive_html
 from avs_lib.train import load_config, load_trained, normalise, prepare, train_once
 
 data_root, run_dir = notebook_paths(data_root, run_dir, '04_tsne_probe')
@@ -89,15 +89,18 @@ probe_f1
 
 # %% [markdown]
 # ## t-SNE (openTSNE) and UMAP
-# Tighter, better separated colours mean audio representations that name their class more clearly.
+# Each dot is one single-source test frame, coloured by the class that sounds. Tighter, better
+# separated colours mean audio representations that name their class more clearly. Small tight
+# clumps are usually the five frames of one clip (one recording, five neighbouring seconds): they
+# show that a representation recognises a recording, not yet that it groups a class.
 
 # %%
 labels = labels_of(s4_sets.test)
 scaled = {s: StandardScaler().fit_transform(f) for s, f in features.items()}  # same reason as for the probe
 tsne = {s: np.asarray(TSNE(perplexity=perplexity, random_state=seed).fit(f)) for s, f in scaled.items()}
 umap = {s: UMAP(random_state=seed).fit_transform(f) for s, f in scaled.items()}
-embedding_figure(tsne, labels, classes, figures / "tsne.png");
-embedding_figure(umap, labels, classes, figures / "umap.png");
+embedding_figure(tsne, labels, classes, figures / "tsne.png", method="t-SNE");
+embedding_figure(umap, labels, classes, figures / "umap.png", method="UMAP");
 
 # %% [markdown]
 # The same t-SNE maps, interactive (hover for the clip), saved as HTML beside the run.
@@ -106,8 +109,9 @@ embedding_figure(umap, labels, classes, figures / "umap.png");
 import pandas as pd
 rows = pd.concat([pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "setting": s, "class": [classes[l] for l in labels],
                                 "clip": s4_sets.test.clips}) for s, xy in tsne.items()])
-interactive = px.scatter(rows, x="x", y="y", color="class", facet_col="setting", hover_data=["clip"], height=420)
-interactive.write_html(figures / "tsne.html")
+interactive = px.scatter(rows, x="x", y="y", color="class", facet_col="setting", hover_data=["clip"], height=420,
+                         color_discrete_sequence=px.colors.qualitative.Alphabet)  # 26 distinct colours
+write_interactive_html(interactive, figures / "tsne.html")
 interactive
 
 # %%

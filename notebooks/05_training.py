@@ -53,8 +53,11 @@ training_curves(result["history"], figures / "training_curves.png");
 
 # %% [markdown]
 # ## Predictions
-# Frame, ground truth, prediction, and where each audio token's cross-attention goes in the last
-# block of stage 1 (which visual positions listen to which token).
+# For four test frames: the frame; the prediction against the truth (green: true positives, red:
+# false positives, blue: false negatives; the frame's IoU above it); and where each derived audio
+# token's cross-attention goes in the last block of stage 1, titled with the class the token was
+# derived from. A token whose map lights up the object of its class is one the fusion uses as
+# DDESeg intends; maps that look alike for every token mean the tokens are not told apart.
 
 # %%
 model, config, _ = load_trained(Path(run_dir) / "model" / "best.pt", prepared)
@@ -65,8 +68,10 @@ with torch.no_grad():
 attention = out.attention[0]  # [B, N, K]
 side = int(round(attention.shape[1] ** 0.5))
 attention = attention.transpose(1, 2).reshape(len(pick), -1, side, side).numpy()
+token_names = ([[prepared.memory.class_names[c] for c in row] for row in out.derivation.class_indices.tolist()]
+               if out.derivation is not None else None)
 qualitative(test.images[pick].permute(0, 2, 3, 1).numpy(), test.masks[pick].numpy(), out.logits.numpy(), attention,
-            figures / "qualitative.png");
+            figures / "qualitative.png", token_names=token_names);
 
 # %% [markdown]
 # ## Evaluation in every convention
