@@ -156,3 +156,20 @@ def test_run_report_puts_readme_numbers_beside_the_run(tmp_path):
     assert "| `accuracy` | 0.5 | 0.5 |" in report and "| `recall` | 0.3 | 0.25 (differs) |" in report
     assert '<img src="01_a/figures/plot.png"' in report and "(01_a/01_a.ipynb)" in report
     assert "curve" not in report
+
+
+def test_readme_numbers_are_the_committed_runs():
+    from avs_lib.runs import headline_numbers, readme_numbers
+
+    root = NOTEBOOKS.parent
+    quoted = readme_numbers(root / "README.md")
+    assert quoted, "README.md has no run-numbers table: `avs pipeline --update-readme` writes it"
+    runs = sorted((root / "papermill_runs").glob("main-*"))
+    assert len(runs) == 1, f"commit exactly one main-job run, found {[r.name for r in runs]}"
+    text = (root / "README.md").read_text()
+    assert f"`{runs[0].relative_to(root).as_posix()}`" in text  # the table names the run it quotes
+    from avs_lib.runs import _number
+
+    for (notebook, key), value in quoted.items():
+        metrics = json.loads((runs[0] / notebook / "metrics.json").read_text())
+        assert _number(headline_numbers(metrics)[key]) == value, (notebook, key)
