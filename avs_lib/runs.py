@@ -260,7 +260,7 @@ def headline_numbers(metrics: dict) -> dict[str, float]:
     return numbers
 
 
-def _number(value: float) -> str:
+def format_number(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:.4g}"
 
 
@@ -287,7 +287,7 @@ def readme_block(batch: Path) -> str:
              "puts them side by side with a new run's):", "", "| notebook | number | value |", "| --- | --- | --- |"]
     for run in sorted(p for p in batch.iterdir() if (p / "metrics.json").exists()):
         for key, value in headline_numbers(json.loads((run / "metrics.json").read_text())).items():
-            lines.append(f"| `{run.name}` | `{key}` | {_number(value)} |")
+            lines.append(f"| `{run.name}` | `{key}` | {format_number(value)} |")
     return "\n".join(lines + ["", README_BLOCK[1]])
 
 
@@ -314,8 +314,8 @@ def write_run_report(batch: Path, readme: Path | None = None) -> Path:
             lines += ["| number | this run | README |", "| --- | --- | --- |"]
             for key, value in numbers.items():
                 readme_value = quoted.get((run.name, key), "")
-                mark = "" if not readme_value or readme_value == _number(value) else " (differs)"
-                lines.append(f"| `{key}` | {_number(value)} | {readme_value}{mark} |")
+                mark = "" if not readme_value or readme_value == format_number(value) else " (differs)"
+                lines.append(f"| `{key}` | {format_number(value)} | {readme_value}{mark} |")
             lines.append("")
         thumbs = [f'<a href="{f.relative_to(batch).as_posix()}"><img src="{f.relative_to(batch).as_posix()}" width="240"></a>'
                   for f in sorted((run / "figures").glob("*.png"))]

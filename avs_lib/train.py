@@ -30,13 +30,12 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from avs_lib.data.transforms import normalise_images
 from avs_lib.experiment import SEMANTIC_LAYOUTS, FrameSet, audio_encoder_from_spec, build_world_memory, load_frames
 from avs_lib.losses import avsac_loss, ddeseg_loss
 from avs_lib.metrics import evaluate
 from avs_lib.models import build_model
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
 
 
 @dataclass
@@ -147,8 +146,7 @@ def atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def normalise(images: torch.Tensor) -> torch.Tensor:
-    return (images.float() - MEAN.to(images.device)) / STD.to(images.device)
+normalise = normalise_images  # the transforms own normalisation; kept under its old name for callers
 
 
 def _loss(config: TrainConfig, out, masks, valid):

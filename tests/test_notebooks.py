@@ -49,7 +49,7 @@ def test_notebook_executes(name, notebook_world, tmp_path):
         assert 0 <= metrics["recall_at_K"] <= 1
         assert metrics["recall_curve"][-1] == pytest.approx(1.0)  # K = all classes covers everything
     if name == "05_training":
-        assert {row["convention"] for row in metrics["table"]} >= {"per_frame", "avsbench", "dataset"}
+        assert {row["evaluation"] for row in metrics["table"]} >= {"per_frame", "avsbench", "dataset"}
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.stem)
@@ -168,8 +168,8 @@ def test_readme_numbers_are_the_committed_runs():
     assert len(runs) == 1, f"commit exactly one main-job run, found {[r.name for r in runs]}"
     text = (root / "README.md").read_text()
     assert f"`{runs[0].relative_to(root).as_posix()}`" in text  # the table names the run it quotes
-    from avs_lib.runs import _number
+    from avs_lib.runs import format_number
 
     for (notebook, key), value in quoted.items():
         metrics = json.loads((runs[0] / notebook / "metrics.json").read_text())
-        assert _number(headline_numbers(metrics)[key]) == value, (notebook, key)
+        assert format_number(headline_numbers(metrics)[key]) == value, (notebook, key)

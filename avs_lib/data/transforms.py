@@ -91,6 +91,14 @@ class Normalize:
         return out
 
 
+def normalise_images(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (or 0-255 float) images [B, 3, H, W] -> ImageNet-normalised float32, on their device:
+    the one normalisation of frames held as tensors (training, analysis, notebooks)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - mean) / std
+
+
 class Compose:
     def __init__(self, transforms: list):
         self.transforms = list(transforms)
