@@ -42,35 +42,9 @@ def _cmd_check_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe_world(root: Path) -> str:
-    """A short human summary of a written world: classes, clips per subset and split, sources."""
-    from avs_lib.data.datasets import layout_records, load_sources
-    from avs_lib.world.write import world_roots
-
-    meta_path = root / "world.json"
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{meta_path}: not a world written by `avs world` (no world.json)")
-    meta = json.loads(meta_path.read_text())
-    cfg = meta["config"]
-    lines = [f"world at {root}: library '{meta['library']}', {len(meta['classes'])} classes, "
-             f"{cfg['size']} px frames, {cfg['sample_rate']} Hz audio, seed {cfg['seed']}",
-             "classes: " + ", ".join(f"{c} ({len(meta['members'][c])})" for c in meta["classes"])]
-    for subset in cfg["subsets"]:
-        sub_root, layout = world_roots(root)[subset]
-        records = layout_records(sub_root, layout)
-        sources = load_sources(sub_root, layout)
-        splits: dict[str, int] = {}
-        for rec in sources.values():
-            splits[rec["split"]] = splits.get(rec["split"], 0) + 1
-        offscreen = sum(any(not s["on_screen"] for s in rec["sources"]) for rec in sources.values())
-        sounding = sum(sum(s["on_screen"] and s["sounding"] for s in rec["sources"]) for rec in sources.values())
-        lines.append(f"  {subset:5s} ({layout}): {len(sources)} clips {splits}, {len(records)} frames, "
-                     f"{sounding / max(len(sources), 1):.2f} sounding objects per clip, "
-                     f"{offscreen / max(len(sources), 1):.0%} of clips with an off-screen source")
-    return "\n".join(lines)
-
-
 def _cmd_summary(args: argparse.Namespace) -> int:
+    from avs_lib.world.summary import describe_world
+
     print(describe_world(Path(args.root)))
     return 0
 
@@ -88,8 +62,10 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         world_args = argparse.Namespace(kind=kind, subsets="s4,ms3,avss,msmi", clips=args.clips, size=args.size,
                                         seed=args.seed, out=str(out), quiet=False, workers=args.workers)
         _cmd_world(world_args)
-    print(describe_world(out))
     from avs_lib.plots import world_overview
+    from avs_lib.world.summary import describe_world
+
+    print(describe_world(out))
 
     figure = world_overview(out, Path(args.figures) / "world_overview.png")
     print(f"figure: {figure}")

@@ -7,7 +7,7 @@ truth (AVSBench S4 trains on frame 1 only); every loss is a mean over the valid 
 Choices where the papers are silent (also in the README's notes):
 
 * Dice and IoU are "soft" (computed on probabilities), per frame, with smoothing 1.
-* For semantic masks, Eq. 18's BCE becomes cross-entropy (DESIGN.md) and Dice/IoU are averaged over
+* For semantic masks, Eq. 18's BCE becomes cross-entropy (the paper gives Eq. 18 for binary masks only) and Dice/IoU are averaged over
   the classes present in the frame's ground truth or prediction mass.
 """
 from __future__ import annotations

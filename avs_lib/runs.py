@@ -188,8 +188,9 @@ def expand_grid(grid: dict) -> list[dict]:
 
 
 def run_sweep(spec: dict, parallel: int = 1, runs_dir: str | Path = RUNS_DIR) -> list[tuple[str, str]]:
-    """``spec``: {notebook, name, parameters (fixed), grid (lists)}. Each point runs in its own
-    process (``avs run``); returns (run name, "done"/"failed"/"exists") per point."""
+    """``spec``: {notebook, name, parameters (fixed), grid (lists)}. Each point is one run named
+    ``<name>_<key>=<value>...`` (``parallel`` at a time, each in its own kernel); returns (run name,
+    "done"/"failed"/"exists") per point. A point whose run folder exists is not run again."""
     notebook, base = spec["notebook"], spec.get("name", Path(spec["notebook"]).stem)
     points = expand_grid(spec.get("grid", {}))
 
@@ -198,12 +199,11 @@ def run_sweep(spec: dict, parallel: int = 1, runs_dir: str | Path = RUNS_DIR) ->
         name = f"{base}_{label}" if label else base
         if (Path(runs_dir) / name).exists():
             return name, "exists"
-        args = [sys.executable, "-m", "avs_lib.cli", "run", str(notebook), "--name", name, "--runs-dir", str(runs_dir),
-                "--quiet"]
-        for key, value in {**spec.get("parameters", {}), **point}.items():
-            args += ["-p", key, json.dumps(value)]
-        result = subprocess.run(args, capture_output=True, text=True)
-        return name, "done" if result.returncode == 0 else "failed"
+        try:
+            run_notebook(notebook, {**spec.get("parameters", {}), **point}, name, runs_dir, progress=False)
+        except NotebookFailed:
+            return name, "failed"
+        return name, "done"
 
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
         return list(pool.map(one, points))

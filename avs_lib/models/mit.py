@@ -143,7 +143,8 @@ class FusionBlock(nn.Module):
 
 
 class MiTEncoder(nn.Module):
-    """Four stages; ``forward`` takes an optional per-stage audio callback (see DDESeg)."""
+    """Four stages, each a patch embedding (``stage``) then fusion blocks and a norm (``run_blocks``);
+    DDESeg calls the two in turn so that elimination can act between them (Eq. 1)."""
 
     def __init__(self, config: MiTConfig, in_channels: int = 3):
         super().__init__()
