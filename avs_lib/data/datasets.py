@@ -23,6 +23,8 @@ import soundfile
 import torch
 from PIL import Image
 
+from avs_lib.data.layouts import (METADATA, SOURCES, avss_files, ms3_files, s4_files, vpo_files, vpo_metadata,
+                                  vpo_sources)
 from avs_lib.data.palette import colours_to_indices
 from avs_lib.data.transforms import to_tensors
 
@@ -77,39 +79,35 @@ def _split_rows(frame: pd.DataFrame, split: str | None, path: Path) -> pd.DataFr
 
 # ----------------------------------------------------------------------------- layouts
 def s4_records(root: Path, split: str | None = None, frames: int = 5) -> list[FrameRecord]:
-    csv_path = root / "Single-source" / "s4_meta_data.csv"
+    csv_path = root / METADATA["s4"]
     table = _read_csv(csv_path, ["split"], "s4")
     if table.shape[1] < 3:
         raise DataError(f"{csv_path}: expected columns name, start_time, category, split")
-    base = root / "Single-source" / "s4_data"
     records = []
     for row in _split_rows(table, split, csv_path).itertuples(index=False):
         name, category, sp = row[0], row[2], row.split
         for t in range(frames):
             # AVSBench ships one mask (frame 1) per training clip and five per val/test clip.
             has_mask = sp != "train" or t == 0
-            mask = base / "gt_masks" / sp / category / name / f"{name}_{t + 1}.png"
+            files = s4_files(root, sp, category, name, t)
             records.append(FrameRecord(
-                clip=name, frame=t, split=sp, category=category,
-                image=base / "visual_frames" / sp / category / name / f"{name}_{t + 1}.png",
-                audio=base / "audio_wav" / sp / category / f"{name}.wav", audio_start_s=float(t), audio_seconds=1.0,
-                masks=[mask] if has_mask else [], mask_kind="binary"))
+                clip=name, frame=t, split=sp, category=category, image=files["frame"],
+                audio=files["wav"], audio_start_s=float(t), audio_seconds=1.0,
+                masks=[files["mask"]] if has_mask else [], mask_kind="binary"))
     return records
 
 
 def ms3_records(root: Path, split: str | None = None, frames: int = 5) -> list[FrameRecord]:
-    csv_path = root / "Multi-sources" / "ms3_meta_data.csv"
+    csv_path = root / METADATA["ms3"]
     table = _read_csv(csv_path, ["split"], "ms3")
-    base = root / "Multi-sources" / "ms3_data"
     records = []
     for row in _split_rows(table, split, csv_path).itertuples(index=False):
         name, sp = row[0], row.split
         for t in range(frames):
+            files = ms3_files(root, sp, name, t)
             records.append(FrameRecord(
-                clip=name, frame=t, split=sp,
-                image=base / "visual_frames" / name / f"{name}.mp4_{t + 1}.png",
-                audio=base / "audio_wav" / sp / f"{name}.wav", audio_start_s=float(t), audio_seconds=1.0,
-                masks=[base / "gt_masks" / sp / name / f"{name}_{t + 1}.png"], mask_kind="binary"))
+                clip=name, frame=t, split=sp, image=files["frame"],
+                audio=files["wav"], audio_start_s=float(t), audio_seconds=1.0, masks=[files["mask"]], mask_kind="binary"))
     return records
 
 
@@ -117,7 +115,7 @@ AVSS_FRAMES = {"v1s": 5, "v1m": 5, "v2": 10}
 
 
 def avss_records(root: Path, split: str | None = None, labels: tuple[str, ...] = ("v1s", "v1m", "v2")) -> list[FrameRecord]:
-    csv_path = root / "metadata.csv"
+    csv_path = root / METADATA["avss"]
     table = _read_csv(csv_path, ["uid", "split", "label"], "avss")
     records = []
     for row in _split_rows(table, split, csv_path).itertuples(index=False):
@@ -125,18 +123,17 @@ def avss_records(root: Path, split: str | None = None, labels: tuple[str, ...] =
             continue
         if row.label not in AVSS_FRAMES:
             raise DataError(f"{csv_path}: clip {row.uid} has unknown label {row.label!r} (expected v1s, v1m or v2)")
-        base = root / row.label / row.uid
         for t in range(AVSS_FRAMES[row.label]):
+            files = avss_files(root, row.label, row.uid, t)
             records.append(FrameRecord(
-                clip=row.uid, frame=t, split=row.split, category=row.label,
-                image=base / "frames" / f"{t}.jpg", audio=base / "audio.wav", audio_start_s=float(t), audio_seconds=1.0,
-                masks=[base / "labels_rgb" / f"{t}.png"], mask_kind="palette"))
+                clip=row.uid, frame=t, split=row.split, category=row.label, image=files["frame"], audio=files["wav"],
+                audio_start_s=float(t), audio_seconds=1.0, masks=[files["mask"]], mask_kind="palette"))
     return records
 
 
 def avss_ddeseg_records(root: Path, split: str | None = None) -> list[FrameRecord]:
     """DDESeg's release: one CSV row per second, ``uid = <clip>_<second>``, 1 s wav per frame."""
-    csv_path = root / "metadata_w_silent.csv"
+    csv_path = root / METADATA["avss-ddeseg"]
     table = _read_csv(csv_path, ["uid", "split", "subset"], "avss-ddeseg")
     records = []
     for row in _split_rows(table, split, csv_path).itertuples(index=False):
@@ -156,17 +153,16 @@ def vpo_records(root: Path, split: str | None = None, vpo_subset: str = "msmi") 
     """VPO: image-level records; ``ann_Ids`` is read as any list of integers in the cell."""
     if vpo_subset not in ("ss", "ms", "msmi"):
         raise DataError(f"unknown VPO subset {vpo_subset!r}: choose ss, ms or msmi")
-    csv_path = root / f"vpo_{vpo_subset}_data_stereo.csv"
+    csv_path = root / vpo_metadata(vpo_subset)
     table = _read_csv(csv_path, ["cateName", "cateId", "img_Id", "ann_Ids", "vgg_file", "split"], "vpo")
     records = []
     for row in _split_rows(table, split, csv_path).itertuples(index=False):
         img = int(row.img_Id)
         anns = [int(a) for a in re.findall(r"\d+", row.ann_Ids)]
+        files = vpo_files(root, row.cateName, img, anns, row.vgg_file)
         records.append(FrameRecord(
-            clip=f"{img:012d}", frame=0, split=row.split, category=row.cateName,
-            image=root / "data" / row.cateName / f"{img:012d}.jpg",
-            audio=root / "VGGSound" / "audios" / f"{row.vgg_file}.wav", audio_start_s=0.0, audio_seconds=None,
-            masks=[root / "mask" / row.cateName / f"{img:012d}_{a:012d}.png" for a in anns],
+            clip=f"{img:012d}", frame=0, split=row.split, category=row.cateName, image=files["frame"],
+            audio=files["wav"], audio_start_s=0.0, audio_seconds=None, masks=files["masks"],
             mask_kind="instances", mask_class=int(row.cateId)))
     return records
 
@@ -289,8 +285,8 @@ def load_sources(root: str | Path, layout: str, vpo_subset: str = "msmi") -> dic
     """The true sources recorded beside a composed world's metadata, by clip name (empty for real
     datasets, which have no such file)."""
     root = Path(root)
-    path = {"s4": root / "Single-source" / "s4_sources.jsonl", "ms3": root / "Multi-sources" / "ms3_sources.jsonl",
-            "avss": root / "sources.jsonl", "vpo": root / f"vpo_{vpo_subset}_sources.jsonl"}.get(layout)
+    relative = vpo_sources(vpo_subset) if layout == "vpo" else SOURCES.get(layout)
+    path = root / relative if relative is not None else None
     if path is None or not path.exists():
         return {}
     out = {}

@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from avs_lib.audio import per_second_vggish_examples
+from avs_lib.data.layouts import METADATA, SOURCES, avss_files, ms3_files, s4_files, vpo_files, vpo_metadata, vpo_sources
 from avs_lib.data.palette import voc_palette
 from avs_lib.world.assets import AssetLibrary, load_library
 from avs_lib.world.compose import Clip, WorldConfig, compose_clip
@@ -101,36 +102,36 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 def _write_s4(clip: Clip, root: Path, sr: int) -> list:
     """Frames and audio under split/category/name; train keeps the mask of frame 1 only, as AVSBench."""
     category = next(s.class_name for s in clip.sources if s.on_screen and s.sounding)
-    base = root / "Single-source" / "s4_data"
     masks = clip.binary_masks()
     for t in range(len(clip.frames)):
-        _png(clip.frames[t], base / "visual_frames" / clip.split / category / clip.name / f"{clip.name}_{t + 1}.png")
+        files = s4_files(root, clip.split, category, clip.name, t)
+        _png(clip.frames[t], files["frame"])
         if clip.split != "train" or t == 0:
-            _png(_mask255(masks[t]), base / "gt_masks" / clip.split / category / clip.name / f"{clip.name}_{t + 1}.png")
-    _wav(clip.audio, base / "audio_wav" / clip.split / category / f"{clip.name}.wav", sr)
-    _log_mel_pickle(clip.audio, len(clip.frames), sr, base / "audio_log_mel" / clip.split / category / f"{clip.name}.pkl")
+            _png(_mask255(masks[t]), files["mask"])
+    _wav(clip.audio, files["wav"], sr)
+    _log_mel_pickle(clip.audio, len(clip.frames), sr, files["log_mel"])
     return [clip.name, 0, category, clip.split]
 
 
 def _write_ms3(clip: Clip, root: Path, sr: int) -> list:
-    base = root / "Multi-sources" / "ms3_data"
     masks = clip.binary_masks()
     for t in range(len(clip.frames)):
-        _png(clip.frames[t], base / "visual_frames" / clip.name / f"{clip.name}.mp4_{t + 1}.png")
-        _png(_mask255(masks[t]), base / "gt_masks" / clip.split / clip.name / f"{clip.name}_{t + 1}.png")
-    _wav(clip.audio, base / "audio_wav" / clip.split / f"{clip.name}.wav", sr)
-    _log_mel_pickle(clip.audio, len(clip.frames), sr, base / "audio_log_mel" / clip.split / f"{clip.name}.pkl")
+        files = ms3_files(root, clip.split, clip.name, t)
+        _png(clip.frames[t], files["frame"])
+        _png(_mask255(masks[t]), files["mask"])
+    _wav(clip.audio, files["wav"], sr)
+    _log_mel_pickle(clip.audio, len(clip.frames), sr, files["log_mel"])
     return [clip.name, clip.split]
 
 
 def _write_avss(clip: Clip, root: Path, sr: int) -> list:
-    base = root / "AVSS" / clip.label / clip.name
     semantic = clip.semantic_masks()
     palette = voc_palette()
     for t in range(len(clip.frames)):
-        _jpg(clip.frames[t], base / "frames" / f"{t}.jpg")
-        _png(semantic[t], base / "labels_rgb" / f"{t}.png", palette=palette)
-    _wav(clip.audio, base / "audio.wav", sr)
+        files = avss_files(root / "AVSS", clip.label, clip.name, t)
+        _jpg(clip.frames[t], files["frame"])
+        _png(semantic[t], files["mask"], palette=palette)
+    _wav(clip.audio, files["wav"], sr)
     audible = sorted({s.class_name for s in clip.sources if s.on_screen and s.sounding})
     return [clip.name, clip.name, 0, 0, ";".join(audible), clip.split, clip.label]
 
@@ -145,15 +146,14 @@ def _write_msmi(clip: Clip, root: Path, sr: int, clip_number: int) -> tuple[list
     for t in range(len(clip.frames)):
         img_id = clip_number * 100 + t + 1
         img_ids.append(img_id)
-        _jpg(clip.frames[t], base / "data" / category / f"{img_id:012d}.jpg")
-        ann_ids = []
-        for inst in clip.sounding_instances:
-            ann_id = img_id * 100 + inst + 1
-            ann_ids.append(ann_id)
-            ann_of.setdefault(str(inst), []).append(ann_id)
-            _png(_mask255(clip.instance_mask(inst)[t]), base / "mask" / category / f"{img_id:012d}_{ann_id:012d}.png")
+        ann_ids = [img_id * 100 + inst + 1 for inst in clip.sounding_instances]
         vgg_file = f"{clip.name}_{t}"
-        _wav(clip.audio[t * sr : (t + 1) * sr], base / "VGGSound" / "audios" / f"{vgg_file}.wav", sr)
+        files = vpo_files(base, category, img_id, ann_ids, vgg_file)
+        _jpg(clip.frames[t], files["frame"])
+        for inst, ann_id, mask_path in zip(clip.sounding_instances, ann_ids, files["masks"]):
+            ann_of.setdefault(str(inst), []).append(ann_id)
+            _png(_mask255(clip.instance_mask(inst)[t]), mask_path)
+        _wav(clip.audio[t * sr : (t + 1) * sr], files["wav"], sr)
         rows.append([category, cate_id, img_id, " ".join(str(a) for a in ann_ids), vgg_file, clip.split])
     return rows, {"img_ids": img_ids, "ann_ids_by_instance": ann_of}
 
@@ -220,19 +220,19 @@ def write_world(cfg: WorldConfig, out: str | Path, progress: bool = True, librar
 
 def _write_subset_metadata(subset: str, out: Path, rows: list, records: list, class_names: list[str]) -> None:
     if subset == "s4":
-        _write_csv(out / "Single-source" / "s4_meta_data.csv", ["name", "start_time", "category", "split"], rows)
-        _write_jsonl(out / "Single-source" / "s4_sources.jsonl", records)
+        _write_csv(out / METADATA["s4"], ["name", "start_time", "category", "split"], rows)
+        _write_jsonl(out / SOURCES["s4"], records)
     elif subset == "ms3":
-        _write_csv(out / "Multi-sources" / "ms3_meta_data.csv", ["name", "split"], rows)
-        _write_jsonl(out / "Multi-sources" / "ms3_sources.jsonl", records)
+        _write_csv(out / METADATA["ms3"], ["name", "split"], rows)
+        _write_jsonl(out / SOURCES["ms3"], records)
     elif subset == "avss":
-        _write_csv(out / "AVSS" / "metadata.csv", ["vid", "uid", "s_min", "s_sec", "a_obj", "split", "label"], rows)
-        _write_jsonl(out / "AVSS" / "sources.jsonl", records)
+        _write_csv(out / "AVSS" / METADATA["avss"], ["vid", "uid", "s_min", "s_sec", "a_obj", "split", "label"], rows)
+        _write_jsonl(out / "AVSS" / SOURCES["avss"], records)
         label2idx = {"background": 0, **{name: i + 1 for i, name in enumerate(class_names)}}
         (out / "AVSS" / "label2idx.json").write_text(json.dumps(label2idx, indent=1) + "\n")
     else:
-        _write_csv(out / "VPO" / "vpo_msmi_data_stereo.csv", ["cateName", "cateId", "img_Id", "ann_Ids", "vgg_file", "split"], rows)
-        _write_jsonl(out / "VPO" / "vpo_msmi_sources.jsonl", records)
+        _write_csv(out / "VPO" / vpo_metadata("msmi"), ["cateName", "cateId", "img_Id", "ann_Ids", "vgg_file", "split"], rows)
+        _write_jsonl(out / "VPO" / vpo_sources("msmi"), records)
 
 
 def world_roots(out: str | Path) -> dict[str, tuple[Path, str]]:
