@@ -296,12 +296,15 @@ def write_run_report(batch: Path, readme: Path | None = None) -> Path:
     where the README quotes one), thumbnails of its figures and a link to the executed notebook."""
     quoted = readme_numbers(readme) if readme else {}
     lines = [f"# Run report: {batch.name}", ""]
-    env_files = sorted(batch.glob("*/environment.json"))
-    if env_files:
-        env = json.loads(env_files[0].read_text())
-        dirty = f", uncommitted code changes: {', '.join(env['dirty_code'])}" if env.get("dirty_code") else ""
-        lines += [f"Commit `{env.get('git_commit')}`{dirty}; {env.get('device')}; torch "
-                  f"{env.get('packages', {}).get('torch')}; started {env.get('started')}.", ""]
+    envs = [json.loads(f.read_text()) for f in sorted(batch.glob("*/environment.json"))]
+    if envs:
+        commits = sorted({str(e.get("git_commit")) for e in envs})
+        dirty = sorted({path for e in envs for path in (e.get("dirty_code") or [])})
+        state = (f"uncommitted code changes during the run: {', '.join(dirty)}" if dirty
+                 else "no uncommitted code changes")
+        lines += [f"Commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c}`' for c in commits)} ({state}); "
+                  f"{envs[0].get('device')}; torch {envs[0].get('packages', {}).get('torch')}; "
+                  f"started {envs[0].get('started')}.", ""]
     for run in sorted(p for p in batch.iterdir() if p.is_dir()):
         status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
         lines += [f"## {run.name}", "",

@@ -216,9 +216,12 @@ def make_model(config: TrainConfig, prepared: Prepared) -> torch.nn.Module:
     switches.setdefault("num_classes", prepared.num_classes)
     if config.model == "avsac":
         return build_model("avsac", size=config.size, memory=prepared.memory, **switches)
-    return build_model(config.model, size=config.size, variant=config.variant,
-                       ablation=config.ablation if config.model == "ddeseg" else None,
-                       memory=prepared.memory, **switches)
+    model = build_model(config.model, size=config.size, variant=config.variant,
+                        ablation=config.ablation if config.model == "ddeseg" else None,
+                        memory=prepared.memory, **switches)
+    if getattr(model, "backbone_report", None) is not None and config.progress:
+        print(model.backbone_report, flush=True)
+    return model
 
 
 def _distributed() -> tuple[int, int]:

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avs_lib.models.weights import load_weights
+
 
 class SmallAudioEncoder(nn.Module):
     """log-mel [B, 96, 64] -> embedding [B, dim]; ``classify`` adds the training head."""
@@ -140,11 +142,10 @@ def load_vggish(path: str | Path, pca_path: str | Path | None = None) -> VGGish:
         raise FileNotFoundError(f"VGGish checkpoint {path} does not exist; download vggish-10086976.pth "
                                 "(torchvggish release) and pass its local path")
     model = VGGish()
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith("pca_")]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"{path} is not a VGGish state dict: missing {missing[:6]}, unexpected {result.unexpected_keys[:6]}")
+    # the PCA buffers are optional in the released file: they come from pca_path
+    model.load_report = load_weights(model, path, new_markers=(".pca_",), what="VGGish checkpoint")
+    if model.load_report.unexpected:
+        raise ValueError(f"{path} is not a VGGish state dict: unexpected {model.load_report.unexpected[:6]}")
     if pca_path is not None:
         pca = torch.load(pca_path, map_location="cpu", weights_only=True)
         model.pca_eigen_vectors.copy_(torch.as_tensor(pca["pca_eigen_vectors"]).float())

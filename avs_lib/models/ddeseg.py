@@ -116,8 +116,9 @@ class DDESeg(nn.Module):
                                  first_stride=config.first_stride or (2 if config.variant == "released" else 4))
             self.encoder = MiTEncoder(mit_config)
             heads = mit_config.heads
-            if config.pretrained_backbone:
-                print(load_backbone_state_dict(self.encoder, config.pretrained_backbone))
+            # what the backbone file matched, for the caller to show (the training engine logs it)
+            self.backbone_report = (load_backbone_state_dict(self.encoder, config.pretrained_backbone)
+                                    if config.pretrained_backbone else None)
         elif config.backbone == "efficientnet_lite0":
             self.encoder = _CNNFusionEncoder(efficientnet_lite0(pretrained=config.pretrained_backbone or False))
             heads = (1, 1, 1, 1)

