@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from avs_lib.experiment import FrameSet
+from avs_lib.features import FrameSet
 from avs_lib.models.derivation import nearest_centres
-from avs_lib.train import normalise
+from avs_lib.data.transforms import normalise_images
 
 
 def true_classes(frames: FrameSet, index: int) -> tuple[set[int], set[int]]:
@@ -52,7 +52,7 @@ def token_scores(model, frames: FrameSet, device: str = "cpu", batch_size: int =
     model.eval()
     classes, scores = [], []
     for start in range(0, len(frames), batch_size):
-        out = model(normalise(frames.images[start:start + batch_size].to(device)),
+        out = model(normalise_images(frames.images[start:start + batch_size].to(device)),
                     frames.audio[start:start + batch_size].to(device))
         if out.derivation is None or out.scores is None:
             raise ValueError("the model has no derivation or no elimination: nothing to score")

@@ -8,12 +8,12 @@ any array (a waveform, a batch) whose bytes, dtype and shape form the key.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from avs_lib.files import atomic_write
 
 
 def array_key(encoder_id: str, inputs: np.ndarray) -> str:
@@ -46,10 +46,5 @@ class EmbeddingCache:
                 path.unlink(missing_ok=True)  # a torn write from a killed run: recompute
         self.misses += 1
         value = np.asarray(compute())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so a crash never leaves a half-written entry behind.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, value, allow_pickle=False)
-        os.replace(tmp, path)
+        atomic_write(path, lambda fh: np.save(fh, value, allow_pickle=False))
         return value

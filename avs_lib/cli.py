@@ -95,7 +95,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from avs_lib.train import load_config, train
+    from avs_lib.config import load_config
+    from avs_lib.train import train
 
     config = load_config(args.config, args.overrides)
     result = train(config)
@@ -184,8 +185,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablation(args: argparse.Namespace) -> int:
-    from avs_lib.report import run_ablation
-    from avs_lib.train import load_config
+    from avs_lib.ablation import run_ablation
+    from avs_lib.config import load_config
 
     config = load_config(args.config, args.overrides)
     seeds = tuple(int(s) for s in args.seeds.split(","))

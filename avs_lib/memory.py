@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avs_lib.files import atomic_write
+
 MEMORY_FORMAT_VERSION = 1
 
 
@@ -173,12 +175,10 @@ def save_memory(memory: SemanticMemory, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {"format_version": MEMORY_FORMAT_VERSION, "class_names": memory.class_names, "k": memory.k,
               "m": memory.m, "dim": memory.dim, "meta": memory.meta}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, centroids=memory.centroids.cpu().numpy(), subcentroids=memory.subcentroids.cpu().numpy(),
-                 features=memory.features.cpu().numpy(), inertia=memory.inertia.cpu().numpy(),
-                 header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8))
-    tmp.replace(path)
+    atomic_write(path, lambda fh: np.savez(
+        fh, centroids=memory.centroids.cpu().numpy(), subcentroids=memory.subcentroids.cpu().numpy(),
+        features=memory.features.cpu().numpy(), inertia=memory.inertia.cpu().numpy(),
+        header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)))
     return path
 
 

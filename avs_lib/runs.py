@@ -22,6 +22,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from avs_lib.files import atomic_write_text
+
 RUNS_DIR = Path("papermill_runs")
 PACKAGES = ("torch", "numpy", "scikit-learn", "papermill", "jupytext", "matplotlib", "plotly", "ipywidgets",
             "openTSNE", "umap-learn", "avs-workbench")
@@ -151,7 +153,7 @@ def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str
     (run_dir / "params.json").write_text(json.dumps(all_parameters, indent=1, sort_keys=True))
     (run_dir / "environment.json").write_text(json.dumps(environment(), indent=1))
     status = {"status": "running", "notebook": str(notebook)}
-    (run_dir / "status.json").write_text(json.dumps(status))
+    atomic_write_text(run_dir / "status.json", json.dumps(status))
     output = run_dir / f"{notebook.stem}.ipynb"
     started = dt.datetime.now()
     try:
@@ -169,7 +171,7 @@ def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str
         if output.exists():
             drop_widget_state(output)
         status["seconds"] = round((dt.datetime.now() - started).total_seconds(), 1)
-        (run_dir / "status.json").write_text(json.dumps(status, indent=1))
+        atomic_write_text(run_dir / "status.json", json.dumps(status, indent=1))
     return run_dir
 
 

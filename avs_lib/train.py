@@ -23,98 +23,21 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from avs_lib.data.transforms import normalise_images
-from avs_lib.experiment import SEMANTIC_LAYOUTS, FrameSet, audio_encoder_from_spec, build_world_memory, load_frames
+from avs_lib.config import TrainConfig, config_from_dict, load_config
+from avs_lib.data.transforms import flip_batch, normalise_images
+from avs_lib.features import FrameSet, Prepared, prepare
+from avs_lib.files import atomic_write
 from avs_lib.losses import avsac_loss, ddeseg_loss
 from avs_lib.metrics import evaluate
 from avs_lib.models import build_model
 
-
-
-@dataclass
-class TrainConfig:
-    # model
-    model: str = "ddeseg"  # ddeseg, baseline, avsac
-    size: str = "tiny"
-    variant: str = "paper"
-    ablation: str | None = "full"  # baseline, derivation, enhancement, full (ddeseg only)
-    switches: dict = field(default_factory=dict)  # any other DDESegConfig / AVSACConfig field
-    # data
-    data_root: str = "data/default_world"
-    layout: str = "ms3"
-    image_size: int = 96
-    cache_dir: str | None = None  # None: <data_root>/cache
-    audio_encoder: str = "small"  # small (trained on the world's S4 clips), vggish:PATH, htsat:PATH, precomputed:DIR
-    memory_root: str | None = None  # where the single-source (S4) clips for the memory live; None: data_root
-    audio_dim: int = 128
-    encoder_epochs: int = 15
-    k: int = 3
-    m: int = 5
-    zero_audio: bool = False  # trivial baseline: the model never hears anything
-    # optimisation
-    epochs: int = 8
-    batch_size: int = 8
-    lr: float = 1e-3
-    min_lr: float = 4e-4
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    grad_clip: float = 1.0
-    avfs_weight: float = 1.0  # AVSAC only
-    flip: bool = True
-    # running
-    seed: int = 0
-    device: str = "auto"  # auto, cpu, cuda
-    bf16: bool = True  # autocast on CUDA only
-    eval_batch_size: int = 5
-    convention: str = "per_frame"
-    out: str = "runs/default"
-    resume: bool = False
-    stop_after_epoch: int | None = None  # stop early (the schedule still spans `epochs`); resume later
-    progress: bool = True
-    threads: int | None = None
-
-
-def config_from_dict(values: dict) -> TrainConfig:
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = set(values) - known
-    if unknown:
-        raise ValueError(f"unknown config keys {sorted(unknown)}; known keys: {sorted(known)}")
-    return TrainConfig(**values)
-
-
-def parse_override(text: str) -> tuple[str, object]:
-    """``key=value`` with YAML typing (``epochs=3``, ``bf16=false``, ``switches.tau=0.5``)."""
-    import yaml
-
-    if "=" not in text:
-        raise ValueError(f"override {text!r} is not key=value")
-    key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
-
-
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    import yaml
-
-    values = {}
-    if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"config {path} does not exist (see configs/ for examples)")
-        values = yaml.safe_load(path.read_text()) or {}
-    for text in overrides:
-        key, value = parse_override(text)
-        if key.startswith("switches."):
-            values.setdefault("switches", {})[key.split(".", 1)[1]] = value
-        else:
-            values[key] = value
-    return config_from_dict(values)
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -141,12 +64,7 @@ def learning_rate(step: int, total_steps: int, warmup_steps: int, lr: float, min
 
 
 def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-normalise = normalise_images  # the transforms own normalisation; kept under its old name for callers
+    atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
 def _loss(config: TrainConfig, out, masks, valid):
@@ -173,7 +91,7 @@ def predict(model, frames: FrameSet, device: torch.device, batch_size: int = 32,
         if zero_audio:
             audio = torch.zeros_like(audio)
         with _autocast(device, bf16):
-            outs.append(model(normalise(images), audio).logits.float().cpu())
+            outs.append(model(normalise_images(images), audio).logits.float().cpu())
     return torch.cat(outs)
 
 
@@ -184,33 +102,6 @@ def evaluate_model(model, frames: FrameSet, device: torch.device, config: TrainC
 
 
 # ----------------------------------------------------------------------------- setup
-@dataclass
-class Prepared:
-    train: FrameSet
-    val: FrameSet
-    test: FrameSet
-    memory: object
-    num_classes: int
-
-
-def prepare(config: TrainConfig, progress: bool = False) -> Prepared:
-    """Relative data paths are read from the repository root (``avs_lib.paths``), so a notebook's
-    kernel in ``notebooks/`` reads the same world as ``avs`` run from the root."""
-    from avs_lib.paths import workbench_path
-
-    data_root = workbench_path(config.data_root)
-    cache = workbench_path(config.cache_dir) if config.cache_dir else data_root / "cache"
-    memory_root = workbench_path(config.memory_root) if config.memory_root else data_root
-    encoder, classes, encoder_id = audio_encoder_from_spec(config.audio_encoder, memory_root, cache, config.audio_dim,
-                                                           config.encoder_epochs, progress=progress)
-    memory = build_world_memory(memory_root, encoder, encoder_id, cache, config.k, config.m, seed=0,
-                                progress=progress)
-    sets = [load_frames(data_root, config.layout, split, config.image_size, encoder, encoder_id, cache, progress)
-            for split in ("train", "val", "test")]
-    num_classes = len(classes) + 1 if config.layout in SEMANTIC_LAYOUTS else 1
-    return Prepared(*sets, memory=memory, num_classes=num_classes)
-
-
 def make_model(config: TrainConfig, prepared: Prepared) -> torch.nn.Module:
     switches = dict(config.switches)
     switches.setdefault("num_classes", prepared.num_classes)
@@ -231,14 +122,6 @@ def _distributed() -> tuple[int, int]:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _augment(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    flip = torch.rand(len(images), generator=generator) < 0.5
-    images, masks = images.clone(), masks.clone()
-    images[flip] = images[flip].flip(-1)
-    masks[flip] = masks[flip].flip(-1)
-    return images, masks
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -296,7 +179,7 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> dict:
             batch = order[step_in_epoch * config.batch_size:(step_in_epoch + 1) * config.batch_size]
             images, masks = prepared.train.images[batch], prepared.train.masks[batch]
             if config.flip:
-                images, masks = _augment(images, masks, generator)
+                images, masks = flip_batch(images, masks, generator)
             audio, valid = prepared.train.audio[batch], prepared.train.valid[batch]
             if config.zero_audio:
                 audio = torch.zeros_like(audio)
@@ -304,7 +187,7 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> dict:
             sl = slice(rank * share, (rank + 1) * share)
             images, masks, audio, valid = (t[sl].to(device) for t in (images, masks, audio, valid))
             with _autocast(device, config.bf16):
-                out = model(normalise(images), audio)
+                out = model(normalise_images(images), audio)
             loss = _loss(config, out, masks, valid)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from avs_lib.data.datasets import AVSDataset
-from avs_lib.experiment import build_world_memory, embed, frame_log_mels, prepare_audio_encoder, world_classes
+from avs_lib.features import build_world_memory, embed, frame_log_mels, prepare_audio_encoder, world_classes
 from avs_lib.memory import save_memory
 from avs_lib.paths import notebook_paths
 from avs_lib.plots import memory_map

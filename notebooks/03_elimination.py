@@ -44,7 +44,8 @@ import torch
 from avs_lib.analysis import elimination_auc
 from avs_lib.paths import notebook_paths
 from avs_lib.plots import assignment_maps, roc_figure
-from avs_lib.train import normalise, train_or_load
+from avs_lib.data.transforms import normalise_images
+from avs_lib.train import train_or_load
 
 data_root, run_dir = notebook_paths(data_root, run_dir, '03_elimination')
 
@@ -60,7 +61,7 @@ figures = run_dir / "figures"
 
 # %%
 with torch.no_grad():
-    out = model(normalise(test.images[frame_index:frame_index + 1]), test.audio[frame_index:frame_index + 1])
+    out = model(normalise_images(test.images[frame_index:frame_index + 1]), test.audio[frame_index:frame_index + 1])
 assignment = out.eliminations[0].assignment[0].numpy()
 side = int(round(assignment.shape[0] ** 0.5))
 assignment_maps(test.images[frame_index].permute(1, 2, 0).numpy(), assignment, (side, side), figures / "assignment_maps.png");

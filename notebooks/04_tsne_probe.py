@@ -49,7 +49,9 @@ import plotly.express as px
 from avs_lib.paths import notebook_paths
 from avs_lib.plots import embedding_figure, write_interactive_html
 from avs_lib.probe import class_labels, last_stage_representation, linear_probe_f1, maps_2d
-from avs_lib.train import load_config, load_trained, prepare, train_once
+from avs_lib.config import load_config
+from avs_lib.features import prepare
+from avs_lib.train import load_trained, train_once
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "04_tsne_probe")
 

@@ -43,7 +43,9 @@ from avs_lib.data.transforms import normalise_images
 from avs_lib.evaluation import evaluation_table
 from avs_lib.paths import notebook_paths, workbench_path
 from avs_lib.plots import qualitative, training_curves
-from avs_lib.train import load_config, load_trained, prepare, train_once
+from avs_lib.config import load_config
+from avs_lib.features import prepare
+from avs_lib.train import load_trained, train_once
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "05_training")
 

@@ -36,7 +36,9 @@ from dataclasses import replace
 import pandas as pd
 
 from avs_lib.paths import notebook_paths, workbench_path
-from avs_lib.train import load_config, prepare, train_once
+from avs_lib.config import load_config
+from avs_lib.features import prepare
+from avs_lib.train import train_once
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "06_avsac")
 

@@ -99,6 +99,24 @@ def normalise_images(images: torch.Tensor) -> torch.Tensor:
     return (images.float() - mean) / std
 
 
+def resize_frame(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A frame [H, W, 3] and its mask [H, W] resized to size x size (bilinear / nearest): the resize
+    of frames held as tensors (``avs_lib.features.load_frames``), the same one ``Resize`` applies."""
+    out = _resize_pair({"image": image, "mask": mask}, size, size)
+    return out["image"], out["mask"]
+
+
+def flip_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Horizontal flip of each frame of a batch with probability 1/2, the same flip for its mask:
+    the training augmentation of frames held as tensors. The draw comes from ``generator`` so that a
+    run is reproducible from (seed, epoch)."""
+    flip = torch.rand(len(images), generator=generator) < 0.5
+    images, masks = images.clone(), masks.clone()
+    images[flip] = images[flip].flip(-1)
+    masks[flip] = masks[flip].flip(-1)
+    return images, masks
+
+
 class Compose:
     def __init__(self, transforms: list):
         self.transforms = list(transforms)

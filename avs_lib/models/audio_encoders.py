@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avs_lib.files import atomic_write
 from avs_lib.models.weights import load_weights
 
 
@@ -87,12 +88,8 @@ def train_small_audio_encoder(examples: np.ndarray, labels: np.ndarray, num_clas
 
 
 def save_audio_encoder(model: SmallAudioEncoder, path: str | Path, class_names: list[str], meta: dict | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"state_dict": model.state_dict(), "dim": model.dim, "class_names": class_names,
-                "meta": meta or {}}, tmp)
-    tmp.replace(path)
+    state = {"state_dict": model.state_dict(), "dim": model.dim, "class_names": class_names, "meta": meta or {}}
+    atomic_write(path, lambda fh: torch.save(state, fh))
 
 
 def load_audio_encoder(path: str | Path, device: str = "cpu") -> tuple[SmallAudioEncoder, list[str]]:

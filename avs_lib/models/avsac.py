@@ -26,6 +26,7 @@ Choices where the paper is silent or ambiguous (also in the README's notes):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,8 @@ class AVSACConfig:
     heads: int = 8
     num_queries: int | None = None  # None -> 16 for tiny, 300 otherwise
     num_classes: int = 1
+
+    CHOICES: ClassVar[dict] = {"size": ("tiny", "b0", "b5")}
 
 
 @dataclass

@@ -17,6 +17,7 @@ audio token; no memory, no elimination), ``enhancement``, and ``elimination`` (a
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -49,9 +50,17 @@ class DDESegConfig:
     num_classes: int = 1  # 1: binary masks (S4/MS3); C+1: semantic masks with background 0
     decoder_dim: int | None = None  # None: 64 for tiny, 256 for b0, 768 for b5
     first_stride: int | None = None  # None: 4 for "paper", 2 for "released"
-    pretrained_backbone: str | None = None  # path to an mit_b5.pth-style file, or True for Lite0's wheel
+    pretrained_backbone: str | bool | None = None  # path to an mit_b5.pth-style file, or True for Lite0's wheel
     decoder_dropout: float = 0.1
     decoder_norm: str = "batch"  # "batch" (SegFormer) or "group"
+
+    # string choices, checked when a config file is read (avs_lib.config.check_values)
+    CHOICES: ClassVar[dict] = {
+        "size": tuple(MIT_SIZES), "backbone": ("mit", "efficientnet_lite0"), "variant": ("paper", "released"),
+        "elimination": ("none", "fc", "ca_fc", "softkmeans_ca_fc", "gumbel_ca_fc"),
+        "centre_update": ("assigned_mean", "printed"), "decoder_norm": ("batch", "group"),
+        "enhancement_pooling": ("all", "per_subcluster"),
+    }
 
     def __post_init__(self):
         if not self.derivation:

@@ -1,10 +1,15 @@
-"""What a training run needs before its first step, computed once and cached:
+"""Features: what a training run needs before its first step, computed once and cached.
+
+``prepare(config)`` returns them all (``Prepared``); the pieces:
 
 * ``prepare_audio_encoder``: the frozen audio encoder. For a composed world, the small encoder is
   trained on the world's single-source (S4) training clips and saved under ``<cache>/``.
 * ``load_frames``: every frame of a split, resized, with its mask and its audio embedding F_a,
   held in memory as tensors (``FrameSet``). Embeddings go through ``EmbeddingCache``.
 * ``build_world_memory``: the semantic memory from the single-source training embeddings.
+
+Relative data paths are read from the repository root (``avs_lib.paths``), so a notebook's kernel
+in ``notebooks/`` reads the same world as ``avs`` run from the root.
 """
 from __future__ import annotations
 
@@ -16,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from avs_lib.audio import vggish_examples
 from avs_lib.cache import EmbeddingCache
 from avs_lib.data.datasets import AVSDataset, load_sources, read_audio_segment, read_image, read_mask
+from avs_lib.data.transforms import resize_frame
 from avs_lib.memory import SemanticMemory, build_semantic_memory, load_memory, save_memory
 from avs_lib.models.audio_encoders import (PrecomputedEmbeddings, SmallAudioEncoder, load_audio_encoder,
                                            save_audio_encoder, train_small_audio_encoder)
@@ -146,11 +151,6 @@ def embed(encoder: torch.nn.Module, log_mels: np.ndarray, batch_size: int = 256)
     return torch.cat(out).numpy()
 
 
-def _resize(array: np.ndarray, size: int, nearest: bool) -> np.ndarray:
-    image = Image.fromarray(array)
-    return np.asarray(image.resize((size, size), Image.NEAREST if nearest else Image.BILINEAR))
-
-
 def load_frames(root: str | Path, layout: str, split: str, image_size: int, encoder: torch.nn.Module,
                 encoder_id: str, cache_dir: str | Path, progress: bool = False, **layout_kwargs) -> FrameSet:
     dataset = AVSDataset(root, layout, split, **layout_kwargs)
@@ -159,8 +159,9 @@ def load_frames(root: str | Path, layout: str, split: str, image_size: int, enco
         rec = dataset.records[i]
         image = read_image(rec.image)
         mask = read_mask(rec, image.shape[:2])
-        images.append(_resize(image, image_size, nearest=False).transpose(2, 0, 1))
-        masks.append(_resize(mask.astype(np.uint8), image_size, nearest=True))
+        image, mask = resize_frame(image, mask.astype(np.uint8), image_size)
+        images.append(image.transpose(2, 0, 1))
+        masks.append(mask)
         valid.append(bool(rec.masks))
     audio = frame_embeddings(dataset, encoder, encoder_id, cache_dir, progress)
     return FrameSet(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks).astype(np.int64)),
@@ -184,3 +185,30 @@ def build_world_memory(root: str | Path, encoder: torch.nn.Module, encoder_id: s
                                    class_names=classes, encoder=encoder_id)
     save_memory(memory, path)
     return memory
+
+
+@dataclass
+class Prepared:
+    train: FrameSet
+    val: FrameSet
+    test: FrameSet
+    memory: SemanticMemory
+    num_classes: int
+
+
+def prepare(config, progress: bool = False) -> Prepared:
+    """The frozen audio encoder, the memory (config.k, config.m) and the three splits of
+    ``config.layout`` for a ``TrainConfig``, from the caches where they exist."""
+    from avs_lib.paths import workbench_path
+
+    data_root = workbench_path(config.data_root)
+    cache = workbench_path(config.cache_dir) if config.cache_dir else data_root / "cache"
+    memory_root = workbench_path(config.memory_root) if config.memory_root else data_root
+    encoder, classes, encoder_id = audio_encoder_from_spec(config.audio_encoder, memory_root, cache, config.audio_dim,
+                                                           config.encoder_epochs, progress=progress)
+    memory = build_world_memory(memory_root, encoder, encoder_id, cache, config.k, config.m, seed=0,
+                                progress=progress)
+    sets = [load_frames(data_root, config.layout, split, config.image_size, encoder, encoder_id, cache, progress)
+            for split in ("train", "val", "test")]
+    num_classes = len(classes) + 1 if config.layout in SEMANTIC_LAYOUTS else 1
+    return Prepared(*sets, memory=memory, num_classes=num_classes)
