@@ -8,6 +8,8 @@ make them tiny without removing information, and neither a probe nor a map shoul
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -49,5 +51,9 @@ def maps_2d(features: dict[str, np.ndarray], perplexity: float, seed: int) -> di
     from umap import UMAP
 
     scaled = {name: StandardScaler().fit_transform(f) for name, f in features.items()}
-    return {"t-SNE": {n: np.asarray(TSNE(perplexity=perplexity, random_state=seed).fit(f)) for n, f in scaled.items()},
-            "UMAP": {n: UMAP(random_state=seed).fit_transform(f) for n, f in scaled.items()}}
+    tsne = {n: np.asarray(TSNE(perplexity=perplexity, random_state=seed).fit(f)) for n, f in scaled.items()}
+    with warnings.catch_warnings():
+        # a seeded UMAP runs on one thread and says so on every call; the seed is the point here
+        warnings.filterwarnings("ignore", message="n_jobs value .* overridden", category=UserWarning)
+        umap = {n: UMAP(random_state=seed, n_jobs=1).fit_transform(f) for n, f in scaled.items()}
+    return {"t-SNE": tsne, "UMAP": umap}

@@ -262,6 +262,24 @@ def headline_numbers(metrics: dict) -> dict[str, float]:
     return numbers
 
 
+def rounded(value, digits: int = 3):
+    """``value`` with every float inside it rounded to ``digits`` decimals (for display only)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(v, digits) for v in value]
+    return value
+
+
+def save_metrics(run_dir: str | Path, metrics: dict, digits: int = 3) -> dict:
+    """Write a notebook's ``metrics.json`` (full precision, atomically) and return the metrics
+    rounded for display, so that an executed notebook ends with a readable table, not 16 digits."""
+    atomic_write_text(Path(run_dir) / "metrics.json", json.dumps(metrics, indent=1))
+    return rounded(metrics, digits)
+
+
 def format_number(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:.4g}"
 

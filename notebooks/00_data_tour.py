@@ -29,7 +29,6 @@ clip_index = 0
 run_dir = ""  # empty: runs/notebooks/00_data_tour/ under the repository root
 
 # %%
-import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -40,6 +39,7 @@ from avs_lib.audio import vggish_log_mel
 from avs_lib.data.datasets import AVSDataset, clip_frames, load_sources
 from avs_lib.paths import notebook_paths
 from avs_lib.plots import overlay_mask, save
+from avs_lib.runs import save_metrics
 from avs_lib.widgets import clip_browser
 from avs_lib.world.write import world_roots
 
@@ -102,5 +102,4 @@ train_clips = clip_frames(dataset, sources)
 metrics = {"subset": subset, "split": "train", "clips": len(train_clips), "frames": len(dataset),
            "offscreen_clips": sum(any(s["sounding"] and not s["on_screen"] for s in sources[name]["sources"])
                                   for name in train_clips if name in sources)}
-(run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-metrics
+save_metrics(run_dir, metrics)

@@ -40,17 +40,17 @@ seed = 0
 run_dir = ""  # empty: runs/notebooks/04_tsne_probe/ under the repository root
 
 # %%
-import json
 from dataclasses import replace
 
 import pandas as pd
 import plotly.express as px
 
+from avs_lib.config import load_config
+from avs_lib.features import prepare
 from avs_lib.paths import notebook_paths
 from avs_lib.plots import embedding_figure, write_interactive_html
 from avs_lib.probe import class_labels, last_stage_representation, linear_probe_f1, maps_2d
-from avs_lib.config import load_config
-from avs_lib.features import prepare
+from avs_lib.runs import save_metrics
 from avs_lib.train import load_trained, train_once
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "04_tsne_probe")
@@ -108,6 +108,4 @@ write_interactive_html(interactive, figures / "tsne.html")
 interactive
 
 # %%
-metrics = {"probe_f1": probe_f1, "settings": settings}
-(run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-metrics
+save_metrics(run_dir, {"probe_f1": probe_f1, "settings": settings})

@@ -34,17 +34,17 @@ image_size = 96
 run_dir = ""  # empty: runs/notebooks/05_training/ under the repository root
 
 # %%
-import json
 
 import pandas as pd
 import torch
 
+from avs_lib.config import load_config
 from avs_lib.data.transforms import normalise_images
 from avs_lib.evaluation import evaluation_table
+from avs_lib.features import prepare
 from avs_lib.paths import notebook_paths, workbench_path
 from avs_lib.plots import qualitative, training_curves
-from avs_lib.config import load_config
-from avs_lib.features import prepare
+from avs_lib.runs import save_metrics
 from avs_lib.train import load_trained, train_once
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "05_training")
@@ -97,6 +97,4 @@ table = pd.DataFrame(rows).round(3)
 table
 
 # %%
-metrics = {"test": result["test"], "best_epoch": result["best_epoch"], "table": rows}
-(run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-{key: round(value, 3) if isinstance(value, float) else value for key, value in result["test"].items()}
+save_metrics(run_dir, {"test": result["test"], "best_epoch": result["best_epoch"], "table": rows})["test"]

@@ -30,14 +30,14 @@ avfs_weights = [1.0, 0.0]
 run_dir = ""  # empty: runs/notebooks/06_avsac/ under the repository root
 
 # %%
-import json
 from dataclasses import replace
 
 import pandas as pd
 
-from avs_lib.paths import notebook_paths, workbench_path
 from avs_lib.config import load_config
 from avs_lib.features import prepare
+from avs_lib.paths import notebook_paths, workbench_path
+from avs_lib.runs import save_metrics
 from avs_lib.train import train_once
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "06_avsac")
@@ -79,5 +79,5 @@ table
 # `avs sweep` with `seed: [0, 1, 2]` and `avs report`.
 
 # %%
-(run_dir / "metrics.json").write_text(json.dumps({"table": rows}, indent=1))
-table.to_dict("records")
+save_metrics(run_dir, {"table": rows})
+table
