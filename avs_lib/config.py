@@ -67,6 +67,7 @@ class TrainConfig:
     stop_after_epoch: int | None = None  # stop early (the schedule still spans `epochs`); resume later
     progress: bool = True
     threads: int | None = None
+    tracking: str = "tensorboard"  # tensorboard, wandb (offline; the optional extra), both, none (avs_lib.tracking)
 
     CHOICES: typing.ClassVar[dict] = {
         "model": ("ddeseg", "baseline", "avsac"),
@@ -76,6 +77,7 @@ class TrainConfig:
         "layout": ("s4", "ms3", "avss", "avss-ddeseg", "vpo"),
         "convention": ("per_frame", "avsbench", "dataset"),
         "device": ("auto", "cpu", "cuda", "cuda:N"),
+        "tracking": ("tensorboard", "wandb", "both", "none"),
     }
     POSITIVE: typing.ClassVar[tuple] = ("image_size", "audio_dim", "encoder_epochs", "k", "m", "epochs", "batch_size",
                                         "lr", "eval_batch_size", "threads", "stop_after_epoch")
@@ -237,14 +239,23 @@ def read_yaml(path: str | Path) -> dict:
     return values
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    """A checked ``TrainConfig`` from a YAML file (optional) and ``key=value`` overrides."""
-    values, sources = {}, {}
+def load_config(path: str | Path | None = None, overrides: list[str] = (), **values) -> TrainConfig:
+    """A checked ``TrainConfig`` from a YAML file (optional), then typed keyword values (what a
+    notebook passes: ``load_config(layout="ms3", epochs=3, switches={"num_tokens": 5})``), then
+    ``key=value`` overrides (what the command line passes); later sources win."""
+    given, values, sources = values, {}, {}
     if path is not None:
         values = read_yaml(path)
         sources = {key: f"config {path}" for key in values}
         for key in (values.get("switches") or {}) if isinstance(values.get("switches"), dict) else {}:
             sources[f"switches.{key}"] = f"config {path}"
+    for key, value in given.items():
+        if key == "switches" and isinstance(value, dict) and isinstance(values.get("switches"), dict):
+            value = {**values["switches"], **value}
+        values[key] = str(value) if isinstance(value, Path) else value
+        sources[key] = f"argument {key}={value!r}"
+        for switch in value if key == "switches" and isinstance(value, dict) else ():
+            sources[f"switches.{switch}"] = f"argument switches={{'{switch}': {value[switch]!r}}}"
     for text in overrides:
         key, value = parse_override(text)
         if key.startswith("switches."):

@@ -9,12 +9,24 @@
   model (Gumbel noise, dropout) are seeded from (seed, epoch), so a CPU run is bit-reproducible and
   ``resume`` continues exactly where it stopped;
 * validation every epoch, test once at the end with the best checkpoint;
-* ``last.pt`` and ``best.pt`` are written atomically (temporary file, then rename); ``log.jsonl``
-  gets one JSON line per epoch; ``metrics.json`` holds the final numbers;
+* ``last.pt`` and ``best.pt`` are written atomically (temporary file, then rename) with a format
+  header, the config and a checksum, and verified when read (``avs_lib.checkpoints``);
+* ``log.jsonl`` has one JSON line per epoch. The lines live inside the checkpoint and the file is
+  rewritten from it (atomically) right after the checkpoint: a line never exists without its
+  checkpoint, and a kill between the two is repaired by the resume, which rewrites log.jsonl from
+  ``last.pt``. ``metrics.json`` holds the final numbers;
+* the run folder is locked (``<out>/run.lock``: pid and host, ``avs_lib.locks``); ``resume=true``
+  refuses a config that differs from the run's in anything but ``epochs`` and leaves config.json
+  as it was;
+* tracking: TensorBoard events in ``<out>/tensorboard/`` by default, W&B offline as an option
+  (``tracking=``, ``avs_lib.tracking``);
 * several processes: launched by ``torchrun``, the engine initialises the process group (NCCL on
   CUDA, gloo on CPU), wraps the model in DistributedDataParallel and gives each rank an equal slice
   of every global batch. On CUDA, BatchNorm becomes SyncBatchNorm; on CPU (where SyncBatchNorm does
-  not run) use ``decoder_norm=group`` for results identical to one process.
+  not run) use ``decoder_norm=group`` for results identical to one process. Several nodes: torchrun
+  on each with a c10d rendezvous and ``out`` on a shared file system; with ``--max-restarts`` pass
+  ``resume=true``, so that a restarted group continues from ``last.pt`` (README, "Running on a
+  cluster").
 """
 from __future__ import annotations
 
@@ -22,6 +34,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,13 +43,16 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from avs_lib.checkpoints import load_model_state, read_checkpoint, save_checkpoint
 from avs_lib.config import TrainConfig, config_from_dict, load_config
 from avs_lib.data.transforms import flip_batch, normalise_images
 from avs_lib.features import FrameSet, Prepared, prepare
-from avs_lib.files import atomic_write
+from avs_lib.files import atomic_write, atomic_write_text
+from avs_lib.locks import RunLock
 from avs_lib.losses import avsac_loss, ddeseg_loss
 from avs_lib.metrics import evaluate
 from avs_lib.models import build_model
+from avs_lib.tracking import Tracker, predicted_masks
 
 
 
@@ -124,9 +140,131 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
+# ----------------------------------------------------------------------------- run folder
+class RunExistsError(FileExistsError, ValueError):
+    """The out folder holds a run and ``resume`` was not asked for."""
+
+
+class ResumeMismatch(ValueError):
+    """``resume=true`` with a config that differs from the run's in more than the epochs."""
+
+
+class RunRefused(ValueError):
+    """Rank 0 refused the run folder; the other ranks stop with its message."""
+
+
+# Besides RUN_IDENTITY_EXCLUDES, what resume may change: more epochs continue the schedule.
+RESUME_MAY_CHANGE = ("epochs",)
+
+
+def _say(config: TrainConfig):
+    return (lambda text: print(text, flush=True)) if config.progress else (lambda text: None)
+
+
+def _fault_injection(out_dir: Path, epoch: int, step_in_epoch: int, rank: int) -> None:
+    """Test hook: ``AVS_FAULT_KILL=EPOCH:STEP[:RANK]`` SIGKILLs this worker at that step (epoch
+    1-based, step within the epoch 0-based, rank 0 by default), once per run folder (a marker file
+    ``.fault-injected`` keeps the restarted workers alive). The elastic-restart test uses it."""
+    spec = os.environ.get("AVS_FAULT_KILL")
+    if not spec:
+        return
+    parts = [int(p) for p in spec.split(":")]
+    at_epoch, at_step, at_rank = parts[0], parts[1], parts[2] if len(parts) > 2 else 0
+    if (epoch + 1, step_in_epoch, rank) != (at_epoch, at_step, at_rank):
+        return
+    try:
+        os.close(os.open(out_dir / ".fault-injected", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _open_run_folder(config: TrainConfig, out_dir: Path) -> dict | None:
+    """Rank 0's checks of the run folder, before any data work: a run there needs ``resume=true``;
+    ``resume=true`` needs the same config (epochs may grow); the checkpoint must verify. Writes
+    config.json (only when the run is accepted) and returns the state to resume from, if any."""
+    last_path, saved = out_dir / "last.pt", out_dir / "config.json"
+    if last_path.exists() and not config.resume:
+        raise RunExistsError(f"{out_dir} already holds a run (last.pt); pass resume=true to continue it or choose "
+                             "another out=")
+    state = None
+    if config.resume:
+        recorded = None
+        if saved.exists():
+            try:
+                recorded = json.loads(saved.read_text())
+            except ValueError:
+                recorded = None  # a torn config.json from an old version: the checkpoint's config decides
+        if last_path.exists():
+            state = read_checkpoint(last_path)
+            recorded = state["config"]  # the checkpoint's config is what the weights were trained with
+        if recorded is not None:
+            differences = {k: v for k, v in config_differences(recorded, config).items() if k not in RESUME_MAY_CHANGE}
+            if differences:
+                listed = "; ".join(f"{k}: the run has {old!r}, this call gives {new!r}" for k, (old, new) in differences.items())
+                raise ResumeMismatch(f"resume=true into {out_dir}: the config differs from the run's in more than the "
+                                     f"epochs ({listed}); {saved.name} is left as it was. Resume with the run's settings "
+                                     "(only epochs may grow) or train into another out=")
+        if state is not None and config.epochs < state["epoch"] + 1:
+            raise ResumeMismatch(f"resume=true into {out_dir}: the run has done {state['epoch'] + 1} epochs, more than "
+                                 f"epochs={config.epochs}; pass epochs={state['epoch'] + 1} or more")
+    atomic_write_text(saved, json.dumps(asdict(config), indent=1))
+    return state
+
+
+def _agree(error: BaseException | None, world: int) -> None:
+    """Rank 0's verdict on the run folder, shared so that every rank stops with the same message
+    instead of waiting for rank 0 in a collective."""
+    if world > 1:
+        box = [None if error is None else str(error)]
+        dist.broadcast_object_list(box, src=0)
+        if error is None and box[0] is not None:
+            raise RunRefused(f"rank 0 refused the run: {box[0]}")
+    if error is not None:
+        raise error
+
+
+def _write_log(log_path: Path, records: list[dict]) -> None:
+    """log.jsonl rewritten whole from the checkpoint's records (atomic): it never holds a line
+    without a checkpoint, and a kill between the checkpoint and this write loses nothing (the next
+    resume rewrites it from the checkpoint)."""
+    atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _legacy_log(log_path: Path, epochs_done: int) -> list[dict]:
+    """The records of a checkpoint written before the log lived inside it: log.jsonl, cut to the
+    checkpoint's epoch."""
+    if not log_path.exists():
+        return []
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r.get("epoch", 0) <= epochs_done]
+
+
 # ----------------------------------------------------------------------------- the loop
 def train(config: TrainConfig, prepared: Prepared | None = None) -> dict:
+    """Train ``config`` into ``config.out`` (see the module docstring). The folder is locked for the
+    run (``avs_lib.locks``): a second run into it raises ``RunLocked`` naming the owner."""
     rank, world = _distributed()
+    main = rank == 0
+    out_dir = Path(config.out)
+    lock, error, state = None, None, None
+    if main:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            lock = RunLock(out_dir, log=_say(config)).acquire()
+            state = _open_run_folder(config, out_dir)
+        except (ValueError, OSError) as err:
+            error = err
+    try:
+        _agree(error, world)
+        return _train(config, prepared, rank, world, out_dir, state)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int, out_dir: Path,
+           state: dict | None) -> dict:
     main = rank == 0
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -134,12 +272,6 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> dict:
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
-    out_dir = Path(config.out)
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if (out_dir / "last.pt").exists() and not config.resume:
-            raise FileExistsError(f"{out_dir} already holds a run; pass resume=true to continue it or choose another out=")
-        (out_dir / "config.json").write_text(json.dumps(asdict(config), indent=1))
     prepared = prepared or prepare(config, progress=config.progress and main)
     torch.manual_seed(config.seed)
     model = make_model(config, prepared).to(device)
@@ -156,87 +288,127 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> dict:
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
 
-    start_epoch, best, history = 0, -1.0, []
+    start_epoch, best, history, log = 0, -1.0, [], []
     last_path, best_path, log_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "log.jsonl"
     if config.resume and last_path.exists():
-        state = torch.load(last_path, map_location=device, weights_only=False)
-        core.load_state_dict(state["model"])
+        if state is None:  # ranks other than 0 read (and verify) the checkpoint themselves
+            state = read_checkpoint(last_path, map_location=device)
+        core.load_state_dict({k: v.to(device) for k, v in state["model"].items()})
         optimiser.load_state_dict(state["optimiser"])
         start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
-
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        torch.manual_seed(config.seed * 100_003 + epoch)  # Gumbel noise, dropout
-        order = torch.randperm(n_train, generator=generator)
-        t0, losses = time.time(), []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not (config.progress and main),
-                   leave=False)
-        for step_in_epoch in bar:
-            step = epoch * steps_per_epoch + step_in_epoch
-            for group in optimiser.param_groups:
-                group["lr"] = learning_rate(step, total_steps, warmup_steps, config.lr, config.min_lr)
-            batch = order[step_in_epoch * config.batch_size:(step_in_epoch + 1) * config.batch_size]
-            images, masks = prepared.train.images[batch], prepared.train.masks[batch]
-            if config.flip:
-                images, masks = flip_batch(images, masks, generator)
-            audio, valid = prepared.train.audio[batch], prepared.train.valid[batch]
-            if config.zero_audio:
-                audio = torch.zeros_like(audio)
-            share = batch.numel() // world  # this rank's slice of the global batch
-            sl = slice(rank * share, (rank + 1) * share)
-            images, masks, audio, valid = (t[sl].to(device) for t in (images, masks, audio, valid))
-            with _autocast(device, config.bf16):
-                out = model(normalise_images(images), audio)
-            loss = _loss(config, out, masks, valid)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimiser.step()
-            reduced = loss.detach().clone()
-            if world > 1:
-                dist.all_reduce(reduced)
-                reduced /= world
-            losses.append(reduced.item())
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        record = {"epoch": epoch + 1, "loss": sum(losses) / len(losses), "losses": losses,
-                  "lr": optimiser.param_groups[0]["lr"], "seconds": time.time() - t0,
-                  "frames_per_second": steps_per_epoch * config.batch_size / (time.time() - t0)}
+        log = state["log"] if "log" in state else _legacy_log(log_path, state["epoch"] + 1)
         if main:
-            record["val"] = evaluate_model(core, prepared.val, device, config)
-            improved = record["val"]["JF"] > best
-            best = max(best, record["val"]["JF"])
-            history.append({k: v for k, v in record.items() if k != "losses"})
-            state = {"model": core.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epoch, "best": best,
-                     "history": history, "config": asdict(config)}
-            if improved:
-                atomic_save(state, best_path)
-            atomic_save(state, last_path)
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-            if config.progress:
-                v = record["val"]
-                print(f"epoch {epoch + 1}: loss {record['loss']:.4f}  val J {v['J']:.3f} F {v['F']:.3f} J&F {v['JF']:.3f}"
-                      + ("  (best)" if improved else ""), flush=True)
-        if world > 1:
-            dist.barrier()
-        if config.stop_after_epoch is not None and epoch + 1 >= config.stop_after_epoch and epoch + 1 < config.epochs:
-            return {"stopped_after_epoch": epoch + 1}
+            _write_log(log_path, log)  # the lines of the checkpoint's epochs, no more, no fewer
+    tracker = Tracker(out_dir, config.tracking, asdict(config), purge_step=start_epoch * steps_per_epoch) if main else None
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            model.train()
+            generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+            torch.manual_seed(config.seed * 100_003 + epoch)  # Gumbel noise, dropout
+            order = torch.randperm(n_train, generator=generator)
+            t0, losses = time.time(), []
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=not (config.progress and main), leave=False)
+            for step_in_epoch in bar:
+                _fault_injection(out_dir, epoch, step_in_epoch, rank)
+                step = epoch * steps_per_epoch + step_in_epoch
+                for group in optimiser.param_groups:
+                    group["lr"] = learning_rate(step, total_steps, warmup_steps, config.lr, config.min_lr)
+                batch = order[step_in_epoch * config.batch_size:(step_in_epoch + 1) * config.batch_size]
+                images, masks = prepared.train.images[batch], prepared.train.masks[batch]
+                if config.flip:
+                    images, masks = flip_batch(images, masks, generator)
+                audio, valid = prepared.train.audio[batch], prepared.train.valid[batch]
+                if config.zero_audio:
+                    audio = torch.zeros_like(audio)
+                share = batch.numel() // world  # this rank's slice of the global batch
+                sl = slice(rank * share, (rank + 1) * share)
+                images, masks, audio, valid = (t[sl].to(device) for t in (images, masks, audio, valid))
+                with _autocast(device, config.bf16):
+                    out = model(normalise_images(images), audio)
+                loss = _loss(config, out, masks, valid)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimiser.step()
+                reduced = loss.detach().clone()
+                if world > 1:
+                    dist.all_reduce(reduced)
+                    reduced /= world
+                losses.append(reduced.item())
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            record = {"epoch": epoch + 1, "loss": sum(losses) / len(losses), "losses": losses,
+                      "lr": optimiser.param_groups[0]["lr"], "seconds": time.time() - t0,
+                      "frames_per_second": steps_per_epoch * config.batch_size / (time.time() - t0)}
+            if main:
+                record["val"] = evaluate_model(core, prepared.val, device, config)
+                improved = record["val"]["JF"] > best
+                best = max(best, record["val"]["JF"])
+                history.append({k: v for k, v in record.items() if k != "losses"})
+                log.append(record)
+                # The epoch's log line lives inside its checkpoint; log.jsonl is rewritten from it after
+                # the checkpoint is in place, so neither exists without the other (see _write_log).
+                state = {"model": core.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epoch,
+                         "best": best, "history": history, "log": log, "config": asdict(config)}
+                if improved:
+                    save_checkpoint(state, best_path)
+                save_checkpoint(state, last_path)
+                _write_log(log_path, log)
+                _track_epoch(tracker, core, prepared, device, config, record, epoch, steps_per_epoch, total_steps,
+                             warmup_steps)
+                if config.progress:
+                    v = record["val"]
+                    print(f"epoch {epoch + 1}: loss {record['loss']:.4f}  val J {v['J']:.3f} F {v['F']:.3f} "
+                          f"J&F {v['JF']:.3f}" + ("  (best)" if improved else ""), flush=True)
+            if world > 1:
+                dist.barrier()
+            if config.stop_after_epoch is not None and epoch + 1 >= config.stop_after_epoch and epoch + 1 < config.epochs:
+                return {"stopped_after_epoch": epoch + 1}
+    finally:
+        if tracker is not None:
+            tracker.close()
 
     result = {}
     if main:
-        state = torch.load(best_path, map_location=device, weights_only=False)
+        state = read_checkpoint(best_path, map_location=device)
         core.load_state_dict(state["model"])
         result = {"test": evaluate_model(core, prepared.test, device, config), "best_val_JF": best,
                   "epochs": config.epochs, "history": history, "config": asdict(config),
                   "best_epoch": state["epoch"] + 1}
-        (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
+        atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=1))
     return result
 
 
+TRACKED_FRAMES = 4  # validation frames whose predicted masks go to TensorBoard / W&B each epoch
+
+
+def _track_epoch(tracker: Tracker | None, model, prepared: Prepared, device: torch.device, config: TrainConfig,
+                 record: dict, epoch: int, steps_per_epoch: int, total_steps: int, warmup_steps: int) -> None:
+    """Per step: the loss and the learning rate; per epoch (at its last step): the mean loss, the
+    validation metrics and a few predicted masks."""
+    if tracker is None or (tracker.tb is None and tracker.wandb_run is None):
+        return
+    first = epoch * steps_per_epoch
+    for i, loss in enumerate(record["losses"]):
+        tracker.scalars({"train/loss": loss,
+                         "train/lr": learning_rate(first + i, total_steps, warmup_steps, config.lr, config.min_lr)},
+                        first + i)
+    last = first + steps_per_epoch - 1
+    tracker.scalars({"train/epoch_loss": record["loss"],
+                     **{f"val/{k}": v for k, v in record["val"].items() if k in ("J", "F", "JF", "mIoU")}}, last)
+    frames = [i for i in range(len(prepared.val)) if prepared.val.valid[i]][:TRACKED_FRAMES]
+    if frames:
+        model.eval()
+        with torch.no_grad(), _autocast(device, config.bf16):
+            images = prepared.val.images[frames].to(device)
+            audio = prepared.val.audio[frames].to(device)
+            logits = model(normalise_images(images), torch.zeros_like(audio) if config.zero_audio else audio).logits
+        tracker.masks("val/masks", prepared.val.masks[frames], predicted_masks(logits.float().cpu()), last)
+
+
 # Settings that do not change what a run computes: a run that differs only in these is the same run.
-RUN_IDENTITY_EXCLUDES = ("out", "resume", "progress", "threads", "stop_after_epoch")
+RUN_IDENTITY_EXCLUDES = ("out", "resume", "progress", "threads", "stop_after_epoch", "tracking")
 
 
 def config_differences(a: TrainConfig | dict, b: TrainConfig | dict) -> dict[str, tuple]:
@@ -273,25 +445,29 @@ def train_once(config: TrainConfig, prepared: Prepared | None = None) -> dict:
     return train(config, prepared)
 
 
-def train_or_load(checkpoint: str | Path | None, overrides: list[str], out: str | Path):
-    """(model, config, prepared) for a notebook: load ``checkpoint`` when given, else train a run
-    from ``overrides`` (``key=value``, no config file) into ``out`` (or reuse the one a previous
-    call trained there with the same settings) and load its best checkpoint."""
+def train_or_load(checkpoint: str | Path | None, config: TrainConfig, out: str | Path | None = None):
+    """(model, config, prepared) for a notebook: load ``checkpoint`` when given, else train
+    ``config`` into ``out`` (default ``config.out``), or reuse the run a previous call trained there
+    with the same settings, and load its best checkpoint."""
+    from dataclasses import replace
+
     from avs_lib.paths import workbench_path
 
     if checkpoint:
         return load_trained(workbench_path(checkpoint))
-    config = load_config(None, [*overrides, f"out={out}"])
+    config = replace(config, out=str(out or config.out))
     prepared = prepare(config)
     train_once(config, prepared)
-    return load_trained(Path(out) / "best.pt", prepared)
+    return load_trained(Path(config.out) / "best.pt", prepared)
 
 
 def load_trained(checkpoint: str | Path, prepared: Prepared | None = None, device: str = "cpu"):
-    """(model, config, prepared) from a best.pt/last.pt written by ``train``."""
-    state = torch.load(checkpoint, map_location=device, weights_only=False)
-    config = config_from_dict(state["config"])
+    """(model, config, prepared) from a best.pt/last.pt written by ``train``. The checkpoint is
+    verified (``avs_lib.checkpoints``) before any data work; a file that is not one, or whose
+    weights do not fit its config, is a ``CheckpointError`` naming it."""
+    state = read_checkpoint(checkpoint)
+    config = config_from_dict(state["config"], f"the config inside checkpoint {checkpoint}")
     prepared = prepared or prepare(config)
     model = make_model(config, prepared)
-    model.load_state_dict(state["model"])
+    load_model_state(model, state["model"], checkpoint, state["config"])
     return model.to(device).eval(), config, prepared

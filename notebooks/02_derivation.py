@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 
 from avs_lib.analysis import derivation_recall, true_classes
+from avs_lib.config import load_config
 from avs_lib.paths import notebook_paths
 from avs_lib.plots import recall_curve
 from avs_lib.train import train_or_load
@@ -50,10 +51,9 @@ from avs_lib.widgets import derivation_explorer
 data_root, run_dir = notebook_paths(data_root, run_dir, '02_derivation')
 
 # a given checkpoint is loaded; otherwise a short run trains one into run_dir/model
-model, config, prepared = train_or_load(checkpoint, [f"data_root={data_root}", f"layout={layout}",
-                                                     f"image_size={image_size}", f"epochs={train_epochs}", f"seed={seed}",
-                                                     f"switches.num_tokens={K}", "progress=false"],
-                                        Path(run_dir) / "model")
+config = load_config(data_root=data_root, layout=layout, image_size=image_size, epochs=train_epochs, seed=seed,
+                     switches={"num_tokens": K}, progress=False, out=run_dir / "model")
+model, config, prepared = train_or_load(checkpoint, config)
 classes = prepared.memory.class_names
 test = prepared.test
 

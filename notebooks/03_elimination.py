@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from avs_lib.analysis import elimination_auc
+from avs_lib.config import load_config
 from avs_lib.paths import notebook_paths
 from avs_lib.plots import assignment_maps, roc_figure
 from avs_lib.data.transforms import normalise_images
@@ -49,9 +50,9 @@ from avs_lib.train import train_or_load
 
 data_root, run_dir = notebook_paths(data_root, run_dir, '03_elimination')
 
-model, config, prepared = train_or_load(checkpoint, [f"data_root={data_root}", f"layout={layout}",
-                                                     f"image_size={image_size}", f"epochs={train_epochs}", f"seed={seed}",
-                                                     "progress=false"], Path(run_dir) / "model")
+config = load_config(data_root=data_root, layout=layout, image_size=image_size, epochs=train_epochs, seed=seed,
+                     progress=False, out=run_dir / "model")
+model, config, prepared = train_or_load(checkpoint, config)
 test = prepared.test
 figures = run_dir / "figures"
 

@@ -56,11 +56,11 @@ from avs_lib.train import load_trained, train_once
 data_root, run_dir = notebook_paths(data_root, run_dir, "04_tsne_probe")
 
 figures = run_dir / "figures"
-base = load_config(None, [f"data_root={data_root}", "layout=ms3", f"image_size={image_size}", f"epochs={train_epochs}",
-                          f"seed={seed}", "progress=false"])
+base = load_config(data_root=data_root, layout="ms3", image_size=image_size, epochs=train_epochs, seed=seed,
+                   progress=False)
 prepared = prepare(base)  # the models train on MS3 (mixtures), as in the other notebooks
 classes = prepared.memory.class_names
-s4_sets = prepare(load_config(None, [f"data_root={data_root}", "layout=s4", f"image_size={image_size}", "progress=false"]))
+s4_sets = prepare(load_config(data_root=data_root, layout="s4", image_size=image_size, progress=False))
 train_y, test_y = class_labels(s4_sets.train, classes), class_labels(s4_sets.test, classes)
 
 # %% [markdown]

@@ -50,9 +50,8 @@ from avs_lib.train import load_trained, train_once
 data_root, run_dir = notebook_paths(data_root, run_dir, "05_training")
 
 figures = run_dir / "figures"
-config = load_config(workbench_path(config_file), [f"data_root={data_root}", f"epochs={epochs}", f"seed={seed}",
-                                                   f"image_size={image_size}", f"out={run_dir / 'model'}",
-                                                   "progress=false"])
+config = load_config(workbench_path(config_file), data_root=data_root, epochs=epochs, seed=seed, image_size=image_size,
+                     out=run_dir / "model", progress=False)
 prepared = prepare(config)
 result = train_once(config, prepared)
 training_curves(result["history"], figures / "training_curves.png");

@@ -42,8 +42,8 @@ from avs_lib.train import train_once
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "06_avsac")
 
-base = load_config(workbench_path("configs/tiny_world.yaml"), [f"data_root={data_root}", f"epochs={epochs}",
-                                                               f"seed={seed}", f"image_size={image_size}", "progress=false"])
+base = load_config(workbench_path("configs/tiny_world.yaml"), data_root=data_root, epochs=epochs, seed=seed,
+                   image_size=image_size, progress=False)
 prepared = prepare(base)
 
 # %% [markdown]

@@ -80,3 +80,14 @@ def test_every_shipped_config_reads():
 
     for path in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):
         load_config(path)
+
+
+def test_keyword_values_are_checked_and_named(tmp_path):
+    from pathlib import Path
+
+    config = load_config(data_root=Path("data/x"), epochs=3, switches={"num_tokens": 4})
+    assert config.data_root == "data/x" and config.epochs == 3 and config.switches == {"num_tokens": 4}
+    with pytest.raises(ConfigError, match=r"argument epochs='two'.*an integer"):
+        load_config(epochs="two")
+    with pytest.raises(ConfigError, match=r"'switches.num_tokenz'.*did you mean 'switches.num_tokens'"):
+        load_config(switches={"num_tokenz": 4})
