@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import torch
 
 from avs_lib.files import atomic_write
 
-MEMORY_FORMAT_VERSION = 1
+MEMORY_FORMAT_VERSION = 2  # 2: the header names the format and holds a checksum of the arrays
 
 
 @dataclass
@@ -169,37 +170,120 @@ def build_semantic_memory(features: torch.Tensor, labels: torch.Tensor, k: int, 
 
 
 # ----------------------------------------------------------------------------- file format
+MEMORY_FORMAT = "avs-semantic-memory"
+MEMORY_ARRAYS = ("centroids", "subcentroids", "features", "inertia")
+
+
+class MemoryFileError(ValueError):
+    """A memory file that cannot be used; the message names it and says how to rebuild it."""
+
+
+def _rebuild(path: Path) -> str:
+    return (f"rebuild the memory: delete {path} and run again (a memory in a cache folder is rebuilt by `avs train` "
+            "and prepare()), or write a new one with build_semantic_memory + save_memory")
+
+
+def arrays_checksum(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the arrays in MEMORY_ARRAYS order: name, dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    for name in MEMORY_ARRAYS:
+        a = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}{a.dtype.str}{a.shape}".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
+
+
 def save_memory(memory: SemanticMemory, path: str | Path) -> Path:
-    """One .npz: the tensors, plus a JSON header (format version, classes, k, m, dim, meta)."""
+    """One .npz: the tensors, plus a JSON header written first: format and version, the memory's
+    config (classes, k, m, dim, meta: encoder, seed, source hash) and a SHA-256 of the arrays."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = {"format_version": MEMORY_FORMAT_VERSION, "class_names": memory.class_names, "k": memory.k,
-              "m": memory.m, "dim": memory.dim, "meta": memory.meta}
-    atomic_write(path, lambda fh: np.savez(
-        fh, centroids=memory.centroids.cpu().numpy(), subcentroids=memory.subcentroids.cpu().numpy(),
-        features=memory.features.cpu().numpy(), inertia=memory.inertia.cpu().numpy(),
-        header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)))
+    arrays = {name: getattr(memory, name).detach().cpu().numpy() for name in MEMORY_ARRAYS}
+    header = {"format": MEMORY_FORMAT, "format_version": MEMORY_FORMAT_VERSION, "class_names": memory.class_names,
+              "k": memory.k, "m": memory.m, "dim": memory.dim, "meta": memory.meta,
+              "arrays": {n: {"dtype": a.dtype.str, "shape": list(a.shape)} for n, a in arrays.items()},
+              "checksum": arrays_checksum(arrays)}
+    encoded = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+    # the header is the archive's first member, so a reader checks it before touching the arrays
+    atomic_write(path, lambda fh: np.savez(fh, header=encoded, **arrays))
     return path
+
+
+def _read_header(path: Path, data) -> dict:
+    names = set(data.files)
+    if "header" not in names:
+        if any(n.endswith("data.pkl") for n in names):
+            raise MemoryFileError(f"{path} is a training checkpoint (torch.save), not a semantic memory; pass the "
+                                  "memory .npz (memory_*.npz in the world's cache folder), or "
+                                  "load the checkpoint with avs_lib.train.load_trained")
+        raise MemoryFileError(f"{path} has no header (arrays: {sorted(names)}): it was not written by save_memory "
+                              f"or by a workbench that predates the header; {_rebuild(path)}")
+    try:
+        header = json.loads(bytes(data["header"]).decode())
+    except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError, EOFError) as error:
+        raise MemoryFileError(f"{path}: its header cannot be read ({type(error).__name__}); the file is damaged; "
+                              f"{_rebuild(path)}") from None
+    if not isinstance(header, dict):
+        raise MemoryFileError(f"{path}: its header is not a JSON object; {_rebuild(path)}")
+    return header
 
 
 def load_memory(path: str | Path, class_names: list[str] | None = None, dim: int | None = None,
                 device: torch.device | str = "cpu") -> SemanticMemory:
-    """Load a memory file; when the model's classes or feature size are given, they must match."""
+    """Load a memory file, verified: the header (format, version, the memory's config) is read and
+    checked before any array, then the arrays against the header's shapes and checksum. When the
+    model's classes or feature size are given, they must match. Every way the file can be unusable
+    is one ``MemoryFileError`` (a ValueError) that names the file and says how to rebuild it.
+    Version 1 files (before the checksum) are read with their structure checked."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: semantic memory file not found; build one with build_semantic_memory and save_memory")
-    with np.load(path, allow_pickle=False) as data:
-        header = json.loads(bytes(data["header"]).decode())
-        tensors = {name: torch.from_numpy(data[name].copy()).to(device) for name in ("centroids", "subcentroids", "features", "inertia")}
-    if header.get("format_version") != MEMORY_FORMAT_VERSION:
-        raise ValueError(f"{path}: memory format version {header.get('format_version')} (this workbench reads {MEMORY_FORMAT_VERSION})")
-    if class_names is not None and list(class_names) != header["class_names"]:
-        missing = sorted(set(class_names) - set(header["class_names"]))
-        extra = sorted(set(header["class_names"]) - set(class_names))
-        raise ValueError(f"{path}: the memory's classes do not match the model's (missing {missing}, extra {extra}, "
-                         "or another order); rebuild the memory for this class list")
-    if dim is not None and dim != header["dim"]:
-        raise ValueError(f"{path}: memory features are {header['dim']}-d but the model expects {dim}-d "
-                         f"(memory built with encoder '{header['meta'].get('encoder')}')")
+    if path.stat().st_size == 0:
+        raise MemoryFileError(f"{path} is empty (0 bytes): the process writing it was killed; {_rebuild(path)}")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+        raise MemoryFileError(f"{path} is not a readable .npz archive (truncated, damaged or another kind of file: "
+                              f"{type(error).__name__}); {_rebuild(path)}") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise MemoryFileError(f"{path} holds a single array, not a memory archive (.npz); {_rebuild(path)}")
+    with data:
+        header = _read_header(path, data)
+        version = header.get("format_version")
+        if header.get("format", MEMORY_FORMAT) != MEMORY_FORMAT:
+            raise MemoryFileError(f"{path} has format {header.get('format')!r}, not a semantic memory; {_rebuild(path)}")
+        if not isinstance(version, int) or not 1 <= version <= MEMORY_FORMAT_VERSION:
+            newer = isinstance(version, int) and version > MEMORY_FORMAT_VERSION
+            raise MemoryFileError(f"{path}: memory format version {version} ({'newer than' if newer else 'unknown to'} "
+                                  f"this workbench, which reads 1 to {MEMORY_FORMAT_VERSION}); {_rebuild(path)}"
+                                  + (", or update the workbench (git pull)" if newer else ""))
+        for key in ("class_names", "k", "m", "dim"):
+            if key not in header:
+                raise MemoryFileError(f"{path}: its header lacks '{key}'; {_rebuild(path)}")
+        missing = [n for n in MEMORY_ARRAYS if n not in data.files]
+        if missing:
+            raise MemoryFileError(f"{path} lacks the array(s) {missing} (it has {sorted(set(data.files) - {'header'})}); "
+                                  f"{_rebuild(path)}")
+        if class_names is not None and list(class_names) != header["class_names"]:
+            missing_c = sorted(set(class_names) - set(header["class_names"]))
+            extra = sorted(set(header["class_names"]) - set(class_names))
+            raise MemoryFileError(f"{path}: the memory's classes do not match the model's (missing {missing_c}, extra "
+                                  f"{extra}, or another order); rebuild the memory for this class list")
+        if dim is not None and dim != header["dim"]:
+            raise MemoryFileError(f"{path}: memory features are {header['dim']}-d but the model expects {dim}-d "
+                                  f"(memory built with encoder '{header.get('meta', {}).get('encoder')}')")
+        try:
+            arrays = {name: data[name] for name in MEMORY_ARRAYS}
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as error:
+            raise MemoryFileError(f"{path}: its arrays cannot be read ({type(error).__name__}: the file is damaged); "
+                                  f"{_rebuild(path)}") from None
+    C, k, m, d = len(header["class_names"]), header["k"], header["m"], header["dim"]
+    expected = {"centroids": (C, d), "subcentroids": (C, k, d), "features": (C, k, m, d), "inertia": (C,)}
+    wrong = [f"{n} {arrays[n].shape} (expected {expected[n]})" for n in MEMORY_ARRAYS if arrays[n].shape != expected[n]]
+    if wrong:
+        raise MemoryFileError(f"{path}: arrays do not match its header ({'; '.join(wrong)}); {_rebuild(path)}")
+    if version >= 2 and header.get("checksum") != arrays_checksum(arrays):
+        raise MemoryFileError(f"{path} fails its checksum (changed or damaged after it was written); {_rebuild(path)}")
+    tensors = {name: torch.from_numpy(arrays[name].copy()).to(device) for name in MEMORY_ARRAYS}
     return SemanticMemory(tensors["centroids"], tensors["subcentroids"], tensors["features"], header["class_names"],
-                          tensors["inertia"], header["meta"])
+                          tensors["inertia"], header.get("meta", {}))
