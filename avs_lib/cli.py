@@ -98,9 +98,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from avs_lib.config import load_config
     from avs_lib.train import train
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides)  # every config error comes before any data work
     result = train(config)
-    if result:
+    if "stopped_after_epoch" in result:  # stop_after_epoch: a planned stop, not a failure
+        again = " ".join([*(["--config", args.config] if args.config else []), *args.overrides])
+        print(f"stopped after epoch {result['stopped_after_epoch']} of {config.epochs} (stop_after_epoch); continue "
+              f"with: avs train {again} resume=true stop_after_epoch=null".replace("  ", " "))
+    elif "test" in result:  # rank 0; the other ranks of a distributed run return {}
         t = result["test"]
         print(f"test ({t['convention']}): J {t['J']:.4f}  F {t['F']:.4f}  J&F {t['JF']:.4f}  -> {config.out}/metrics.json")
     return 0
@@ -114,7 +118,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from avs_lib.train import evaluate_model, load_trained
 
-    model, config, prepared = load_trained(args.checkpoint)
+    model, config, prepared = load_trained(args.checkpoint)  # verified: an unusable file is one CheckpointError
     config = replace(config, convention=args.convention, eval_batch_size=args.batch_size, zero_audio=args.zero_audio)
     frames = {"train": prepared.train, "val": prepared.val, "test": prepared.test}[args.split]
     result = evaluate_model(model, frames, torch.device("cpu"), config)
@@ -142,6 +146,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"avs run: {args.notebook} failed: {err}", file=sys.stderr)
         return 1
     print(f"run: {run_dir}")
+    return 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    """Each run folder under --runs-dir with its status as seen from here (run_status): a run whose
+    process died without a word shows as killed (same host) or lost (no heartbeat)."""
+    from avs_lib.runs import run_status
+
+    root = Path(args.runs_dir)
+    if not root.is_dir():
+        print(f"avs runs: error: {root} does not exist (runs go there with `avs run`)", file=sys.stderr)
+        return 2
+    folders = sorted({p.parent for p in root.glob("*/status.json")} | {p.parent for p in root.glob("*/*/status.json")})
+    for folder in folders:
+        status = run_status(folder)
+        detail = status.get("note") or status.get("error") or (f"{status['seconds']} s" if "seconds" in status else "")
+        print(f"{status['status']:11s} {folder.relative_to(root)}" + (f"  ({detail[:120]})" if detail else ""))
     return 0
 
 
@@ -258,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runs-dir", default="papermill_runs")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=_cmd_run)
+
+    rs = sub.add_parser("runs", help="list notebook runs and their status (running, done, failed, interrupted, killed, lost)")
+    rs.add_argument("--runs-dir", default="papermill_runs")
+    rs.set_defaults(func=_cmd_runs)
 
     g = sub.add_parser("sweep", help="run a notebook over a grid of parameters (GRID.yaml: notebook, name, parameters, grid)")
     g.add_argument("grid")

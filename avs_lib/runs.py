@@ -1,8 +1,9 @@
 """Experiment runs: a jupytext notebook executed by papermill into ``papermill_runs/<name>/``.
 
 A run folder holds the executed notebook, ``params.json`` (every parameter, defaults included),
-``environment.json`` (package versions, git commit, device), ``status.json`` (running, done or
-failed, with the error), and whatever the notebook writes there itself: ``metrics.json`` and its
+``environment.json`` (package versions, git commit, device), ``status.json`` (running, done,
+failed with the error, or interrupted by SIGTERM/SIGHUP/Ctrl-C; a running one holds the pid, host
+and a heartbeat, so ``run_status`` / ``avs runs`` tell a live run from a killed one), and whatever the notebook writes there itself: ``metrics.json`` and its
 figures. The notebook receives ``run_dir`` as a parameter and writes into it.
 
 papermill cannot read jupytext ``.py`` notebooks, so the notebook is converted in memory first.
@@ -16,9 +17,13 @@ import datetime as dt
 import hashlib
 import itertools
 import json
+import os
 import platform
+import signal
+import socket
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -124,6 +129,89 @@ def default_name(notebook: str | Path, parameters: dict) -> str:
     return f"{Path(notebook).stem}-{digest}"
 
 
+# ----------------------------------------------------------------------------- run status
+HEARTBEAT_SECONDS = 30.0  # a live run rewrites status.json this often; 4 missed beats make it "lost"
+
+
+class Interrupted(SystemExit):
+    """SIGTERM or SIGHUP reached a run: it is marked "interrupted" and the process exits with
+    128 + the signal number, as a process killed by that signal would (and without a traceback)."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signal = signal.Signals(signum).name
+
+
+class _Heartbeat:
+    """A thread that rewrites status.json every ``interval`` seconds while the run lives, so that
+    another command can tell a live run from one whose process vanished (SIGKILL, a lost node)."""
+
+    def __init__(self, path: Path, status: dict, interval: float = HEARTBEAT_SECONDS):
+        self.path, self.status, self.interval = path, status, interval
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._beat, daemon=True)
+
+    def write(self) -> None:
+        with self.lock:
+            self.status["heartbeat"] = dt.datetime.now().isoformat(timespec="seconds")
+            atomic_write_text(self.path, json.dumps(self.status, indent=1))
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.interval):
+            if self.status.get("status") == "running":
+                self.write()
+
+    def __enter__(self) -> "_Heartbeat":
+        self.write()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.write()  # the final status
+
+
+def run_status(run_dir: str | Path) -> dict:
+    """status.json of a run, with ``status`` as another process sees it: a run marked "running"
+    whose process is gone is "killed" (same host, the pid no longer runs) or "lost" (no heartbeat
+    for 4 intervals, e.g. on another host); a folder without status.json is "unknown"."""
+    from avs_lib.locks import pid_alive
+
+    path = Path(run_dir) / "status.json"
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {"status": "unknown", "run_dir": str(run_dir)}
+    status["run_dir"] = str(run_dir)
+    if status.get("status") != "running":
+        return status
+    if status.get("host") == socket.gethostname() and isinstance(status.get("pid"), int) and not pid_alive(status["pid"]):
+        status.update(status="killed", note=f"pid {status['pid']} ended without marking the run (SIGKILL or a crash)")
+    elif status.get("heartbeat"):
+        age = (dt.datetime.now() - dt.datetime.fromisoformat(status["heartbeat"])).total_seconds()
+        if age > 4 * status.get("heartbeat_seconds", HEARTBEAT_SECONDS):
+            status.update(status="lost", note=f"no heartbeat for {age:.0f} s (pid {status.get('pid')} on host "
+                                              f"{status.get('host')})")
+    return status
+
+
+def _signals_to_interrupt():
+    """Turn SIGTERM and SIGHUP into ``Interrupted`` while a run executes (main thread only: Python
+    delivers signals there; runs started from sweep threads keep the default handlers)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum, frame):
+        raise Interrupted(signum)
+
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        previous[signum] = signal.signal(signum, handler)
+    return previous
+
+
 def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str | None = None,
                  runs_dir: str | Path = RUNS_DIR, progress: bool = True, cwd: str | Path = ".",
                  cell_timeout: int = 1800) -> Path:
@@ -152,26 +240,38 @@ def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str
     all_parameters = {**defaults, **parameters}
     (run_dir / "params.json").write_text(json.dumps(all_parameters, indent=1, sort_keys=True))
     (run_dir / "environment.json").write_text(json.dumps(environment(), indent=1))
-    status = {"status": "running", "notebook": str(notebook)}
-    atomic_write_text(run_dir / "status.json", json.dumps(status))
-    output = run_dir / f"{notebook.stem}.ipynb"
     started = dt.datetime.now()
+    # pid + host + heartbeat: `avs runs` / run_status tell a live run from one whose process is gone
+    status = {"status": "running", "notebook": str(notebook), "pid": os.getpid(), "host": socket.gethostname(),
+              "started": started.isoformat(timespec="seconds"), "heartbeat_seconds": HEARTBEAT_SECONDS}
+    output = run_dir / f"{notebook.stem}.ipynb"
+    previous = _signals_to_interrupt()
     try:
-        papermill.execute_notebook(jupytext.read(notebook), str(output), parameters=parameters, kernel_name="python3", language="python",
-                                   progress_bar=progress, cwd=str(cwd), execution_timeout=cell_timeout)
-    except papermill.PapermillExecutionError as error:
-        status.update(status="failed", error=f"{error.ename}: {error.evalue}"[-2000:], cell=error.exec_count)
-        raise NotebookFailed(describe_failure(error, output)) from error
-    except BaseException as error:
-        status.update(status="failed", error=f"{type(error).__name__}: {str(error)[-2000:]}")
-        raise
-    else:
-        status["status"] = "done"
+        with _Heartbeat(run_dir / "status.json", status) as beat:
+            try:
+                papermill.execute_notebook(jupytext.read(notebook), str(output), parameters=parameters,
+                                           kernel_name="python3", language="python", progress_bar=progress,
+                                           cwd=str(cwd), execution_timeout=cell_timeout)
+            except papermill.PapermillExecutionError as error:
+                status.update(status="failed", error=f"{error.ename}: {error.evalue}"[-2000:], cell=error.exec_count)
+                raise NotebookFailed(describe_failure(error, output)) from error
+            except (Interrupted, KeyboardInterrupt) as error:
+                with beat.lock:
+                    status.update(status="interrupted", error=f"stopped by {getattr(error, 'signal', 'SIGINT')}")
+                raise
+            except BaseException as error:
+                with beat.lock:
+                    status.update(status="failed", error=f"{type(error).__name__}: {str(error)[-2000:]}")
+                raise
+            else:
+                status["status"] = "done"
+            finally:
+                if output.exists():
+                    drop_widget_state(output)
+                status["seconds"] = round((dt.datetime.now() - started).total_seconds(), 1)
     finally:
-        if output.exists():
-            drop_widget_state(output)
-        status["seconds"] = round((dt.datetime.now() - started).total_seconds(), 1)
-        atomic_write_text(run_dir / "status.json", json.dumps(status, indent=1))
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     return run_dir
 
 
