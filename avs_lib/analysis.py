@@ -4,8 +4,14 @@
   the classes that truly sound in the frame (on screen or off)? It depends on the frozen audio
   encoder, the memory and K, not on training.
 * ``elimination_auc``: do the elimination scores separate tokens whose class is a sounding on-screen
-  source from tokens whose class only sounds off-screen? ROC AUC over all such tokens.
-* ``true_classes``: the per-frame ground truth both use.
+  source from tokens whose class only sounds off-screen? ROC AUC over all such tokens, pooled
+  across frames (so it also rewards a per-frame gate that does not choose between tokens).
+* ``elimination_analysis``: per stage, the pooled AUC beside a within-frame paired AUC (every
+  on-screen token against every token of the same frame whose class is off screen only or silent)
+  with a bootstrap 95 % interval over clips, and the spread of the scores within a frame.
+* ``within_frame_auc``: that paired AUC on any scores and labels (tested on hand-made cases).
+* ``true_classes`` / ``onscreen_labels``: the per-frame ground truth they use (and the capacity
+  check's targets, ``avs_lib.losses.capacity_loss``).
 """
 from __future__ import annotations
 
@@ -26,6 +32,15 @@ def true_classes(frames: FrameSet, index: int) -> tuple[set[int], set[int]]:
     on = {s["class_index"] for s in record["sources"] if s["sounding"] and s["on_screen"]}
     off = {s["class_index"] for s in record["sources"] if s["sounding"] and not s["on_screen"]} - on
     return on, off
+
+
+def onscreen_labels(frames: FrameSet, num_classes: int) -> torch.Tensor:
+    """[N, C] float: 1 where class c sounds on screen in frame n, else 0 (off screen only, silent or absent)."""
+    labels = torch.zeros(len(frames), num_classes)
+    for i in range(len(frames)):
+        on, _ = true_classes(frames, i)
+        labels[i, sorted(on)] = 1.0
+    return labels
 
 
 def derivation_recall(frames: FrameSet, centroids: torch.Tensor, k: int) -> dict:
@@ -76,3 +91,93 @@ def elimination_auc(model, frames: FrameSet, device: str = "cpu") -> dict:
     auc = float(roc_auc_score(labels, values)) if 0 < labels.sum() < len(labels) else None
     return {"auc": auc, "positives": int(labels.sum()), "negatives": int((1 - labels).sum()),
             "labels": labels.tolist(), "scores": values.tolist()}
+
+
+@torch.no_grad()
+def stage_token_scores(model, frames: FrameSet, device: str = "cpu",
+                       batch_size: int = 32) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(class indices [N, K], {"stage 2": scores [N, K], ..., "combined": [N, K]}) of a DDESeg model in
+    eval mode. "combined" is ``DDESegOutput.scores``: the weight a token carries into the last stage."""
+    model.eval()
+    classes, scores = [], {}
+    for start in range(0, len(frames), batch_size):
+        out = model(normalise_images(frames.images[start:start + batch_size].to(device)),
+                    frames.audio[start:start + batch_size].to(device))
+        if out.derivation is None or out.scores is None:
+            raise ValueError("the model has no derivation or no elimination: nothing to score")
+        classes.append(out.derivation.class_indices.cpu())
+        for stage, values in out.stage_scores.items():
+            scores.setdefault(f"stage {stage}", []).append(values.float().cpu())
+        scores.setdefault("combined", []).append(out.scores.float().cpu())
+    return torch.cat(classes), {k: torch.cat(v) for k, v in scores.items()}
+
+
+def _pair_counts(scores: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+    """(wins, pairs) of one frame: wins = #{s_pos > s_neg} + 0.5 #{s_pos = s_neg} over its pairs."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return 0.0, 0
+    diff = pos[:, None] - neg[None, :]
+    return float((diff > 0).sum() + 0.5 * (diff == 0).sum()), diff.size
+
+
+def within_frame_auc(scores: np.ndarray, labels: np.ndarray, groups: list, boot: int = 1000,
+                     seed: int = 0) -> dict:
+    """Within-frame paired AUC: the share of (positive, negative) token pairs of the same frame in
+    which the positive scores higher (ties count half), over all frames' pairs together; ``labels``
+    is 1 / 0 / -1 (left out) per token. ``scores`` and ``labels`` are [frames, K]; ``groups`` names
+    each frame's clip. The 95 % interval is the percentile bootstrap over clips (clips are resampled
+    with replacement, with all their frames), ``boot`` draws."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
+    per_clip: dict = {}
+    frames = 0
+    for values, label, clip in zip(scores, labels, groups):
+        wins, pairs = _pair_counts(values, label)
+        if pairs:
+            frames += 1
+            w, p = per_clip.get(clip, (0.0, 0))
+            per_clip[clip] = (w + wins, p + pairs)
+    if not per_clip:
+        return {"auc": None, "ci95": None, "frames": 0, "pairs": 0, "clips": 0}
+    wins, pairs = np.array(list(per_clip.values())).T
+    auc = float(wins.sum() / pairs.sum())
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(wins), size=(boot, len(wins)))
+    sampled = wins[draws].sum(1) / pairs[draws].sum(1)
+    low, high = np.percentile(sampled, [2.5, 97.5])
+    return {"auc": auc, "ci95": [float(low), float(high)], "frames": frames, "pairs": int(pairs.sum()),
+            "clips": len(wins)}
+
+
+def score_spread(scores: torch.Tensor) -> dict:
+    """How much the scores of one frame's K tokens differ, averaged over frames: the standard
+    deviation across tokens, the range (max - min), and the standard deviation of log S (scale-free:
+    the spread of the log-bias the tokens get in fusion). A per-frame gate has all three near 0."""
+    s = scores.double()
+    return {"std": float(s.std(dim=1).mean()), "range": float((s.max(1).values - s.min(1).values).mean()),
+            "log_std": float(s.clamp_min(1e-30).log().std(dim=1).mean()), "mean": float(s.mean())}
+
+
+def elimination_analysis(model, frames: FrameSet, device: str = "cpu", boot: int = 1000, seed: int = 0) -> dict:
+    """Per stage (and "combined"): ``pooled`` ROC AUC (on screen vs off screen only, tokens pooled
+    across frames, as ``elimination_auc``), ``within_frame`` paired AUC with its bootstrap 95 %
+    interval over clips and its frame and pair counts (on screen vs off screen only or silent),
+    and ``spread`` (``score_spread``)."""
+    classes, stage_scores = stage_token_scores(model, frames, device)
+    pooled_labels = np.full(classes.shape, -1)
+    paired_labels = np.zeros(classes.shape, dtype=int)
+    for i in range(len(frames)):
+        on, off = true_classes(frames, i)
+        for j, c in enumerate(classes[i].tolist()):
+            pooled_labels[i, j] = 1 if c in on else (0 if c in off else -1)
+            paired_labels[i, j] = int(c in on)
+    result = {}
+    for name, scores in stage_scores.items():
+        values = scores.numpy()
+        keep = pooled_labels >= 0
+        y, v = pooled_labels[keep], values[keep]
+        pooled = float(roc_auc_score(y, v)) if 0 < y.sum() < len(y) else None
+        result[name] = {"pooled": {"auc": pooled, "positives": int(y.sum()), "negatives": int((1 - y).sum())},
+                        "within_frame": within_frame_auc(values, paired_labels, frames.clips, boot, seed),
+                        "spread": score_spread(scores)}
+    return result

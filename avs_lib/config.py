@@ -55,6 +55,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     grad_clip: float = 1.0
     avfs_weight: float = 1.0  # AVSAC only
+    capacity_check: float = 0.0  # OUTSIDE THE PAPER: weight of an auxiliary on/off-screen loss on the elimination scores (0: off)
     flip: bool = True
     # running
     seed: int = 0

@@ -91,3 +91,17 @@ def avsac_loss(logits: torch.Tensor, masks: torch.Tensor, audio: torch.Tensor, v
     """AVSAC Eq. 5: Dice + Focal + AVFS (``avfs_weight=0`` for the ablation without it)."""
     segmentation = dice_loss(logits, masks, valid) + focal_loss(logits, masks, valid)
     return segmentation + avfs_weight * avfs_loss(audio, visual) if avfs_weight else segmentation
+
+
+def capacity_loss(stage_scores: list[torch.Tensor], classes: torch.Tensor, onscreen: torch.Tensor) -> torch.Tensor:
+    """The capacity check's auxiliary loss, OUTSIDE THE PAPER: binary cross-entropy between every
+    stage's elimination score S [B, K] and the world's truth for the token's class (1: the class
+    sounds on screen in the frame; 0: off screen only, silent or absent), averaged over stages.
+
+    ``classes`` [B, K] are the derived tokens' classes, ``onscreen`` [B, C] the labels
+    (``avs_lib.analysis.onscreen_labels``). Trained with it, the module is told which tokens to keep:
+    a high within-frame AUC then says it can separate them, so an unsupervised failure is the
+    objective's, not the module's."""
+    targets = onscreen.to(classes.device).gather(1, classes).float()  # [B, K]
+    losses = [F.binary_cross_entropy(s.float().clamp(1e-6, 1 - 1e-6), targets) for s in stage_scores]
+    return torch.stack(losses).mean()

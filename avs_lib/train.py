@@ -49,7 +49,7 @@ from avs_lib.data.transforms import flip_batch, normalise_images
 from avs_lib.features import FrameSet, Prepared, prepare
 from avs_lib.files import atomic_write, atomic_write_text
 from avs_lib.locks import RunLock
-from avs_lib.losses import avsac_loss, ddeseg_loss
+from avs_lib.losses import avsac_loss, capacity_loss, ddeseg_loss
 from avs_lib.metrics import evaluate
 from avs_lib.models import build_model
 from avs_lib.tracking import Tracker, predicted_masks
@@ -83,10 +83,28 @@ def atomic_save(obj, path: Path) -> None:
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
-def _loss(config: TrainConfig, out, masks, valid):
+def _loss(config: TrainConfig, out, masks, valid, onscreen=None):
     if config.model == "avsac":
         return avsac_loss(out.logits.float(), masks, out.audio.float(), out.agv.float(), valid, config.avfs_weight)
-    return ddeseg_loss(out.logits.float(), masks, valid)
+    loss = ddeseg_loss(out.logits.float(), masks, valid)
+    if config.capacity_check:  # outside the paper: the capacity check (avs_lib.losses.capacity_loss)
+        if out.derivation is None or not out.stage_scores:
+            raise ValueError("capacity_check needs a model with derivation and elimination (ablation=full)")
+        loss = loss + config.capacity_check * capacity_loss(list(out.stage_scores.values()),
+                                                            out.derivation.class_indices, onscreen)
+    return loss
+
+
+def _capacity_targets(config: TrainConfig, prepared: Prepared, indices: torch.Tensor):
+    """On-screen labels [B, C] of the training frames ``indices`` for the capacity check (None when off)."""
+    if not config.capacity_check:
+        return None
+    from avs_lib.analysis import onscreen_labels
+
+    frames = prepared.train
+    if "_onscreen" not in frames.__dict__:  # computed once per frame set
+        frames.__dict__["_onscreen"] = onscreen_labels(frames, len(prepared.memory.class_names))
+    return frames.__dict__["_onscreen"][indices]
 
 
 def _autocast(device: torch.device, enabled: bool):
@@ -326,7 +344,7 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
                 images, masks, audio, valid = (t[sl].to(device) for t in (images, masks, audio, valid))
                 with _autocast(device, config.bf16):
                     out = model(normalise_images(images), audio)
-                loss = _loss(config, out, masks, valid)
+                loss = _loss(config, out, masks, valid, _capacity_targets(config, prepared, batch[sl]))
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip:

@@ -6,9 +6,31 @@ hierarchical visual encoder, decode masks.
     M     = D({F_f(A^l, V^l)})          fusion blocks (mit.py, Fig. 4) and SegFormer decoder
 
 V^l is stage l's patch embedding (the visual features entering the stage's fusion blocks), as in the
-authors' code. The scores multiply the tokens cumulatively: a token eliminated at stage 2 stays
-small in stages 3 and 4. The tokens live in the audio encoder's space (d_a); each stage projects
-them to its own width.
+authors' code. The tokens live in the audio encoder's space (d_a); each stage projects them to its
+own width.
+
+How Eq. 17's scores act, where the paper is silent (``elimination_apply``):
+
+* ``"log_bias"`` (default): the tokens are not scaled; log S is added to each token's logit in the
+  fusion blocks' cross-attention (``mit.AudioCrossAttention``), summed over the stages so far (the
+  log of the cumulative product), and ``fusion_null_key`` gives that attention a null key (value 0),
+  so that a token with S -> 0 leaves the fusion and the attention may go to no token at all. Each
+  stage's elimination sees the stage's projection of the (unscaled) derived tokens.
+* ``"scale"``: Eq. 17 literally, A <- S * A, cumulatively (a token eliminated at stage 2 stays small
+  in stages 3 and 4). A token scaled to 0 does not leave the attention: its key and value become the
+  projections' biases, a constant the softmax still weighs.
+
+The elimination reading (``DynamicElimination``, see elimination.py): ``centre_init`` ("unit":
+randn centres, as the authors' code; "scaled": randn * d^-0.5), ``tau``, ``centre_update``
+("printed": O C_v, as the paper and the authors' code; "assigned_mean"), ``gumbel_hard``
+(straight-through one-hot assignment) and ``elimination_residual`` (F_av = A + MCA(A, C_v)). The
+workbench's first reading, whose centres collapse to the frame mean and whose scores cannot differ
+across a frame's tokens, is ``FIRST_READING`` (pass it as switches).
+
+``variant="released"`` follows the authors' code instead: no audio cross-attention in the blocks;
+at every one of the four stages, right after the patch embedding, a ``ReleasedAligner`` pools the
+stage's MLP projection (d_a -> 4 d_a -> C_l) of the original derived tokens into one audio token
+with softmax scores and gates the visual tokens with it (elimination.py).
 
 Table 3's rows are switches: ``derivation=False`` (baseline: the single projected F_a is the only
 audio token; no memory, no elimination), ``enhancement``, and ``elimination`` (a Table 4 scheme,
@@ -26,7 +48,7 @@ from torch import nn
 from .decoder import SegFormerHead
 from .derivation import DerivationOutput, DynamicDerivation
 from .efficientnet import EfficientNetLite0, efficientnet_lite0
-from .elimination import DynamicElimination, EliminationOutput
+from .elimination import CENTRE_INITS, CENTRE_UPDATES, SCHEMES, DynamicElimination, EliminationOutput, ReleasedAligner
 from .mit import MIT_SIZES, FusionBlock, MiTEncoder, load_backbone_state_dict
 
 
@@ -46,7 +68,12 @@ class DDESegConfig:
     enhancement_pooling: str = "all"
     num_centres: int = 5
     tau: float = 1.0
-    centre_update: str = "assigned_mean"
+    centre_update: str = "printed"  # Eq. 14: "printed" (O C_v) or "assigned_mean"
+    centre_init: str = "unit"  # "unit" (randn) or "scaled" (randn * d^-0.5)
+    gumbel_hard: bool = False  # straight-through one-hot Gumbel assignment
+    elimination_residual: bool = True  # F_av = A + MCA(A, C_v) (paper silent)
+    elimination_apply: str = "log_bias"  # "log_bias" (in the fusion attention) or "scale" (Eq. 17 on the vector)
+    fusion_null_key: bool = True  # a null key in the fusion cross-attention
     num_classes: int = 1  # 1: binary masks (S4/MS3); C+1: semantic masks with background 0
     decoder_dim: int | None = None  # None: 64 for tiny, 256 for b0, 768 for b5
     first_stride: int | None = None  # None: 4 for "paper", 2 for "released"
@@ -57,8 +84,8 @@ class DDESegConfig:
     # string choices, checked when a config file is read (avs_lib.config.check_values)
     CHOICES: ClassVar[dict] = {
         "size": tuple(MIT_SIZES), "backbone": ("mit", "efficientnet_lite0"), "variant": ("paper", "released"),
-        "elimination": ("none", "fc", "ca_fc", "softkmeans_ca_fc", "gumbel_ca_fc"),
-        "centre_update": ("assigned_mean", "printed"), "decoder_norm": ("batch", "group"),
+        "elimination": SCHEMES, "centre_update": CENTRE_UPDATES, "centre_init": CENTRE_INITS,
+        "elimination_apply": ("log_bias", "scale"), "decoder_norm": ("batch", "group"),
         "enhancement_pooling": ("all", "per_subcluster"),
     }
 
@@ -68,34 +95,50 @@ class DDESegConfig:
             self.elimination = "none"
 
 
+# The workbench's first reading of Eq. 13-17 (before issue 13), reachable as switches: centres that
+# collapse to the frame's mean feature, no residual, scores that scale the token vectors.
+FIRST_READING = dict(centre_init="scaled", centre_update="assigned_mean", gumbel_hard=False,
+                     elimination_residual=False, elimination_apply="scale", fusion_null_key=False)
+
+
 @dataclass
 class DDESegOutput:
     logits: torch.Tensor  # [B, H, W] (binary) or [B, C+1, H, W]
     derivation: DerivationOutput | None
-    eliminations: list[EliminationOutput] = field(default_factory=list)  # stages 2..4
+    eliminations: list[EliminationOutput] = field(default_factory=list)  # stages 2..4 (released: 1..4)
+    elimination_stages: list[int] = field(default_factory=list)  # the stage (1-based) of each entry above
+    cumulative: bool = True  # the scores act cumulatively over the stages (paper) or stage by stage (released)
     tokens: list[torch.Tensor] = field(default_factory=list)  # audio tokens entering each stage [B, K, d_a]
     attention: list[torch.Tensor | None] = field(default_factory=list)  # last block's [B, N_l, K] per stage
     features: list[torch.Tensor] = field(default_factory=list)  # the four fused maps [B, C_l, H_l, W_l]
 
     @property
     def scores(self) -> torch.Tensor | None:
-        """Cumulative elimination scores per token [B, K] after the last stage (None without elimination)."""
+        """The weight each token [B, K] carries into the last stage's fusion (None without
+        elimination): the product of the stages' scores (paper), or the last stage's pooling
+        weights (released, where each stage scores the original tokens afresh)."""
         scores = [e.scores for e in self.eliminations if e.scores is not None]
         if not scores:
             return None
-        return torch.stack(scores).prod(dim=0)
+        return torch.stack(scores).prod(dim=0) if self.cumulative else scores[-1]
+
+    @property
+    def stage_scores(self) -> dict[int, torch.Tensor]:
+        """{stage: scores [B, K]} for every stage that scores its tokens."""
+        return {s: e.scores for s, e in zip(self.elimination_stages, self.eliminations) if e.scores is not None}
 
 
 class _CNNFusionEncoder(nn.Module):
     """A CNN backbone with a stage of fusion blocks after each of its four feature stages."""
 
-    def __init__(self, cnn: EfficientNetLite0, depth: int = 1, heads: int = 1):
+    def __init__(self, cnn: EfficientNetLite0, depth: int = 1, heads: int = 1, fusion: bool = True,
+                 null_key: bool = False):
         super().__init__()
         del cnn._conv_head, cnn._bn1, cnn._fc  # the classifier head is not used for segmentation
         self.cnn = cnn
         self.dims = list(cnn.feature_dims)
         self.fusion = nn.ModuleList(
-            nn.ModuleList(FusionBlock(d, heads, sr, 4) for _ in range(depth))
+            nn.ModuleList(FusionBlock(d, heads, sr, 4, fusion, null_key) for _ in range(depth))
             for d, sr in zip(self.dims, (8, 4, 2, 1)))
         self.norms = nn.ModuleList(nn.LayerNorm(d) for d in self.dims)
         self.bounds = [0] + [s + 1 for s in cnn.feature_stages]
@@ -107,10 +150,11 @@ class _CNNFusionEncoder(nn.Module):
         h, w = x.shape[-2:]
         return x.flatten(2).transpose(1, 2), h, w
 
-    def run_blocks(self, i: int, tokens: torch.Tensor, h: int, w: int, audio: torch.Tensor | None):
+    def run_blocks(self, i: int, tokens: torch.Tensor, h: int, w: int, audio: torch.Tensor | None,
+                   audio_bias: torch.Tensor | None = None):
         attentions = []
         for block in self.fusion[i - 1]:
-            tokens, attention = block(tokens, h, w, audio)
+            tokens, attention = block(tokens, h, w, audio, audio_bias)
             attentions.append(attention)
         tokens = self.norms[i - 1](tokens)
         return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w), attentions
@@ -120,16 +164,19 @@ class DDESeg(nn.Module):
     def __init__(self, config: DDESegConfig):
         super().__init__()
         self.config = config
+        released = config.variant == "released"
+        null_key = config.fusion_null_key and not released
         if config.backbone == "mit":
-            mit_config = replace(MIT_SIZES[config.size],
-                                 first_stride=config.first_stride or (2 if config.variant == "released" else 4))
+            mit_config = replace(MIT_SIZES[config.size], first_stride=config.first_stride or (2 if released else 4),
+                                 fusion=not released, null_key=null_key)
             self.encoder = MiTEncoder(mit_config)
             heads = mit_config.heads
             # what the backbone file matched, for the caller to show (the training engine logs it)
             self.backbone_report = (load_backbone_state_dict(self.encoder, config.pretrained_backbone)
                                     if config.pretrained_backbone else None)
         elif config.backbone == "efficientnet_lite0":
-            self.encoder = _CNNFusionEncoder(efficientnet_lite0(pretrained=config.pretrained_backbone or False))
+            self.encoder = _CNNFusionEncoder(efficientnet_lite0(pretrained=config.pretrained_backbone or False),
+                                             fusion=not released, null_key=null_key)
             heads = (1, 1, 1, 1)
         else:
             raise ValueError(f"backbone must be 'mit' or 'efficientnet_lite0', got {config.backbone!r}")
@@ -137,12 +184,25 @@ class DDESeg(nn.Module):
         self.derivation = (DynamicDerivation(config.audio_dim, config.memory_classes, config.k, config.m,
                                              config.num_tokens, config.variant, config.enhancement,
                                              config.enhancement_pooling) if config.derivation else None)
-        self.audio_projections = nn.ModuleList(nn.Linear(config.audio_dim, d) for d in dims)
-        score = "softmax" if config.variant == "released" else "sigmoid"
-        # Eq. 1: no elimination at stage 1
-        self.eliminations = nn.ModuleList(
-            DynamicElimination(d, config.num_centres, h, config.tau, config.elimination, config.centre_update, score)
-            for d, h in zip(dims[1:], heads[1:]))
+        if released:
+            # the authors' per-stage audio MLP (768 -> 3072 -> C_l there), Xavier-uniform weights
+            self.audio_projections = nn.ModuleList(
+                nn.Sequential(nn.Linear(config.audio_dim, 4 * config.audio_dim), nn.GELU(),
+                              nn.Linear(4 * config.audio_dim, d)) for d in dims)
+            for projection in self.audio_projections:
+                for layer in (projection[0], projection[2]):
+                    nn.init.xavier_uniform_(layer.weight)
+            # elimination at all four stages, 8 heads and 5 centres as in the released code
+            self.eliminations = nn.ModuleList(
+                ReleasedAligner(d, config.num_centres, 8, config.tau, config.elimination, config.gumbel_hard)
+                for d in dims)
+        else:
+            self.audio_projections = nn.ModuleList(nn.Linear(config.audio_dim, d) for d in dims)
+            # Eq. 1: no elimination at stage 1
+            self.eliminations = nn.ModuleList(
+                DynamicElimination(d, config.num_centres, h, config.tau, config.elimination, config.centre_update,
+                                   "sigmoid", config.centre_init, config.gumbel_hard, config.elimination_residual)
+                for d, h in zip(dims[1:], heads[1:]))
         decoder_dim = config.decoder_dim or {"tiny": 64, "b0": 256}.get(config.size, 768)
         self.decoder = SegFormerHead(dims, decoder_dim, config.num_classes, config.decoder_dropout, config.decoder_norm)
 
@@ -161,19 +221,40 @@ class DDESeg(nn.Module):
     def forward(self, image: torch.Tensor, audio: torch.Tensor) -> DDESegOutput:
         # image [B, 3, H, W], audio [B, d_a]
         tokens, derived = self.audio_tokens(audio)
-        out = DDESegOutput(logits=None, derivation=derived)  # type: ignore[arg-type]
+        out = DDESegOutput(logits=None, derivation=derived,  # type: ignore[arg-type]
+                           cumulative=self.config.variant != "released")
         x = image
+        if self.config.variant == "released":
+            for i in range(1, 5):
+                visual, h, w = self.encoder.stage(i, x)  # V^l [B, N_l, C_l]
+                visual, eliminated = self.eliminations[i - 1](self.audio_projections[i - 1](tokens), visual)
+                out.eliminations.append(eliminated)
+                out.elimination_stages.append(i)
+                out.tokens.append(tokens)
+                x, _ = self.encoder.run_blocks(i, visual, h, w, None)  # plain blocks
+                out.attention.append(eliminated.gate[..., None])  # [B, N, 1]: the visual gate
+                out.features.append(x)
+            return self._decode(image, out)
+        log_bias = self.config.elimination_apply == "log_bias"
+        bias = None  # [B, K] sum of log S over the stages so far
         for i in range(1, 5):
             visual, h, w = self.encoder.stage(i, x)  # V^l [B, N_l, C_l]
             if i > 1:
                 eliminated = self.eliminations[i - 2](self.audio_projections[i - 1](tokens), visual)
                 out.eliminations.append(eliminated)
+                out.elimination_stages.append(i)
                 if eliminated.scores is not None:
-                    tokens = eliminated.scores[..., None] * tokens  # Eq. 17, in the audio space
+                    if log_bias:
+                        bias = eliminated.log_scores if bias is None else bias + eliminated.log_scores
+                    else:
+                        tokens = eliminated.scores[..., None] * tokens  # Eq. 17, in the audio space
             out.tokens.append(tokens)
-            x, attentions = self.encoder.run_blocks(i, visual, h, w, self.audio_projections[i - 1](tokens))
+            x, attentions = self.encoder.run_blocks(i, visual, h, w, self.audio_projections[i - 1](tokens), bias)
             out.attention.append(attentions[-1] if attentions else None)
             out.features.append(x)  # [B, C_l, H_l, W_l]
+        return self._decode(image, out)
+
+    def _decode(self, image: torch.Tensor, out: DDESegOutput) -> DDESegOutput:
         logits = F.interpolate(self.decoder(out.features), size=image.shape[-2:], mode="bilinear", align_corners=False)
         out.logits = logits[:, 0] if self.config.num_classes == 1 else logits
         return out

@@ -21,6 +21,7 @@ loads into the backbone part with no renaming; the fusion parameters (``cross_no
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,7 @@ class MiTConfig:
     mlp_ratio: int = 4
     first_stride: int = 4  # MiT's 7x7 stride-4 stem; DDESeg's released code uses 2
     fusion: bool = True  # False: a plain MiT (no audio cross-attention)
+    null_key: bool = False  # fusion attention with a null key (AudioCrossAttention)
 
 
 MIT_SIZES = {
@@ -108,35 +110,70 @@ class _DepthwiseConv(nn.Module):
 
 
 class AudioCrossAttention(nn.Module):
-    """Visual tokens [B, N, C] attend to audio tokens [B, K, C]; used by the fusion blocks."""
+    """Visual tokens [B, N, C] attend to audio tokens [B, K, C]; used by the fusion blocks.
 
-    def __init__(self, dim: int, heads: int):
+    Two additions the paper does not have (``avs_lib.models.ddeseg``, ``elimination_apply``):
+
+    * ``bias`` [B, K]: added to every visual token's attention logit for audio token k. With
+      bias = log S_k (Eq. 16's score), a token with S_k -> 0 leaves the softmax (weight -> 0)
+      instead of entering it as a zeroed vector that the key/value biases turn into a constant.
+    * ``null_key=True``: one learned key (per head, starting at 0) whose value is 0, so a visual
+      token can give its attention to no audio token at all; the softmax then runs over K + 1.
+
+    Without either, the layer is the ``nn.MultiheadAttention`` call it always was, with the same
+    parameter names, so earlier state dicts load unchanged."""
+
+    def __init__(self, dim: int, heads: int, null_key: bool = False):
         super().__init__()
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        if null_key:
+            self.null_key = nn.Parameter(torch.zeros(dim))  # in the projected key space, split over heads
+        else:
+            self.null_key = None
 
-    def forward(self, visual: torch.Tensor, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out, weights = self.attn(visual, audio, audio, need_weights=True)
-        return out, weights  # [B, N, C], [B, N, K]
+    def forward(self, visual: torch.Tensor, audio: torch.Tensor,
+                bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if bias is None and self.null_key is None:
+            out, weights = self.attn(visual, audio, audio, need_weights=True)
+            return out, weights  # [B, N, C], [B, N, K]
+        b, n, c = visual.shape
+        k_tokens, heads = audio.shape[1], self.attn.num_heads
+        w_q, w_k, w_v = self.attn.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.attn.in_proj_bias.chunk(3)
+        split = lambda x: x.reshape(b, x.shape[1], heads, c // heads).transpose(1, 2)  # noqa: E731
+        q, k, v = split(F.linear(visual, w_q, b_q)), split(F.linear(audio, w_k, b_k)), split(F.linear(audio, w_v, b_v))
+        logits = q @ k.transpose(-2, -1) / math.sqrt(c // heads)  # [B, h, N, K]
+        if bias is not None:
+            logits = logits + bias[:, None, None, :].to(logits.dtype)
+        if self.null_key is not None:
+            null = self.null_key.reshape(heads, 1, c // heads).to(q.dtype)  # [h, 1, c/h]
+            logits = torch.cat([logits, q @ null.transpose(-2, -1) / math.sqrt(c // heads)], dim=-1)  # [B, h, N, K+1]
+        weights = torch.softmax(logits, dim=-1)[..., :k_tokens]  # the null column's value is 0
+        out = (weights @ v).transpose(1, 2).reshape(b, n, c)
+        return self.attn.out_proj(out), weights.mean(1)  # [B, N, C], [B, N, K] (head mean, as nn.MultiheadAttention)
 
 
 class FusionBlock(nn.Module):
     """Fig. 4: audio cross-attention, spatial-reduction self-attention, Mix-FFN."""
 
-    def __init__(self, dim: int, heads: int, sr_ratio: int, mlp_ratio: int = 4, fusion: bool = True):
+    def __init__(self, dim: int, heads: int, sr_ratio: int, mlp_ratio: int = 4, fusion: bool = True,
+                 null_key: bool = False):
         super().__init__()
         self.fusion = fusion
         if fusion:
             self.cross_norm = nn.LayerNorm(dim)
-            self.cross_attn = AudioCrossAttention(dim, heads)
+            self.cross_attn = AudioCrossAttention(dim, heads, null_key)
         self.norm1 = nn.LayerNorm(dim)
         self.attn = EfficientSelfAttention(dim, heads, sr_ratio)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MixFFN(dim, dim * mlp_ratio)
 
-    def forward(self, x: torch.Tensor, h: int, w: int, audio: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, h: int, w: int, audio: torch.Tensor | None = None,
+                audio_bias: torch.Tensor | None = None):
+        """``audio_bias`` [B, K]: log-bias on each audio token's attention logit (see AudioCrossAttention)."""
         attention = None
         if self.fusion and audio is not None:
-            fused, attention = self.cross_attn(self.cross_norm(x), audio)
+            fused, attention = self.cross_attn(self.cross_norm(x), audio, audio_bias)
             x = x + fused
         x = x + self.attn(self.norm1(x), h, w)
         x = x + self.mlp(self.norm2(x), h, w)
@@ -156,7 +193,7 @@ class MiTEncoder(nn.Module):
             kernel, stride = (7, config.first_stride) if i == 1 else (3, 2)
             setattr(self, f"patch_embed{i}", OverlapPatchEmbed(previous, dim, kernel, stride))
             setattr(self, f"block{i}", nn.ModuleList(
-                FusionBlock(dim, heads, sr, config.mlp_ratio, config.fusion) for _ in range(depth)))
+                FusionBlock(dim, heads, sr, config.mlp_ratio, config.fusion, config.null_key) for _ in range(depth)))
             setattr(self, f"norm{i}", nn.LayerNorm(dim))
             previous = dim
 
@@ -168,10 +205,11 @@ class MiTEncoder(nn.Module):
         """Patch-embed the input of stage i (1-based): returns tokens [B, N, C], h, w."""
         return getattr(self, f"patch_embed{i}")(x)
 
-    def run_blocks(self, i: int, tokens: torch.Tensor, h: int, w: int, audio: torch.Tensor | None):
+    def run_blocks(self, i: int, tokens: torch.Tensor, h: int, w: int, audio: torch.Tensor | None,
+                   audio_bias: torch.Tensor | None = None):
         attentions = []
         for block in getattr(self, f"block{i}"):
-            tokens, attention = block(tokens, h, w, audio)
+            tokens, attention = block(tokens, h, w, audio, audio_bias)
             attentions.append(attention)
         tokens = getattr(self, f"norm{i}")(tokens)
         b, n, c = tokens.shape

@@ -1,0 +1,236 @@
+"""Elimination readings (issue 13) against independent numpy computations on small tensors: the
+released aligner, the reading that can choose, the log-bias + null key fusion attention, the
+within-frame paired AUC and the capacity check's loss."""
+import numpy as np
+import pytest
+import torch
+
+from avs_lib.analysis import score_spread, within_frame_auc
+from avs_lib.losses import capacity_loss
+from avs_lib.memory import build_semantic_memory
+from avs_lib.models import build_model
+from avs_lib.models.ddeseg import FIRST_READING
+from avs_lib.models.elimination import DynamicElimination, ReleasedAligner, gumbel_soft_assignment
+from avs_lib.models.mit import AudioCrossAttention
+
+
+def _np(t):
+    return t.detach().double().numpy()
+
+
+def softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _memory(audio_dim=16, classes=6):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(classes), 12)
+    features = rng.normal(size=(len(labels), audio_dim)) + labels[:, None]
+    return build_semantic_memory(torch.tensor(features, dtype=torch.float32), torch.tensor(labels), k=2, m=3, seed=0,
+                                 class_names=[f"c{i}" for i in range(classes)])
+
+
+def _heads(x, h):
+    n, c = x.shape
+    return x.reshape(n, h, c // h).transpose(1, 0, 2)  # [h, n, c/h]
+
+
+# ----------------------------------------------------------------------------- released reading
+def test_released_aligner_against_numpy():
+    torch.manual_seed(0)
+    c, n, k, kc, h = 16, 10, 4, 3, 8
+    module = ReleasedAligner(c, num_centres=kc, heads=h).double().eval()
+    tokens, visual = torch.randn(1, k, c, dtype=torch.float64), torch.randn(1, n, c, dtype=torch.float64)
+    gated, out = module(tokens, visual)
+    a, v, centres = _np(tokens[0]), _np(visual[0]), _np(module.centres)
+    o = softmax(v @ centres.T)  # Eq. 13 at tau 1, no noise in eval
+    recon = o @ centres  # Eq. 14 as printed: one reconstruction per pixel [N, C]
+    av = module.audio_visual
+    q, kk, vv = (_heads(x, h) for x in (a @ _np(av.q.weight).T, recon @ _np(av.k.weight).T, recon @ _np(av.v.weight).T))
+    f_av = (softmax(q @ kk.transpose(0, 2, 1) / np.sqrt(c // h)) @ vv).transpose(1, 0, 2).reshape(k, c)  # no out proj
+    s = softmax(f_av @ _np(module.fc.weight).T[:, 0] + _np(module.fc.bias)[0])  # softmax over the K tokens
+    pooled = (s[:, None] * a).sum(0, keepdims=True)  # [1, C]
+    va = module.visual_audio
+    q2, k2, v2 = (_heads(x, h) for x in (v @ _np(va.q.weight).T, pooled @ _np(va.k.weight).T, pooled @ _np(va.v.weight).T))
+    gate = sigmoid(q2 @ k2.transpose(0, 2, 1) / np.sqrt(c // h))  # [h, N, 1]
+    expected = v + (gate @ v2).transpose(1, 0, 2).reshape(n, c)  # residual
+    np.testing.assert_allclose(_np(out.assignment[0]), o, atol=1e-10)
+    np.testing.assert_allclose(_np(out.scores[0]), s, atol=1e-10)
+    np.testing.assert_allclose(_np(gated[0]), expected, atol=1e-10)
+    np.testing.assert_allclose(_np(out.gate[0]), gate[..., 0].mean(0), atol=1e-10)
+    assert torch.equal(out.tokens, tokens)  # released: the tokens themselves are not scaled
+    assert not any(layer.bias is not None for layer in (av.q, av.k, av.v, va.q, va.k, va.v))
+
+
+def test_released_model_scores_original_tokens_at_every_stage_with_plain_blocks():
+    torch.manual_seed(1)
+    model = build_model("ddeseg", variant="released", memory=_memory()).eval()
+    assert not any("cross_attn" in name for name, _ in model.named_parameters())  # blocks without audio attention
+    assert len(model.eliminations) == 4 and all(isinstance(m, ReleasedAligner) for m in model.eliminations)
+    seen = []
+    hooks = [m.register_forward_hook(lambda mod, args, result: seen.append(args[0])) for m in model.eliminations]
+    image, audio = torch.randn(2, 3, 64, 64), torch.randn(2, 16)
+    with torch.no_grad():
+        out = model(image, audio)
+        derived = model.audio_tokens(audio)[0]
+        for stage, tokens in enumerate(seen):  # each stage projects the ORIGINAL derived tokens (MLP d -> 4d -> C)
+            torch.testing.assert_close(tokens, model.audio_projections[stage](derived))
+    for hook in hooks:
+        hook.remove()
+    assert out.elimination_stages == [1, 2, 3, 4] and not out.cumulative
+    for scores in out.stage_scores.values():  # softmax over K: they pool the tokens into one
+        torch.testing.assert_close(scores.sum(1), torch.ones(2, dtype=scores.dtype))
+    torch.testing.assert_close(out.scores, out.stage_scores[4])
+
+
+# ----------------------------------------------------------------------------- the reading that can choose
+def test_printed_update_with_residual_and_unit_centres_against_numpy():
+    torch.manual_seed(2)
+    d, n, kc, k = 8, 12, 3, 4
+    module = DynamicElimination(d, kc, 1, tau=0.5, centre_update="printed", centre_init="unit",
+                                residual=True).double().eval()
+    assert module.centres.norm(dim=1).mean() > 1.5  # randn, not randn * d^-0.5 (norm about sqrt(d) = 2.8)
+    tokens, visual = torch.randn(1, k, d, dtype=torch.float64), torch.randn(1, n, d, dtype=torch.float64)
+    out = module(tokens, visual)
+    keys = _np(module.norm_visual(visual)[0])
+    o = softmax(keys @ _np(module.centres).T / 0.5)
+    recon = o @ _np(module.centres)  # [N, d]
+    att = module.cross_attention
+    w_q, w_k, w_v = np.split(_np(att.in_proj_weight), 3)
+    b_q, b_k, b_v = np.split(_np(att.in_proj_bias), 3)
+    q = _np(module.norm_audio(tokens)[0]) @ w_q.T + b_q
+    f = softmax(q @ (recon @ w_k.T + b_k).T / np.sqrt(d)) @ (recon @ w_v.T + b_v)
+    f = f @ _np(att.out_proj.weight).T + _np(att.out_proj.bias)
+    f_av = _np(tokens[0]) + f  # the residual
+    hidden = f_av @ _np(module.score_mlp[0].weight).T + _np(module.score_mlp[0].bias)
+    from scipy.special import erf
+    hidden = 0.5 * hidden * (1 + erf(hidden / np.sqrt(2)))
+    logits = hidden @ _np(module.score_mlp[2].weight).T[:, 0] + _np(module.score_mlp[2].bias)[0]
+    np.testing.assert_allclose(_np(out.scores[0]), sigmoid(logits), atol=1e-8)
+    np.testing.assert_allclose(_np(out.log_scores[0]), np.log(sigmoid(logits)), atol=1e-8)
+
+
+def test_hard_gumbel_is_one_hot_forward_with_soft_gradient():
+    logits = torch.randn(2, 7, 4, requires_grad=True)
+    hard = gumbel_soft_assignment(logits, 1.0, noise=True, hard=True)
+    torch.testing.assert_close(hard.detach(), torch.nn.functional.one_hot(hard.detach().argmax(-1), 4).float())
+    (hard * torch.arange(4.0)).sum().backward()
+    assert logits.grad.abs().sum() > 0  # straight-through: the soft assignment's gradient
+
+
+def test_first_reading_centres_collapse_and_choosing_reading_spreads():
+    # The first reading's centres (randn * d^-0.5, assigned mean, tau 1) all sit near the frame mean:
+    # their spread is a small fraction of the pixels' spread. Unit centres and the printed update keep theirs.
+    torch.manual_seed(3)
+    d, n = 32, 200
+    visual = torch.randn(1, n, d)
+    old = DynamicElimination(d, 5, centre_update="assigned_mean", centre_init="scaled").eval()
+    keys = old.norm_visual(visual)
+    o = torch.softmax(keys @ old.centres.t(), -1)[0]
+    centres = (o.t() @ keys[0]) / o.sum(0)[:, None]
+    pixel_spread = torch.pdist(keys[0]).mean()
+    assert torch.pdist(centres).mean() < 0.35 * pixel_spread
+    new = DynamicElimination(d, 5, centre_update="printed", centre_init="unit")
+    assert torch.pdist(new.centres.detach()).mean() > 0.7 * pixel_spread
+
+
+def test_log_bias_model_keeps_tokens_and_scale_model_scales_them():
+    torch.manual_seed(4)
+    image, audio = torch.randn(2, 3, 64, 64), torch.randn(2, 16)
+    choosing = build_model("ddeseg", memory=_memory()).eval()
+    first = build_model("ddeseg", memory=_memory(), **FIRST_READING).eval()
+    assert any(n.endswith("cross_attn.null_key") for n, _ in choosing.named_parameters())
+    assert not any("null_key" in n for n, _ in first.named_parameters())
+    with torch.no_grad():
+        out_c, out_f = choosing(image, audio), first(image, audio)
+    assert all(torch.equal(t, out_c.tokens[0]) for t in out_c.tokens)  # removed in fusion, not scaled
+    torch.testing.assert_close(out_f.tokens[3], out_f.tokens[0] * out_f.scores[..., None])  # Eq. 17, cumulative
+
+
+# ----------------------------------------------------------------------------- fusion attention
+def _attention_numpy(layer, visual, audio, bias, null):
+    d = visual.shape[-1]
+    w_q, w_k, w_v = np.split(_np(layer.attn.in_proj_weight), 3)
+    b_q, b_k, b_v = np.split(_np(layer.attn.in_proj_bias), 3)
+    q, k, v = visual @ w_q.T + b_q, audio @ w_k.T + b_k, audio @ w_v.T + b_v
+    logits = q @ k.T / np.sqrt(d) + bias[None, :]
+    if null is not None:
+        logits = np.concatenate([logits, (q @ null / np.sqrt(d))[:, None]], 1)
+        v = np.concatenate([v, np.zeros((1, d))], 0)  # the null key's value is 0
+    weights = softmax(logits)
+    return weights @ v @ _np(layer.attn.out_proj.weight).T + _np(layer.attn.out_proj.bias), weights
+
+
+def test_log_bias_and_null_key_against_numpy():
+    torch.manual_seed(5)
+    layer = AudioCrossAttention(6, 1, null_key=True).double()
+    with torch.no_grad():
+        layer.null_key.normal_()
+    visual, audio = torch.randn(1, 7, 6, dtype=torch.float64), torch.randn(1, 3, 6, dtype=torch.float64)
+    bias = torch.tensor([[0.0, -1.5, 0.7]], dtype=torch.float64)
+    out, weights = layer(visual, audio, bias)
+    expected, w = _attention_numpy(layer, _np(visual[0]), _np(audio[0]), _np(bias[0]), _np(layer.null_key))
+    np.testing.assert_allclose(_np(out[0]), expected, atol=1e-10)
+    np.testing.assert_allclose(_np(weights[0]), w[:, :3], atol=1e-10)
+
+
+def test_minus_infinite_log_bias_with_a_null_key_removes_the_token():
+    torch.manual_seed(6)
+    layer = AudioCrossAttention(8, 2, null_key=True)
+    visual, audio = torch.randn(2, 5, 8), torch.randn(2, 3, 8)
+    out, weights = layer(visual, audio, torch.tensor([[0.0, -float("inf"), 0.0]] * 2))
+    assert torch.equal(weights[..., 1], torch.zeros(2, 5))  # no attention mass on the eliminated token
+    # the output does not depend on the eliminated token at all
+    moved = audio.clone()
+    moved[:, 1] += 100
+    torch.testing.assert_close(layer(visual, moved, torch.tensor([[0.0, -float("inf"), 0.0]] * 2))[0], out)
+    # every token eliminated: all the mass goes to the null key, whose value is 0
+    out_none, weights_none = layer(visual, audio, torch.full((2, 3), -float("inf")))
+    assert torch.equal(weights_none, torch.zeros(2, 5, 3)) and torch.isfinite(out_none).all()
+    torch.testing.assert_close(out_none, layer.attn.out_proj.bias.expand_as(out_none))
+
+
+def test_without_bias_and_null_key_fusion_attention_is_the_multihead_call():
+    torch.manual_seed(7)
+    plain, manual = AudioCrossAttention(8, 2), AudioCrossAttention(8, 2)
+    manual.load_state_dict(plain.state_dict())  # same parameter names as before issue 13
+    visual, audio = torch.randn(2, 5, 8), torch.randn(2, 3, 8)
+    out, weights = plain(visual, audio)
+    out_zero_bias, weights_zero_bias = manual(visual, audio, torch.zeros(2, 3))  # the explicit path
+    torch.testing.assert_close(out_zero_bias, out)
+    torch.testing.assert_close(weights_zero_bias, weights)
+
+
+# ----------------------------------------------------------------------------- analyses and the capacity check
+def test_within_frame_auc_on_a_hand_made_case():
+    scores = np.array([[0.9, 0.2, 0.5], [0.1, 0.3, 0.0], [0.4, 0.4, 0.0], [0.8, 0.7, 0.6]])
+    labels = np.array([[1, 0, 0], [1, 0, -1], [1, 0, -1], [1, 1, 1]])  # frame 4 has no negative: left out
+    result = within_frame_auc(scores, labels, ["a", "b", "c", "d"], boot=200)
+    # wins: frame 1 2 of 2, frame 2 0 of 1, frame 3 a tie (0.5 of 1) -> 2.5 / 4
+    assert result["auc"] == pytest.approx(0.625)
+    assert (result["frames"], result["pairs"], result["clips"]) == (3, 4, 3)
+    low, high = result["ci95"]
+    assert 0 <= low <= 0.625 <= high <= 1 and low < high
+    one_clip = within_frame_auc(scores, labels, ["a"] * 4, boot=50)
+    assert one_clip["ci95"] == [pytest.approx(0.625), pytest.approx(0.625)]  # one clip: nothing to resample
+
+
+def test_a_per_frame_gate_is_at_chance_within_frames():
+    # constant scores within each frame: the pooled AUC can be perfect, the within-frame AUC is 0.5
+    scores = np.array([[0.9, 0.9], [0.1, 0.1], [0.9, 0.9], [0.1, 0.1]])
+    labels = np.array([[1, 0], [0, 0], [1, 1], [0, 0]])
+    assert within_frame_auc(scores, labels, ["a", "b", "c", "d"])["auc"] == 0.5
+    assert score_spread(torch.tensor(scores))["std"] == 0 and score_spread(torch.tensor(scores))["log_std"] == 0
+
+
+def test_capacity_loss_is_the_binary_cross_entropy_of_the_token_classes():
+    scores = [torch.tensor([[0.9, 0.2]]), torch.tensor([[0.6, 0.5]])]
+    classes = torch.tensor([[2, 0]])
+    onscreen = torch.tensor([[0.0, 0.0, 1.0]])  # class 2 on screen, class 0 not
+    per_stage = [-(np.log(0.9) + np.log(1 - 0.2)) / 2, -(np.log(0.6) + np.log(1 - 0.5)) / 2]
+    assert capacity_loss(scores, classes, onscreen).item() == pytest.approx(np.mean(per_stage), rel=1e-5)
