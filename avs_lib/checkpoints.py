@@ -87,9 +87,9 @@ def read_checkpoint(path: str | Path, map_location="cpu", what: str = "checkpoin
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as error:  # RuntimeError (zip central directory), EOFError, UnpicklingError, ...
+        said = (str(error).splitlines() or [""])[0].split(". ")[0][:120]  # torch's first sentence
         raise CheckpointError(f"{what} {path} ({size} bytes) cannot be read: {_what_is_it(path)} "
-                              f"({type(error).__name__}: {str(error).splitlines()[0][:120] if str(error) else ''}); "
-                              f"{advice}") from None
+                              f"({type(error).__name__}: {said}); {advice}") from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{what} {path} holds a {type(state).__name__}, not a checkpoint written by `avs train`; "
                               "pass the best.pt or last.pt of a run")

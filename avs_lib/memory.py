@@ -216,8 +216,8 @@ def _read_header(path: Path, data) -> dict:
             raise MemoryFileError(f"{path} is a training checkpoint (torch.save), not a semantic memory; pass the "
                                   "memory .npz (memory_*.npz in the world's cache folder), or "
                                   "load the checkpoint with avs_lib.train.load_trained")
-        raise MemoryFileError(f"{path} has no header (arrays: {sorted(names)}): it was not written by save_memory "
-                              f"or by a workbench that predates the header; {_rebuild(path)}")
+        raise MemoryFileError(f"{path} has no header (arrays: {sorted(names)}): it was not written by save_memory; "
+                              f"{_rebuild(path)}")
     try:
         header = json.loads(bytes(data["header"]).decode())
     except (ValueError, UnicodeDecodeError, zipfile.BadZipFile, OSError, EOFError) as error:
