@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile
 import torch
 from PIL import Image
 
@@ -222,6 +221,8 @@ def read_mask(record: FrameRecord, size: tuple[int, int]) -> np.ndarray:
 
 def read_audio_segment(record: FrameRecord, sample_rate: int | None) -> np.ndarray:
     """The frame's audio as float32 mono at ``sample_rate`` (None: the file's own rate)."""
+    import soundfile  # only where audio is read: a run on precomputed embeddings never needs it
+
     from avs_lib.audio import resample
 
     try:
