@@ -43,6 +43,33 @@ def onscreen_labels(frames: FrameSet, num_classes: int) -> torch.Tensor:
     return labels
 
 
+def token_categories(frames: FrameSet, classes: torch.Tensor) -> np.ndarray:
+    """[N, K] per derived token: 0 its class sounds on screen, 1 it sounds only off screen, 2 silent or absent."""
+    out = np.full(tuple(classes.shape), 2)
+    for i in range(len(frames)):
+        on, off = true_classes(frames, i)
+        for j, c in enumerate(classes[i].tolist()):
+            out[i, j] = 0 if c in on else (1 if c in off else 2)
+    return out
+
+
+def tau_sweep(model, frames: FrameSet, taus: list[float], device: str = "cpu") -> dict[float, float | None]:
+    """{tau: pooled elimination AUC} with Eq. 13's temperature changed at evaluation only; the
+    model's own tau is restored afterwards, also when a tau fails."""
+    modules = [m for m in model.eliminations if hasattr(m, "tau")]
+    saved = [m.tau for m in modules]
+    result = {}
+    try:
+        for tau in taus:
+            for module in modules:
+                module.tau = tau
+            result[tau] = elimination_auc(model, frames, device)["auc"]
+    finally:
+        for module, tau in zip(modules, saved):
+            module.tau = tau
+    return result
+
+
 def derivation_recall(frames: FrameSet, centroids: torch.Tensor, k: int) -> dict:
     """Mean over frames of |top-K classes & sounding classes| / |sounding classes|, overall and for
     on-screen / off-screen sources separately."""

@@ -323,3 +323,59 @@ def relink_plotlyjs(path: str | Path) -> None:
     path = Path(path)
     text = path.read_text()
     path.write_text(re.sub(r'src="[^"]*plotly\.min\.js"', f'src="{_plotlyjs_src(path)}"', text, count=1))
+
+
+# ----------------------------------------------------------------------------- elimination (notebook 03, issue 13)
+def assignment_overlay(image: np.ndarray, assignment: np.ndarray, grid: tuple[int, int], mask: np.ndarray | None = None,
+                       path=None, title: str = "soft assignment O (Eq. 13)"):
+    """The frame, then each visual centre's assignment O[:, c] upsampled and laid over the frame,
+    with the ground truth's outline (white) and one colour bar for all centres."""
+    import torch.nn.functional as F
+    import torch
+
+    plt = _pyplot()
+    n = assignment.shape[1]
+    size = image.shape[:2]
+    maps = torch.tensor(assignment.T.reshape(n, 1, *grid), dtype=torch.float32)
+    maps = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
+    fig, axes = plt.subplots(1, n + 1, figsize=(2.3 * (n + 1) + 0.8, 2.7))
+    axes[0].imshow(image)
+    axes[0].set_title("frame", fontsize=9)
+    for c in range(n):
+        axes[c + 1].imshow(image)
+        shown = axes[c + 1].imshow(maps[c], vmin=0, vmax=1, cmap="magma", alpha=0.65)
+        axes[c + 1].set_title(f"centre {c}: {assignment[:, c].mean():.0%} of pixels", fontsize=8)
+    for ax in axes:
+        if mask is not None and (mask > 0).any():
+            ax.contour(mask > 0, levels=[0.5], colors="white", linewidths=1.2)
+        ax.axis("off")
+    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label="assignment weight")
+    fig.suptitle(title + "; white: ground-truth outline", fontsize=9)
+    save(fig, path)
+    return fig
+
+
+def stage_score_distributions(stage_scores: dict, categories: np.ndarray, path=None):
+    """One panel per stage: the scores of tokens whose class sounds on screen, sounds only off screen,
+    or is silent / absent (``analysis.token_categories``), as strip plots with their medians. The
+    scores are shown on a log axis, since a per-frame gate can push them to 1e-6."""
+    plt = _pyplot()
+    names = list(stage_scores)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.0 * len(names), 3.4), squeeze=False)
+    rng = np.random.default_rng(0)
+    labels = ["on screen", "off screen only", "silent / absent"]
+    colours = ["#2a9d4b", "#d1495b", "#8d8d8d"]
+    for ax, name in zip(axes[0], names):
+        values = np.asarray(stage_scores[name])
+        for k, (label, colour) in enumerate(zip(labels, colours)):
+            v = values[categories == k]
+            if len(v):
+                ax.scatter(k + rng.uniform(-0.25, 0.25, len(v)), np.clip(v, 1e-12, None), s=4, alpha=0.35, color=colour)
+                ax.plot([k - 0.3, k + 0.3], [np.median(v)] * 2, color="k", lw=2)
+        ax.set_yscale("log")
+        ax.set_xticks(range(3), ["on", "off only", "silent"], fontsize=8)
+        ax.set_title(name, fontsize=9)
+    axes[0, 0].set_ylabel("elimination score S (log axis; bar: median)")
+    fig.tight_layout()
+    save(fig, path)
+    return fig

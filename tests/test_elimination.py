@@ -1,6 +1,8 @@
 """Elimination readings (issue 13) against independent numpy computations on small tensors: the
 released aligner, the reading that can choose, the log-bias + null key fusion attention, the
 within-frame paired AUC and the capacity check's loss."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -234,3 +236,44 @@ def test_capacity_loss_is_the_binary_cross_entropy_of_the_token_classes():
     onscreen = torch.tensor([[0.0, 0.0, 1.0]])  # class 2 on screen, class 0 not
     per_stage = [-(np.log(0.9) + np.log(1 - 0.2)) / 2, -(np.log(0.6) + np.log(1 - 0.5)) / 2]
     assert capacity_loss(scores, classes, onscreen).item() == pytest.approx(np.mean(per_stage), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- the ablation's statistics and its run
+def test_paired_differences_and_intervals():
+    import pandas as pd
+    from scipy import stats
+
+    from avs_lib.ablation import interval_table, plan
+
+    table = pd.DataFrame({"setting": ["baseline"] * 3 + ["full"] * 3, "seed": [0, 1, 2] * 2,
+                          "JF": [0.40, 0.50, 0.45, 0.42, 0.53, 0.46]})
+    rows = interval_table(table).set_index("setting")
+    diffs = np.array([0.02, 0.03, 0.01])
+    half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / np.sqrt(3)
+    assert rows.loc["full", "diff"] == pytest.approx(0.02) and rows.loc["full", "pairs"] == 3
+    assert rows.loc["full", "diff_low"] == pytest.approx(0.02 - half)
+    # the paired interval is far narrower than the unpaired spread of the seeds
+    assert rows.loc["full", "diff_high"] - rows.loc["full", "diff_low"] < rows.loc["full", "high"] - rows.loc["full", "low"]
+    jobs = plan(seeds=range(5), table4_seeds=range(3))
+    assert sum(s == "full" for s, _ in jobs) == 5 and sum(s == "FC+sigmoid" for s, _ in jobs) == 3
+    assert len(jobs) == 6 * 5 + 4 * 3 + 1  # Table 3 + released + AVSAC; 3 own Table 4 rows, first reading; capacity once
+
+
+def test_run_ablation_writes_every_row_with_intervals(notebook_world, tmp_path):
+    from avs_lib.ablation import CAPACITY, run_ablation
+    from avs_lib.config import load_config
+
+    config = load_config(None, [f"data_root={notebook_world}", "image_size=32", "epochs=1", "encoder_epochs=1",
+                                "device=cpu", f"cache_dir={tmp_path / 'cache'}", "progress=false"])
+    run_ablation(tmp_path / "runs", config, seeds=(0, 1), table4_seeds=(0,), settings=["full", "full (released)", CAPACITY],
+                 figure=tmp_path / "report" / "ablation.png", report_dir=tmp_path / "report", progress=False)
+    text = (tmp_path / "report" / "ablation.md").read_text()
+    assert "below the 100" in text  # the small world is flagged as too small to rank settings
+    for row in ("| baseline | 2 |", "| full | 2 |", "| full (released) | 2 |", f"| {CAPACITY} | 1 |", "pairs)"):
+        assert row in text, row
+    analyses = json.loads((tmp_path / "report" / "analyses.json").read_text())
+    run = analyses["elimination"]["full"][0]["stages"]
+    assert set(run) == {"stage 2", "stage 3", "stage 4", "combined"}
+    assert set(analyses["elimination"]["full (released)"][0]["stages"]) == {"stage 1", "stage 2", "stage 3", "stage 4",
+                                                                           "combined"}
+    assert run["combined"]["within_frame"]["pairs"] > 0 and (tmp_path / "report" / "ablation.png").stat().st_size > 1000
