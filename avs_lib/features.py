@@ -3,10 +3,13 @@
 ``prepare(config)`` returns them all (``Prepared``); the pieces:
 
 * ``prepare_audio_encoder``: the frozen audio encoder. For a composed world, the small encoder is
-  trained on the world's single-source (S4) training clips and saved under ``<cache>/``.
+  pretrained on the world's own stream of mixtures (``avs_lib.pretrain``: multi-label, 1-3 sources,
+  held-out members excluded) and cached under ``<cache>/``; for a dataset without ``world.json``
+  (AVSBench) it is trained on the S4 training clips.
 * ``load_frames``: every frame of a split, resized, with its mask and its audio embedding F_a,
   held in memory as tensors (``FrameSet``). Embeddings go through ``EmbeddingCache``.
-* ``build_world_memory``: the semantic memory from the single-source training embeddings.
+* ``build_world_memory``: the semantic memory from the single-source training embeddings (S4 train
+  frames whose clip has exactly one sounding source, where the world records its sources).
 
 Relative data paths are read from the repository root (``avs_lib.paths``), so a notebook's kernel
 in ``notebooks/`` reads the same world as ``avs`` run from the root.
@@ -110,9 +113,18 @@ def _encoder_id(model: torch.nn.Module) -> str:
 
 def prepare_audio_encoder(root: str | Path, cache_dir: str | Path, dim: int = 128, epochs: int = 15, seed: int = 0,
                           progress: bool = False) -> tuple[SmallAudioEncoder, list[str], str]:
-    """Train (or reuse) the world's small audio encoder on its S4 training clips.
+    """The world's small audio encoder, trained once and reused from ``cache_dir``.
 
+    A composed world (``root/world.json``): pretrained on the world's stream of mixtures for
+    ``epochs x STEPS_PER_EPOCH`` batches (``avs_lib.pretrain``). Other roots (AVSBench): trained
+    with cross-entropy on the S4 training clips for ``epochs`` epochs.
     Returns (encoder, class names, encoder id); the id changes with the weights and keys the cache."""
+    if (Path(root) / "world.json").exists():
+        from avs_lib.pretrain import STEPS_PER_EPOCH, PretrainConfig, pretrained_encoder
+
+        config = PretrainConfig(steps=epochs * STEPS_PER_EPOCH, dim=dim, seed=seed)
+        encoder, classes, _ = pretrained_encoder(root, cache_dir, config, progress=progress)
+        return encoder, classes, _encoder_id(encoder)
     classes = world_classes(root)
     path = Path(cache_dir) / f"audio_encoder_d{dim}_e{epochs}_s{seed}.pt"
     if path.exists():
@@ -172,15 +184,23 @@ def load_frames(root: str | Path, layout: str, split: str, image_size: int, enco
 
 def build_world_memory(root: str | Path, encoder: torch.nn.Module, encoder_id: str, cache_dir: str | Path,
                        k: int = 3, m: int = 5, seed: int = 0, progress: bool = False) -> SemanticMemory:
-    """Eq. 2-4 on the S4 training embeddings; saved to and reused from ``<cache>/memory_*.npz``."""
+    """Eq. 2-4 on the single-source S4 training embeddings; saved to and reused from
+    ``<cache>/memory_*.npz``. Where the world records its sources, frames of clips with more than
+    one sounding source (an s4 off-screen source, ``WorldConfig.s4_offscreen``) are left out: Eq. 2-4
+    assume single-source features."""
     classes = world_classes(root)
     safe_id = hashlib.sha256(encoder_id.encode()).hexdigest()[:16] if "/" in encoder_id else encoder_id
-    path = Path(cache_dir) / f"memory_{safe_id}_k{k}_m{m}_s{seed}.npz"
+    path = Path(cache_dir) / f"memory_single_{safe_id}_k{k}_m{m}_s{seed}.npz"
     if path.exists():
         return load_memory(path, class_names=classes)
     s4 = AVSDataset(root, "s4", "train")
     features = frame_embeddings(s4, encoder, encoder_id, cache_dir, progress)
-    labels = torch.tensor([classes.index(r.category) for r in s4.records])
+    records, sources = s4.records, load_sources(root, "s4")
+    if sources:
+        single = np.array([sum(s["sounding"] for s in sources[r.clip]["sources"]) == 1 for r in records])
+        features = np.asarray(features)[single]
+        records = [r for r, keep in zip(records, single) if keep]
+    labels = torch.tensor([classes.index(r.category) for r in records])
     memory = build_semantic_memory(torch.from_numpy(np.asarray(features)), labels, k=k, m=m, seed=seed,
                                    class_names=classes, encoder=encoder_id)
     save_memory(memory, path)

@@ -60,54 +60,70 @@ class SemanticMemory:
 
 
 # ----------------------------------------------------------------------------- batched k-means
-def _squared_distances(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    """[C, N, d] x [C, k, d] -> [C, N, k]."""
-    return (x.pow(2).sum(-1, keepdim=True) - 2 * x @ centres.transpose(1, 2) + centres.pow(2).sum(-1).unsqueeze(1)).clamp_min(0)
+def _squared_distances(x: torch.Tensor, centres: torch.Tensor, x_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """[C, N, d] x [C, k, d] -> [C, N, k]; ``x_sq`` [C, N, 1] (the rows' squared norms) when known."""
+    x_sq = x.pow(2).sum(-1, keepdim=True) if x_sq is None else x_sq
+    return (x_sq - 2 * x @ centres.transpose(1, 2) + centres.pow(2).sum(-1).unsqueeze(1)).clamp_min(0)
 
 
-def _kmeans_plus_plus(x: torch.Tensor, valid: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+def _kmeans_plus_plus(x: torch.Tensor, valid: torch.Tensor, k: int, generator: torch.Generator,
+                      x_sq: torch.Tensor | None = None) -> torch.Tensor:
     """k-means++ seeding per class: each new centre drawn with probability proportional to D^2."""
     C, N, d = x.shape
     batch = torch.arange(C, device=x.device)
     weights = valid.float()
     first = torch.multinomial(weights.cpu(), 1, generator=generator).squeeze(1).to(x.device)
     centres = [x[batch, first]]
-    closest = _squared_distances(x, centres[0].unsqueeze(1)).squeeze(-1)
+    closest = _squared_distances(x, centres[0].unsqueeze(1), x_sq).squeeze(-1)
     for _ in range(1, k):
         probs = (closest * valid).cpu()
         # all-duplicate classes have zero D^2 everywhere: fall back to uniform over valid rows
         probs = torch.where(probs.sum(1, keepdim=True) > 0, probs, weights.cpu())
         pick = torch.multinomial(probs, 1, generator=generator).squeeze(1).to(x.device)
         centres.append(x[batch, pick])
-        closest = torch.minimum(closest, _squared_distances(x, centres[-1].unsqueeze(1)).squeeze(-1))
+        closest = torch.minimum(closest, _squared_distances(x, centres[-1].unsqueeze(1), x_sq).squeeze(-1))
     return torch.stack(centres, dim=1)
 
 
 def batched_kmeans(x: torch.Tensor, valid: torch.Tensor, k: int, seed: int = 0, n_init: int = 4,
-                   max_iter: int = 100, tol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   max_iter: int = 100, tol: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lloyd's k-means on every class at once.
 
     x [C, N, d] (rows beyond a class's count are padding), valid [C, N] bool.
     Returns centres [C, k, d], assignment [C, N] (-1 on padding) and inertia [C].
+
+    A restart stops when no class changes an assignment, or when every class's summed squared
+    centre shift is at most ``tol`` times its mean per-dimension variance (scikit-learn's rule).
+    The rows' squared norms are computed once: recomputing them each iteration over [C, N, d] cost
+    more than the distance product itself on a CPU.
     """
     generator = torch.Generator().manual_seed(seed)
     C = x.shape[0]
     best_centres, best_assign, best_inertia = None, None, torch.full((C,), float("inf"), device=x.device, dtype=x.dtype)
     valid_f = valid.to(x.dtype)
+    x_sq = x.pow(2).sum(-1, keepdim=True)  # [C, N, 1]
+    counts_all = valid_f.sum(1).clamp_min(1)  # [C]
+    mean = (x * valid_f.unsqueeze(-1)).sum(1) / counts_all.unsqueeze(-1)
+    variance = ((x_sq.squeeze(-1) * valid_f).sum(1) / counts_all - mean.pow(2).sum(-1)).clamp_min(0) / x.shape[-1]
+    threshold = tol * variance  # [C]
     for _ in range(n_init):
-        centres = _kmeans_plus_plus(x, valid, k, generator)
+        centres = _kmeans_plus_plus(x, valid, k, generator, x_sq)
+        assign = None
         for _ in range(max_iter):
-            assign = _squared_distances(x, centres).argmin(-1)  # [C, N]
+            new_assign = _squared_distances(x, centres, x_sq).argmin(-1)  # [C, N]
+            if assign is not None and bool(((new_assign == assign) | ~valid).all()):
+                break  # a fixed point: the centres are the means of these assignments
+            assign = new_assign
             one_hot = torch.nn.functional.one_hot(assign, k).to(x.dtype) * valid_f.unsqueeze(-1)  # [C, N, k]
             counts = one_hot.sum(1)  # [C, k]
             sums = one_hot.transpose(1, 2) @ x  # [C, k, d]
             # an empty cluster keeps its centre rather than collapsing to zero
             new = torch.where(counts.unsqueeze(-1) > 0, sums / counts.clamp_min(1).unsqueeze(-1), centres)
-            shift = (new - centres).pow(2).sum(-1).max()
+            shift = (new - centres).pow(2).sum((1, 2))  # [C]
             centres = new
-            if shift <= tol:
+            if bool((shift <= threshold).all()):
                 break
-        distances = _squared_distances(x, centres)
+        distances = _squared_distances(x, centres, x_sq)
         assign = distances.argmin(-1)
         inertia = (distances.min(-1).values * valid_f).sum(1)
         better = inertia < best_inertia

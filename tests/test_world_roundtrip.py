@@ -99,3 +99,15 @@ def test_msmi_sounding_instance_is_larger_than_its_silent_siblings(small_world):
         assert sounding and silent
         # Same base size, but the sounding ones grow with loudness (occlusion aside, they cover more pixels).
         assert max(area[i] for i in sounding) > min(area[i] for i in silent)
+
+
+def test_written_s4_is_single_source_and_memory_reads_only_single_source_clips(small_world):
+    cfg, library, root = small_world
+    sources = load_sources(*world_roots(root)["s4"])
+    assert len(sources) == cfg.clips
+    for name, record in sources.items():
+        sounding = [s for s in record["sources"] if s["sounding"]]
+        assert len(sounding) == 1 and sounding[0]["on_screen"], name
+    # the world records the options it was written with, so readers know what s4 holds
+    written = json.loads((root / "world.json").read_text())["config"]
+    assert written["s4_offscreen"] is False and written["holdout_members"] == cfg.holdout_members

@@ -27,11 +27,18 @@ from avs_lib.models.weights import load_weights
 
 
 class SmallAudioEncoder(nn.Module):
-    """log-mel [B, 96, 64] -> embedding [B, dim]; ``classify`` adds the training head."""
+    """log-mel [B, 96, 64] -> embedding [B, dim]; ``classify`` adds the training head.
 
-    def __init__(self, dim: int = 128, num_classes: int = 12, width: int = 32):
+    ``channels``: the conv widths of the 4 blocks (default ``(w, 2w, 4w, 4w)`` for ``width`` w).
+    ``normalise=True`` (the pretrained encoder): the embedding is L2-normalised and the head is a
+    cosine classifier (``scale * cos(e, w_c) + b_c``), so classes sit as directions on the sphere and
+    Euclidean distances between embeddings (Eq. 5's nearest centres) mean angles.
+    """
+
+    def __init__(self, dim: int = 128, num_classes: int = 12, width: int = 32, channels: tuple[int, ...] | None = None,
+                 normalise: bool = False, scale: float = 16.0):
         super().__init__()
-        channels = [1, width, width * 2, width * 4, width * 4]
+        channels = [1, *(channels or (width, width * 2, width * 4, width * 4))]
         layers = []
         for c_in, c_out in zip(channels[:-1], channels[1:]):
             layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
@@ -40,16 +47,31 @@ class SmallAudioEncoder(nn.Module):
         self.embedding = nn.Linear(channels[-1], dim)
         self.classifier = nn.Linear(dim, num_classes)
         self.dim = dim
+        self.channels = tuple(channels[1:])
+        self.normalise = normalise
+        self.scale = scale
 
     def forward(self, log_mel: torch.Tensor) -> torch.Tensor:
         # per-example standardisation: loudness differences must not dominate the embedding
         x = log_mel[:, None]  # [B, 1, 96, 64]
         x = (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + 1e-5)
         x = self.features(x).mean(dim=(2, 3))  # [B, C]
-        return self.embedding(x)  # [B, dim]
+        x = self.embedding(x)  # [B, dim]
+        return F.normalize(x, dim=-1) if self.normalise else x
+
+    def logits(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Class logits of embeddings from ``forward``."""
+        if self.normalise:
+            return self.scale * embedding @ F.normalize(self.classifier.weight, dim=-1).t() + self.classifier.bias
+        return self.classifier(F.relu(embedding))
 
     def classify(self, log_mel: torch.Tensor) -> torch.Tensor:
-        return self.classifier(F.relu(self(log_mel)))
+        return self.logits(self(log_mel))
+
+    def arch(self) -> dict:
+        """What ``SmallAudioEncoder(**arch)`` needs to rebuild this network (saved with the weights)."""
+        return {"dim": self.dim, "num_classes": self.classifier.out_features, "channels": list(self.channels),
+                "normalise": self.normalise, "scale": self.scale}
 
 
 def train_small_audio_encoder(examples: np.ndarray, labels: np.ndarray, num_classes: int, dim: int = 128,
@@ -73,7 +95,8 @@ def train_small_audio_encoder(examples: np.ndarray, labels: np.ndarray, num_clas
         for start in range(0, len(x), batch_size):
             idx = order[start:start + batch_size]
             xb, yb = x[idx].to(device), y[idx].to(device)
-            # random gain and time shift so the embedding keys on timbre, not on one recording's level
+            # a random time shift (shared by the batch); gain needs no augmentation: forward standardises
+            # every example
             xb = torch.roll(xb, int(torch.randint(0, 96, (1,), generator=generator)), dims=1)
             logits = model.classify(xb)
             loss = F.cross_entropy(logits, yb)
@@ -88,16 +111,20 @@ def train_small_audio_encoder(examples: np.ndarray, labels: np.ndarray, num_clas
 
 
 def save_audio_encoder(model: SmallAudioEncoder, path: str | Path, class_names: list[str], meta: dict | None = None) -> None:
-    state = {"state_dict": model.state_dict(), "dim": model.dim, "class_names": class_names, "meta": meta or {}}
+    state = {"state_dict": model.state_dict(), "dim": model.dim, "arch": model.arch(), "class_names": class_names,
+             "meta": meta or {}}
     atomic_write(path, lambda fh: torch.save(state, fh))
 
 
 def load_audio_encoder(path: str | Path, device: str = "cpu") -> tuple[SmallAudioEncoder, list[str]]:
+    """(frozen encoder, class names) from a file of ``save_audio_encoder``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio encoder {path} does not exist; `avs encoder` (or notebook 01) trains it")
     blob = torch.load(path, map_location=device, weights_only=False)
-    model = SmallAudioEncoder(blob["dim"], len(blob["class_names"]))
+    # files written before the architecture was saved hold the default network
+    arch = blob.get("arch") or {"dim": blob["dim"], "num_classes": len(blob["class_names"])}
+    model = SmallAudioEncoder(**arch)
     model.load_state_dict(blob["state_dict"])
     return model.to(device).eval().requires_grad_(False), blob["class_names"]
 

@@ -35,7 +35,9 @@ class WorldConfig:
     frames: int = 5
     frames_v2: int = 10  # AVSS clips of the v2-like part
     v2_fraction: float = 0.3  # share of AVSS clips that are 10-frame v2 clips
-    offscreen_rate: float = 0.5  # probability that a clip has an off-screen source
+    offscreen_rate: float = 0.5  # probability that a clip has an off-screen source (ms3, avss, msmi)
+    s4_offscreen: bool = False  # True: s4 clips may carry an off-screen source too (the old, contaminated s4)
+    holdout_members: int = 0  # per class with >= 3 members: this many members are heard/seen in val/test only
     offscreen_gain: tuple[float, float] = (0.4, 1.0)
     onscreen_gain: tuple[float, float] = (0.5, 1.0)
     ambience_gain: float = 0.08
@@ -52,6 +54,8 @@ class WorldConfig:
             raise ValueError("a world needs at least 1 clip per subset and frames of at least 16 px")
         if abs(sum(self.splits) - 1) > 1e-6:
             raise ValueError(f"split fractions {self.splits} must sum to 1")
+        if self.holdout_members < 0:
+            raise ValueError(f"holdout_members={self.holdout_members} must be 0 (none) or more")
 
 
 @dataclass
@@ -208,12 +212,51 @@ def _split_of(index: int, clips: int, splits: tuple[float, float, float]) -> str
     return "val" if index < n_train + n_val else "test"
 
 
+HOLDOUT_MIN_MEMBERS = 3  # a class needs this many members before any is held out
+
+
+def heldout_members(library: AssetLibrary, cfg: WorldConfig) -> dict[int, set[int]]:
+    """{class index: member indices} that only val/test clips may use (``cfg.holdout_members`` per
+    class with at least ``HOLDOUT_MIN_MEMBERS`` members; at least two members stay in training).
+
+    Drawn from ``default_rng([seed, 1000 + class index])``: a fixed set per world seed, independent
+    of the clips. Train clips, the semantic memory and the audio pretraining stream never hear them,
+    so val/test frames of these members measure generalisation to unheard sounds."""
+    out: dict[int, set[int]] = {}
+    for c, cls in enumerate(library.classes):
+        n = len(cls.members)
+        if cfg.holdout_members == 0 or n < HOLDOUT_MIN_MEMBERS:
+            continue
+        count = min(cfg.holdout_members, n - 2)
+        rng = np.random.default_rng([cfg.seed, 1000 + c])
+        out[c] = {int(i) for i in rng.choice(n, size=count, replace=False)}
+    return out
+
+
+def heldout_member_names(library: AssetLibrary, cfg: WorldConfig) -> dict[str, list[str]]:
+    """{class name: held-out member names}, for reports and world.json readers."""
+    return {library.classes[c].name: sorted(library.classes[c].members[i].name for i in members)
+            for c, members in heldout_members(library, cfg).items()}
+
+
 def compose_clip(library: AssetLibrary, subset: str, index: int, cfg: WorldConfig) -> Clip:
     """Compose clip ``index`` of ``subset``; the same arguments always give the same clip."""
     rng = np.random.default_rng([cfg.seed, SUBSET_IDS[subset], index])
     size, sr = cfg.size, cfg.sample_rate
     n_classes = len(library.classes)
     frames, label = cfg.frames, ""
+    split = _split_of(index, cfg.clips, cfg.splits)
+    held = heldout_members(library, cfg) if split == "train" else {}
+
+    def pick_member(class_index: int) -> int:
+        """A uniform member draw; in train clips a held-out draw is redrawn among the others. The
+        first draw is always made, so clips that never meet a held-out member are unchanged."""
+        n_members = len(library.classes[class_index].members)
+        choice = int(rng.integers(n_members))
+        if choice in held.get(class_index, ()):
+            allowed = [i for i in range(n_members) if i not in held[class_index]]
+            choice = allowed[int(rng.integers(len(allowed)))]
+        return choice
 
     # Which classes are on screen, which of them sound.
     if subset == "s4":
@@ -267,12 +310,11 @@ def compose_clip(library: AssetLibrary, subset: str, index: int, cfg: WorldConfi
         n_sounding = int(rng.integers(1, min(2, n_instances - 1) + 1))
         sounding_set = set(rng.choice(n_instances, size=n_sounding, replace=False).tolist())
         slots = (np.arange(n_instances) + 0.5) / n_instances
-        n_members = len(library.classes[class_index].members)
         # One base size for all instances: only the sounding ones grow, with their loudness.
         height = size * float(rng.uniform(0.22, 0.3))
         for k in range(n_instances):
             x = float(slots[k] + rng.uniform(-0.04, 0.04)) * size
-            new_object(class_index, int(rng.integers(n_members)), k in sounding_set, height, x)
+            new_object(class_index, pick_member(class_index), k in sounding_set, height, x)
         on_screen_classes = {class_index}
     else:
         n_objects = n_sounding + n_silent
@@ -285,15 +327,16 @@ def compose_clip(library: AssetLibrary, subset: str, index: int, cfg: WorldConfi
             x = float(slot + rng.uniform(-0.05, 0.05)) * size
             height = size * float(rng.uniform(*scale_range))
             cls_index = int(chosen[k])
-            new_object(cls_index, int(rng.integers(len(library.classes[cls_index].members))), sounding_flags[k], height, x)
+            new_object(cls_index, pick_member(cls_index), sounding_flags[k], height, x)
         on_screen_classes = {int(c) for c in chosen}
 
-    # Off-screen source: a class that is not on screen, heard only.
-    if rng.random() < cfg.offscreen_rate:
+    # Off-screen source: a class that is not on screen, heard only. Not in s4 by default: s4 is the
+    # single-source subset the encoder and the memory (Eq. 2-4) learn from.
+    if (subset != "s4" or cfg.s4_offscreen) and rng.random() < cfg.offscreen_rate:
         candidates = [c for c in range(n_classes) if c not in on_screen_classes]
         class_index = int(rng.choice(candidates))
         cls = library.classes[class_index]
-        member = cls.members[int(rng.integers(len(cls.members)))]
+        member = cls.members[pick_member(class_index)]
         which = int(rng.integers(len(member.sounds)))
         gain = float(rng.uniform(*cfg.offscreen_gain))
         waves.append(_loop_sound(member.sounds[which], length, rng, sr))
@@ -311,4 +354,4 @@ def compose_clip(library: AssetLibrary, subset: str, index: int, cfg: WorldConfi
         if src.on_screen:
             src.bboxes = _bboxes(instance_map, src.instance)
     name = f"{subset}_{index:05d}"
-    return Clip(name, subset, _split_of(index, cfg.clips, cfg.splits), video, audio, instance_map, sources, bg_name, label)
+    return Clip(name, subset, split, video, audio, instance_map, sources, bg_name, label)
