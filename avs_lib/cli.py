@@ -16,7 +16,8 @@ def _cmd_world(args: argparse.Namespace) -> int:
     from avs_lib.world.write import write_world
 
     cfg = WorldConfig(kind=args.kind, subsets=tuple(s.strip() for s in args.subsets.split(",") if s.strip()),
-                      clips=args.clips, size=args.size, seed=args.seed)
+                      clips=args.clips, size=args.size, seed=args.seed,
+                      s4_offscreen=getattr(args, "s4_offscreen", False), holdout_members=getattr(args, "holdout_members", 0))
     library = load_library(cfg.kind, cfg.sample_rate, warn_on_fallback=False)  # the note below says it once
     if library.kind != cfg.kind:
         print(f"note: asset library '{cfg.kind}' is not installed here; writing a '{library.kind}' world instead "
@@ -91,6 +92,21 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         start, end = text.index("<!-- run-numbers: start -->"), text.index("<!-- run-numbers: end -->")
         readme.write_text(text[:start] + readme_block(batch) + text[end + len("<!-- run-numbers: end -->"):])
         print(f"README.md: the run-numbers table now quotes {batch}")
+    return 0
+
+
+def _cmd_pretrain_audio(args: argparse.Namespace) -> int:
+    """Pretrain (or find in the cache) the world's audio encoder; print where it is and its record."""
+    from avs_lib.paths import workbench_path
+    from avs_lib.pretrain import STEPS_PER_EPOCH, PretrainConfig, pretrained_encoder
+
+    root = workbench_path(args.world)
+    cache = workbench_path(args.cache) if args.cache else root / "cache"
+    config = PretrainConfig(steps=args.steps or args.encoder_epochs * STEPS_PER_EPOCH, dim=args.dim, seed=args.seed)
+    _, classes, record = pretrained_encoder(root, cache, config, progress=not args.quiet)
+    print(json.dumps({"file": str(cache / f"pretrained_audio_{record['key']}.pt"), "classes": len(classes),
+                      "steps": record["config"]["steps"], "seconds": record["seconds"],
+                      "final_bce": record["history"][-1]["bce"], "heldout": record["heldout"]}, indent=1))
     return 0
 
 
@@ -236,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", required=True, help="output folder")
     w.add_argument("--workers", type=int, default=workers, help=f"processes (default: {workers}); output does not depend on it")
     w.add_argument("--quiet", action="store_true", help="no progress bar")
+    w.add_argument("--s4-offscreen", action="store_true",
+                   help="let s4 clips carry an off-screen source too (the old behaviour; default: s4 is single-source)")
+    w.add_argument("--holdout-members", type=int, default=0, metavar="N",
+                   help="hold N members of each class with >= 3 members out of every train clip and of the audio "
+                        "pretraining (default: 0)")
     w.set_defaults(func=_cmd_world)
 
     c = sub.add_parser("check-data", help="check a dataset root: list every missing, unreadable or mis-sized file")
@@ -263,6 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update-readme", action="store_true",
                    help="rewrite README.md's table of run numbers from this run (maintainers, before committing a run)")
     p.set_defaults(func=_cmd_pipeline)
+
+    pa = sub.add_parser("pretrain-audio", help="pretrain the world's audio encoder on its stream of mixtures (cached)")
+    pa.add_argument("--world", default=str(DEFAULT_WORLD_DIR), help="a world written by `avs world`")
+    pa.add_argument("--cache", default=None, help="cache folder (default: <world>/cache, where `avs train` looks)")
+    pa.add_argument("--encoder-epochs", type=int, default=15,
+                    help="length in epochs of 40 stream batches, as TrainConfig.encoder_epochs (default: 15)")
+    pa.add_argument("--steps", type=int, default=None, help="length in batches (overrides --encoder-epochs)")
+    pa.add_argument("--dim", type=int, default=128, help="embedding size, as TrainConfig.audio_dim (default: 128)")
+    pa.add_argument("--seed", type=int, default=0)
+    pa.add_argument("--quiet", action="store_true", help="no progress bar")
+    pa.set_defaults(func=_cmd_pretrain_audio)
 
     t = sub.add_parser("train", help="train a model: avs train --config configs/tiny_world.yaml [key=value ...]")
     t.add_argument("--config", default=None, help="YAML config (see configs/)")
