@@ -132,20 +132,22 @@ def interval_markdown(intervals: pd.DataFrame, names: dict[str, str] | None = No
     return "\n".join(lines)
 
 
-def _auc_cell(stage: dict) -> str:
-    w = stage["within_frame"]
+def _auc_cell(stage: dict, key: str = "within_frame") -> str:
+    w = stage.get(key, {"auc": None})
     if w["auc"] is None:
         return "–"
     return f"{w['auc']:.2f} [{w['ci95'][0]:.2f}, {w['ci95'][1]:.2f}]"
 
 
 def analyses_markdown(elimination: dict[str, list[dict]]) -> str:
-    """One row per elimination setting and seed: within-frame AUC [95 % CI] per stage, pooled AUC and
-    spread (log-std of S within a frame) of the combined score, frames and pairs."""
+    """One row per elimination setting and seed: within-frame AUC [95 % CI] per stage; for the combined
+    score the within-frame AUC, split by the kind of negative (off screen only; silent or absent),
+    the pooled AUC, the spread (std of log S within a frame), frames and pairs."""
     stages = sorted({k for runs in elimination.values() for r in runs for k in r["stages"] if k.startswith("stage")})
     head = "| setting | seed | " + " | ".join(f"within-frame AUC, {s}" for s in stages) + \
-           " | within-frame AUC, combined | pooled AUC, combined | spread (std of log S), combined | frames / pairs |"
-    lines = [head, "|" + "---|" * (len(stages) + 6)]
+           " | within-frame AUC, combined | on vs off-screen only | on vs silent | pooled AUC, combined" \
+           " | spread (std of log S), combined | frames / pairs |"
+    lines = [head, "|" + "---|" * (len(stages) + 8)]
     for setting, runs in elimination.items():
         for r in runs:
             st = r["stages"]
@@ -153,6 +155,7 @@ def analyses_markdown(elimination: dict[str, list[dict]]) -> str:
             c = st["combined"]
             pooled = c["pooled"]["auc"]
             lines.append(f"| {setting} | {r['seed']} | " + " | ".join(cells) + f" | {_auc_cell(c)} | "
+                         f"{_auc_cell(c, 'within_frame_offscreen')} | {_auc_cell(c, 'within_frame_silent')} | "
                          f"{'–' if pooled is None else f'{pooled:.2f}'} | {c['spread']['log_std']:.3g} | "
                          f"{c['within_frame']['frames']} / {c['within_frame']['pairs']} |")
     return "\n".join(lines)

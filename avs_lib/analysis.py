@@ -188,16 +188,14 @@ def score_spread(scores: torch.Tensor) -> dict:
 def elimination_analysis(model, frames: FrameSet, device: str = "cpu", boot: int = 1000, seed: int = 0) -> dict:
     """Per stage (and "combined"): ``pooled`` ROC AUC (on screen vs off screen only, tokens pooled
     across frames, as ``elimination_auc``), ``within_frame`` paired AUC with its bootstrap 95 %
-    interval over clips and its frame and pair counts (on screen vs off screen only or silent),
-    and ``spread`` (``score_spread``)."""
+    interval over clips and its frame and pair counts (on screen vs off screen only or silent), the
+    same split by the kind of negative (``within_frame_offscreen``: off screen only;
+    ``within_frame_silent``: silent or absent), and ``spread`` (``score_spread``)."""
     classes, stage_scores = stage_token_scores(model, frames, device)
-    pooled_labels = np.full(classes.shape, -1)
-    paired_labels = np.zeros(classes.shape, dtype=int)
-    for i in range(len(frames)):
-        on, off = true_classes(frames, i)
-        for j, c in enumerate(classes[i].tolist()):
-            pooled_labels[i, j] = 1 if c in on else (0 if c in off else -1)
-            paired_labels[i, j] = int(c in on)
+    categories = token_categories(frames, classes)  # 0 on screen, 1 off screen only, 2 silent / absent
+    pooled_labels = np.where(categories == 0, 1, np.where(categories == 1, 0, -1))
+    paired_labels = (categories == 0).astype(int)
+    silent_labels = np.where(categories == 1, -1, paired_labels)  # on screen against silent / absent only
     result = {}
     for name, scores in stage_scores.items():
         values = scores.numpy()
@@ -206,5 +204,9 @@ def elimination_analysis(model, frames: FrameSet, device: str = "cpu", boot: int
         pooled = float(roc_auc_score(y, v)) if 0 < y.sum() < len(y) else None
         result[name] = {"pooled": {"auc": pooled, "positives": int(y.sum()), "negatives": int((1 - y).sum())},
                         "within_frame": within_frame_auc(values, paired_labels, frames.clips, boot, seed),
+                        # the two kinds of negative apart: off screen only (what elimination is for) and
+                        # silent or absent (a token derivation got wrong, which the audio alone can flag)
+                        "within_frame_offscreen": within_frame_auc(values, pooled_labels, frames.clips, boot, seed),
+                        "within_frame_silent": within_frame_auc(values, silent_labels, frames.clips, boot, seed),
                         "spread": score_spread(scores)}
     return result

@@ -155,13 +155,17 @@ spread
 table = pd.DataFrame({stage: {"within-frame AUC": a["within_frame"]["auc"],
                               "95 % CI": a["within_frame"]["ci95"],
                               "frames": a["within_frame"]["frames"], "pairs": a["within_frame"]["pairs"],
-                              "clips": a["within_frame"]["clips"], "pooled AUC": a["pooled"]["auc"]}
+                              "clips": a["within_frame"]["clips"],
+                              "vs off screen only": a["within_frame_offscreen"]["auc"],
+                              "vs silent": a["within_frame_silent"]["auc"], "pooled AUC": a["pooled"]["auc"]}
                       for stage, a in analysis.items()}).T
 table
 
 # %% [markdown]
 # An interval that contains 0.5 says that, at this stage, the test set cannot tell the scores from a
-# coin flip between a frame's tokens. The ROC curve of the pooled AUC (the scores a token carries
+# coin flip between a frame's tokens. The two columns after the counts split the negatives: tokens
+# whose class sounds off screen (what elimination is for) and tokens whose class is silent or absent
+# (a wrong derivation, which the audio alone can give away). The ROC curve of the pooled AUC (the scores a token carries
 # into the last stage):
 
 # %%
