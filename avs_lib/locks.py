@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 LOCK_NAME = "run.lock"
@@ -76,9 +77,10 @@ def stale_reason(owner: dict) -> str | None:
 class RunLock:
     """``with RunLock(folder):`` owns ``folder`` for the block (released on exit, also on an error)."""
 
-    def __init__(self, folder: str | Path, log=print):
+    def __init__(self, folder: str | Path, log=None):
         self.path = Path(folder) / LOCK_NAME
-        self.log = log
+        # a stale lock taken over is said on stderr, whatever the progress setting
+        self.log = log or (lambda text: print(f"note: {text}", file=sys.stderr, flush=True))
         self.held = False
 
     def read_owner(self) -> dict:

@@ -175,10 +175,6 @@ class RunRefused(ValueError):
 RESUME_MAY_CHANGE = ("epochs",)
 
 
-def _say(config: TrainConfig):
-    return (lambda text: print(text, flush=True)) if config.progress else (lambda text: None)
-
-
 def _fault_injection(out_dir: Path, epoch: int, step_in_epoch: int, rank: int) -> None:
     """Test hook: ``AVS_FAULT_KILL=EPOCH:STEP[:RANK]`` SIGKILLs this worker at that step (epoch
     1-based, step within the epoch 0-based, rank 0 by default), once per run folder (a marker file
@@ -191,7 +187,7 @@ def _fault_injection(out_dir: Path, epoch: int, step_in_epoch: int, rank: int) -
     if (epoch + 1, step_in_epoch, rank) != (at_epoch, at_step, at_rank):
         return
     try:
-        os.close(os.open(out_dir / ".fault-injected", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.close(os.open(out_dir / ".fault-injected", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
     except FileExistsError:
         return
     os.kill(os.getpid(), signal.SIGKILL)
@@ -269,7 +265,7 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> dict:
     if main:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-            lock = RunLock(out_dir, log=_say(config)).acquire()
+            lock = RunLock(out_dir).acquire()
             state = _open_run_folder(config, out_dir)
         except (ValueError, OSError) as err:
             error = err
