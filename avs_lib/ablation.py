@@ -171,7 +171,7 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     from avs_lib.analysis import derivation_recall, elimination_analysis
     from avs_lib.evaluation import all_foreground
     from avs_lib.features import prepare
-    from avs_lib.train import evaluate_model, load_trained, train
+    from avs_lib.train import config_differences, evaluate_model, load_trained, train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,10 +184,17 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     seconds = {}
     for setting, seed in tqdm(jobs, desc="ablation runs", disable=not progress):
         run_dir = out / run_dir_name(setting, seed)
+        config = setting_config(base_config, setting, seed, run_dir)
+        if (run_dir / "config.json").exists():  # a run with other settings is never reused or resumed
+            differences = config_differences(json.loads((run_dir / "config.json").read_text()), config)
+            if differences:
+                changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in differences.items())
+                raise ValueError(f"{run_dir} holds a run with other settings ({changed}); pass another --out "
+                                 "or remove that folder")
         if (run_dir / "metrics.json").exists():
             continue
         start = time.time()
-        train(setting_config(base_config, setting, seed, run_dir), prepared)
+        train(config, prepared)
         seconds[f"{setting} seed {seed}"] = time.time() - start
     rows = []
     for setting, seed in jobs:
