@@ -88,6 +88,31 @@ def per_second_vggish_examples(wave: np.ndarray, seconds: int, sample_rate: int 
     return np.stack([vggish_examples(wave[t * per : (t + 1) * per], sample_rate)[:1] for t in range(seconds)])
 
 
+def slaney_mel_matrix(sample_rate: int = HTSAT_SAMPLE_RATE, n_fft: int = HTSAT_WINDOW, n_mels: int = HTSAT_MELS,
+                      fmin: float = HTSAT_FMIN, fmax: float = HTSAT_FMAX) -> np.ndarray:
+    """[n_mels, n_fft // 2 + 1] Slaney mel filterbank (librosa's ``filters.mel`` defaults, htk=False,
+    norm='slaney'): mels linear (200/3 Hz per mel) below 1 kHz and logarithmic above, triangles in Hz
+    between consecutive band edges, each scaled to unit area (2 / bandwidth). Written here so that
+    the HTS-AT module needs numpy only; the tests compare it with librosa."""
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+
+    def to_mel(hz):
+        hz = np.asarray(hz, dtype=np.float64)
+        return np.where(hz >= min_log_hz, min_log_mel + np.log(np.maximum(hz, 1e-10) / min_log_hz) / logstep, hz / f_sp)
+
+    def to_hz(mel):
+        return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)), f_sp * mel)
+
+    edges = to_hz(np.linspace(to_mel(fmin), to_mel(fmax), n_mels + 2))  # [n_mels + 2] Hz
+    bins = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    width = np.diff(edges)
+    ramps = edges[:, None] - bins[None, :]
+    rising, falling = -ramps[:-2] / width[:-1, None], ramps[2:] / width[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    return (weights * (2.0 / (edges[2:] - edges[:-2]))[:, None]).astype(np.float32)
+
+
 def htsat_log_mel(wave: np.ndarray, sample_rate: int = HTSAT_SAMPLE_RATE) -> np.ndarray:
     """[frames, 64] HTS-AT log-mel (dB) of a mono waveform (resampled to 32 kHz first)."""
     import librosa

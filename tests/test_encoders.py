@@ -51,7 +51,7 @@ def test_vggish_loads_a_torchvggish_state_dict(tmp_path):
 
 
 def test_htsat_and_missing_checkpoints_say_what_to_do(tmp_path):
-    with pytest.raises(NotImplementedError, match="precomputed:DIR"):
+    with pytest.raises(FileNotFoundError, match="precomputed:DIR"):
         load_htsat(tmp_path / "HTSAT_AudioSet_Saved_1.ckpt")
     with pytest.raises(FileNotFoundError, match="vggish"):
         load_vggish(tmp_path / "missing.pth")

@@ -7,8 +7,8 @@
   ``vggish-10086976.pth``-style state dict (keys ``features.N``/``embeddings.N``), strictly.
   Output: the 128-d embedding before PCA post-processing (pass ``pca_path`` to a
   ``vggish_pca_params-*.pth`` file to apply the PCA rotation; the 8-bit quantisation is not applied).
-* HTS-AT: not built in this round (a 28M-parameter Swin audio transformer); asking for it raises an
-  error that says what to use instead.
+* HTS-AT: ``load_htsat(path)`` reads an ``HTSAT_AudioSet_Saved_*.ckpt`` into ``avs_lib.models.htsat.HTSAT``
+  (a 28M-parameter Swin audio transformer over the raw waveform; ``avs embed --encoder htsat:PATH``).
 * ``PrecomputedEmbeddings``: embeddings computed elsewhere, one ``{clip}.npy`` or ``{clip}.pkl`` per
   clip holding [T, d] (one row per frame).
 """
@@ -179,10 +179,15 @@ def load_vggish(path: str | Path, pca_path: str | Path | None = None) -> VGGish:
 
 
 def load_htsat(path: str | Path):
-    raise NotImplementedError(
-        f"HTS-AT ({path}) is not built into this version of the workbench. Compute HTS-AT embeddings "
-        "with the authors' code (one [T, 768] .npy per clip) and train with "
-        "audio_encoder=precomputed:DIR audio_dim=768, or use 'vggish' or the world's 'small' encoder.")
+    """HTS-AT (``avs_lib.models.htsat``) from a local ``HTSAT_AudioSet_Saved_*.ckpt``, loaded strictly."""
+    from avs_lib.models.htsat import load_htsat as _load_htsat
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"HTS-AT checkpoint {path} does not exist; download HTSAT_AudioSet_Saved_1.ckpt (the HTS-AT authors' "
+            "release) and pass its local path, or train on embeddings computed elsewhere with "
+            "audio_encoder=precomputed:DIR")
+    return _load_htsat(path)
 
 
 # ----------------------------------------------------------------------------- precomputed
