@@ -250,8 +250,11 @@ def load_memory(path: str | Path, class_names: list[str] | None = None, dim: int
     checked before any array, then the arrays against the header's shapes and checksum. When the
     model's classes or feature size are given, they must match. Every way the file can be unusable
     is one ``MemoryFileError`` (a ValueError) that names the file and says how to rebuild it.
-    Version 1 files (before the checksum) are read with their structure checked."""
+    Version 1 files (before the checksum) are read with their structure checked.
+    A ``.npy`` file is DDESeg's released bank (``load_released_bank``, with ``label2idx.json``)."""
     path = Path(path)
+    if path.suffix == ".npy":
+        return load_released_bank(path, class_names=class_names, dim=dim, device=device)
     if not path.exists():
         raise FileNotFoundError(f"{path}: semantic memory file not found; build one with build_semantic_memory and save_memory")
     if path.stat().st_size == 0:
@@ -303,3 +306,76 @@ def load_memory(path: str | Path, class_names: list[str] | None = None, dim: int
     tensors = {name: torch.from_numpy(arrays[name].copy()).to(device) for name in MEMORY_ARRAYS}
     return SemanticMemory(tensors["centroids"], tensors["subcentroids"], tensors["features"], header["class_names"],
                           tensors["inertia"], header.get("meta", {}))
+
+
+# ----------------------------------------------------------------------------- the authors' released bank
+def _bank_error(path: Path, what: str) -> MemoryFileError:
+    return MemoryFileError(f"{path}: {what}")
+
+
+def load_released_bank(path: str | Path, label2idx: str | Path | None = None, class_names: list[str] | None = None,
+                       dim: int | None = None, device: torch.device | str = "cpu",
+                       drop_background: bool = False) -> SemanticMemory:
+    """DDESeg's released audio memory bank as a ``SemanticMemory`` in the released layout.
+
+    The file (``aud_memory/1s_k5_feabank.npy``) holds [C, m, d]: for each class, in the order of
+    ``label2idx.json`` (1-indexed, ``background`` = 1 first), m HTS-AT features (d = 768). The
+    authors' code (``models/aud_enhancer.py``) takes each class's centre as the mean over m and uses
+    the m features as one flat bank, so the memory here has k = 1: ``features`` [C, 1, m, d],
+    ``subcentroids`` [C, 1, d] and ``centroids`` [C, d] both that mean, ``inertia`` the summed
+    squared distance of the m features to it (the ``released`` derivation variant reads this).
+
+    ``label2idx``: the class list (default: ``label2idx.json`` beside the bank or one folder up).
+    ``drop_background``: leave the background row out (the workbench's own memories have no
+    background class). ``class_names``/``dim``: the model's, checked against the bank.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: memory bank not found (DDESeg's release: aud_memory/1s_k5_feabank.npy)")
+    if label2idx is None:
+        candidates = [path.parent / "label2idx.json", path.parent.parent / "label2idx.json"]
+        label2idx = next((c for c in candidates if c.is_file()), None)
+        if label2idx is None:
+            raise MemoryFileError(f"{path}: no label2idx.json beside it or one folder up ({', '.join(map(str, candidates))}); "
+                                  "pass label2idx=PATH (DDESeg's repository has it at its root)")
+    label2idx = Path(label2idx)
+    try:
+        mapping = json.loads(label2idx.read_text())
+    except (OSError, ValueError) as error:
+        raise MemoryFileError(f"{label2idx}: cannot be read as JSON ({type(error).__name__}: {error})") from None
+    if not isinstance(mapping, dict) or not all(isinstance(v, int) for v in mapping.values()):
+        raise MemoryFileError(f"{label2idx}: expected a JSON object of class name -> 1-based index")
+    indices = sorted(mapping.values())
+    if indices != list(range(1, len(mapping) + 1)):
+        raise MemoryFileError(f"{label2idx}: indices must be 1..{len(mapping)} without gaps or repeats "
+                              f"(got {indices[:3]}...{indices[-3:]})")
+    names = [name for name, _ in sorted(mapping.items(), key=lambda item: item[1])]
+    if names[0] != "background":
+        raise MemoryFileError(f"{label2idx}: index 1 is {names[0]!r}; the released bank puts 'background' first")
+    try:
+        bank = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise MemoryFileError(f"{path}: not a readable .npy array ({type(error).__name__}: {error})") from None
+    if bank.ndim != 3:
+        raise _bank_error(path, f"expected [classes, m, dim], got shape {bank.shape}")
+    if bank.shape[0] != len(names):
+        raise _bank_error(path, f"{bank.shape[0]} class rows but {label2idx} lists {len(names)} classes; "
+                                "use the label2idx.json released with this bank")
+    if not np.isfinite(bank).all():
+        raise _bank_error(path, "holds NaN or infinite values; download it again")
+    if drop_background:
+        bank, names = bank[1:], names[1:]
+    if dim is not None and bank.shape[2] != dim:
+        raise _bank_error(path, f"features are {bank.shape[2]}-d but the model expects {dim}-d (the released bank "
+                                "holds HTS-AT features: train with audio_dim=768 on HTS-AT embeddings)")
+    if class_names is not None and list(class_names) != names:
+        missing, extra = sorted(set(class_names) - set(names)), sorted(set(names) - set(class_names))
+        hint = " (only 'background' differs: pass drop_background=True)" if extra == ["background"] and not missing else ""
+        raise _bank_error(path, f"its classes do not match the model's: missing {missing}, extra {extra}"
+                                f"{', or another order' if not missing and not extra else ''}{hint}")
+    features = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32)).to(device)  # [C, m, d]
+    centroids = features.mean(1)  # aud_enhancer.py: fea_bank.mean(dim=1)
+    inertia = (features - centroids[:, None]).pow(2).sum((1, 2))
+    meta = {"encoder": "released-bank", "source": str(path), "label2idx": str(label2idx), "layout": "released",
+            "drop_background": drop_background}
+    return SemanticMemory(centroids, centroids[:, None].clone(), features[:, None].contiguous(), names, inertia, meta)
