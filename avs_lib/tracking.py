@@ -16,6 +16,7 @@ Only rank 0 of a distributed run tracks.
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 
 import torch
@@ -44,7 +45,8 @@ class Tracker:
                 raise ValueError(f"tracking={kind} needs the optional wandb package: "
                                  "pip install -c constraints.txt -e '.[wandb]' (or pass tracking=tensorboard)") from None
             run_id_file = self.out / "wandb_id.txt"
-            run_id = run_id_file.read_text().strip() if run_id_file.exists() else wandb.util.generate_id()
+            # one W&B run per run folder: a resume appends to it
+            run_id = run_id_file.read_text().strip() if run_id_file.exists() else secrets.token_hex(6)
             run_id_file.write_text(run_id)
             self.wandb_run = wandb.init(mode="offline", dir=str(self.out), project="avs-workbench", name=self.out.name,
                                         id=run_id, resume="allow", config=json.loads(json.dumps(config or {}, default=str)))
