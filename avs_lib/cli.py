@@ -238,6 +238,25 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_embed(args: argparse.Namespace) -> int:
+    """avs embed: one [frames, d] .npy per clip of ROOT (all splits) with one encoder (avs_lib.embed)."""
+    from avs_lib.embed import embed_dataset, frame_encoder
+    from avs_lib.models.birdnet import BirdNETUnavailable
+
+    try:
+        encoder = frame_encoder(args.encoder, args.root, args.cache_dir, args.device, audio_dim=args.audio_dim,
+                                encoder_epochs=args.encoder_epochs, progress=not args.quiet)
+    except BirdNETUnavailable as error:
+        print(f"avs embed: {error}", file=sys.stderr)
+        return 2
+    summary = embed_dataset(args.root, args.layout, encoder, args.out, progress=not args.quiet,
+                            vpo_subset=args.vpo_subset, splits=args.split)
+    print(json.dumps(summary.as_dict(), indent=1))
+    print(f"train on them with: avs train data_root={args.root} audio_encoder=precomputed:{args.out} "
+          f"audio_dim={summary.dim} ...", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="avs", description="The AVS workbench: composed worlds, data checks, models, runs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -349,6 +368,22 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", default="runs/ablation", help="training runs (reused when finished)")
     a.add_argument("--figures", default="figures/ablation", help="where the report and figure go")
     a.set_defaults(func=_cmd_ablation)
+
+    em = sub.add_parser("embed", help="audio embeddings of a dataset: one [frames, d] .npy per clip, for "
+                                      "audio_encoder=precomputed:DIR (resumable)")
+    em.add_argument("root", help="dataset root (a world or AVSBench)")
+    em.add_argument("--layout", required=True, help="layout(s), comma-separated: s4, ms3, avss, avss-ddeseg, vpo")
+    em.add_argument("--encoder", required=True, help="small | vggish:PATH | htsat:PATH | birdnet (optional extra)")
+    em.add_argument("--out", required=True, help="folder of <clip>.npy files (clips already there are skipped)")
+    em.add_argument("--device", default="cpu", help="cpu or cuda (BirdNET always runs on the CPU)")
+    em.add_argument("--cache-dir", default=None, help="where the 'small' encoder is cached (default: ROOT/cache)")
+    em.add_argument("--audio-dim", type=int, default=128, help="'small' only: its embedding size (avs train's audio_dim)")
+    em.add_argument("--encoder-epochs", type=int, default=15, help="'small' only: avs train's encoder_epochs")
+    em.add_argument("--split", default=None, help="split(s), comma-separated (default: all; training needs s4 train "
+                                                  "for the memory and every split of the trained layout)")
+    em.add_argument("--vpo-subset", default="msmi", choices=("ss", "ms", "msmi"))
+    em.add_argument("--quiet", action="store_true", help="no progress bar")
+    em.set_defaults(func=_cmd_embed)
     return parser
 
 

@@ -90,6 +90,11 @@ def audio_encoder_from_spec(spec: str, root: str | Path, cache_dir: str | Path, 
     if spec.startswith("precomputed:"):
         folder = spec.split(":", 1)[1]
         return PrecomputedEmbeddings(folder), world_classes(root), f"precomputed-{Path(folder).resolve()}"
+    if spec.startswith("htsat:") or spec == "birdnet":  # waveform encoders: embedded per clip into the cache
+        from avs_lib.embed import OnDemandEmbeddings
+
+        embeddings = OnDemandEmbeddings(spec, root, cache_dir)
+        return embeddings, world_classes(root), embeddings.identifier
     encoder = FileAudioEncoder(spec).eval()
     return encoder, world_classes(root), encoder.identifier
 
