@@ -35,6 +35,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -151,6 +152,14 @@ def make_model(config: TrainConfig, prepared: Prepared) -> torch.nn.Module:
 
 def _distributed() -> tuple[int, int]:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if (os.environ.get("RANK") == "0" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+                and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0):
+            # Measured here (torch 2.13, c10d): the store torchrun shares across rendezvous rounds
+            # keeps the previous attempt's addresses, and a restarted group can read them and fail
+            # (or hang) in its first collective; a store per round avoids that.
+            print("note: torchrun --max-restarts with the shared rendezvous store: export "
+                  "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun so that a restarted group does not read "
+                  "the previous attempt's addresses (README, 'Running on a cluster')", file=sys.stderr, flush=True)
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
     if dist.is_initialized():
