@@ -175,3 +175,16 @@ def token_view(derivation, frames, index: int, k: int, class_names: list[str], b
             "enhanced_xy": project(final.numpy()) if out.scale_offsets is not None else None,
             "classes": classes, "distances": out.distances[0].tolist(), "weights": out.fusion_weights[0].tolist(),
             "token_nearest": token_nearest, "roles": roles, "missed": sorted(missed, key=lambda x: x[1])}
+
+
+def logit_recall_curve(logits: torch.Tensor, frames) -> list[float]:
+    """For K = 1..C: mean over frames of the share of sounding classes among the K highest logits
+    (the encoder's own ceiling for derivation recall; ``frames`` is a ``FrameSet``)."""
+    order = logits.argsort(dim=1, descending=True).tolist()
+    truths = [{c for c, r in enumerate(class_roles(frames.sources.get(clip), logits.shape[1]))
+               if r in ("on screen", "off screen")} for clip in frames.clips]
+    curve = []
+    for k in range(1, logits.shape[1] + 1):
+        values = [len(t & set(o[:k])) / len(t) for t, o in zip(truths, order) if t]
+        curve.append(float(np.mean(values)))
+    return curve

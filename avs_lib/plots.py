@@ -121,7 +121,8 @@ def save(fig, path: str | Path | None) -> None:
 
 def memory_map(memory, features=None, labels=None, path=None):
     """A 2-D PCA map of the memory: class centroids (stars), sub-centroids (triangles) and the
-    discriminative features (dots), with the training features faint behind them."""
+    discriminative features (dots), with the training features faint behind them. The legend sits
+    outside the axes, so it never covers data; the axes name the components and their variance."""
     from sklearn.decomposition import PCA
 
     plt = _pyplot()
@@ -129,7 +130,7 @@ def memory_map(memory, features=None, labels=None, path=None):
     points = [memory.centroids.numpy(), memory.subcentroids.reshape(-1, d).numpy(), memory.features.reshape(-1, d).numpy()]
     pca = PCA(2, random_state=0).fit(np.concatenate(points + ([features] if features is not None else [])))
     cmap = plt.get_cmap("tab20")
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig, ax = plt.subplots(figsize=(8.5, 6))
     if features is not None:
         xy = pca.transform(features)
         ax.scatter(xy[:, 0], xy[:, 1], c=[cmap(int(l) % 20) for l in labels], s=4, alpha=0.15)
@@ -140,29 +141,128 @@ def memory_map(memory, features=None, labels=None, path=None):
         ax.scatter(disc[i, :, 0], disc[i, :, 1], color=cmap(i % 20), s=10)
         ax.scatter(sub[i, :, 0], sub[i, :, 1], color=cmap(i % 20), marker="^", s=50, edgecolor="k")
         ax.scatter(cen[i, 0], cen[i, 1], color=cmap(i % 20), marker="*", s=220, edgecolor="k", label=name)
-    ax.legend(fontsize=7, ncol=2, loc="best")
-    ax.set_title(f"semantic memory (PCA): {c} classes, k={k} sub-clusters, m={m} features each")
+    ratio = pca.explained_variance_ratio_
+    ax.set_xlabel(f"principal component 1 ({100 * ratio[0]:.0f} % of the variance)")
+    ax.set_ylabel(f"principal component 2 ({100 * ratio[1]:.0f} % of the variance)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="class centroid (Eq. 2)",
+              title_fontsize=7, frameon=False)
+    ax.set_title(f"semantic memory (PCA): {c} classes, k={k} sub-clusters (Eq. 3), m={m} features each (Eq. 4)",
+                 fontsize=9)
     save(fig, path)
     return fig
 
 
-def draw_recall(ax, recalls: list[dict]) -> None:
-    """Derivation recall against K (overall, on screen, off screen) on ``ax``."""
+def pretraining_curves(history: list[dict], path=None):
+    """The audio pretraining's losses against the step: multi-label BCE and the mixture-to-parts term."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    steps = [h["step"] for h in history]
+    ax.plot(steps, [h["bce"] for h in history], label="multi-label BCE")
+    ax.plot(steps, [h["parts"] for h in history], label="mixture-to-parts (1 - cos)")
+    ax.set_xlabel("step (one fresh batch of the stream each)")
+    ax.set_ylabel("loss (mean over 10 steps)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    save(fig, path)
+    return fig
+
+
+def draw_recall(ax, recalls: list[dict], ceiling: list[float] | None = None, num_classes: int | None = None,
+                trained_k: int | None = None) -> None:
+    """Derivation recall against K (overall, on screen, off screen) on ``ax``; with ``num_classes``
+    the chance line K/C, with ``ceiling`` the encoder's own top-K logit recall, with ``trained_k``
+    a mark at the K the model was trained with."""
     ks = [r["K"] for r in recalls]
     ax.plot(ks, [r["recall"] for r in recalls], "o-", label="all sounding classes")
     ax.plot(ks, [r["recall_on_screen"] for r in recalls], "s--", label="on screen")
     if all(r["recall_off_screen"] is not None for r in recalls):
         ax.plot(ks, [r["recall_off_screen"] for r in recalls], "^:", label="off screen only")
+    if ceiling is not None:
+        ax.plot(ks, ceiling, color="0.35", lw=2, alpha=0.6, label="ceiling: encoder's top-K logits")
+    if num_classes:
+        ax.plot(ks, [min(1.0, k / num_classes) for k in ks], color="0.6", ls="--", lw=1, label="chance K/C")
+    if trained_k:
+        ax.axvline(trained_k, color="0.8", lw=1, zorder=0)
     ax.set_xlabel("K nearest class centres")
     ax.set_ylabel("recall of the true classes")
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, frameon=False, loc="lower right")
 
 
-def recall_curve(recalls: list[dict], path=None):
+def recall_curve(recalls: list[dict], path=None, ceiling: list[float] | None = None, num_classes: int | None = None,
+                 trained_k: int | None = None):
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    draw_recall(ax, recalls)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    draw_recall(ax, recalls, ceiling, num_classes, trained_k)
+    save(fig, path)
+    return fig
+
+
+TRUTH_COLOURS = {"on screen": "#2a9d8f", "off screen": "#e76f51", "silent": "#8ecae6", "absent": "#adb5bd"}
+
+
+def token_map(view: dict, path=None):
+    """The static figure of notebook 02's explorer for one frame (``audio_eval.token_view``).
+
+    Left: the memory's class centres in 2-D (PCA of the centres), the frame's mixture feature F_a,
+    an arrow from F_a to each derived token before enhancement (Eq. 8, hollow) and after (Eq. 12,
+    filled); every centre coloured by its class's truth in the clip. Right: each derived class's
+    distance (Eq. 5) and fusion weight (Eq. 6), coloured by truth, with the true classes that were
+    not derived drawn as missed."""
+    plt = _pyplot()
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1.25, 1]})
+    names, roles = view["class_names"], view["roles"]
+    centres = view["centres_xy"]
+    for c, (x, y) in enumerate(centres):
+        colour = TRUTH_COLOURS[roles[c]]
+        ax.scatter(x, y, s=70 if roles[c] != "absent" else 30, color=colour, edgecolor="k", lw=0.5, zorder=2)
+        ax.annotate(names[c], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points",
+                    color="k" if roles[c] != "absent" else "0.5")
+    fa = view["fa_xy"]
+    ax.scatter(*fa, marker="X", s=160, color="k", zorder=4, label="F_a (the frame's mixture)")
+    for i, (before, cls) in enumerate(zip(view["derived_xy"], view["classes"])):
+        colour = TRUTH_COLOURS[roles[cls]]
+        ax.annotate("", xy=before, xytext=fa, arrowprops=dict(arrowstyle="->", color=colour, lw=1.2), zorder=3)
+        ax.scatter(*before, s=60, facecolor="none", edgecolor=colour, lw=1.5, zorder=3)
+        if view["enhanced_xy"] is not None:
+            after = view["enhanced_xy"][i]
+            ax.plot([before[0], after[0]], [before[1], after[1]], color=colour, lw=0.8, ls=":")
+            ax.scatter(*after, s=45, color=colour, edgecolor="k", lw=0.5, zorder=3)
+        # tokens often land close together: number them on the map, name them in the list below
+        ax.annotate(str(i + 1), after if view["enhanced_xy"] is not None else before, fontsize=8, fontweight="bold",
+                    xytext=(4 + 7 * i, -10), textcoords="offset points", color=colour)
+    listing = []
+    for i, nearest in enumerate(view["token_nearest"]):
+        mark = "sounds " + roles[nearest] if roles[nearest] in ("on screen", "off screen") else roles[nearest]
+        listing.append(f"token {i + 1} (from {names[view['classes'][i]]}) lands nearest {names[nearest]}: {mark}")
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=f"class {r}") for r, c in TRUTH_COLOURS.items()]
+    handles += [plt.Line2D([], [], marker="X", ls="", color="k", label="F_a"),
+                plt.Line2D([], [], marker="o", ls="", mfc="none", color="k", label="token before enhancement (Eq. 8)"),
+                plt.Line2D([], [], marker="o", ls="", color="k", label="token after enhancement (Eq. 12)")]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.1), ncol=3, frameon=False)
+    ax.text(0, -0.3, "\n".join(listing), transform=ax.transAxes, fontsize=7, va="top")
+    ax.set_xlabel("PC 1 of the class centres")
+    ax.set_ylabel("PC 2 of the class centres")
+    ax.set_title(f"{view['clip']} frame {view['frame'] + 1}: K={view['K']} derived tokens", fontsize=10)
+
+    rows = [(names[c], view["distances"][i], view["weights"][i], roles[c]) for i, c in enumerate(view["classes"])]
+    rows += [(f"{names[c]} (missed)", d, 0.0, roles[c]) for c, d in view["missed"]]
+    y = np.arange(len(rows))[::-1]
+    bars.barh(y + 0.2, [r[1] for r in rows], height=0.4, color=[TRUTH_COLOURS[r[3]] for r in rows],
+              edgecolor=["k" if "missed" not in r[0] else "r" for r in rows],
+              hatch=None, label="distance to the class centre (Eq. 5)")
+    for yy, r in zip(y, rows):
+        if "missed" in r[0]:
+            bars.barh(yy + 0.2, r[1], height=0.4, color="none", edgecolor="r", hatch="//")
+    twin = bars.twiny()
+    twin.barh(y - 0.2, [r[2] for r in rows], height=0.4, color="0.3", label="fusion weight (Eq. 6)")
+    twin.set_xlim(0, 1)
+    twin.set_xticks([0, 0.25, 0.5, 0.75, 1.0])
+    twin.set_xlabel("fusion weight (Eq. 6), dark bars")
+    bars.set_yticks(y)
+    bars.set_yticklabels([f"{r[0]} · {r[3]}" for r in rows], fontsize=8)
+    bars.set_xlabel("Euclidean distance to the class centre (Eq. 5), coloured bars")
     save(fig, path)
     return fig
 
