@@ -39,7 +39,7 @@ class TrainConfig:
     layout: str = "ms3"
     image_size: int = 96
     cache_dir: str | None = None  # None: <data_root>/cache
-    audio_encoder: str = "small"  # small (trained on the world's S4 clips), vggish:PATH, htsat:PATH, precomputed:DIR
+    audio_encoder: str = "small"  # small (pretrained on the world's mixture stream, avs_lib.pretrain), vggish:PATH, htsat:PATH, precomputed:DIR
     memory_root: str | None = None  # where the single-source (S4) clips for the memory live; None: data_root
     audio_dim: int = 128
     encoder_epochs: int = 15
