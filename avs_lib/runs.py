@@ -350,10 +350,11 @@ def run_pipeline(world: Path, figures: Path, runs_dir: Path, notebooks: tuple[st
 
 
 def headline_numbers(metrics: dict) -> dict[str, float]:
-    """The scalar numbers of a metrics.json, nested keys joined by dots (lists are left out)."""
+    """The scalar numbers of a metrics.json, nested keys joined by dots (lists are left out, and so
+    are wall-clock times: they change run to run, the results must not)."""
     numbers = {}
     for key, value in metrics.items():
-        if isinstance(value, bool):
+        if isinstance(value, bool) or "seconds" in key:
             continue
         if isinstance(value, (int, float)):
             numbers[key] = value
