@@ -88,19 +88,11 @@ def derivation_recall(frames: FrameSet, centroids: torch.Tensor, k: int) -> dict
             "recall_off_screen": float(np.mean(off_recall)) if off_recall else None, "frames": len(overall)}
 
 
-@torch.no_grad()
 def token_scores(model, frames: FrameSet, device: str = "cpu", batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class indices [N, K], cumulative elimination scores [N, K]) of a DDESeg model in eval mode."""
-    model.eval()
-    classes, scores = [], []
-    for start in range(0, len(frames), batch_size):
-        out = model(normalise_images(frames.images[start:start + batch_size].to(device)),
-                    frames.audio[start:start + batch_size].to(device))
-        if out.derivation is None or out.scores is None:
-            raise ValueError("the model has no derivation or no elimination: nothing to score")
-        classes.append(out.derivation.class_indices.cpu())
-        scores.append(out.scores.float().cpu())
-    return torch.cat(classes), torch.cat(scores)
+    """(class indices [N, K], cumulative elimination scores [N, K]) of a DDESeg model in eval mode:
+    the "combined" scores of ``stage_token_scores``."""
+    classes, scores = stage_token_scores(model, frames, device, batch_size)
+    return classes, scores["combined"]
 
 
 def elimination_auc(model, frames: FrameSet, device: str = "cpu") -> dict:
