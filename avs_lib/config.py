@@ -41,6 +41,7 @@ class TrainConfig:
     cache_dir: str | None = None  # None: <data_root>/cache
     audio_encoder: str = "small"  # small (pretrained on the world's mixture stream, avs_lib.pretrain), vggish:PATH, htsat:PATH, precomputed:DIR
     memory_root: str | None = None  # where the single-source (S4) clips for the memory live; None: data_root
+    memory_file: str | None = None  # a saved memory (.npz) or DDESeg's released bank (.npy + label2idx.json) used as is; None: Eq. 2-4 on memory_root
     audio_dim: int = 128
     encoder_epochs: int = 15
     k: int = 3

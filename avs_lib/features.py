@@ -9,7 +9,8 @@
 * ``load_frames``: every frame of a split, resized, with its mask and its audio embedding F_a,
   held in memory as tensors (``FrameSet``). Embeddings go through ``EmbeddingCache``.
 * ``build_world_memory``: the semantic memory from the single-source training embeddings (S4 train
-  frames whose clip has exactly one sounding source, where the world records its sources).
+  frames whose clip has exactly one sounding source, where the world records its sources), or
+  ``load_memory_file``: a memory given by ``memory_file`` (a saved ``.npz`` or DDESeg's released bank).
 
 Relative data paths are read from the repository root (``avs_lib.paths``), so a notebook's kernel
 in ``notebooks/`` reads the same world as ``avs`` run from the root.
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from avs_lib.audio import vggish_examples
 from avs_lib.cache import EmbeddingCache
+from avs_lib.config import ConfigError
 from avs_lib.data.datasets import AVSDataset, load_sources, read_audio_segment, read_image, read_mask
 from avs_lib.data.transforms import resize_frame
 from avs_lib.memory import SemanticMemory, build_semantic_memory, load_memory, save_memory
@@ -212,6 +214,36 @@ def build_world_memory(root: str | Path, encoder: torch.nn.Module, encoder_id: s
     return memory
 
 
+def load_memory_file(path: str | Path, config) -> SemanticMemory:
+    """The memory named by ``config.memory_file``, verified against the config before any data work:
+    its feature size must be ``audio_dim`` and its (k, m) the config's k and m (the model takes its
+    sizes from the memory, so a silent difference would change the model). DDESeg's released bank
+    (``.npy``) has k = 1 and its m (5 in ``1s_k5_feabank.npy``): train with ``k=1 m=5``. The classes
+    are checked by ``check_memory_classes`` once the encoder has named them."""
+    memory = load_memory(path, dim=config.audio_dim)
+    if (memory.k, memory.m) != (config.k, config.m):
+        raise ConfigError(f"memory_file={path} holds a memory with k={memory.k}, m={memory.m}, but the config says "
+                          f"k={config.k}, m={config.m}; set k={memory.k} m={memory.m} (the model takes its sizes from "
+                          "the memory)")
+    return memory
+
+
+def check_memory_classes(memory: SemanticMemory, path: str | Path, classes: list[str]) -> SemanticMemory:
+    """``memory`` with the data's classes, in their order. A released bank's 'background' row is left
+    out when the data has no background class (the workbench's own memories have none)."""
+    names = list(memory.class_names)
+    if names and names[0] == "background" and "background" not in classes and memory.meta.get("layout") == "released":
+        memory = SemanticMemory(memory.centroids[1:], memory.subcentroids[1:], memory.features[1:], names[1:],
+                                memory.inertia[1:], {**memory.meta, "drop_background": True})
+        names = names[1:]
+    if names != list(classes):
+        missing, extra = sorted(set(classes) - set(names)), sorted(set(names) - set(classes))
+        raise ConfigError(f"memory_file={path}: its classes do not match the data's: missing {missing}, extra {extra}"
+                          f"{' (same classes, another order)' if not missing and not extra else ''}; use a memory "
+                          "built for this dataset, or leave memory_file unset to build one")
+    return memory
+
+
 @dataclass
 class Prepared:
     train: FrameSet
@@ -229,10 +261,15 @@ def prepare(config, progress: bool = False) -> Prepared:
     data_root = workbench_path(config.data_root)
     cache = workbench_path(config.cache_dir) if config.cache_dir else data_root / "cache"
     memory_root = workbench_path(config.memory_root) if config.memory_root else data_root
+    memory_file = workbench_path(config.memory_file) if config.memory_file else None
+    given = load_memory_file(memory_file, config) if memory_file else None  # checked before the encoder's minutes
     encoder, classes, encoder_id = audio_encoder_from_spec(config.audio_encoder, memory_root, cache, config.audio_dim,
                                                            config.encoder_epochs, progress=progress)
-    memory = build_world_memory(memory_root, encoder, encoder_id, cache, config.k, config.m, seed=0,
-                                progress=progress)
+    if given is not None:
+        memory = check_memory_classes(given, memory_file, classes)
+    else:
+        memory = build_world_memory(memory_root, encoder, encoder_id, cache, config.k, config.m, seed=0,
+                                    progress=progress)
     sets = [load_frames(data_root, config.layout, split, config.image_size, encoder, encoder_id, cache, progress)
             for split in ("train", "val", "test")]
     num_classes = len(classes) + 1 if config.layout in SEMANTIC_LAYOUTS else 1

@@ -177,6 +177,39 @@ def test_released_bank_mismatches_are_clear(tmp_path):
         load_memory(path)
 
 
+
+def test_avs_train_takes_the_released_bank_as_memory_file(embed_world, tmp_path, capsys):
+    from avs_lib.features import world_classes
+    from avs_lib.train import load_trained
+
+    out = tmp_path / "emb"
+    assert main(["embed", str(embed_world), "--layout", "ms3", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+                 *SMALL]) == 0
+    classes = world_classes(embed_world)
+    path, bank = _write_bank(tmp_path / "release", ["background", *classes], m=3, dim=16)
+    common = [f"data_root={embed_world}", "layout=ms3", "image_size=32", "epochs=1", "batch_size=4",
+              f"audio_encoder=precomputed:{out}", "audio_dim=16", f"memory_file={path}", "progress=false",
+              f"cache_dir={tmp_path / 'train_cache'}"]
+    capsys.readouterr()
+    # the released bank has k = 1: a config that says otherwise is refused, naming the fix, before any training
+    assert main(["train", *common, "k=3", "m=3", f"out={tmp_path / 'refused'}"]) == 2
+    err = capsys.readouterr().err
+    assert "k=1, m=3" in err and "set k=1 m=3" in err and "Traceback" not in err
+    assert not (tmp_path / "refused" / "last.pt").exists()
+
+    run = tmp_path / "run"
+    assert main(["train", *common, "k=1", "m=3", f"out={run}"]) == 0
+    model, config, prepared = load_trained(run / "best.pt")
+    assert config.memory_file == str(path) and prepared.memory.class_names == classes  # background row left out
+    np.testing.assert_allclose(prepared.memory.centroids.numpy(), bank[1:].mean(1), rtol=1e-6)
+    assert not list((tmp_path / "train_cache").glob("memory_single_*"))  # nothing built from the S4 clips
+
+    (tmp_path / "release" / "label2idx.json").write_text(json.dumps(
+        {c: i + 1 for i, c in enumerate(["background", *classes[:-1], "theremin"])}))
+    assert main(["train", *common, "k=1", "m=3", f"out={tmp_path / 'other'}"]) == 2
+    assert "missing ['" + classes[-1] + "'], extra ['theremin']" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- BirdNET
 def test_context_windows_centre_each_second_and_mirror_the_edges():
     sr = 10
