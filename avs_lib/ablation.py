@@ -168,7 +168,7 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     ``intervals.csv``, ``analyses.json`` (to ``report_dir``, default ``out``) and the figure."""
     from tqdm.auto import tqdm
 
-    from avs_lib.analysis import derivation_recall, elimination_analysis
+    from avs_lib.analysis import derivation_recall, elimination_analysis, token_separation
     from avs_lib.evaluation import all_foreground
     from avs_lib.features import prepare
     from avs_lib.train import config_differences, evaluate_model, load_trained, train
@@ -204,10 +204,14 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     foreground = all_foreground(test, base_config.convention, base_config.eval_batch_size)
     rows.append({"setting": "trivial: all foreground", "seed": -1, **{k: foreground[k] for k in METRICS}})
     elimination: dict[str, list[dict]] = {}
-    for setting, seed in jobs:
-        if setting in ("baseline", "+derivation", "+enhancement", "avsac"):
+    separation: dict[str, list[dict]] = {}
+    for setting, seed in tqdm(jobs, desc="analyses", disable=not progress):
+        if setting in ("baseline", "avsac"):
             continue
         model, config, _ = load_trained(out / run_dir_name(setting, seed) / "best.pt", prepared)
+        separation.setdefault(setting, []).append({"seed": seed, **token_separation(model, test)})
+        if setting in ("+derivation", "+enhancement"):
+            continue
         elimination.setdefault(setting, []).append({"seed": seed, "stages": elimination_analysis(model, test, seed=seed)})
         if setting == "full":
             zero = evaluate_model(model, test, torch.device("cpu"), replace(config, zero_audio=True))
@@ -216,7 +220,8 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     summary = summarise(table, "setting", METRICS)
     intervals = interval_table(table)
     recall = [derivation_recall(test, prepared.memory.centroids, k) for k in range(1, len(prepared.memory.class_names) + 1)]
-    analyses = {"derivation_recall": recall, "elimination": elimination, "convention": base_config.convention,
+    analyses = {"derivation_recall": recall, "elimination": elimination, "token_separation": separation,
+                "convention": base_config.convention,
                 "test_frames": int(test.valid.sum()), "test_clips": test_clips, "train_frames": len(prepared.train),
                 "epochs": base_config.epochs, "image_size": base_config.image_size, "train_seconds": seconds,
                 "seeds": list(seeds), "table4_seeds": list(table4_seeds)}
@@ -247,13 +252,54 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
             "Within-frame AUC: in each frame, every token whose class sounds on screen against every token whose "
             "class is off screen only or silent (0.5: the scores do not choose between a frame's tokens); 95 % "
             "bootstrap interval over clips. Pooled AUC: on-screen against off-screen-only tokens pooled over frames.",
-            "", analyses_markdown(elimination), "",
+            "", "Over seeds (mean ± std of each seed's figure; spread: std of S across a frame's tokens):", "",
+            elimination_summary_markdown(elimination), "", "Per seed:", "", analyses_markdown(elimination), "",
+            "## How far apart a frame's derived tokens are", "",
+            "Mean distance between two of a frame's K tokens, the tokens' mean norm, and the mean distance between "
+            "the mean tokens of two frames (test split, mean ± std over seeds; `derived`: after Eq. 8, `enhanced`: "
+            "after Eq. 12, what elimination scores).", "", separation_markdown(separation), "",
             f"Derivation recall at K={k_default}: {r5['recall']:.3f} (on-screen {r5['recall_on_screen']:.3f}).", "",
             "All rows, mean ± std:", "", markdown_table(summary, "setting", METRICS)]
     (report_dir / "ablation.md").write_text("\n".join(text) + "\n")
     if figure is not None:
         plot_ablation(intervals, elimination, figure)
     return intervals
+
+
+def _mean_std(values) -> str:
+    values = np.array([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if not len(values):
+        return "–"
+    return f"{values.mean():.3g}" if len(values) < 2 else f"{values.mean():.3g} ± {values.std(ddof=1):.2g}"
+
+
+def elimination_summary_markdown(elimination: dict[str, list[dict]]) -> str:
+    """One row per elimination setting: each figure of ``analyses_markdown``'s combined score as the
+    mean ± std over the setting's seeds, with the per-stage within-frame AUCs."""
+    stages = sorted({k for runs in elimination.values() for r in runs for k in r["stages"] if k.startswith("stage")})
+    lines = ["| setting | seeds | " + " | ".join(f"within-frame AUC, {s}" for s in stages) +
+             " | within-frame AUC, combined | on vs off-screen only | on vs silent | pooled AUC | spread of S | mean S |",
+             "|" + "---|" * (len(stages) + 8)]
+    for setting, runs in elimination.items():
+        def figure(stage, key="within_frame"):
+            return _mean_std([r["stages"][stage][key]["auc"] for r in runs if stage in r["stages"]])
+        combined = [r["stages"]["combined"] for r in runs]
+        lines.append(f"| {setting} | {len(runs)} | " + " | ".join(figure(s) for s in stages) +
+                     f" | {figure('combined')} | {figure('combined', 'within_frame_offscreen')} | "
+                     f"{figure('combined', 'within_frame_silent')} | {_mean_std([c['pooled']['auc'] for c in combined])} | "
+                     f"{_mean_std([c['spread']['std'] for c in combined])} | {_mean_std([c['spread']['mean'] for c in combined])} |")
+    return "\n".join(lines)
+
+
+def separation_markdown(separation: dict[str, list[dict]]) -> str:
+    lines = ["| setting | seeds | tokens | within a frame | token norm | between frames | within / between |",
+             "|---|---|---|---|---|---|---|"]
+    for setting, runs in separation.items():
+        for kind in ("derived", "enhanced"):
+            figures = {key: _mean_std([r[kind][key] for r in runs]) for key in ("within_frame", "norm", "between_frames", "ratio")}
+            lines.append(f"| {setting} | {len(runs)} | {kind} | {figures['within_frame']} | {figures['norm']} | "
+                         f"{figures['between_frames']} | {figures['ratio']} |")
+    return "\n".join(lines)
 
 
 def plot_ablation(intervals: pd.DataFrame, elimination: dict[str, list[dict]], path: str | Path) -> None:

@@ -10,6 +10,9 @@
   on-screen token against every token of the same frame whose class is off screen only or silent)
   with a bootstrap 95 % interval over clips, and the spread of the scores within a frame.
 * ``within_frame_auc``: that paired AUC on any scores and labels (tested on hand-made cases).
+* ``token_separation``: how far apart the K tokens derivation gives one frame are, against their
+  norm and against the distance between frames: tokens that are nearly one vector leave
+  elimination little to choose and the loss little reason to choose.
 * ``true_classes`` / ``onscreen_labels``: the per-frame ground truth they use (and the capacity
   check's targets, ``avs_lib.losses.capacity_loss``).
 """
@@ -175,6 +178,38 @@ def score_spread(scores: torch.Tensor) -> dict:
     s = scores.double()
     return {"std": float(s.std(dim=1).mean()), "range": float((s.max(1).values - s.min(1).values).mean()),
             "log_std": float(s.clamp_min(1e-30).log().std(dim=1).mean()), "mean": float(s.mean())}
+
+
+def separation_of_tokens(tokens: torch.Tensor) -> dict:
+    """For tokens [N, K, d] (N frames, K tokens each): ``within_frame``, the mean Euclidean distance
+    between two tokens of one frame (over its K(K-1)/2 pairs, then over frames); ``norm``, the mean
+    token norm; ``between_frames``, the mean distance between the mean tokens of two different
+    frames (over all pairs of frames); ``ratio`` = within_frame / between_frames."""
+    t = tokens.double()
+    n, k, _ = t.shape
+    pairs = torch.triu_indices(k, k, offset=1)
+    within = torch.cdist(t, t)[:, pairs[0], pairs[1]].mean() if k > 1 else torch.tensor(float("nan"))
+    means = t.mean(1)
+    frame_pairs = torch.triu_indices(n, n, offset=1)
+    between = torch.cdist(means, means)[frame_pairs[0], frame_pairs[1]].mean() if n > 1 else torch.tensor(float("nan"))
+    return {"within_frame": float(within), "norm": float(t.norm(dim=2).mean()), "between_frames": float(between),
+            "ratio": float(within / between), "frames": n, "tokens": k}
+
+
+@torch.no_grad()
+def token_separation(model, frames: FrameSet, device: str = "cpu", batch_size: int = 32) -> dict:
+    """``separation_of_tokens`` of a DDESeg model's derived tokens on ``frames`` (eval mode): ``derived``
+    after Eq. 8, ``enhanced`` after Eq. 12 (the tokens that elimination scores and fusion reads)."""
+    model.eval()
+    derived, enhanced = [], []
+    for start in range(0, len(frames), batch_size):
+        out = model(normalise_images(frames.images[start:start + batch_size].to(device)),
+                    frames.audio[start:start + batch_size].to(device))
+        if out.derivation is None:
+            raise ValueError("the model has no derivation: it has no tokens to compare")
+        derived.append(out.derivation.derived.float().cpu())
+        enhanced.append(out.derivation.tokens.float().cpu())
+    return {"derived": separation_of_tokens(torch.cat(derived)), "enhanced": separation_of_tokens(torch.cat(enhanced))}
 
 
 def elimination_analysis(model, frames: FrameSet, device: str = "cpu", boot: int = 1000, seed: int = 0) -> dict:

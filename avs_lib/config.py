@@ -222,10 +222,15 @@ def parse_override(text: str) -> tuple[str, object]:
 
 
 def read_yaml(path: str | Path) -> dict:
-    """A YAML mapping from ``path``; a missing, unreadable or non-mapping file is a ConfigError."""
+    """A YAML mapping from ``path`` (a relative path missing from the working folder is read from the
+    repository root, as data paths are); a missing, unreadable or non-mapping file is a ConfigError."""
     import yaml
 
     path = Path(path)
+    if not path.is_file() and not path.is_absolute():
+        from avs_lib.paths import workbench_path  # paths imports nothing of avs_lib at import time
+
+        path = workbench_path(path) if workbench_path(path).is_file() else path
     if not path.is_file():
         raise ConfigError(f"config {path} does not exist (see configs/ for examples)")
     try:

@@ -91,3 +91,19 @@ def test_keyword_values_are_checked_and_named(tmp_path):
         load_config(epochs="two")
     with pytest.raises(ConfigError, match=r"'switches.num_tokenz'.*did you mean 'switches.num_tokens'"):
         load_config(switches={"num_tokenz": 4})
+
+
+def test_config_files_resolve_from_the_repository_root(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a notebook's kernel or a script started elsewhere
+    assert load_config("configs/ablation_world.yaml").data_root == "data/ablation_world"
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("configs/no_such_config.yaml")
+
+
+def test_ablation_without_its_world_says_how_to_build_it(tmp_path, capsys):
+    from avs_lib.cli import main
+
+    assert main(["ablation", f"data_root={tmp_path / 'nowhere'}", f"--out={tmp_path / 'runs'}"]) == 2
+    err = capsys.readouterr().err
+    assert "avs world --subsets s4,ms3 --clips 667" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from avs_lib.analysis import score_spread, within_frame_auc
+from avs_lib.analysis import score_spread, separation_of_tokens, within_frame_auc
 from avs_lib.losses import capacity_loss
 from avs_lib.memory import build_semantic_memory
 from avs_lib.models import build_model
@@ -230,6 +230,18 @@ def test_a_per_frame_gate_is_at_chance_within_frames():
     assert score_spread(torch.tensor(scores))["std"] == 0 and score_spread(torch.tensor(scores))["log_std"] == 0
 
 
+def test_token_separation_by_hand():
+    # frame 0: tokens (0,0), (3,4), (0,8); frame 1: three copies of (6,8)
+    tokens = torch.tensor([[[0.0, 0.0], [3.0, 4.0], [0.0, 8.0]], [[6.0, 8.0]] * 3])
+    result = separation_of_tokens(tokens)
+    assert result["within_frame"] == pytest.approx((5 + 8 + 5 + 0 + 0 + 0) / 6)  # pairs of frame 0, then frame 1
+    assert result["norm"] == pytest.approx((0 + 5 + 8 + 10 * 3) / 6)
+    mean0 = np.array([1.0, 4.0])
+    assert result["between_frames"] == pytest.approx(np.linalg.norm(mean0 - [6.0, 8.0]))
+    assert result["ratio"] == pytest.approx(result["within_frame"] / result["between_frames"])
+    same = separation_of_tokens(tokens[1:].repeat(2, 1, 1))  # identical tokens: nothing apart
+    assert same["within_frame"] == 0 and same["between_frames"] == 0
+
 def test_capacity_loss_is_the_binary_cross_entropy_of_the_token_classes():
     scores = [torch.tensor([[0.9, 0.2]]), torch.tensor([[0.6, 0.5]])]
     classes = torch.tensor([[2, 0]])
@@ -277,3 +289,8 @@ def test_run_ablation_writes_every_row_with_intervals(notebook_world, tmp_path):
     assert set(analyses["elimination"]["full (released)"][0]["stages"]) == {"stage 1", "stage 2", "stage 3", "stage 4",
                                                                            "combined"}
     assert run["combined"]["within_frame"]["pairs"] > 0 and (tmp_path / "report" / "ablation.png").stat().st_size > 1000
+    separation = analyses["token_separation"]
+    assert set(separation) == {"full", "full (released)", CAPACITY} and len(separation["full"]) == 2
+    assert all(0 <= r[kind]["within_frame"] and 0 < r[kind]["between_frames"] for runs in separation.values()
+               for r in runs for kind in ("derived", "enhanced"))
+    assert "How far apart a frame's derived tokens are" in text and "| full | 2 | enhanced |" in text
