@@ -1,4 +1,5 @@
-"""The ``avs`` command: ``avs world``, ``avs check-data``, ``avs summary``, ``avs pipeline``."""
+"""The ``avs`` command: it parses the arguments of each subcommand (``avs -h`` lists them) and calls the
+module that does the work."""
 from __future__ import annotations
 
 import argparse
@@ -51,7 +52,9 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> int:
-    """The main job: build the default world if needed, then summarise it."""
+    """The main job: build the default world if needed, summarise it, draw its overview figure, run
+    notebooks 00-05 into ``papermill_runs/main-<time>/`` with their run report, and (``--update-readme``)
+    rewrite the README's run-numbers block."""
     from avs_lib.world.assets import default_kind
 
     out = Path(args.out)
@@ -72,7 +75,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     print(f"figure: {figure}")
     if args.no_notebooks:
         return 0
-    from avs_lib.runs import NotebookFailed, readme_block, run_pipeline
+    from avs_lib.runs import NotebookFailed, run_pipeline, update_readme_numbers
 
     batch = None
     try:
@@ -87,10 +90,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     if args.update_readme:
         from avs_lib.paths import repo_root
 
-        readme = repo_root() / "README.md"
-        text = readme.read_text()
-        start, end = text.index("<!-- run-numbers: start -->"), text.index("<!-- run-numbers: end -->")
-        readme.write_text(text[:start] + readme_block(batch) + text[end + len("<!-- run-numbers: end -->"):])
+        update_readme_numbers(batch, repo_root() / "README.md")
         print(f"README.md: the run-numbers table now quotes {batch}")
     return 0
 
@@ -195,7 +195,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from avs_lib.report import gather, markdown_table, summarise
+    from avs_lib.report import gather, group_by_varying_parameters, markdown_table, summarise
 
     runs = [Path(r) for r in args.runs] or sorted(p for p in Path(args.runs_dir).iterdir() if p.is_dir())
     table = gather(runs)
@@ -204,11 +204,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
         return 1
     metrics = [m for m in args.metrics.split(",") if m in table.columns]
     by = args.by
-    if by is None:  # group by every parameter except the seed and the run folder
-        params = [c for c in table.columns if c.startswith("param.") and c not in ("param.seed", "param.run_dir")]
-        varying = [c for c in params if table[c].astype(str).nunique() > 1]
-        table["setting"] = table[varying].astype(str).agg(", ".join, axis=1) if varying else "all"
-        by = "setting"
+    if by is None:
+        table, by = group_by_varying_parameters(table), "setting"
     summary = summarise(table, by, metrics)
     text = markdown_table(summary, by, metrics, scale=args.scale)
     print(text)
@@ -296,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("root")
     s.set_defaults(func=_cmd_summary)
 
-    p = sub.add_parser("pipeline", help="the main job: build the default world (if needed) and summarise it")
+    p = sub.add_parser("pipeline", help="the main job: build the default world (if needed), summarise it, run notebooks 00-05 "
+                                        "with a run report")
     p.add_argument("--out", default=str(DEFAULT_WORLD_DIR))
     p.add_argument("--clips", type=int, default=200)
     p.add_argument("--size", type=int, default=128)

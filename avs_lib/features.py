@@ -110,7 +110,7 @@ def frame_log_mels(dataset: AVSDataset, progress: bool = False) -> np.ndarray:
                                                disable=not progress, leave=False)])
 
 
-def _encoder_id(model: torch.nn.Module) -> str:
+def encoder_id(model: torch.nn.Module) -> str:
     buffer = io.BytesIO()
     for name, tensor in sorted(model.state_dict().items()):
         buffer.write(name.encode())
@@ -131,19 +131,19 @@ def prepare_audio_encoder(root: str | Path, cache_dir: str | Path, dim: int = 12
 
         config = PretrainConfig(steps=epochs * STEPS_PER_EPOCH, dim=dim, seed=seed)
         encoder, classes, _ = pretrained_encoder(root, cache_dir, config, progress=progress)
-        return encoder, classes, _encoder_id(encoder)
+        return encoder, classes, encoder_id(encoder)
     classes = world_classes(root)
     path = Path(cache_dir) / f"audio_encoder_d{dim}_e{epochs}_s{seed}.pt"
     if path.exists():
         encoder, names = load_audio_encoder(path)
-        return encoder, names, _encoder_id(encoder)
+        return encoder, names, encoder_id(encoder)
     s4 = AVSDataset(root, "s4", "train")
     examples = frame_log_mels(s4, progress)
     labels = np.array([classes.index(r.category) for r in s4.records])
     encoder, history = train_small_audio_encoder(examples, labels, len(classes), dim=dim, epochs=epochs, seed=seed,
                                                  progress=progress)
     save_audio_encoder(encoder, path, classes, {"history": history, "root": str(root)})
-    return encoder, classes, _encoder_id(encoder)
+    return encoder, classes, encoder_id(encoder)
 
 
 def frame_embeddings(dataset: AVSDataset, encoder, encoder_id: str, cache_dir: str | Path, progress: bool = False) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Tables from runs: ``gather(run_dirs)`` reads one row per run from its ``metrics.json`` (training
 runs, or papermill runs of notebooks that write one); ``summarise(rows)`` gives mean and std per
-setting over seeds; ``markdown_table`` prints them. The ablation itself is ``avs_lib.ablation``.
+setting over seeds; ``markdown_table`` formats them;
+``group_by_varying_parameters`` names each run's setting by the parameters that vary. The ablation itself is ``avs_lib.ablation``.
 """
 from __future__ import annotations
 
@@ -38,6 +39,16 @@ def gather(run_dirs: list[str | Path]) -> pd.DataFrame:
             _flatten("config.", metrics["config"], row)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def group_by_varying_parameters(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with a "setting" column naming each run's values of the parameters that vary across
+    runs (every ``param.*`` column but the seed and the run folder); "all" when none varies."""
+    params = [c for c in table.columns if c.startswith("param.") and c not in ("param.seed", "param.run_dir")]
+    varying = [c for c in params if table[c].astype(str).nunique() > 1]
+    table = table.copy()
+    table["setting"] = table[varying].astype(str).agg(", ".join, axis=1) if varying else "all"
+    return table
 
 
 def summarise(frame: pd.DataFrame, by: str, metrics: list[str]) -> pd.DataFrame:

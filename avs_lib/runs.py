@@ -401,6 +401,13 @@ def readme_numbers(readme: Path) -> dict[tuple[str, str], str]:
     return rows
 
 
+def update_readme_numbers(batch: Path, readme: Path) -> None:
+    """Rewrite the run-numbers block of ``readme`` (between its markers) to quote the run ``batch``."""
+    text = readme.read_text()
+    start, end = text.index(README_BLOCK[0]), text.index(README_BLOCK[1])
+    readme.write_text(text[:start] + readme_block(batch) + text[end + len(README_BLOCK[1]):])
+
+
 def readme_block(batch: Path) -> str:
     """The README's table of headline numbers for the run ``batch`` (between the markers)."""
     lines = [README_BLOCK[0], "", f"Numbers of the committed main-job run `{batch.as_posix()}` "

@@ -35,18 +35,18 @@ seed = 0
 run_dir = ""  # empty: runs/notebooks/01_semantic_memory/ under the repository root
 
 # %%
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from avs_lib.audio_eval import encode, frame_audio, nearest_centroid
-from avs_lib.features import _encoder_id, build_world_memory
+from avs_lib.features import build_world_memory, encoder_id
 from avs_lib.memory import save_memory
 from avs_lib.paths import notebook_paths
 from avs_lib.plots import memory_map, pretraining_curves
 from avs_lib.pretrain import STEPS_PER_EPOCH, PretrainConfig, pretrained_encoder, world_setup
+from avs_lib.runs import save_metrics
 from avs_lib.world.compose import heldout_member_names
 
 data_root, run_dir = notebook_paths(data_root, run_dir, '01_semantic_memory')
@@ -75,9 +75,10 @@ print(f"{library.kind} library: {len(library.classes)} classes, {sum(len(c.membe
 # set and the settings (`avs pretrain-audio` runs the same thing from the command line).
 
 # %%
+# seed 0, not the notebook's seed: the encoder `avs train` uses, so both find it in the same cache
 config = PretrainConfig(steps=encoder_epochs * STEPS_PER_EPOCH, dim=audio_dim, seed=0)
 encoder, classes, record = pretrained_encoder(data_root, cache, config, progress=True)
-encoder_id = _encoder_id(encoder)
+identifier = encoder_id(encoder)
 pretraining_curves(record["history"], Path(run_dir) / "figures" / "pretraining_loss.png");
 print(f"{config.steps} steps of {config.batch_size} windows took {record['seconds']:.0f} s; "
       f"final BCE {record['history'][-1]['bce']:.3f}, parts term {record['history'][-1]['parts']:.3f}")
@@ -97,7 +98,7 @@ print(f"{config.steps} steps of {config.batch_size} windows took {record['second
 # $$x^c_{\text{rep},j} = \operatorname*{arg\,top\text{-}m}_{x\in C^c_j}\ -\lVert x-\mu^c_j\rVert_2 \quad\text{(Eq. 4)}.$$
 
 # %%
-memory = build_world_memory(data_root, encoder, encoder_id, cache, k=k, m=m, seed=seed, progress=True)
+memory = build_world_memory(data_root, encoder, identifier, cache, k=k, m=m, seed=seed, progress=True)
 print(f"{len(classes)} classes, centroids {tuple(memory.centroids.shape)}, sub-centroids {tuple(memory.subcentroids.shape)}, "
       f"discriminative features {tuple(memory.features.shape)}")
 
@@ -154,5 +155,4 @@ metrics = {"classes": len(classes), "k": k, "m": m, "nearest_centroid_accuracy":
 for split in ("val", "test"):
     if "accuracy_heldout_members" in results[split]:
         metrics[f"heldout_members_accuracy_{split}"] = results[split]["accuracy_heldout_members"]
-Path(run_dir, "metrics.json").write_text(json.dumps(metrics, indent=1))
-metrics
+save_metrics(run_dir, metrics)

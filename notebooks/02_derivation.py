@@ -46,7 +46,6 @@ seed = 0
 run_dir = ""  # empty: runs/notebooks/02_derivation/ under the repository root
 
 # %%
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -62,6 +61,7 @@ from avs_lib.features import prepare_audio_encoder
 from avs_lib.paths import notebook_paths
 from avs_lib.plots import recall_curve, token_map
 from avs_lib.pretrain import world_setup
+from avs_lib.runs import save_metrics
 from avs_lib.train import train_or_load
 from avs_lib.widgets import derivation_explorer, source_recordings
 
@@ -173,5 +173,4 @@ metrics = {"K": K, "recall_at_K": at_k["recall"], "recall_on_screen_at_K": at_k[
            "chance_at_K": K / len(classes), "recall_curve": [r["recall"] for r in recalls]}
 if ceiling:
     metrics.update(ceiling_at_K=ceiling[K - 1], ceiling_curve=ceiling)
-Path(run_dir, "metrics.json").write_text(json.dumps(metrics, indent=1))
-metrics
+save_metrics(run_dir, metrics)

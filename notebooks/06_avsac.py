@@ -48,13 +48,16 @@ prepared = prepare(base)
 
 # %% [markdown]
 # ## The three models
-# AVSAC's loss is Focal + Dice on the mask plus, weighted by $\lambda$, the frame-wise synchrony
-# term (AVSAC Eq. 4, `avs_lib.losses.avfs_loss`):
+# AVSAC's loss (AVSAC Eq. 5, `avs_lib.losses.avsac_loss`) is Focal + Dice on the mask plus,
+# weighted by $\lambda$ (`avfs_weight`), the frame-wise synchrony term (AVSAC Eq. 4,
+# `avs_lib.losses.avfs_loss`):
 #
-# $$\mathcal{L}_{AVFS} = \mathrm{KL}\big(\mathrm{softmax}(F_a)\,\|\,\mathrm{softmax}(F_{AGV})\big),$$
+# $$\mathcal{L} = \mathcal{L}_{Focal} + \mathcal{L}_{Dice} + \lambda\,\mathcal{L}_{AVFS},\qquad
+# \mathcal{L}_{AVFS} = \mathrm{KL}\big(\mathrm{softmax}(F_a)\,\|\,\mathrm{softmax}(F_{AGV})\big),$$
 #
 # computed per frame between the projected audio feature and the last decoder layer's audio-guided
-# visual features. $\lambda = 0$ trains the same decoder without it. DDESeg (full: derivation,
+# visual features: $F_a$ is repeated over the $L$ visual positions and each softmax runs over the
+# flattened $L \cdot d$ values, so both sides are one distribution per frame. $\lambda = 0$ trains the same decoder without it. DDESeg (full: derivation,
 # enhancement, elimination) is trained on the same frames with the same seed and epochs.
 # Each run is trained once: a second Run All reuses the models in the run folder.
 

@@ -1,7 +1,8 @@
 """Audio encoders: one F_a per 1 s frame.
 
-* ``SmallAudioEncoder``: a 4-block CNN over one 0.96 s VGGish log-mel example, trained by the
-  workbench on the single-source (S4) clips of a composed world, then frozen. It plays the role of
+* ``SmallAudioEncoder``: a 4-block CNN over one 0.96 s VGGish log-mel example, then frozen. For a
+  composed world it is pretrained on the world's stream of mixtures (``avs_lib.pretrain``); for a
+  dataset without the world's asset library (AVSBench) it is trained on the S4 training clips. It plays the role of
   the paper's "pre-trained foundation model" in the default world, where no real checkpoint exists.
 * ``VGGish``: the architecture of torchvggish; ``load_vggish(path)`` reads a local
   ``vggish-10086976.pth``-style state dict (keys ``features.N``/``embeddings.N``), strictly.
@@ -120,7 +121,7 @@ def load_audio_encoder(path: str | Path, device: str = "cpu") -> tuple[SmallAudi
     """(frozen encoder, class names) from a file of ``save_audio_encoder``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"audio encoder {path} does not exist; `avs encoder` (or notebook 01) trains it")
+        raise FileNotFoundError(f"audio encoder {path} does not exist; `avs pretrain-audio` (or `avs train`, notebook 01) writes it")
     blob = torch.load(path, map_location=device, weights_only=False)
     # files written before the architecture was saved hold the default network
     arch = blob.get("arch") or {"dim": blob["dim"], "num_classes": len(blob["class_names"])}

@@ -31,8 +31,8 @@ Table 4's schemes (``scheme``): ``"none"`` (tokens pass unchanged), ``"fc"`` (S 
 ``"ca_fc"`` (cross-attention over all N visual features, then FC + sigmoid), ``"softkmeans_ca_fc"``
 (soft assignment without Gumbel noise), ``"gumbel_ca_fc"`` (the paper's full module, default).
 
-``ReleasedAligner`` is what the authors' code runs at each of the four stages instead (notes in
-DESIGN.md, "DDESeg: equation to code"): the printed Eq. 14 reconstruction with randn centres and a
+``ReleasedAligner`` is what the authors' code runs at each of the four stages instead (the README's
+"Notes and choices", from the authors' released code): the printed Eq. 14 reconstruction with randn centres and a
 soft Gumbel-softmax at tau 1; audio-query cross-attention over the reconstruction (q/k/v without
 bias, no output projection); a Linear(C, 1) score per token with a softmax over the K tokens; the
 K tokens pooled into one with those weights; and the visual tokens gated by a sigmoid attention to

@@ -48,7 +48,7 @@ def read_state_dict(source, what: str = "checkpoint") -> dict[str, torch.Tensor]
         path = Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"{what} {path} does not exist; download it (see the README, "
-                                    "'Pretrained weights') and pass its local path")
+                                    "'Models') and pass its local path")
         try:
             source = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError for broken files
