@@ -49,7 +49,7 @@ import pandas as pd
 import torch
 
 from avs_lib.analysis import (elimination_analysis, elimination_auc, stage_token_scores, tau_sweep,
-                              token_categories)
+                              token_categories, token_separation)
 from avs_lib.config import load_config
 from avs_lib.data.transforms import normalise_images
 from avs_lib.paths import notebook_paths
@@ -137,6 +137,24 @@ spread
 # A per-frame gate, one score for all tokens, has all three columns near 0; values of the order of
 # the scores themselves mean the frame's tokens are weighed differently.
 #
+# ## Is there anything to choose between?
+#
+# Scores that do not differ may be the module's failure, or the loss's indifference: if the K
+# tokens derivation gives a frame are nearly one vector, keeping or dropping one changes little
+# for the segmentation loss. `avs_lib.analysis.token_separation` measures it on the test frames:
+# the mean distance between two tokens of one frame, the tokens' norm, and the mean distance
+# between the mean tokens of two frames (after Eq. 8, `derived`, and after Eq. 12, `enhanced`,
+# the tokens that elimination scores).
+
+# %%
+separation = token_separation(model, test)
+pd.DataFrame(separation).T
+
+# %% [markdown]
+# A within-frame distance far below the between-frame one (a small `ratio`) says the frame's tokens
+# are variations of one audio feature: the frame's sound moves them together, its sources barely
+# move them apart.
+#
 # ## Elimination against the truth (Eq. 17)
 #
 # The scores weaken the tokens (`avs_lib.models.ddeseg.DDESeg.forward`):
@@ -195,5 +213,5 @@ metrics = {"auc": result["auc"], "positives": result["positives"], "negatives": 
            "within_frame": {stage: a["within_frame"] for stage, a in analysis.items()},
            "pooled_auc": {stage: a["pooled"]["auc"] for stage, a in analysis.items()},
            "spread": {stage: a["spread"] for stage, a in analysis.items()},
-           "variant": variant, "capacity_check": capacity_check}
+           "token_separation": separation, "variant": variant, "capacity_check": capacity_check}
 save_metrics(run_dir, metrics)
