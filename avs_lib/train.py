@@ -322,6 +322,7 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
         log = state["log"] if "log" in state else _legacy_log(log_path, state["epoch"] + 1)
         if main:
             _write_log(log_path, log)  # the lines of the checkpoint's epochs, no more, no fewer
+            print(f"resuming {out_dir} from last.pt after epoch {start_epoch} of {config.epochs}", flush=True)
     tracker = Tracker(out_dir, config.tracking, asdict(config), purge_step=start_epoch * steps_per_epoch) if main else None
     try:
         for epoch in range(start_epoch, config.epochs):

@@ -78,8 +78,10 @@ def test_any_unknown_scheme_is_refused(name):
 def test_every_shipped_config_reads():
     from pathlib import Path
 
-    for path in sorted(Path(__file__).parents[1].glob("configs/*.yaml")):
-        load_config(path)
+    paths = sorted(Path(__file__).parents[1].glob("configs/*.yaml"))
+    assert {"tiny_world.yaml", "ablation_world.yaml", "ddeseg_b5_ms3.yaml"} <= {p.name for p in paths}
+    for path in paths:
+        assert load_config(path).model in ("ddeseg", "baseline", "avsac")
 
 
 def test_keyword_values_are_checked_and_named(tmp_path):

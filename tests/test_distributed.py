@@ -106,6 +106,8 @@ def test_elastic_restart_resumes_from_last_checkpoint(setting, two_nodes):
     for agent in agents:
         assert agent.returncode == 0, agent.stderr[-3000:]
     assert (out / ".fault-injected").exists() and sum("exitcode: -9" in a.stderr for a in agents) == 1  # the kill
+    # the restarted group read last.pt (killed in epoch 2, so it resumes after epoch 1), not a fresh start
+    assert sum(f"resuming {out} from last.pt after epoch 1 of" in a.stdout + a.stderr for a in agents) == 1
     uninterrupted, restarted = _weights(two_nodes[0]), _weights(out)
     for name in uninterrupted:  # the same world size: the same arithmetic, bit for bit
         assert torch.equal(restarted[name], uninterrupted[name]), name

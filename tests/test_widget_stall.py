@@ -23,7 +23,12 @@ REPEATS = 20  # at a 1-in-8 stall rate, 20 runs miss every stall with probabilit
 
 def test_no_output_widget_or_interact_in_library_or_notebooks():
     sources = list((ROOT / "avs_lib").rglob("*.py")) + list((ROOT / "notebooks").glob("*.py"))
-    pattern = re.compile(r"\bOutput\s*\(|(?<![\w.])interact(ive|_manual)?\s*\(|import .*\binteract")
+    # widgets.Output(...), interact / interactive / interact_manual called, decorated or imported
+    pattern = re.compile(r"\bOutput\s*\(|\bimport\b.*\bOutput\b|(?<!\w)interact(ive|_manual)?\s*\(|@(\w+\.)?interact"
+                         r"|\bimport\b.*\binteract")
+    for stalls in ("widgets.interact(f, k=1)", "@interact", "@widgets.interact(x=1)", "w = widgets.interactive(f)",
+                   "from ipywidgets import Output", "out = widgets.Output()", "from ipywidgets import interact"):
+        assert pattern.search(stalls), stalls  # the pattern catches every spelling
     offenders = [f"{p.relative_to(ROOT)}:{n + 1}" for p in sources
                  for n, line in enumerate(p.read_text().splitlines())
                  if not line.lstrip().startswith("#") and pattern.search(line)]
