@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -181,7 +180,6 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     jobs = plan(seeds, table4_seeds, settings)
     test = prepared.test
     test_clips = len(set(test.clips))
-    seconds = {}
     for setting, seed in tqdm(jobs, desc="ablation runs", disable=not progress):
         run_dir = out / run_dir_name(setting, seed)
         config = setting_config(base_config, setting, seed, run_dir)
@@ -193,13 +191,13 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
                                  "or remove that folder")
         if (run_dir / "metrics.json").exists():
             continue
-        start = time.time()
         train(config, prepared)
-        seconds[f"{setting} seed {seed}"] = time.time() - start
-    rows = []
+    rows, seconds = [], {}
     for setting, seed in jobs:
         metrics = json.loads((out / run_dir_name(setting, seed) / "metrics.json").read_text())
         rows.append({"setting": setting, "seed": seed, **{k: metrics["test"][k] for k in METRICS}})
+        # the run's own record of its training epochs (validation and test not included), kept by reused runs
+        seconds[f"{setting} seed {seed}"] = sum(epoch["seconds"] for epoch in metrics["history"])
     # trivial baselines: every pixel foreground; the full model with its audio zeroed at test time
     foreground = all_foreground(test, base_config.convention, base_config.eval_batch_size)
     rows.append({"setting": "trivial: all foreground", "seed": -1, **{k: foreground[k] for k in METRICS}})
@@ -309,7 +307,7 @@ def plot_ablation(intervals: pd.DataFrame, elimination: dict[str, list[dict]], p
     from avs_lib.plots import _pyplot
 
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6), gridspec_kw={"width_ratios": [1.3, 1.3, 1]})
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.6), gridspec_kw={"width_ratios": [1.3, 1.3, 1.2]})
     order = [s for s in [*TABLE3, *[v for v in TABLE4.values() if v not in TABLE3], *EXTRA,
                          "trivial: all foreground", "trivial: full, audio zeroed"] if s in set(intervals.setting)]
     data = intervals.set_index("setting").loc[order]
@@ -321,6 +319,11 @@ def plot_ablation(intervals: pd.DataFrame, elimination: dict[str, list[dict]], p
     ax.set_yticks(y, order, fontsize=8)
     ax.set_xlabel("test J&F (%), mean and 95 % interval over seeds")
     ax.set_title("settings")
+    from matplotlib.patches import Patch
+
+    ax.legend(handles=[Patch(color="#3b75af", label="Tables 3 and 4"), Patch(color="#c0504d", label="other readings, capacity check"),
+                       Patch(color="#999999", label="trivial baselines")], fontsize=7, loc="upper center",
+              bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
     ax = axes[1]
     has = data["diff"].notna() if "diff" in data else pd.Series(False, index=order)
     d = data[has]
@@ -337,6 +340,7 @@ def plot_ablation(intervals: pd.DataFrame, elimination: dict[str, list[dict]], p
     stages = sorted({k for runs in elimination.values() for r in runs for k in r["stages"]},
                     key=lambda s: (s == "combined", s))
     width = 0.8 / max(1, len(names))
+    labelled = set()
     for i, name in enumerate(names):
         for j, stage in enumerate(stages):
             values = [r["stages"][stage]["within_frame"] for r in elimination[name] if stage in r["stages"]]
@@ -345,18 +349,19 @@ def plot_ablation(intervals: pd.DataFrame, elimination: dict[str, list[dict]], p
                 continue
             x = j + (i - (len(names) - 1) / 2) * width
             ax.bar(x, np.mean([v["auc"] for v in values]), width, color=plt.cm.tab10(i % 10),
-                   label=name if j == 0 else None)
+                   label=None if name in labelled else name)
+            labelled.add(name)
             for v in values:
                 ax.plot([x, x], v["ci95"], color="k", lw=0.7)
     ax.axhline(0.5, color="k", lw=0.8, ls="--")
     ax.set_xticks(range(len(stages)), stages, fontsize=8)
     ax.set_ylim(0, 1)
-    ax.set_ylabel("within-frame AUC (bars: seed mean; lines: 95 % CI per seed)")
-    ax.set_title("do the scores choose within a frame?")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.set_ylabel("within-frame AUC (bar: mean over seeds, line: each seed's 95 % CI)", fontsize=8)
+    ax.set_title("do the scores choose within a frame?\n(dashed: 0.5, no choice)", fontsize=11)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, frameon=False)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
