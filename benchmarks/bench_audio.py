@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from avs_lib.audio_eval import encode, frame_audio, mixture_recall, nearest_centroid  # noqa: E402
-from avs_lib.features import _encoder_id, build_world_memory  # noqa: E402
+from avs_lib.features import build_world_memory, encoder_id  # noqa: E402
 from avs_lib.paths import workbench_path  # noqa: E402
 from avs_lib.pretrain import STEPS_PER_EPOCH, PretrainConfig, pretrained_encoder, world_setup  # noqa: E402
 from avs_lib.world.compose import heldout_member_names  # noqa: E402
@@ -50,8 +50,8 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     library, world = world_setup(root)
     heldout = {m for names in heldout_member_names(library, world).values() for m in names}
-    encoder_id = _encoder_id(encoder)
-    memory = build_world_memory(root, encoder, encoder_id, cache, k=args.k, m=5)
+    identifier = encoder_id(encoder)
+    memory = build_world_memory(root, encoder, identifier, cache, k=args.k, m=5)
 
     s4 = frame_audio(root, "s4", "test")
     s4_embeddings, _ = encode(encoder, s4.log_mels)

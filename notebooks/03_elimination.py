@@ -211,6 +211,8 @@ tau_auc
 metrics = {"auc": result["auc"], "positives": result["positives"], "negatives": result["negatives"],
            "auc_by_tau": {str(k): v for k, v in tau_auc.items()},
            "within_frame": {stage: a["within_frame"] for stage, a in analysis.items()},
+           "within_frame_offscreen": {stage: a["within_frame_offscreen"] for stage, a in analysis.items()},
+           "within_frame_silent": {stage: a["within_frame_silent"] for stage, a in analysis.items()},
            "pooled_auc": {stage: a["pooled"]["auc"] for stage, a in analysis.items()},
            "spread": {stage: a["spread"] for stage, a in analysis.items()},
            "token_separation": separation, "variant": variant, "capacity_check": capacity_check}

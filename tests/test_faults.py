@@ -354,8 +354,14 @@ def test_stop_resume_tensorboard_and_eval_through_the_cli(world, tmp_path, capsy
     assert {"train/loss", "train/lr", "train/epoch_loss", "val/J", "val/F", "val/JF"} <= set(tags["scalars"])
     log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
     # one point per epoch, none doubled by the resume, each equal to the epoch's log line
-    assert [round(e.value, 5) for e in events.Scalars("val/JF")] == [round(r["val"]["JF"], 5) for r in log]
-    losses = [e.value for e in events.Scalars("train/loss")]
+    # in step order: the two event files (first run, resumed run) are read in the order of their names,
+    # which for two files opened in the same second is the order of their process ids
+    def by_step(tag):
+        return sorted(events.Scalars(tag), key=lambda e: e.step)
+
+    assert [e.step for e in by_step("train/loss")] == list(range(sum(len(r["losses"]) for r in log)))
+    assert [round(e.value, 5) for e in by_step("val/JF")] == [round(r["val"]["JF"], 5) for r in log]
+    losses = [e.value for e in by_step("train/loss")]
     np.testing.assert_allclose(losses, [x for r in log for x in r["losses"]], rtol=1e-6)
     assert len(events.Images("val/masks")) == 2
 
