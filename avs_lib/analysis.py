@@ -116,15 +116,20 @@ def elimination_auc(model, frames: FrameSet, device: str = "cpu") -> dict:
 
 
 @torch.no_grad()
+def _outputs(model, frames: FrameSet, device: str, batch_size: int):
+    """The model's outputs on ``frames`` in eval mode, one batch at a time."""
+    model.eval()
+    for start in range(0, len(frames), batch_size):
+        yield model(normalise_images(frames.images[start:start + batch_size].to(device)),
+                    frames.audio[start:start + batch_size].to(device))
+
+
 def stage_token_scores(model, frames: FrameSet, device: str = "cpu",
                        batch_size: int = 32) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(class indices [N, K], {"stage 2": scores [N, K], ..., "combined": [N, K]}) of a DDESeg model in
     eval mode. "combined" is ``DDESegOutput.scores``: the weight a token carries into the last stage."""
-    model.eval()
     classes, scores = [], {}
-    for start in range(0, len(frames), batch_size):
-        out = model(normalise_images(frames.images[start:start + batch_size].to(device)),
-                    frames.audio[start:start + batch_size].to(device))
+    for out in _outputs(model, frames, device, batch_size):
         if out.derivation is None or out.scores is None:
             raise ValueError("the model has no derivation or no elimination: nothing to score")
         classes.append(out.derivation.class_indices.cpu())
@@ -196,15 +201,11 @@ def separation_of_tokens(tokens: torch.Tensor) -> dict:
             "ratio": float(within / between), "frames": n, "tokens": k}
 
 
-@torch.no_grad()
 def token_separation(model, frames: FrameSet, device: str = "cpu", batch_size: int = 32) -> dict:
     """``separation_of_tokens`` of a DDESeg model's derived tokens on ``frames`` (eval mode): ``derived``
     after Eq. 8, ``enhanced`` after Eq. 12 (the tokens that elimination scores and fusion reads)."""
-    model.eval()
     derived, enhanced = [], []
-    for start in range(0, len(frames), batch_size):
-        out = model(normalise_images(frames.images[start:start + batch_size].to(device)),
-                    frames.audio[start:start + batch_size].to(device))
+    for out in _outputs(model, frames, device, batch_size):
         if out.derivation is None:
             raise ValueError("the model has no derivation: it has no tokens to compare")
         derived.append(out.derivation.derived.float().cpu())

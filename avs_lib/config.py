@@ -230,7 +230,8 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file() and not path.is_absolute():
         from avs_lib.paths import workbench_path  # paths imports nothing of avs_lib at import time
 
-        path = workbench_path(path) if workbench_path(path).is_file() else path
+        from_root = workbench_path(path)
+        path = from_root if from_root.is_file() else path
     if not path.is_file():
         raise ConfigError(f"config {path} does not exist (see configs/ for examples)")
     try:

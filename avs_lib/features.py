@@ -219,28 +219,12 @@ def load_memory_file(path: str | Path, config) -> SemanticMemory:
     its feature size must be ``audio_dim`` and its (k, m) the config's k and m (the model takes its
     sizes from the memory, so a silent difference would change the model). DDESeg's released bank
     (``.npy``) has k = 1 and its m (5 in ``1s_k5_feabank.npy``): train with ``k=1 m=5``. The classes
-    are checked by ``check_memory_classes`` once the encoder has named them."""
+    are checked by ``load_memory`` once the encoder has named them (``prepare``)."""
     memory = load_memory(path, dim=config.audio_dim)
     if (memory.k, memory.m) != (config.k, config.m):
         raise ConfigError(f"memory_file={path} holds a memory with k={memory.k}, m={memory.m}, but the config says "
                           f"k={config.k}, m={config.m}; set k={memory.k} m={memory.m} (the model takes its sizes from "
                           "the memory)")
-    return memory
-
-
-def check_memory_classes(memory: SemanticMemory, path: str | Path, classes: list[str]) -> SemanticMemory:
-    """``memory`` with the data's classes, in their order. A released bank's 'background' row is left
-    out when the data has no background class (the workbench's own memories have none)."""
-    names = list(memory.class_names)
-    if names and names[0] == "background" and "background" not in classes and memory.meta.get("layout") == "released":
-        memory = SemanticMemory(memory.centroids[1:], memory.subcentroids[1:], memory.features[1:], names[1:],
-                                memory.inertia[1:], {**memory.meta, "drop_background": True})
-        names = names[1:]
-    if names != list(classes):
-        missing, extra = sorted(set(classes) - set(names)), sorted(set(names) - set(classes))
-        raise ConfigError(f"memory_file={path}: its classes do not match the data's: missing {missing}, extra {extra}"
-                          f"{' (same classes, another order)' if not missing and not extra else ''}; use a memory "
-                          "built for this dataset, or leave memory_file unset to build one")
     return memory
 
 
@@ -265,8 +249,9 @@ def prepare(config, progress: bool = False) -> Prepared:
     given = load_memory_file(memory_file, config) if memory_file else None  # checked before the encoder's minutes
     encoder, classes, encoder_id = audio_encoder_from_spec(config.audio_encoder, memory_root, cache, config.audio_dim,
                                                            config.encoder_epochs, progress=progress)
-    if given is not None:
-        memory = check_memory_classes(given, memory_file, classes)
+    if given is not None:  # read again, now with the data's classes (a memory file is small)
+        memory = load_memory(memory_file, class_names=classes, dim=config.audio_dim,
+                             drop_background="background" not in classes)
     else:
         memory = build_world_memory(memory_root, encoder, encoder_id, cache, config.k, config.m, seed=0,
                                     progress=progress)

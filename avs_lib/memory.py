@@ -262,16 +262,17 @@ def _read_header(path: Path, data) -> dict:
 
 
 def load_memory(path: str | Path, class_names: list[str] | None = None, dim: int | None = None,
-                device: torch.device | str = "cpu") -> SemanticMemory:
+                device: torch.device | str = "cpu", drop_background: bool = False) -> SemanticMemory:
     """Load a memory file, verified: the header (format, version, the memory's config) is read and
     checked before any array, then the arrays against the header's shapes and checksum. When the
     model's classes or feature size are given, they must match. Every way the file can be unusable
     is one ``MemoryFileError`` (a ValueError) that names the file and says how to rebuild it.
     Version 1 files (before the checksum) are read with their structure checked.
-    A ``.npy`` file is DDESeg's released bank (``load_released_bank``, with ``label2idx.json``)."""
+    A ``.npy`` file is DDESeg's released bank (``load_released_bank``, with ``label2idx.json``;
+    ``drop_background`` leaves its background row out; the workbench's own files have none)."""
     path = Path(path)
     if path.suffix == ".npy":
-        return load_released_bank(path, class_names=class_names, dim=dim, device=device)
+        return load_released_bank(path, class_names=class_names, dim=dim, device=device, drop_background=drop_background)
     if not path.exists():
         raise FileNotFoundError(f"{path}: semantic memory file not found; build one with build_semantic_memory and save_memory")
     if path.stat().st_size == 0:
