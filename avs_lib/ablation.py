@@ -29,7 +29,12 @@ import torch
 from avs_lib.report import markdown_table, summarise
 
 CAPACITY = "capacity check (outside the paper)"
+FLOOR, CEILING = "floor: zero audio", "ceiling: oracle audio"
 SETTINGS = {
+    # the window (avs_lib.evaluation.headroom): full DDESeg trained without sound, and with the classes
+    # sounding on screen as its audio input (avs_lib.features.OracleAudio)
+    FLOOR: dict(model="ddeseg", ablation="full", zero_audio=True),
+    CEILING: dict(model="ddeseg", ablation="full", audio_encoder="oracle"),
     "baseline": dict(model="ddeseg", ablation="baseline"),
     "+derivation": dict(model="ddeseg", ablation="derivation"),
     "+enhancement": dict(model="ddeseg", ablation="enhancement"),
@@ -43,6 +48,7 @@ SETTINGS = {
     CAPACITY: dict(model="ddeseg", ablation="full", capacity_check=1.0),
 }
 TABLE3 = ["baseline", "+derivation", "+enhancement", "full", "full (released)", "avsac"]
+WINDOW = [FLOOR, CEILING]  # run with Table 3's seeds
 TABLE4 = {"none": "+enhancement", "FC+sigmoid": "FC+sigmoid", "CA+FC+sigmoid": "CA+FC+sigmoid",
           "SK+CA+FC+sigmoid": "SK+CA+FC+sigmoid", "GS+CA+FC+sigmoid": "full"}
 EXTRA = ["full (first reading)", CAPACITY]  # run with Table 4's seeds
@@ -54,10 +60,10 @@ def run_dir_name(setting: str, seed: int) -> str:
 
 
 def plan(seeds=(0, 1, 2, 3, 4), table4_seeds=(0, 1, 2), settings: list[str] | None = None) -> list[tuple[str, int]]:
-    """(setting, seed) for every run: Table 3 rows with ``seeds``, Table 4's own rows and the first
+    """(setting, seed) for every run: the window's floor and ceiling and Table 3 rows with ``seeds``, Table 4's own rows and the first
     reading with ``table4_seeds``, the capacity check once (the first of ``table4_seeds``);
-    ``settings`` keeps only the rows named (the baseline is always run)."""
-    jobs = [(s, seed) for s in TABLE3 for seed in seeds]
+    ``settings`` keeps only the rows named (the baseline, floor and ceiling are always run)."""
+    jobs = [(s, seed) for s in WINDOW + TABLE3 for seed in seeds]
     jobs += [(s, seed) for s in [*TABLE4.values(), *EXTRA] if s not in TABLE3
              for seed in (table4_seeds[:1] if s == CAPACITY else table4_seeds)]  # the capacity check: trained once
     jobs += [(s, seed) for s in [*TABLE4.values()] if s in TABLE3 for seed in table4_seeds if (s, seed) not in jobs]
@@ -65,7 +71,7 @@ def plan(seeds=(0, 1, 2, 3, 4), table4_seeds=(0, 1, 2), settings: list[str] | No
         unknown = sorted(set(settings) - set(SETTINGS))
         if unknown:
             raise ValueError(f"unknown ablation settings {unknown}; choose from {list(SETTINGS)}")
-        jobs = [(s, seed) for s, seed in jobs if s in settings or s == "baseline"]
+        jobs = [(s, seed) for s, seed in jobs if s in settings or s in ("baseline", *WINDOW)]
     return list(dict.fromkeys(jobs))
 
 
@@ -177,6 +183,13 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     report_dir = Path(report_dir or out)
     report_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare(base_config, progress=progress)
+    by_audio = {base_config.audio_encoder: prepared}  # the ceiling's oracle inputs are prepared once
+
+    def prepared_for(config):
+        if config.audio_encoder not in by_audio:
+            by_audio[config.audio_encoder] = prepare(config, progress=progress)
+        return by_audio[config.audio_encoder]
+
     jobs = plan(seeds, table4_seeds, settings)
     test = prepared.test
     test_clips = len(set(test.clips))
@@ -191,7 +204,7 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
                                  "or remove that folder")
         if (run_dir / "metrics.json").exists():
             continue
-        train(config, prepared)
+        train(config, prepared_for(config))
     rows, seconds = [], {}
     for setting, seed in jobs:
         metrics = json.loads((out / run_dir_name(setting, seed) / "metrics.json").read_text())
@@ -204,7 +217,7 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     elimination: dict[str, list[dict]] = {}
     separation: dict[str, list[dict]] = {}
     for setting, seed in tqdm(jobs, desc="analyses", disable=not progress):
-        if setting in ("baseline", "avsac"):
+        if setting in ("baseline", "avsac", *WINDOW):
             continue
         model, config, _ = load_trained(out / run_dir_name(setting, seed) / "best.pt", prepared)
         separation.setdefault(setting, []).append({"seed": seed, **token_separation(model, test)})
@@ -228,7 +241,12 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     (report_dir / "analyses.json").write_text(json.dumps(analyses, indent=1))
     k_default = base_config.switches.get("num_tokens", 5)
     r5 = next(r for r in recall if r["K"] == k_default)
-    table3 = intervals[intervals.setting.isin(TABLE3 + ["trivial: all foreground", "trivial: full, audio zeroed"])]
+    table3 = intervals[intervals.setting.isin(WINDOW + TABLE3 + ["trivial: all foreground", "trivial: full, audio zeroed"])]
+    means = summary.set_index("setting")["JF mean"]
+    window = ([f"**The window**: floor (full DDESeg trained with zero audio) {100 * means[FLOOR]:.1f}, ceiling (full "
+               f"DDESeg with the oracle audio input) {100 * means[CEILING]:.1f}: headroom "
+               f"{100 * (means[CEILING] - means[FLOOR]):.1f} points of J&F. A setting can only move inside it.", ""]
+              if FLOOR in means and CEILING in means else [])
     table4 = intervals.set_index("setting").loc[[s for s in TABLE4.values() if s in set(intervals.setting)]].reset_index()
     extra = intervals[intervals.setting.isin(EXTRA)]
     warning = ([f"**Only {test_clips} test clips: below the 100 that a 2-point J&F gap needs; build a larger world "
@@ -237,7 +255,7 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
             f"{int(test.valid.sum())} frames)", "", *warning,
             f"J&F in % ({base_config.convention} convention), {base_config.epochs} epochs at {base_config.image_size} px, "
             f"{len(prepared.train)} training frames. 95 % intervals are Student-t intervals of the mean over seeds; "
-            "Δ is the paired difference against the baseline trained with the same seed.", "",
+            "Δ is the paired difference against the baseline trained with the same seed.", "", *window,
             f"## Table 3 (seeds {list(seeds)})", "", interval_markdown(table3), "",
             f"## Table 4, elimination schemes (seeds {list(table4_seeds)}; 'none' is +enhancement, "
             "'GS+CA+FC+sigmoid' is full)", "",

@@ -18,6 +18,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
@@ -238,3 +240,59 @@ def elimination_analysis(model, frames: FrameSet, device: str = "cpu", boot: int
                         "within_frame_silent": within_frame_auc(values, silent_labels, frames.clips, boot, seed),
                         "spread": score_spread(scores)}
     return result
+
+
+def object_regions(frames: FrameSet, index: int, source_size: int) -> dict[int, torch.Tensor]:
+    """{class: [S, S] bool} for each object sounding on screen in frame ``index``: the frame's
+    sounding mask inside that object's box (the world records a box per frame and source; the
+    binary mask alone does not say which object a pixel belongs to). ``source_size``: the side of
+    the world's frames, in which the boxes are given."""
+    record = frames.sources.get(frames.clips[index])
+    if record is None:
+        raise ValueError(f"clip {frames.clips[index]} has no sources record (real datasets do not know their sources)")
+    side = frames.masks.shape[-1]
+    scale = side / source_size
+    regions = {}
+    for source in record["sources"]:
+        if not (source["sounding"] and source["on_screen"]) or not source.get("bboxes"):
+            continue
+        x0, y0, x1, y1 = source["bboxes"][frames.frames[index]]
+        box = torch.zeros(side, side, dtype=torch.bool)
+        box[int(y0 * scale):max(int(y0 * scale) + 1, math.ceil(y1 * scale)),
+            int(x0 * scale):max(int(x0 * scale) + 1, math.ceil(x1 * scale))] = True
+        regions[source["class_index"]] = box & frames.masks[index].bool()
+    return regions
+
+
+def pointing_accuracy(model, frames: FrameSet, source_size: int, device: str = "cpu", batch_size: int = 32) -> dict:
+    """Does the fusion attend where the sound is? For each object sounding on screen, the last fusion
+    block's cross-attention map (mean over heads) of the token derived for its class is taken at
+    every stage; a hit is a map whose peak falls inside the object (``object_regions``). An object
+    whose class no token was derived for is a miss. Returns {"stage 1": accuracy, ...,
+    "derived": share of objects with a token of their class, "objects": n}."""
+    hits, objects, derived = {}, 0, 0
+    index = 0
+    for out in _outputs(model, frames, device, batch_size):
+        if out.derivation is None or not any(a is not None for a in out.attention):
+            raise ValueError("pointing needs a model with derived tokens and fusion cross-attention (DDESeg, "
+                             "variant='paper')")
+        classes = out.derivation.class_indices.cpu()
+        for b in range(classes.shape[0]):
+            for c, region in object_regions(frames, index + b, source_size).items():
+                objects += 1
+                tokens = (classes[b] == c).nonzero().flatten()
+                derived += int(len(tokens) > 0)
+                for stage, (attention, feature) in enumerate(zip(out.attention, out.features), 1):
+                    if attention is None:
+                        continue
+                    h, w = feature.shape[-2:]
+                    hit = False
+                    if len(tokens):
+                        peak = int(attention[b, :, tokens[0]].float().argmax())
+                        y = min(region.shape[0] - 1, int((peak // w + 0.5) * region.shape[0] / h))
+                        x = min(region.shape[1] - 1, int((peak % w + 0.5) * region.shape[1] / w))
+                        hit = bool(region[y, x])
+                    hits[f"stage {stage}"] = hits.get(f"stage {stage}", 0) + int(hit)
+        index += classes.shape[0]
+    result = {k: v / max(1, objects) for k, v in hits.items()}
+    return {**result, "derived": derived / max(1, objects), "objects": objects}

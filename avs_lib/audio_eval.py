@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from avs_lib.data.datasets import AVSDataset, load_sources
+from avs_lib.metrics import bootstrap_ci
 
 
 @dataclass
@@ -52,19 +53,6 @@ def encode(encoder, log_mels: np.ndarray, batch_size: int = 256) -> tuple[torch.
         if hasattr(encoder, "logits"):
             logits.append(encoder.logits(e))
     return torch.cat(embeddings), (torch.cat(logits) if logits else None)
-
-
-def bootstrap_ci(values: np.ndarray, groups: list[str], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile interval of the mean of ``values`` resampling whole groups (clips)."""
-    names = sorted(set(groups))
-    index = {g: i for i, g in enumerate(names)}
-    g = np.array([index[x] for x in groups])
-    sums = np.bincount(g, weights=values, minlength=len(names))
-    counts = np.bincount(g, minlength=len(names))
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(names), size=(n, len(names)))
-    means = sums[draws].sum(1) / counts[draws].sum(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def nearest_centroid(embeddings: torch.Tensor, audio: FrameAudio, centroids: torch.Tensor,

@@ -9,6 +9,23 @@ import time
 from pathlib import Path
 
 DEFAULT_WORLD_DIR = Path("data") / "default_world"
+DEFAULT_WORLD_CLIPS = "200"
+
+
+def clip_counts(text: str) -> tuple[int, dict[str, int]]:
+    """``--clips``: one number for every subset (``200``), or per subset with an optional default
+    (``s4=2000,ms3=2000,200``: 2000 s4 and ms3 clips, 200 of the others)."""
+    default, per_subset = 200, {}
+    for part in (p.strip() for p in str(text).split(",") if p.strip()):
+        name, _, count = part.rpartition("=")
+        if not count.isdigit() or int(count) < 1:
+            raise argparse.ArgumentTypeError(f"--clips {text!r}: each part is a positive number or SUBSET=NUMBER "
+                                             "(for example 200 or s4=2000,ms3=2000,200)")
+        if name:
+            per_subset[name] = int(count)
+        else:
+            default = int(count)
+    return default, per_subset
 
 
 def _cmd_world(args: argparse.Namespace) -> int:
@@ -16,8 +33,9 @@ def _cmd_world(args: argparse.Namespace) -> int:
     from avs_lib.world.compose import WorldConfig
     from avs_lib.world.write import write_world
 
+    clips, subset_clips = args.clips if isinstance(args.clips, tuple) else clip_counts(args.clips)
     cfg = WorldConfig(kind=args.kind, subsets=tuple(s.strip() for s in args.subsets.split(",") if s.strip()),
-                      clips=args.clips, size=args.size, seed=args.seed,
+                      clips=clips, subset_clips=subset_clips, size=args.size, seed=args.seed,
                       s4_offscreen=getattr(args, "s4_offscreen", False), holdout_members=getattr(args, "holdout_members", 0))
     library = load_library(cfg.kind, cfg.sample_rate, warn_on_fallback=False)  # the note below says it once
     if library.kind != cfg.kind:
@@ -268,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("world", help="compose an AVS world and write it in AVSBench/VPO layouts")
     w.add_argument("--kind", choices=["stamps", "procedural"], default="stamps", help="asset library (default: stamps)")
     w.add_argument("--subsets", default="s4,ms3,avss,msmi", help="comma-separated subsets (default: all four)")
-    w.add_argument("--clips", type=int, default=200, help="clips per subset (default: 200)")
+    w.add_argument("--clips", type=clip_counts, default="200", help="clips per subset: a number, or SUBSET=N parts with an optional "
+                                                  "default (s4=2000,ms3=2000,200); default: 200")
     w.add_argument("--size", type=int, default=128, help="frame side in pixels (default: 128)")
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--out", required=True, help="output folder")
@@ -296,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="the main job: build the default world (if needed), summarise it, run notebooks 00-05 "
                                         "with a run report")
     p.add_argument("--out", default=str(DEFAULT_WORLD_DIR))
-    p.add_argument("--clips", type=int, default=200)
+    p.add_argument("--clips", type=clip_counts, default=DEFAULT_WORLD_CLIPS,
+                   help=f"clips per subset of the default world (as avs world --clips; default: {DEFAULT_WORLD_CLIPS})")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=workers)

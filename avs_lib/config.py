@@ -55,13 +55,17 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     grad_clip: float = 1.0
+    backbone_lr_scale: float = 1.0  # the pretrained backbone's learning rate as a fraction of lr (fine-tuning practice: 0.1)
     avfs_weight: float = 1.0  # AVSAC only
     capacity_check: float = 0.0  # OUTSIDE THE PAPER: weight of an auxiliary on/off-screen loss on the elimination scores (0: off)
     flip: bool = True
+    validations_per_epoch: int = 1  # >1: also validate inside each epoch, for a finer learning curve (val J&F against frames seen)
     # running
     seed: int = 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
-    bf16: bool = True  # autocast on CUDA only
+    bf16: bool = True  # bf16 autocast on CUDA
+    cpu_bf16: bool = False  # bf16 autocast on CPU too (AVX512-BF16 / AMX CPUs; benchmarks/bench_train.py says whether it pays)
+    channels_last: bool = False  # NHWC weights and images (pays for CNN backbones with bf16 on CPU; see the README)
     eval_batch_size: int = 5
     convention: str = "per_frame"
     out: str = "runs/default"
@@ -82,7 +86,8 @@ class TrainConfig:
         "tracking": ("tensorboard", "wandb", "both", "none"),
     }
     POSITIVE: typing.ClassVar[tuple] = ("image_size", "audio_dim", "encoder_epochs", "k", "m", "epochs", "batch_size",
-                                        "lr", "eval_batch_size", "threads", "stop_after_epoch")
+                                        "lr", "eval_batch_size", "threads", "stop_after_epoch",
+                                        "validations_per_epoch", "backbone_lr_scale")
 
 
 # The model takes these sizes from the memory it is built with (``build_model(memory=...)``).

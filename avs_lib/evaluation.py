@@ -36,3 +36,52 @@ def evaluation_table(model, frames, config, device: torch.device | str = "cpu") 
     r = all_foreground(frames, config.convention, config.eval_batch_size)
     rows.append({"evaluation": f"{config.convention}, all foreground", "J": r["J"], "F": r["F"], "J&F": r["JF"]})
     return rows
+
+
+# ----------------------------------------------------------------------------- the window
+HEADROOM_ROWS = {"floor": "floor: zero audio (trained and tested without sound)",
+                 "model": "the model, its own audio encoder",
+                 "oracle-heard": "oracle, every heard class (perfect derivation, nothing eliminated)",
+                 "oracle": "ceiling: oracle, the classes sounding on screen"}
+
+
+def test_interval(model, frames, config, device: torch.device | str = "cpu") -> dict:
+    """Per-frame test J&F of ``model`` on ``frames`` with its 95 % interval over clips."""
+    from avs_lib.metrics import jf_with_interval
+    from avs_lib.train import predict
+
+    keep = frames.valid
+    logits = predict(model, frames, torch.device(device), bf16=config.bf16, zero_audio=config.zero_audio,
+                     cpu_bf16=config.cpu_bf16)
+    return jf_with_interval(logits[keep], frames.masks[keep], [c for c, k in zip(frames.clips, keep.tolist()) if k])
+
+
+def headroom(config, model, prepared, out_dir, rows: tuple[str, ...] = ("floor", "oracle"),
+             progress: bool = False) -> list[dict]:
+    """The window an experiment can see, as rows {"row", "what", "JF", "ci95", ...}: the floor (the
+    same training with the audio zeroed, ``zero_audio=true``), ``model`` itself (trained with
+    ``config``) and the oracles (the same training with ``audio_encoder=oracle`` / ``oracle-heard``,
+    ``avs_lib.features.OracleAudio``), each tested on the test split with a 95 % interval over clips.
+    Every extra row is trained once into ``<out_dir>/<row>`` and reused by a later call with the same
+    settings (``train_once``). Headroom = ceiling - floor; a comparison of settings that lands inside
+    a narrow window cannot come out any other way."""
+    from pathlib import Path
+
+    from avs_lib.features import prepare
+    from avs_lib.train import load_trained, train_once
+
+    table = [{"row": "model", "what": HEADROOM_ROWS["model"], **test_interval(model, prepared.test, config)}]
+    for row in rows:
+        if row == "floor":
+            variant, frames_for = replace(config, zero_audio=True), prepared
+        elif row in ("oracle", "oracle-heard"):
+            variant = replace(config, audio_encoder=row)
+            frames_for = prepare(variant, progress=progress)
+        else:
+            raise ValueError(f"headroom row {row!r}: choose from floor, oracle, oracle-heard")
+        variant = replace(variant, out=str(Path(out_dir) / row))
+        train_once(variant, frames_for)
+        trained, _, _ = load_trained(Path(variant.out) / "best.pt", frames_for)
+        table.append({"row": row, "what": HEADROOM_ROWS[row], **test_interval(trained, frames_for.test, variant)})
+    order = list(HEADROOM_ROWS)
+    return sorted(table, key=lambda r: order.index(r["row"]))

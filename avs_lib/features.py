@@ -63,6 +63,14 @@ def world_classes(root: str | Path) -> list[str]:
     return sorted({r.category for r in AVSDataset(root, "s4", "train").records})
 
 
+def world_frame_size(root: str | Path) -> int:
+    """The side in pixels of a composed world's frames (the size its sources' boxes are given in)."""
+    path = Path(root) / "world.json"
+    if not path.exists():
+        raise ValueError(f"{root} has no world.json: only a composed world records its frame size and sources")
+    return int(json.loads(path.read_text())["config"]["size"])
+
+
 class FileAudioEncoder(torch.nn.Module):
     """Wraps an encoder of log-mel examples loaded from a local file (``vggish:/path/vggish.pth``)."""
 
@@ -84,9 +92,67 @@ class FileAudioEncoder(torch.nn.Module):
         return self.net(log_mel)
 
 
+ORACLE_SPECS = {"oracle": "on screen", "oracle-heard": "heard"}
+
+
+class OracleAudio:
+    """An audio input that knows the answer: for each frame the multi-hot vector [C] of the classes
+    that sound on screen (``oracle``, the headroom's ceiling), or of every class heard, on screen or
+    off (``oracle-heard``: a perfect derivation with nothing eliminated), read from a composed world's
+    true sources (``*_sources.jsonl``). Outside DDESeg: an instrument that bounds what any audio
+    encoder could give a model on this data.
+
+    A deterministic Gaussian jitter (std ``jitter``, seeded by the clip's name and frame) keeps the
+    single-source features of a class from being identical, so that Eq. 3's sub-clusters exist.
+    Real datasets (AVSBench) record no sources: the oracle is refused there; on AVSS the classes in
+    the frame's semantic mask would give the on-screen oracle, which this workbench does not build."""
+
+    def __init__(self, spec: str, root: str | Path, jitter: float = 1e-3):
+        if spec not in ORACLE_SPECS:
+            raise ConfigError(f"audio_encoder={spec!r}: the oracles are {', '.join(ORACLE_SPECS)}")
+        self.spec, self.root, self.jitter = spec, Path(root), jitter
+        if not (self.root / "world.json").exists():
+            raise ConfigError(f"audio_encoder={spec}: {self.root} has no world.json, so no true sources: the oracle "
+                              "needs the sources a composed world records beside its metadata (*_sources.jsonl); "
+                              "AVSBench and VPO record none. Use a real encoder there (small, htsat:PATH, "
+                              "precomputed:DIR) or zero_audio=true for the floor")
+        self.classes = world_classes(self.root)
+        digest = hashlib.sha256(json.dumps(self.classes).encode())
+        for path in sorted(self.root.rglob("*sources.jsonl")):
+            digest.update(path.read_bytes())
+        self.identifier = f"{spec}-{digest.hexdigest()[:16]}"
+
+    def classes_of(self, record: dict) -> list[int]:
+        """Class indices the oracle reports for one clip's source record."""
+        heard = self.spec == "oracle-heard"
+        return sorted({s["class_index"] for s in record["sources"] if s["sounding"] and (heard or s["on_screen"])})
+
+    def embed(self, dataset: AVSDataset) -> np.ndarray:
+        """[N, C] float32: one row per record of ``dataset``."""
+        sources = load_sources(dataset.root, dataset.layout,
+                               **{k: v for k, v in dataset.layout_kwargs.items() if k == "vpo_subset"})
+        if not sources:
+            raise ConfigError(f"audio_encoder={self.spec}: {dataset.root} records no true sources for layout "
+                              f"{dataset.layout!r}; the oracle needs them (composed worlds write them)")
+        rows = np.zeros((len(dataset.records), len(self.classes)), np.float32)
+        for i, record in enumerate(dataset.records):
+            if record.clip not in sources:
+                raise ConfigError(f"audio_encoder={self.spec}: clip {record.clip} has no line in the sources of "
+                                  f"{dataset.root} ({dataset.layout}); rebuild the world")
+            rows[i, self.classes_of(sources[record.clip])] = 1.0
+            seed = int.from_bytes(hashlib.sha256(f"{record.clip}/{record.frame}".encode()).digest()[:8], "little")
+            rows[i] += self.jitter * np.random.default_rng(seed).standard_normal(len(self.classes)).astype(np.float32)
+        return rows
+
+
 def audio_encoder_from_spec(spec: str, root: str | Path, cache_dir: str | Path, dim: int, epochs: int,
                             progress: bool = False):
-    """(encoder, class names, encoder id) for ``spec``: 'small' trains the world's encoder."""
+    """(encoder, class names, encoder id) for ``spec``: 'small' trains the world's encoder; 'oracle'
+    and 'oracle-heard' read the world's true sources (``OracleAudio``; their size is the number of
+    classes, whatever ``dim`` says)."""
+    if spec in ORACLE_SPECS:
+        oracle = OracleAudio(spec, root)
+        return oracle, oracle.classes, oracle.identifier
     if spec == "small":
         return prepare_audio_encoder(root, cache_dir, dim, epochs, seed=0, progress=progress)
     if spec.startswith("precomputed:"):
@@ -148,7 +214,10 @@ def prepare_audio_encoder(root: str | Path, cache_dir: str | Path, dim: int = 12
 
 def frame_embeddings(dataset: AVSDataset, encoder, encoder_id: str, cache_dir: str | Path, progress: bool = False) -> np.ndarray:
     """F_a of every record [N, d]: row ``frame`` of the clip's file for precomputed embeddings, else
-    the encoder over the frame's log-mel, through the embedding cache."""
+    the encoder over the frame's log-mel, through the embedding cache; the oracle's rows from the
+    world's true sources."""
+    if isinstance(encoder, OracleAudio):
+        return encoder.embed(dataset)
     if isinstance(encoder, PrecomputedEmbeddings):
         rows = []
         for record in dataset.records:

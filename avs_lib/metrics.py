@@ -44,19 +44,55 @@ def _f_beta(precision, recall):
     return torch.nan_to_num(f, nan=0.0) if isinstance(f, torch.Tensor) else np.nan_to_num(f)
 
 
-def _binary(logits: torch.Tensor, masks: torch.Tensor, convention: str, batch_size: int) -> dict:
+def _areas(logits: torch.Tensor, masks: torch.Tensor):
     masks = masks.float()
     probabilities = torch.sigmoid(logits.float())
     predictions = (probabilities > 0.5).float()
     inter = (predictions * masks).flatten(1).sum(1)
     pred_area, gt_area = predictions.flatten(1).sum(1), masks.flatten(1).sum(1)
+    return masks, probabilities, predictions, inter, pred_area, gt_area
+
+
+def per_frame_scores(logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(J [N], F [N]) of binary logits [N, H, W] in the per-frame convention (see the module docstring)."""
+    _, _, _, inter, pred_area, gt_area = _areas(logits, masks)
+    empty = gt_area == 0
+    union = pred_area + gt_area - inter
+    iou = torch.where(empty, (pred_area == 0).float(), inter / union.clamp_min(1))
+    precision, recall = inter / pred_area.clamp_min(1), inter / gt_area.clamp_min(1)
+    f = torch.where(empty, (pred_area == 0).float(), _f_beta(precision, recall))
+    return iou, f
+
+
+def bootstrap_ci(values: np.ndarray, groups: list[str], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile interval of the mean of ``values`` resampling whole groups (clips)."""
+    names = sorted(set(groups))
+    index = {g: i for i, g in enumerate(names)}
+    g = np.array([index[x] for x in groups])
+    sums = np.bincount(g, weights=values, minlength=len(names))
+    counts = np.bincount(g, minlength=len(names))
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(names), size=(n, len(names)))
+    means = sums[draws].sum(1) / counts[draws].sum(1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def jf_with_interval(logits: torch.Tensor, masks: torch.Tensor, clips: list[str], n: int = 2000, seed: int = 0) -> dict:
+    """Per-frame J&F of binary logits with its 95 % interval resampling whole clips (frames of a
+    clip are not independent): {"JF", "ci95", "frames", "clips"}."""
+    j, f = per_frame_scores(logits, masks)
+    jf = ((j + f) / 2).numpy().astype(np.float64)
+    return {"JF": float(jf.mean()), "ci95": bootstrap_ci(jf, list(clips), n=n, seed=seed), "frames": len(jf),
+            "clips": len(set(clips))}
+
+
+def _binary(logits: torch.Tensor, masks: torch.Tensor, convention: str, batch_size: int) -> dict:
+    if convention == "per_frame":
+        iou, f = per_frame_scores(logits, masks)
+        return {"J": iou.mean().item(), "F": f.mean().item()}
+    masks, probabilities, predictions, inter, pred_area, gt_area = _areas(logits, masks)
     union = pred_area + gt_area - inter
     empty = gt_area == 0
-    if convention == "per_frame":
-        iou = torch.where(empty, (pred_area == 0).float(), inter / union.clamp_min(1))
-        precision, recall = inter / pred_area.clamp_min(1), inter / gt_area.clamp_min(1)
-        f = torch.where(empty, (pred_area == 0).float(), _f_beta(precision, recall))
-        return {"J": iou.mean().item(), "F": f.mean().item()}
     if convention == "dataset":
         i, p, g = inter.sum(), pred_area.sum(), gt_area.sum()
         u = p + g - i

@@ -300,21 +300,45 @@ def roc_figure(labels, scores, title: str, path=None):
 
 
 def training_curves(history: list[dict], path=None):
-    """Training loss and validation J, F, J&F per epoch (whole-epoch ticks)."""
-    from matplotlib.ticker import MaxNLocator
+    """Training loss per epoch and the learning curve: validation J&F against the training frames
+    seen (every validation, ``validations_per_epoch`` of them per epoch), J and F at epoch ends."""
+    from avs_lib.train import learning_curve
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    epochs = [h["epoch"] for h in history]
-    axes[0].plot(epochs, [h["loss"] for h in history], "o-")
-    axes[0].set_ylabel("training loss")
-    for key in ("J", "F", "JF"):
-        axes[1].plot(epochs, [h["val"][key] for h in history], "o-", label=key)
+    ends = [h.get("frames_seen", h["epoch"]) for h in history]
+    axes[0].plot(ends, [h["loss"] for h in history], "o-")
+    axes[0].set_ylabel("training loss (epoch mean)")
+    points = learning_curve(history) or [{"frames_seen": e, "JF": h["val"]["JF"]} for e, h in zip(ends, history)]
+    axes[1].plot([p["frames_seen"] for p in points], [p["JF"] for p in points], ".-", label="J&F")
+    for key in ("J", "F"):
+        axes[1].plot(ends, [h["val"][key] for h in history], "o", label=f"{key} (epoch end)", alpha=0.7)
     axes[1].set_ylabel("validation")
-    axes[1].legend()
+    axes[1].legend(fontsize=8)
     for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("training frames seen" if "frames_seen" in history[0] else "epoch")
+    save(fig, path)
+    return fig
+
+
+def headroom_figure(rows: list[dict], path=None):
+    """The window: each row's test J&F (dot) with its 95 % interval over clips (bar), floor at the
+    bottom and ceiling at the top, the space between them shaded."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(rows) + 1.1))
+    by_row = {r["row"]: r for r in rows}
+    if "floor" in by_row and "oracle" in by_row:
+        ax.axvspan(by_row["floor"]["JF"], by_row["oracle"]["JF"], color="tab:green", alpha=0.12,
+                   label=f"headroom {by_row['oracle']['JF'] - by_row['floor']['JF']:.2f}")
+        ax.legend(loc="lower right", fontsize=8)
+    for y, r in enumerate(rows):
+        low, high = r["ci95"]
+        ax.errorbar(r["JF"], y, xerr=[[r["JF"] - low], [high - r["JF"]]], fmt="o", capsize=4,
+                    color="tab:red" if r["row"] == "model" else "tab:gray")
+        ax.text(high + 0.01, y, f"{r['JF']:.3f} [{low:.3f}, {high:.3f}]", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), [r["what"] for r in rows], fontsize=8)
+    ax.set_xlim(0, 1.12)
+    ax.set_xlabel("test J&F (per frame), 95 % interval over clips")
     save(fig, path)
     return fig
 

@@ -64,12 +64,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def is_pretrained_backbone(name: str) -> bool:
+    """A parameter of the visual backbone proper (what a pretrained checkpoint fills): the CNN's own
+    layers, or the MiT's patch embeddings, self-attention, FFNs and norms; not the fusion blocks'
+    audio cross-attention, the elimination, derivation, projections or decoder."""
+    if name.startswith("encoder.cnn."):
+        return True
+    return name.startswith("encoder.") and not name.startswith(("encoder.fusion", "encoder.norms")) and "cross_" not in name
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict]:
+    """AdamW groups: no weight decay on norms, biases and other 1-D parameters; with
+    ``backbone_lr_scale`` != 1, the backbone's parameters (``is_pretrained_backbone``) in groups of
+    their own whose learning rate is scaled by it (each group's ``lr_scale``)."""
+    groups: dict[tuple[bool, bool], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            backbone = backbone_lr_scale != 1.0 and is_pretrained_backbone(name)
+            groups.setdefault((p.ndim <= 1 or name.endswith(".bias"), backbone), []).append(p)
+    return [{"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
+             "lr_scale": backbone_lr_scale if backbone else 1.0}
+            for (no_decay, backbone), params in sorted(groups.items())]
 
 
 def learning_rate(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
@@ -108,15 +123,16 @@ def _capacity_targets(config: TrainConfig, prepared: Prepared, indices: torch.Te
     return frames.__dict__["_onscreen"][indices]
 
 
-def _autocast(device: torch.device, enabled: bool):
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def _autocast(device: torch.device, enabled: bool, cpu: bool = False):
+    """bf16 autocast on CUDA when ``enabled``; on CPU only when ``cpu`` too (``TrainConfig.cpu_bf16``)."""
+    if enabled and (device.type == "cuda" or (device.type == "cpu" and cpu)):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 @torch.no_grad()
 def predict(model, frames: FrameSet, device: torch.device, batch_size: int = 32, bf16: bool = True,
-            zero_audio: bool = False) -> torch.Tensor:
+            zero_audio: bool = False, cpu_bf16: bool = False) -> torch.Tensor:
     """Logits of every frame, on CPU (float32)."""
     model.eval()
     outs = []
@@ -125,13 +141,13 @@ def predict(model, frames: FrameSet, device: torch.device, batch_size: int = 32,
         audio = frames.audio[start:start + batch_size].to(device)
         if zero_audio:
             audio = torch.zeros_like(audio)
-        with _autocast(device, bf16):
+        with _autocast(device, bf16, cpu_bf16):
             outs.append(model(normalise_images(images), audio).logits.float().cpu())
     return torch.cat(outs)
 
 
 def evaluate_model(model, frames: FrameSet, device: torch.device, config: TrainConfig) -> dict:
-    logits = predict(model, frames, device, bf16=config.bf16, zero_audio=config.zero_audio)
+    logits = predict(model, frames, device, bf16=config.bf16, zero_audio=config.zero_audio, cpu_bf16=config.cpu_bf16)
     keep = frames.valid
     return evaluate(logits[keep], frames.masks[keep], convention=config.convention, batch_size=config.eval_batch_size)
 
@@ -298,12 +314,14 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
     prepared = prepared or prepare(config, progress=config.progress and main)
     torch.manual_seed(config.seed)
     model = make_model(config, prepared).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if world > 1:
         if device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     core = model.module if world > 1 else model
-    optimiser = torch.optim.AdamW(parameter_groups(core, config.weight_decay), lr=config.lr)
+    optimiser = torch.optim.AdamW(parameter_groups(core, config.weight_decay, config.backbone_lr_scale), lr=config.lr)
     n_train = len(prepared.train)
     steps_per_epoch = max(1, n_train // config.batch_size)  # drop the last partial batch: equal rank slices
     total_steps = steps_per_epoch * config.epochs
@@ -311,6 +329,8 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
 
+    # the last step of each of the first validations_per_epoch - 1 parts of an epoch (the epoch's end validates anyway)
+    inside_epoch = {steps_per_epoch * j // config.validations_per_epoch - 1 for j in range(1, config.validations_per_epoch)}
     start_epoch, best, history, log = 0, -1.0, [], []
     last_path, best_path, log_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "log.jsonl"
     if config.resume and last_path.exists():
@@ -330,14 +350,15 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
             generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
             torch.manual_seed(config.seed * 100_003 + epoch)  # Gumbel noise, dropout
             order = torch.randperm(n_train, generator=generator)
-            t0, losses = time.time(), []
+            t0, losses, curve = time.time(), [], []
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not (config.progress and main), leave=False)
             for step_in_epoch in bar:
                 _fault_injection(out_dir, epoch, step_in_epoch, rank)
                 step = epoch * steps_per_epoch + step_in_epoch
                 for group in optimiser.param_groups:
-                    group["lr"] = learning_rate(step, total_steps, warmup_steps, config.lr, config.min_lr)
+                    group["lr"] = group.get("lr_scale", 1.0) * learning_rate(step, total_steps, warmup_steps, config.lr,
+                                                                             config.min_lr)
                 batch = order[step_in_epoch * config.batch_size:(step_in_epoch + 1) * config.batch_size]
                 images, masks = prepared.train.images[batch], prepared.train.masks[batch]
                 if config.flip:
@@ -348,7 +369,9 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
                 share = batch.numel() // world  # this rank's slice of the global batch
                 sl = slice(rank * share, (rank + 1) * share)
                 images, masks, audio, valid = (t[sl].to(device) for t in (images, masks, audio, valid))
-                with _autocast(device, config.bf16):
+                if config.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with _autocast(device, config.bf16, config.cpu_bf16):
                     out = model(normalise_images(images), audio)
                 loss = _loss(config, out, masks, valid, _capacity_targets(config, prepared, batch[sl]))
                 optimiser.zero_grad(set_to_none=True)
@@ -362,7 +385,10 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
                     reduced /= world
                 losses.append(reduced.item())
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            record = {"epoch": epoch + 1, "loss": sum(losses) / len(losses), "losses": losses,
+                if main and step_in_epoch in inside_epoch:
+                    curve.append(_validate_inside_epoch(model, core, prepared, device, config, step, steps_per_epoch))
+            record = {"epoch": epoch + 1, "loss": sum(losses) / len(losses), "losses": losses, "curve": curve,
+                      "frames_seen": (epoch + 1) * steps_per_epoch * config.batch_size,
                       "lr": optimiser.param_groups[0]["lr"], "seconds": time.time() - t0,
                       "frames_per_second": steps_per_epoch * config.batch_size / (time.time() - t0)}
             if main:
@@ -404,6 +430,42 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
     return result
 
 
+def _validate_inside_epoch(model, core, prepared: Prepared, device: torch.device, config: TrainConfig, step: int,
+                           steps_per_epoch: int) -> dict:
+    """A point of the learning curve inside an epoch: {"frames_seen", "JF"} on the validation split.
+    The random state is put back afterwards, so a run validated more often trains the same weights."""
+    state = torch.get_rng_state()
+    point = {"frames_seen": (step + 1) * config.batch_size, "JF": evaluate_model(core, prepared.val, device, config)["JF"]}
+    torch.set_rng_state(state)
+    model.train()
+    return point
+
+
+def learning_curve(history: list[dict]) -> list[dict]:
+    """[{"frames_seen", "JF"}] of a run's history: the points inside each epoch (``validations_per_epoch``)
+    and each epoch's end, in order."""
+    points = []
+    for record in history:
+        points.extend(record.get("curve", []))
+        if "frames_seen" in record:
+            points.append({"frames_seen": record["frames_seen"], "JF": record["val"]["JF"]})
+    return points
+
+
+def late_gain(history: list[dict], fraction: float = 0.2) -> float | None:
+    """Validation J&F gained over the last ``fraction`` of the frames seen (best point in that part
+    minus the last point before it): under 0.01 says the curve is flat where training stops."""
+    points = learning_curve(history)
+    if len(points) < 2:
+        return None
+    cut = points[-1]["frames_seen"] * (1 - fraction)
+    before = [p for p in points if p["frames_seen"] <= cut]
+    late = [p for p in points if p["frames_seen"] > cut]
+    if not before or not late:
+        return None
+    return max(p["JF"] for p in late) - before[-1]["JF"]
+
+
 TRACKED_FRAMES = 4  # validation frames whose predicted masks go to TensorBoard / W&B each epoch
 
 
@@ -424,7 +486,7 @@ def _track_epoch(tracker: Tracker | None, model, prepared: Prepared, device: tor
     frames = [i for i in range(len(prepared.val)) if prepared.val.valid[i]][:TRACKED_FRAMES]
     if frames:
         model.eval()
-        with torch.no_grad(), _autocast(device, config.bf16):
+        with torch.no_grad(), _autocast(device, config.bf16, config.cpu_bf16):
             images = prepared.val.images[frames].to(device)
             audio = prepared.val.audio[frames].to(device)
             logits = model(normalise_images(images), torch.zeros_like(audio) if config.zero_audio else audio).logits

@@ -14,23 +14,25 @@
 # ---
 
 # %% [markdown]
-# # 05 · Training DDESeg
+# # 05 · Training DDESeg, inside the window
 #
-# Train a configuration (any YAML in `configs/` plus overrides), watch the loss and the validation
-# metrics, look at predictions, and evaluate in the three metric conventions. The loss is DDESeg's
-# Eq. 18 (`avs_lib.losses.ddeseg_loss`) on the predicted mask $M$ and the ground truth $Y$:
+# Train a configuration (any YAML in `configs/` plus overrides), watch the learning curve, place
+# the model between a **floor** and a **ceiling**, look at its masks and at where its audio tokens
+# attend, and evaluate it in the three metric conventions. The loss is DDESeg's Eq. 18
+# (`avs_lib.losses.ddeseg_loss`) on the predicted mask $M$ and the ground truth $Y$:
 #
 # $$\mathcal{L} = 5\,\mathcal{L}_{Dice}(M, Y) + 5\,\mathcal{L}_{BCE}(M, Y) + 2\,\mathcal{L}_{IoU}(M, Y).$$
 #
 # The optimiser is AdamW with a linear warm-up and a cosine decay (`avs_lib.train`); a second Run All
-# reuses the trained model.
+# reuses the trained models.
 
 # %% tags=["parameters"]
 config_file = "configs/tiny_world.yaml"
 data_root = "data/default_world"  # relative paths are read from the repository root
-epochs = 4
+epochs = 0  # 0: the config's
 seed = 0
-image_size = 96
+image_size = 0  # 0: the config's
+headroom_rows = ["floor", "oracle"]  # trained beside the model: "floor", "oracle", "oracle-heard"
 run_dir = ""  # empty: runs/notebooks/05_training/ under the repository root
 
 # %%
@@ -38,47 +40,95 @@ run_dir = ""  # empty: runs/notebooks/05_training/ under the repository root
 import pandas as pd
 import torch
 
+from avs_lib.analysis import pointing_accuracy
 from avs_lib.config import load_config
 from avs_lib.data.transforms import normalise_images
-from avs_lib.evaluation import evaluation_table
-from avs_lib.features import prepare
+from avs_lib.evaluation import evaluation_table, headroom
+from avs_lib.features import prepare, world_frame_size
 from avs_lib.paths import notebook_paths, workbench_path
-from avs_lib.plots import qualitative, training_curves
+from avs_lib.plots import headroom_figure, qualitative, training_curves
 from avs_lib.runs import save_metrics
-from avs_lib.train import load_trained, train_once
+from avs_lib.train import late_gain, load_trained, train_once
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "05_training")
 
 figures = run_dir / "figures"
-config = load_config(workbench_path(config_file), data_root=data_root, epochs=epochs, seed=seed, image_size=image_size,
-                     out=run_dir / "model", progress=False)
+overrides = {k: v for k, v in {"epochs": epochs, "image_size": image_size}.items() if v}
+config = load_config(workbench_path(config_file), data_root=data_root, seed=seed, out=run_dir / "model", progress=False,
+                     **overrides)
 prepared = prepare(config)
 result = train_once(config, prepared)
-training_curves(result["history"], figures / "training_curves.png");
+training_curves(result["history"], figures / "training_curves.png")
+gain = late_gain(result["history"])
+print(f"{len(prepared.train)} training frames, {config.epochs} epochs; validation J&F gained "
+      + (f"{gain:+.3f} over the last 20 % of the frames seen: the curve is "
+         + ("flat where training stops." if gain < 0.01 else "still rising: more training would help.")
+         if gain is not None else "(too few validation points to tell)"))
 
 # %% [markdown]
-# Left: the training loss per epoch; right: validation J (mean IoU), F ($\beta^2 = 0.3$) and J&F.
-# The best validation epoch's weights are the ones evaluated below. A validation curve that keeps
-# rising says more epochs would help; one that falls while the loss falls says over-fitting.
+# Left: the training loss per epoch; right: the **learning curve**, validation J&F against the
+# training frames seen (`validations_per_epoch` points per epoch), with J (mean IoU) and F
+# ($\beta^2 = 0.3$) at each epoch's end. The best validation point's epoch gives the weights
+# evaluated below. A curve still rising at the end says more training would help; one that falls
+# while the loss falls says over-fitting.
 #
-# ## Predictions
-# For four test frames: the frame; the prediction against the truth (green: true positives, red:
-# false positives, blue: false negatives; the frame's IoU above it); and where each derived audio
-# token's cross-attention goes in the last block of stage 1, titled with the class the token was
-# derived from. A token whose map lights up the object of its class is one the fusion uses as
-# DDESeg intends; maps that look alike for every token mean the tokens are not told apart.
+# ## The window: floor, model, ceiling
+# A comparison of models can only be read inside the range the data allows. Two instruments bound
+# it, each trained exactly like the model (`avs_lib.evaluation.headroom`):
+#
+# * the **floor**: the same training with the audio zeroed (`zero_audio=true`), a model that never
+#   hears; it can still learn which objects tend to sound;
+# * the **ceiling**: the same training with an **oracle** audio input (`audio_encoder=oracle`): for
+#   each frame the multi-hot vector of the classes sounding on screen, read from the world's true
+#   sources (`OracleAudio`). `oracle-heard` adds the classes heard off screen: a perfect derivation
+#   with nothing eliminated, which elimination has to clean up.
+#
+# Headroom = ceiling $-$ floor. Intervals are 95 % bootstrap intervals resampling whole test clips.
 
 # %%
 model, config, _ = load_trained(run_dir / "model" / "best.pt", prepared)
+rows = headroom(config, model, prepared, run_dir / "headroom", rows=tuple(headroom_rows))
+headroom_figure(rows, figures / "headroom.png")
+by_row = {r["row"]: r for r in rows}
+window = pd.DataFrame([{"row": r["what"], "test J&F": r["JF"], "95 % low": r["ci95"][0], "95 % high": r["ci95"][1]}
+                       for r in rows]).round(3)
+if "floor" in by_row and "oracle" in by_row:
+    floor, ceiling, ours = by_row["floor"]["JF"], by_row["oracle"]["JF"], by_row["model"]["JF"]
+    print(f"Headroom {ceiling - floor:.3f} (ceiling {ceiling:.3f}, floor {floor:.3f}); the model reaches {ours:.3f} "
+          f"[{by_row['model']['ci95'][0]:.3f}, {by_row['model']['ci95'][1]:.3f}], "
+          f"{(ours - floor) / max(1e-9, ceiling - floor):.0%} of the way from the floor to the ceiling.")
+window
+
+# %% [markdown]
+# ## Predictions, and where the audio tokens attend
+# For four test frames: the frame; the prediction against the truth (green: true positives, red:
+# false positives, blue: false negatives; the frame's IoU above it); and where each derived audio
+# token's cross-attention goes in the last fusion block of stage 1, titled with the class the token
+# was derived from. A token whose map lights up the object of its class is one the fusion uses as
+# DDESeg intends.
+#
+# **Pointing accuracy** (`avs_lib.analysis.pointing_accuracy`) turns that into a number over the
+# whole test split: for each object sounding on screen, does the attention map of the token derived
+# for its class peak inside the object? An object whose class no token was derived for counts as a
+# miss; chance is roughly the share of the frame the object covers.
+
+# %%
 test = prepared.test
 pick = list(range(0, len(test), max(1, len(test) // 4)))[:4]
 with torch.no_grad():
     out = model(normalise_images(test.images[pick]), test.audio[pick])
-attention = out.attention[0]  # [B, N, K]
-side = int(round(attention.shape[1] ** 0.5))
-attention = attention.transpose(1, 2).reshape(len(pick), -1, side, side).numpy()
-token_names = ([[prepared.memory.class_names[c] for c in row] for row in out.derivation.class_indices.tolist()]
-               if out.derivation is not None else None)
+attention, token_names, pointing = None, None, None
+if out.derivation is not None and out.attention and out.attention[0] is not None and config.variant == "paper":
+    h, w = out.features[0].shape[-2:]  # stage 1's grid
+    attention = out.attention[0][..., :out.derivation.class_indices.shape[1]]  # [B, N, K] (a null key left out)
+    attention = attention.transpose(1, 2).reshape(len(pick), -1, h, w).numpy()
+    token_names = [[prepared.memory.class_names[c] for c in row] for row in out.derivation.class_indices.tolist()]
+    pointing = pointing_accuracy(model, test, world_frame_size(data_root))
+    best_stage = max((k for k in pointing if k.startswith("stage")), key=pointing.get)
+    print(f"Pointing accuracy over {pointing['objects']} sounding objects: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in pointing.items() if k.startswith("stage"))
+          + f"; {pointing['derived']:.0%} of the objects had a token of their class. The best stage, "
+          f"{best_stage}, points inside the sounding object {pointing[best_stage]:.0%} of the time.")
 qualitative(test.images[pick].permute(0, 2, 3, 1).numpy(), test.masks[pick].numpy(), out.logits.numpy(), attention,
             figures / "qualitative.png", token_names=token_names);
 
@@ -87,13 +137,16 @@ qualitative(test.images[pick].permute(0, 2, 3, 1).numpy(), test.masks[pick].nump
 # The conventions differ (`avs_lib/metrics.py`): AVSBench's F depends on the test batch size, the
 # dataset-level one sums intersections and unions over the whole set, the default is per frame.
 # Two trivial baselines (`avs_lib.evaluation`) bound what the numbers mean: every pixel predicted
-# as sounding (a model that does not look), and this model with its audio zeroed (a model that does
-# not listen). The gap between the first row and "audio zeroed" is what the sound contributes.
+# as sounding (a model that does not look), and this model with its audio zeroed at test time (a
+# model that does not listen, though it was trained to). The floor above is the fairer bound: a
+# model trained without sound.
 
 # %%
-rows = evaluation_table(model, test, config)
-table = pd.DataFrame(rows).round(3)
+rows_all = evaluation_table(model, test, config)
+table = pd.DataFrame(rows_all).round(3)
 table
 
 # %%
-save_metrics(run_dir, {"test": result["test"], "best_epoch": result["best_epoch"], "table": rows})["test"]
+save_metrics(run_dir, {"test": result["test"], "best_epoch": result["best_epoch"], "table": rows_all,
+                       "headroom": {r["row"]: {"JF": r["JF"], "ci95": list(r["ci95"])} for r in rows},
+                       "late_gain": gain, "pointing": pointing})["test"]

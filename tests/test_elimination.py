@@ -268,7 +268,9 @@ def test_paired_differences_and_intervals():
     assert rows.loc["full", "diff_high"] - rows.loc["full", "diff_low"] < rows.loc["full", "high"] - rows.loc["full", "low"]
     jobs = plan(seeds=range(5), table4_seeds=range(3))
     assert sum(s == "full" for s, _ in jobs) == 5 and sum(s == "FC+sigmoid" for s, _ in jobs) == 3
-    assert len(jobs) == 6 * 5 + 4 * 3 + 1  # Table 3 + released + AVSAC; 3 own Table 4 rows, first reading; capacity once
+    assert len(jobs) == 2 * 5 + 6 * 5 + 4 * 3 + 1  # floor and ceiling; Table 3 + released + AVSAC; 3 own Table 4 rows, first reading; capacity once
+    assert {s for s, _ in plan(seeds=range(2), table4_seeds=range(1), settings=["full"])} == {
+        "floor: zero audio", "ceiling: oracle audio", "baseline", "full"}  # the window is always measured
 
 
 def test_run_ablation_writes_every_row_with_intervals(notebook_world, tmp_path):
@@ -281,7 +283,8 @@ def test_run_ablation_writes_every_row_with_intervals(notebook_world, tmp_path):
                  figure=tmp_path / "report" / "ablation.png", report_dir=tmp_path / "report", progress=False)
     text = (tmp_path / "report" / "ablation.md").read_text()
     assert "below the 100" in text  # the small world is flagged as too small to rank settings
-    for row in ("| baseline | 2 |", "| full | 2 |", "| full (released) | 2 |", f"| {CAPACITY} | 1 |", "pairs)"):
+    for row in ("| baseline | 2 |", "| full | 2 |", "| full (released) | 2 |", f"| {CAPACITY} | 1 |", "pairs)",
+                "| floor: zero audio | 2 |", "| ceiling: oracle audio | 2 |", "**The window**"):
         assert row in text, row
     analyses = json.loads((tmp_path / "report" / "analyses.json").read_text())
     run = analyses["elimination"]["full"][0]["stages"]

@@ -20,7 +20,8 @@ CASES = {
     "02_derivation": ({"train_epochs": 1, **TINY}, {"recall_at_K", "recall_curve"}, ["derivation_recall.png"]),
     "03_elimination": ({"train_epochs": 1, **TINY}, {"auc", "auc_by_tau"}, ["assignment_maps.png", "elimination_roc.png"]),
     "04_tsne_probe": ({"train_epochs": 1, "perplexity": 5, **TINY}, {"probe_f1"}, ["tsne.png", "umap.png", "tsne.html"]),
-    "05_training": ({"epochs": 1, **TINY}, {"test", "table"}, ["training_curves.png", "qualitative.png"]),
+    "05_training": ({"epochs": 1, **TINY}, {"test", "table", "headroom", "pointing", "late_gain"},
+                    ["training_curves.png", "qualitative.png", "headroom.png"]),
     "06_avsac": ({"epochs": 1, **TINY}, {"table"}, []),
 }
 
@@ -50,6 +51,13 @@ def test_notebook_executes(name, notebook_world, tmp_path):
         assert metrics["recall_curve"][-1] == pytest.approx(1.0)  # K = all classes covers everything
     if name == "05_training":
         assert {row["evaluation"] for row in metrics["table"]} >= {"per_frame", "avsbench", "dataset"}
+        assert set(metrics["headroom"]) == {"floor", "model", "oracle"}
+        for row in metrics["headroom"].values():
+            low, high = row["ci95"]
+            assert 0 <= low <= row["JF"] <= high <= 1
+        # the window's model row is the test evaluation of the same checkpoint
+        assert metrics["headroom"]["model"]["JF"] == pytest.approx(metrics["test"]["JF"], abs=1e-6)
+        assert 0 <= metrics["pointing"]["stage 1"] <= 1 and metrics["pointing"]["objects"] > 0
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.stem)

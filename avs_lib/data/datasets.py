@@ -249,6 +249,7 @@ class AVSDataset(torch.utils.data.Dataset):
     def __init__(self, root: str | Path, layout: str, split: str | None = None, transform=None,
                  sample_rate: int = 16000, seed: int = 0, **layout_kwargs):
         self.root, self.layout, self.split = Path(root), layout, split
+        self.layout_kwargs = layout_kwargs
         self.records = layout_records(root, layout, split, **layout_kwargs)
         if not self.records:
             raise DataError(f"{self.root}: no frames found for layout '{layout}' split '{split}'")

@@ -29,6 +29,7 @@ class WorldConfig:
     kind: str = "stamps"
     subsets: tuple[str, ...] = SUBSETS
     clips: int = 200  # per subset
+    subset_clips: dict = field(default_factory=dict)  # {subset: clips} for subsets that differ from `clips`
     size: int = 128  # frames are size x size pixels
     seed: int = 0
     sample_rate: int = 16000
@@ -50,12 +51,19 @@ class WorldConfig:
         unknown = [s for s in self.subsets if s not in SUBSETS]
         if unknown:
             raise ValueError(f"unknown subsets {unknown}: choose from {', '.join(SUBSETS)}")
-        if self.clips < 1 or self.size < 16:
+        unknown = [s for s in self.subset_clips if s not in SUBSETS]
+        if unknown:
+            raise ValueError(f"subset_clips names unknown subsets {unknown}: choose from {', '.join(SUBSETS)}")
+        if min([self.clips, *self.subset_clips.values()]) < 1 or self.size < 16:
             raise ValueError("a world needs at least 1 clip per subset and frames of at least 16 px")
         if abs(sum(self.splits) - 1) > 1e-6:
             raise ValueError(f"split fractions {self.splits} must sum to 1")
         if self.holdout_members < 0:
             raise ValueError(f"holdout_members={self.holdout_members} must be 0 (none) or more")
+
+    def clips_of(self, subset: str) -> int:
+        """How many clips ``subset`` has."""
+        return int(self.subset_clips.get(subset, self.clips))
 
 
 @dataclass
@@ -245,7 +253,7 @@ def compose_clip(library: AssetLibrary, subset: str, index: int, cfg: WorldConfi
     size, sr = cfg.size, cfg.sample_rate
     n_classes = len(library.classes)
     frames, label = cfg.frames, ""
-    split = _split_of(index, cfg.clips, cfg.splits)
+    split = _split_of(index, cfg.clips_of(subset), cfg.splits)
     held = heldout_members(library, cfg) if split == "train" else {}
 
     def pick_member(class_index: int) -> int:

@@ -179,7 +179,7 @@ def _write_clip_in_worker(job: tuple[str, int]) -> tuple[str, list, dict]:
 
 def write_world(cfg: WorldConfig, out: str | Path, progress: bool = True, library: AssetLibrary | None = None,
                 workers: int = 1) -> dict:
-    """Compose ``cfg.clips`` clips of each subset and write them under ``out``; returns a summary.
+    """Compose ``cfg.clips_of(subset)`` clips of each subset and write them under ``out``; returns a summary.
 
     The same configuration always writes byte-identical files, whatever ``workers`` is: each clip
     has its own random stream and the metadata rows are written in clip order.
@@ -197,7 +197,7 @@ def write_world(cfg: WorldConfig, out: str | Path, progress: bool = True, librar
         pool = multiprocessing.get_context("fork").Pool(workers)
     try:
         for subset in cfg.subsets:
-            jobs = [(subset, index) for index in range(cfg.clips)]
+            jobs = [(subset, index) for index in range(cfg.clips_of(subset))]
             results = (pool.imap(_write_clip_in_worker, jobs, chunksize=4) if pool
                        else (_write_clip(s, i, cfg, out, library) for s, i in jobs))
             rows, records, counts = [], [], {}

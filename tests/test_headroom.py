@@ -1,0 +1,149 @@
+"""The headroom instruments: the oracle audio inputs (ceiling) and their refusal where no sources exist."""
+import json
+
+import numpy as np
+import pytest
+
+from avs_lib.config import ConfigError, load_config
+from avs_lib.data.datasets import AVSDataset, load_sources
+from avs_lib.features import OracleAudio, prepare
+
+
+def _expected_rows(root, layout, heard: bool, n_classes: int) -> np.ndarray:
+    """Multi-hot rows computed from the sources file directly, one per record."""
+    sources = load_sources(root, layout)
+    rows = []
+    for record in AVSDataset(root, layout).records:
+        row = np.zeros(n_classes)
+        for s in sources[record.clip]["sources"]:
+            if s["sounding"] and (s["on_screen"] or heard):
+                row[s["class_index"]] = 1
+        rows.append(row)
+    return np.stack(rows)
+
+
+@pytest.mark.parametrize("spec", ["oracle", "oracle-heard"])
+def test_oracle_rows_are_the_sounding_classes(notebook_world, spec):
+    classes = json.loads((notebook_world / "world.json").read_text())["classes"]
+    oracle = OracleAudio(spec, notebook_world)
+    rows = oracle.embed(AVSDataset(notebook_world, "ms3"))
+    expected = _expected_rows(notebook_world, "ms3", spec == "oracle-heard", len(classes))
+    assert rows.shape == expected.shape
+    np.testing.assert_allclose(rows, expected, atol=1e-2)  # the jitter is 1e-3
+    assert np.abs(rows - expected).max() > 0  # jittered, so Eq. 3's sub-clusters exist
+    np.testing.assert_array_equal(rows, oracle.embed(AVSDataset(notebook_world, "ms3")))  # deterministic
+
+
+def test_oracle_heard_adds_the_offscreen_sources(notebook_world):
+    on_screen = OracleAudio("oracle", notebook_world).embed(AVSDataset(notebook_world, "ms3")).round()
+    heard = OracleAudio("oracle-heard", notebook_world).embed(AVSDataset(notebook_world, "ms3")).round()
+    assert (heard >= on_screen).all()
+    sources = load_sources(notebook_world, "ms3")
+    with_offscreen = sum(any(not s["on_screen"] and s["sounding"] for s in r["sources"]) for r in sources.values())
+    assert with_offscreen > 0 and (heard.sum() > on_screen.sum())
+
+
+def test_oracle_through_prepare_builds_one_hot_centres(notebook_world, tmp_path):
+    config = load_config(None, [f"data_root={notebook_world}", "layout=ms3", "image_size=32", "audio_encoder=oracle",
+                                "k=2", "m=2", f"cache_dir={tmp_path / 'cache'}", "progress=false"])
+    prepared = prepare(config)
+    n_classes = len(prepared.memory.class_names)
+    assert prepared.memory.dim == n_classes == prepared.train.audio.shape[1]
+    np.testing.assert_allclose(prepared.memory.centroids.numpy(), np.eye(n_classes), atol=1e-2)  # Eq. 2
+
+
+def test_oracle_refused_without_sources(tmp_path):
+    (tmp_path / "Single-source").mkdir()
+    with pytest.raises(ConfigError, match="no world.json.*AVSBench"):
+        OracleAudio("oracle", tmp_path)
+
+
+def test_per_frame_scores_and_clip_interval():
+    import torch
+
+    from avs_lib.metrics import jf_with_interval, per_frame_scores
+
+    masks = torch.zeros(3, 4, 4, dtype=torch.long)
+    masks[0, :2] = 1  # 8 pixels
+    masks[1, 0, 0] = 1
+    logits = torch.full((3, 4, 4), -9.0)
+    logits[0, :1] = 9  # 4 of the 8: IoU 0.5, precision 1, recall 0.5
+    logits[1, 0, 0] = 9  # exact
+    j, f = per_frame_scores(logits, masks)  # frame 2: empty truth, empty prediction -> 1
+    np.testing.assert_allclose(j.numpy(), [0.5, 1.0, 1.0])
+    np.testing.assert_allclose(f[0].item(), 1.3 * 0.5 / (0.3 + 0.5), rtol=1e-6)
+    result = jf_with_interval(logits, masks, ["a", "a", "b"])
+    assert result["clips"] == 2 and result["frames"] == 3
+    low, high = result["ci95"]
+    assert low <= result["JF"] <= high
+    assert low >= (0.5 + f[0].item()) / 2 - 1e-9 and high <= 1.0 + 1e-9  # resampling clips, never single frames
+
+
+def _one_frame_with_sources():
+    import torch
+
+    from avs_lib.features import FrameSet
+
+    masks = torch.zeros(1, 8, 8, dtype=torch.long)
+    masks[0, 0:4, 0:4] = 1  # object of class 2, box (0, 0, 8, 8) in a 16 px world
+    masks[0, 4:8, 4:8] = 1  # object of class 5, box (8, 8, 16, 16)
+    sources = {"c": {"sources": [
+        {"class_index": 2, "sounding": True, "on_screen": True, "bboxes": [[0, 0, 8, 8]]},
+        {"class_index": 5, "sounding": True, "on_screen": True, "bboxes": [[8, 8, 16, 16]]},
+        {"class_index": 7, "sounding": True, "on_screen": False, "bboxes": None}]}}
+    return FrameSet(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), masks, torch.ones(1, dtype=torch.bool),
+                    torch.zeros(1, 4), ["c"], [0], ["x"], sources)
+
+
+def test_object_regions_split_the_mask_by_box():
+    from avs_lib.analysis import object_regions
+
+    regions = object_regions(_one_frame_with_sources(), 0, source_size=16)
+    assert set(regions) == {2, 5}
+    assert regions[2].sum() == 16 and regions[2][:4, :4].all()
+    assert regions[5].sum() == 16 and regions[5][4:, 4:].all()
+
+
+def test_pointing_accuracy_counts_peaks_inside_objects():
+    import types
+
+    import torch
+
+    from avs_lib.analysis import pointing_accuracy
+
+    frames = _one_frame_with_sources()
+
+    class Pointing(torch.nn.Module):
+        """Two tokens (classes 2 and 9) on a 2x2 grid: token 0 peaks top-left (class 2's object)."""
+
+        def forward(self, images, audio):
+            attention = torch.zeros(1, 4, 2)
+            attention[0, 0, 0] = 1.0  # cell (0, 0): inside class 2's object
+            attention[0, 3, 1] = 1.0
+            derivation = types.SimpleNamespace(class_indices=torch.tensor([[2, 9]]))
+            return types.SimpleNamespace(derivation=derivation, attention=[attention],
+                                         features=[torch.zeros(1, 1, 2, 2)])
+
+    result = pointing_accuracy(Pointing(), frames, source_size=16)
+    assert result["objects"] == 2
+    assert result["derived"] == 0.5  # class 5 has no token: a miss
+    assert result["stage 1"] == 0.5
+
+
+def test_backbone_groups_take_the_scaled_learning_rate():
+    import torch
+
+    from avs_lib.models import build_model
+    from avs_lib.train import is_pretrained_backbone, parameter_groups
+
+    model = build_model("ddeseg", size="tiny", audio_dim=8, memory_classes=8, backbone="efficientnet_lite0")
+    groups = parameter_groups(model, 0.05, backbone_lr_scale=0.1)
+    scaled = {id(p) for g in groups if g["lr_scale"] == 0.1 for p in g["params"]}
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert scaled and all(names[i].startswith("encoder.cnn.") for i in scaled)
+    assert {id(p) for p in model.encoder.cnn.parameters()} == scaled  # every backbone tensor, nothing else
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert not is_pretrained_backbone("encoder.block1.0.cross_attn.q.weight")  # MiT: the fusion's cross-attention
+    assert is_pretrained_backbone("encoder.block1.0.attn.q.weight")
+    one = parameter_groups(model, 0.05)
+    assert len(one) == 2 and all(g["lr_scale"] == 1.0 for g in one)
