@@ -39,7 +39,7 @@ class TrainConfig:
     layout: str = "ms3"
     image_size: int = 96
     cache_dir: str | None = None  # None: <data_root>/cache
-    audio_encoder: str = "small"  # small (pretrained on the world's mixture stream, avs_lib.pretrain), vggish:PATH, htsat:PATH, precomputed:DIR
+    audio_encoder: str = "small"  # small (pretrained on the world's mixture stream, avs_lib.pretrain), vggish:PATH, htsat:PATH, precomputed:DIR, birdnet; oracle / oracle-heard (composed worlds: the true sounding classes, the headroom's ceiling)
     memory_root: str | None = None  # where the single-source (S4) clips for the memory live; None: data_root
     memory_file: str | None = None  # a saved memory (.npz) or DDESeg's released bank (.npy + label2idx.json) used as is; None: Eq. 2-4 on memory_root
     audio_dim: int = 128
