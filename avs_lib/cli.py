@@ -24,7 +24,12 @@ def _cmd_world(args: argparse.Namespace) -> int:
         print(f"note: asset library '{cfg.kind}' is not installed here; writing a '{library.kind}' world instead "
               "(`apt-get install tuxpaint-stamps-default sonic-pi-samples` for the stamps library)", file=sys.stderr)
     start = time.perf_counter()
-    summary = write_world(cfg, args.out, progress=not args.quiet, library=library, workers=args.workers)
+    summary = write_world(cfg, args.out, progress=not args.quiet, library=library, workers=args.workers,
+                          overwrite=getattr(args, "overwrite", False))
+    if summary.get("unchanged"):
+        print(f"{args.out} already holds this world (the same world.json); nothing written (--overwrite writes it "
+              "again)")
+        return 0
     summary["seconds"] = round(time.perf_counter() - start, 2)
     print(json.dumps(summary, indent=1))
     return 0
@@ -64,7 +69,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
             print("note: the stamps asset library is not installed; the default world uses the procedural library",
                   file=sys.stderr)
         world_args = argparse.Namespace(kind=kind, subsets="s4,ms3,avss,msmi", clips=args.clips, size=args.size,
-                                        seed=args.seed, out=str(out), quiet=False, workers=args.workers)
+                                        seed=args.seed, out=str(out), quiet=False, workers=args.workers,
+                                        overwrite=args.rebuild)
         _cmd_world(world_args)
     from avs_lib.plots import world_overview
     from avs_lib.world.summary import describe_world
@@ -274,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", required=True, help="output folder")
     w.add_argument("--workers", type=int, default=workers, help=f"processes (default: {workers}); output does not depend on it")
     w.add_argument("--quiet", action="store_true", help="no progress bar")
+    w.add_argument("--overwrite", action="store_true",
+                   help="--out holds something else (another world, an unfinished one): delete its contents, cache/ "
+                        "included, and write this world (default: refuse; the same world is left as it is)")
     w.add_argument("--s4-offscreen", action="store_true",
                    help="let s4 clips carry an off-screen source too (the old behaviour; default: s4 is single-source)")
     w.add_argument("--holdout-members", type=int, default=0, metavar="N",

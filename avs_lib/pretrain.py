@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from avs_lib.audio import (VGGISH_EXAMPLE_FRAMES, VGGISH_FFT, VGGISH_HOP, VGGISH_LOG_OFFSET, VGGISH_WINDOW,
                            vggish_mel_matrix)
-from avs_lib.models.audio_encoders import SmallAudioEncoder, load_audio_encoder, save_audio_encoder
+from avs_lib.models.audio_encoders import (SmallAudioEncoder, audio_encoder_from_blob, read_audio_encoder_file,
+                                           save_audio_encoder)
 from avs_lib.world.assets import AssetLibrary
 from avs_lib.world.compose import WorldConfig, _loop_sound, heldout_members, mix_sources
 
@@ -273,9 +274,8 @@ def pretrained_encoder(root: str | Path, cache_dir: str | Path, config: Pretrain
     key = pretrain_key(library, world, excluded, config)
     path = Path(cache_dir) / f"pretrained_audio_{key}.pt"
     if path.exists():
-        encoder, names = load_audio_encoder(path, device)
-        record = torch.load(path, map_location="cpu", weights_only=False)["meta"]
-        return encoder, names, record
+        blob = read_audio_encoder_file(path, device)  # verified: a damaged file is one message naming it
+        return audio_encoder_from_blob(blob, device), blob["class_names"], blob["meta"]
     started = time.perf_counter()
     encoder, history = pretrain(library, world, config, excluded, progress=progress, device=device)
     record = {"key": key, "config": asdict(config), "history": history, "seconds": round(time.perf_counter() - started, 1),
