@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from avs_lib.cache import data_identity
 from avs_lib.data.datasets import LAYOUTS, DataError, FrameRecord, layout_records, read_audio_segment
 from avs_lib.data.layouts import METADATA, vpo_metadata
-from avs_lib.files import atomic_write, atomic_write_text
+from avs_lib.files import atomic_write, atomic_write_text, read_json
 from avs_lib.models.audio_encoders import PrecomputedEmbeddings
 
 HEADER = "embeddings.json"
@@ -288,7 +288,7 @@ def encoder_quality(root: str | Path, folder: str | Path, k: int = 5) -> dict:
     centroids = torch.zeros(len(classes), train_x.shape[1]).index_add_(0, labels, train_x[single]) / counts[:, None]
     s4_x, s4 = frames("s4", "test")
     ms3_x, ms3 = frames("ms3", "test")
-    header = json.loads((Path(folder) / HEADER).read_text()) if (Path(folder) / HEADER).exists() else {}
+    header = read_json(Path(folder) / HEADER) if (Path(folder) / HEADER).exists() else {}
     return {"encoder": header.get("encoder"), "dim": int(train_x.shape[1]), "classes": len(classes),
             "centroid_frames": len(single), "s4_nearest_centroid": nearest_centroid(s4_x, s4, centroids),
             "ms3_recall": mixture_recall(ms3_x, None, ms3, centroids, k)}

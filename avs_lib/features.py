@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from tqdm.auto import tqdm
 from avs_lib.audio import vggish_examples
 from avs_lib.cache import EmbeddingCache, data_identity
 from avs_lib.config import ConfigError
+from avs_lib.files import read_json
 from avs_lib.data.datasets import AVSDataset, load_sources, read_audio_segment, read_image, read_mask
 from avs_lib.data.transforms import resize_frame
 from avs_lib.memory import SemanticMemory, build_semantic_memory, load_memory, save_memory
@@ -60,7 +60,7 @@ def world_classes(root: str | Path) -> list[str]:
     clips under ``root`` (AVSBench)."""
     path = Path(root) / "world.json"
     if path.exists():
-        return json.loads(path.read_text())["classes"]
+        return read_json(path)["classes"]
     return sorted({r.category for r in AVSDataset(root, "s4", "train").records})
 
 

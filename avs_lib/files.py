@@ -65,16 +65,19 @@ def disk_full(where: str | Path, kept: str = "") -> DiskFull:
 
 
 @contextlib.contextmanager
-def writing_into(folder: str | Path, kept: str = "") -> Iterator[None]:
-    """Turn a full disk met inside the block into one ``DiskFull`` naming ``folder`` (``kept``: what
-    is still good there, said in the message)."""
+def writing_into(folder: str | Path, kept: Callable[[], str] | str = "") -> Iterator[None]:
+    """Turn a full disk met inside the block into one ``DiskFull`` naming ``folder``; ``kept`` (text,
+    or a function that gives it when the disk is full) says what is still good there."""
     try:
         yield
-    except DiskFull:
-        raise
+    except DiskFull as error:  # from atomic_write, naming its file: add what is still good here
+        said = kept() if callable(kept) else kept
+        if not said:
+            raise
+        raise DiskFull(f"{error}; {said}") from None
     except Exception as error:
         if out_of_space(error, folder):
-            raise disk_full(folder, kept) from None
+            raise disk_full(folder, kept() if callable(kept) else kept) from None
         raise
 
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from avs_lib.audio import (VGGISH_EXAMPLE_FRAMES, VGGISH_FFT, VGGISH_HOP, VGGISH_LOG_OFFSET, VGGISH_WINDOW,
                            vggish_mel_matrix)
+from avs_lib.files import read_json
 from avs_lib.models.audio_encoders import (SmallAudioEncoder, audio_encoder_from_blob, read_audio_encoder_file,
                                            save_audio_encoder)
 from avs_lib.world.assets import AssetLibrary
@@ -226,7 +227,7 @@ def world_setup(root: str | Path) -> tuple[AssetLibrary, WorldConfig]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: audio pretraining needs a composed world "
                                 "(`avs world --out DIR`); for AVSBench use audio_encoder=vggish:PATH or precomputed:DIR")
-    meta = json.loads(path.read_text())
+    meta = read_json(path)
     config = dict(meta["config"])
     config.setdefault("holdout_members", 0)
     config.setdefault("s4_offscreen", True)
