@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from avs_lib.files import read_json
 from avs_lib.report import markdown_table, summarise
 
 CAPACITY = "capacity check (outside the paper)"
@@ -197,7 +198,7 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
         run_dir = out / run_dir_name(setting, seed)
         config = setting_config(base_config, setting, seed, run_dir)
         if (run_dir / "config.json").exists():  # a run with other settings is never reused or resumed
-            differences = config_differences(json.loads((run_dir / "config.json").read_text()), config)
+            differences = config_differences(read_json(run_dir / "config.json"), config)
             if differences:
                 changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in differences.items())
                 raise ValueError(f"{run_dir} holds a run with other settings ({changed}); pass another --out "
@@ -207,7 +208,7 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
         train(config, prepared_for(config))
     rows, seconds = [], {}
     for setting, seed in jobs:
-        metrics = json.loads((out / run_dir_name(setting, seed) / "metrics.json").read_text())
+        metrics = read_json(out / run_dir_name(setting, seed) / "metrics.json")
         rows.append({"setting": setting, "seed": seed, **{k: metrics["test"][k] for k in METRICS}})
         # the run's own record of its training epochs (validation and test not included), kept by reused runs
         seconds[f"{setting} seed {seed}"] = sum(epoch["seconds"] for epoch in metrics["history"])

@@ -42,7 +42,12 @@ def _cmd_world(args: argparse.Namespace) -> int:
         print(f"note: asset library '{cfg.kind}' is not installed here; writing a '{library.kind}' world instead "
               "(`apt-get install tuxpaint-stamps-default sonic-pi-samples` for the stamps library)", file=sys.stderr)
     start = time.perf_counter()
-    summary = write_world(cfg, args.out, progress=not args.quiet, library=library, workers=args.workers)
+    summary = write_world(cfg, args.out, progress=not args.quiet, library=library, workers=args.workers,
+                          overwrite=getattr(args, "overwrite", False))
+    if summary.get("unchanged"):
+        print(f"{args.out} already holds this world (the same world.json); nothing written (--overwrite writes it "
+              "again)")
+        return 0
     summary["seconds"] = round(time.perf_counter() - start, 2)
     print(json.dumps(summary, indent=1))
     return 0
@@ -82,7 +87,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
             print("note: the stamps asset library is not installed; the default world uses the procedural library",
                   file=sys.stderr)
         world_args = argparse.Namespace(kind=kind, subsets="s4,ms3,avss,msmi", clips=args.clips, size=args.size,
-                                        seed=args.seed, out=str(out), quiet=False, workers=args.workers)
+                                        seed=args.seed, out=str(out), quiet=False, workers=args.workers,
+                                        overwrite=args.rebuild)
         _cmd_world(world_args)
     from avs_lib.plots import world_overview
     from avs_lib.world.summary import describe_world
@@ -129,11 +135,17 @@ def _cmd_pretrain_audio(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import signal
+
     from avs_lib.config import load_config
+    from avs_lib.runs import Interrupted
     from avs_lib.train import train
 
     config = load_config(args.config, args.overrides)  # every config error comes before any data work
-    result = train(config)
+    try:
+        result = train(config)
+    except (KeyboardInterrupt, Interrupted) as stop:
+        raise Interrupted(getattr(signal, getattr(stop, "signal", "SIGINT")), _where_training_stands(config, args)) from None
     if "stopped_after_epoch" in result:  # stop_after_epoch: a planned stop, not a failure
         again = " ".join([*(["--config", args.config] if args.config else []), *args.overrides])
         print(f"stopped after epoch {result['stopped_after_epoch']} of {config.epochs} (stop_after_epoch); continue "
@@ -144,6 +156,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _where_training_stands(config, args: argparse.Namespace) -> str:
+    """For a stopped ``avs train``: the epoch its last.pt holds and how to continue (one line)."""
+    from avs_lib.checkpoints import CheckpointError, read_checkpoint
+
+    last = Path(config.out) / "last.pt"
+    again = " ".join([*(["--config", args.config] if args.config else []), *args.overrides])
+    try:
+        epoch = read_checkpoint(last)["epoch"] + 1
+    except (CheckpointError, OSError):
+        return f"no epoch was finished ({last} holds none); start it again: avs train {again}"
+    return (f"{last} holds epoch {epoch} of {config.epochs}; continue with: avs train {again} resume=true"
+            .replace("  ", " "))
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
     from dataclasses import replace
@@ -152,7 +178,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from avs_lib.train import evaluate_model, load_trained
 
-    model, config, prepared = load_trained(args.checkpoint)  # verified: an unusable file is one CheckpointError
+    # verified: an unusable file is one CheckpointError; a dataset that is not there, one DataError
+    model, config, prepared = load_trained(args.checkpoint, data_root=args.data_root)
     config = replace(config, convention=args.convention, eval_batch_size=args.batch_size, zero_audio=args.zero_audio)
     frames = {"train": prepared.train, "val": prepared.val, "test": prepared.test}[args.split]
     result = evaluate_model(model, frames, torch.device("cpu"), config)
@@ -163,14 +190,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import json
 
-    from avs_lib.runs import NotebookFailed, RunExists, run_notebook
+    from avs_lib.runs import NotebookFailed, RunExists, notebook_parameters, run_notebook
 
+    defaults = notebook_parameters(args.notebook) if Path(args.notebook).is_file() else {}
     parameters = {}
     for key, value in args.parameter:
+        if isinstance(defaults.get(key), str):
+            parameters[key] = value  # a string parameter takes the text as given, digits included
+            continue
         try:
             parameters[key] = json.loads(value)
         except json.JSONDecodeError:
-            parameters[key] = value  # a bare string
+            parameters[key] = value  # a bare string; run_notebook checks it against the parameter's type
     try:
         run_dir = run_notebook(args.notebook, parameters, args.name, args.runs_dir, progress=not args.quiet)
     except RunExists as err:
@@ -293,6 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", required=True, help="output folder")
     w.add_argument("--workers", type=int, default=workers, help=f"processes (default: {workers}); output does not depend on it")
     w.add_argument("--quiet", action="store_true", help="no progress bar")
+    w.add_argument("--overwrite", action="store_true",
+                   help="--out holds something else (another world, an unfinished one): delete its contents, cache/ "
+                        "included, and write this world (default: refuse; the same world is left as it is)")
     w.add_argument("--s4-offscreen", action="store_true",
                    help="let s4 clips carry an off-screen source too (the old behaviour; default: s4 is single-source)")
     w.add_argument("--holdout-members", type=int, default=0, metavar="N",
@@ -347,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint written by avs train")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--split", choices=["train", "val", "test"], default="test")
+    e.add_argument("--data-root", default=None, metavar="DIR",
+                   help="the run's dataset, where it is now (default: the data_root the checkpoint was trained on)")
     e.add_argument("--convention", choices=["per_frame", "avsbench", "dataset"], default="per_frame")
     e.add_argument("--batch-size", type=int, default=5, help="frames per batch (matters for the avsbench convention)")
     e.add_argument("--zero-audio", action="store_true", help="evaluate with the audio zeroed")
@@ -413,14 +449,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. Every fault it can name ends here in one line on stderr and exit status 2:
+    bad data or config (DataError, ConfigError and the other ValueErrors), a missing file, a full
+    disk. SIGTERM, SIGHUP and Ctrl-C end in one line too (the signal and where things stand), with
+    the status of a process killed by that signal (143, 129, 130)."""
+    import signal
+
     from avs_lib.data.datasets import DataError
+    from avs_lib.files import DiskFull, disk_full, out_of_space
+    from avs_lib.runs import Interrupted, signals_to_interrupt
 
     args = build_parser().parse_args(argv)
+    previous = signals_to_interrupt()
     try:
         return args.func(args)
-    except (DataError, FileNotFoundError, ValueError) as err:
+    except (DataError, FileNotFoundError, ValueError, DiskFull) as err:
         print(f"avs {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"avs {args.command}: stopped by SIGINT (Ctrl-C)", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except Interrupted as stop:
+        print(f"avs {args.command}: stopped by {stop.signal}" + (f"; {stop.note}" if stop.note else ""), file=sys.stderr)
+        return stop.code
+    except OSError as err:
+        if not out_of_space(err, Path(err.filename or ".").parent):
+            raise
+        print(f"avs {args.command}: error: {disk_full(err.filename or Path.cwd())}", file=sys.stderr)
+        return 2
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

@@ -279,4 +279,41 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), **val
         else:
             values[key] = value
             sources[key] = f"override '{text}'"
-    return config_from_dict(values, sources)
+    config = config_from_dict(values, sources)
+    check_runnable(config, sources)
+    return config
+
+
+def check_runnable(config: TrainConfig, sources: dict | str = "the config") -> None:
+    """What this machine and the model must allow, checked before any data work: a CUDA device that
+    exists, and an ``image_size`` the backbone can take (its smallest size named). Not part of
+    ``config_from_dict``: a checkpoint trained on a GPU is still read (and evaluated) on a CPU."""
+    where = (lambda key: sources.get(key, "the config")) if isinstance(sources, dict) else (lambda key: sources)
+    if config.device.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(config.device[5:]) if config.device.startswith("cuda:") else 0
+        if index >= count:
+            have = f"{count} CUDA device(s)" if count else "no CUDA (torch " + torch.__version__ + ")"
+            raise ConfigError(f"{where('device')}: device={config.device!r}, but this machine has {have}; use "
+                              "device=cpu (or device=auto, which takes a GPU when there is one)")
+    smallest = _smallest_image_size(config)
+    if smallest is not None and config.image_size < smallest:
+        raise ConfigError(f"{where('image_size')}: image_size={config.image_size} is too small for the {config.model} "
+                          f"model (size {config.size}, variant {config.variant}): its backbone needs image_size >= "
+                          f"{smallest}; use image_size={smallest} or more")
+
+
+def _smallest_image_size(config: TrainConfig) -> int | None:
+    """The smallest image_size the configured model's MiT backbone takes (None: another backbone)."""
+    from dataclasses import replace
+
+    from avs_lib.models.mit import MIT_SIZES, smallest_input_size
+
+    switches = config.switches or {}
+    if switches.get("backbone", "mit") != "mit" or config.size not in MIT_SIZES:
+        return None
+    released = config.model != "avsac" and config.variant == "released"
+    stride = (switches.get("first_stride") or (2 if released else 4)) if config.model != "avsac" else 4
+    return smallest_input_size(replace(MIT_SIZES[config.size], first_stride=stride))

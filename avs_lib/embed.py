@@ -18,6 +18,7 @@ the folder names the encoder; a second run with another encoder into the same fo
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from avs_lib.cache import data_identity
 from avs_lib.data.datasets import LAYOUTS, DataError, FrameRecord, layout_records, read_audio_segment
 from avs_lib.data.layouts import METADATA, vpo_metadata
-from avs_lib.files import atomic_write, atomic_write_text
+from avs_lib.files import atomic_write, atomic_write_text, read_json
 from avs_lib.models.audio_encoders import PrecomputedEmbeddings
 
 HEADER = "embeddings.json"
@@ -149,8 +151,9 @@ class EmbedSummary:
         return dict(self.__dict__)
 
 
-def _check_header(out: Path, encoder) -> dict:
-    """The folder's header (empty when new); another encoder's folder is an error."""
+def _check_header(out: Path, encoder, inputs: str, root: Path) -> dict:
+    """The folder's header (empty when new); another encoder's folder, or one embedded from another
+    version of ``root`` (``inputs``: its ``data_identity``), is an error."""
     path = out / HEADER
     header = {}
     if path.exists():
@@ -162,6 +165,10 @@ def _check_header(out: Path, encoder) -> dict:
         if header.get("encoder") != encoder.identifier:
             raise ValueError(f"{out} holds embeddings of encoder {header.get('encoder')!r}, not {encoder.identifier!r}; "
                              "choose another --out folder (mixing encoders in one folder would be silent)")
+        if header.get("inputs", inputs) != inputs:
+            raise ValueError(f"{out} holds embeddings of another version of {root} (its world.json or metadata "
+                             f"tables changed since they were written); delete {out} or choose another --out folder "
+                             "(the clips there would be skipped as done)")
     return header
 
 
@@ -173,9 +180,10 @@ def embed_dataset(root: str | Path, layouts: list[str] | str, encoder, out: str 
     out = Path(out)
     layouts = [l.strip() for l in layouts.split(",")] if isinstance(layouts, str) else list(layouts)
     out.mkdir(parents=True, exist_ok=True)
-    before = _check_header(out, encoder)
+    inputs = data_identity(root)
+    before = _check_header(out, encoder, inputs, Path(root))
     atomic_write_text(out / HEADER, json.dumps({
-        "encoder": encoder.identifier, "dim": encoder.dim, "sample_rate": encoder.sample_rate,
+        "encoder": encoder.identifier, "dim": encoder.dim, "sample_rate": encoder.sample_rate, "inputs": inputs,
         "root": str(Path(root).resolve()), "layouts": sorted(set(before.get("layouts", [])) | set(layouts)), "format": "one <clip>.npy [frames, dim] float32 per clip",
     }, indent=1))
     splits = [x.strip() for x in splits.split(",")] if isinstance(splits, str) else splits
@@ -196,6 +204,26 @@ def embed_dataset(root: str | Path, layouts: list[str] | str, encoder, out: str 
                         round(time.perf_counter() - start, 2))
 
 
+def _forget_other_data(folder: Path, root: str | Path) -> None:
+    """A cache folder of per-clip embeddings holds clips of one version of ``root`` (its
+    ``data_identity``, in ``inputs.json``): embeddings of another version (a world rebuilt in place
+    names its clips the same) are deleted, said in one line, and embedded again on demand."""
+    inputs, record = data_identity(root), folder / "inputs.json"
+    try:
+        recorded = json.loads(record.read_text()).get("inputs")
+    except (OSError, ValueError, AttributeError):
+        recorded = None  # a folder from before the record: which data it holds is unknown
+    if recorded == inputs:
+        return
+    stale = sorted(folder.glob("*.npy"))
+    if stale:
+        print(f"note: {folder} held {len(stale)} clip embedding(s) of another version of {root} (or of unknown "
+              "data); deleting them: they are embedded again as needed", file=sys.stderr, flush=True)
+        for path in stale:
+            path.unlink()
+    atomic_write_text(record, json.dumps({"inputs": inputs, "root": str(Path(root).resolve())}))
+
+
 class OnDemandEmbeddings(PrecomputedEmbeddings):
     """``audio_encoder=htsat:PATH`` or ``birdnet`` in ``avs train``: a ``PrecomputedEmbeddings`` over
     ``<cache>/embeddings/<encoder id>/`` that embeds a clip the first time it is asked for, from the
@@ -206,6 +234,7 @@ class OnDemandEmbeddings(PrecomputedEmbeddings):
         self.identifier = self.encoder.identifier
         folder = Path(cache_dir) / "embeddings" / self.identifier
         folder.mkdir(parents=True, exist_ok=True)
+        _forget_other_data(folder, root)
         super().__init__(folder)
         self.source_root, self._table = Path(root), None
 
@@ -259,7 +288,7 @@ def encoder_quality(root: str | Path, folder: str | Path, k: int = 5) -> dict:
     centroids = torch.zeros(len(classes), train_x.shape[1]).index_add_(0, labels, train_x[single]) / counts[:, None]
     s4_x, s4 = frames("s4", "test")
     ms3_x, ms3 = frames("ms3", "test")
-    header = json.loads((Path(folder) / HEADER).read_text()) if (Path(folder) / HEADER).exists() else {}
+    header = read_json(Path(folder) / HEADER) if (Path(folder) / HEADER).exists() else {}
     return {"encoder": header.get("encoder"), "dim": int(train_x.shape[1]), "classes": len(classes),
             "centroid_frames": len(single), "s4_nearest_centroid": nearest_centroid(s4_x, s4, centroids),
             "ms3_recall": mixture_recall(ms3_x, None, ms3, centroids, k)}

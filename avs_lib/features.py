@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,13 +28,14 @@ import torch
 from tqdm.auto import tqdm
 
 from avs_lib.audio import vggish_examples
-from avs_lib.cache import EmbeddingCache
+from avs_lib.cache import EmbeddingCache, data_identity
 from avs_lib.config import ConfigError
+from avs_lib.files import read_json
 from avs_lib.data.datasets import AVSDataset, load_sources, read_audio_segment, read_image, read_mask
 from avs_lib.data.transforms import resize_frame
 from avs_lib.memory import SemanticMemory, build_semantic_memory, load_memory, save_memory
-from avs_lib.models.audio_encoders import (PrecomputedEmbeddings, SmallAudioEncoder, load_audio_encoder,
-                                           save_audio_encoder, train_small_audio_encoder)
+from avs_lib.models.audio_encoders import (PrecomputedEmbeddings, SmallAudioEncoder, audio_encoder_from_blob,
+                                           read_audio_encoder_file, save_audio_encoder, train_small_audio_encoder)
 
 SEMANTIC_LAYOUTS = ("avss", "avss-ddeseg", "vpo")
 
@@ -59,7 +60,7 @@ def world_classes(root: str | Path) -> list[str]:
     clips under ``root`` (AVSBench)."""
     path = Path(root) / "world.json"
     if path.exists():
-        return json.loads(path.read_text())["classes"]
+        return read_json(path)["classes"]
     return sorted({r.category for r in AVSDataset(root, "s4", "train").records})
 
 
@@ -200,15 +201,19 @@ def prepare_audio_encoder(root: str | Path, cache_dir: str | Path, dim: int = 12
         return encoder, classes, encoder_id(encoder)
     classes = world_classes(root)
     path = Path(cache_dir) / f"audio_encoder_d{dim}_e{epochs}_s{seed}.pt"
+    inputs = data_identity(root)
     if path.exists():
-        encoder, names = load_audio_encoder(path)
-        return encoder, names, encoder_id(encoder)
+        blob = read_audio_encoder_file(path)
+        if blob["meta"].get("inputs") == inputs:
+            encoder = audio_encoder_from_blob(blob)
+            return encoder, blob["class_names"], encoder_id(encoder)
+        _note_rebuild(path, root)
     s4 = AVSDataset(root, "s4", "train")
     examples = frame_log_mels(s4, progress)
     labels = np.array([classes.index(r.category) for r in s4.records])
     encoder, history = train_small_audio_encoder(examples, labels, len(classes), dim=dim, epochs=epochs, seed=seed,
                                                  progress=progress)
-    save_audio_encoder(encoder, path, classes, {"history": history, "root": str(root)})
+    save_audio_encoder(encoder, path, classes, {"history": history, "root": str(root), "inputs": inputs})
     return encoder, classes, encoder_id(encoder)
 
 
@@ -258,6 +263,12 @@ def load_frames(root: str | Path, layout: str, split: str, image_size: int, enco
                     [r.category for r in dataset.records], load_sources(root, layout, **layout_kwargs))
 
 
+def _note_rebuild(path: Path, root: str | Path) -> None:
+    """Say, in one line, that a cache file built from other data is rebuilt (it is overwritten atomically)."""
+    print(f"note: {path} was built from another version of {root} (its world.json or metadata tables changed since); "
+          "building it again", file=sys.stderr, flush=True)
+
+
 def build_world_memory(root: str | Path, encoder: torch.nn.Module, encoder_id: str, cache_dir: str | Path,
                        k: int = 3, m: int = 5, seed: int = 0, progress: bool = False) -> SemanticMemory:
     """Eq. 2-4 on the single-source S4 training embeddings; saved to and reused from
@@ -267,8 +278,13 @@ def build_world_memory(root: str | Path, encoder: torch.nn.Module, encoder_id: s
     classes = world_classes(root)
     safe_id = hashlib.sha256(encoder_id.encode()).hexdigest()[:16] if "/" in encoder_id else encoder_id
     path = Path(cache_dir) / f"memory_single_{safe_id}_k{k}_m{m}_s{seed}.npz"
+    inputs = data_identity(root)
     if path.exists():
-        return load_memory(path, class_names=classes)
+        # the name says which encoder, k, m and seed; the header says which data (a world rebuilt in
+        # place keeps its cache folder and this name)
+        if load_memory(path).meta.get("inputs") == inputs:
+            return load_memory(path, class_names=classes)
+        _note_rebuild(path, root)
     s4 = AVSDataset(root, "s4", "train")
     features = frame_embeddings(s4, encoder, encoder_id, cache_dir, progress)
     records, sources = s4.records, load_sources(root, "s4")
@@ -279,6 +295,7 @@ def build_world_memory(root: str | Path, encoder: torch.nn.Module, encoder_id: s
     labels = torch.tensor([classes.index(r.category) for r in records])
     memory = build_semantic_memory(torch.from_numpy(np.asarray(features)), labels, k=k, m=m, seed=seed,
                                    class_names=classes, encoder=encoder_id)
+    memory.meta["inputs"] = inputs
     save_memory(memory, path)
     return memory
 

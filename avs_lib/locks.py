@@ -1,4 +1,5 @@
-"""A run folder is owned by one process at a time: ``<out>/run.lock`` holds its pid and host.
+"""A run folder is owned by one process at a time: ``<out>/run.lock`` holds its pid and host. The
+same lock keeps two ``avs world`` from writing into one folder at once.
 
 ``RunLock(folder).acquire()`` creates the lock file with ``O_CREAT | O_EXCL`` (atomic on a local or
 NFSv3+ file system), so of two ``avs train`` started into the same folder exactly one gets it; the
@@ -77,8 +78,9 @@ def stale_reason(owner: dict) -> str | None:
 class RunLock:
     """``with RunLock(folder):`` owns ``folder`` for the block (released on exit, also on an error)."""
 
-    def __init__(self, folder: str | Path, log=None):
+    def __init__(self, folder: str | Path, log=None, elsewhere: str = "choose another out="):
         self.path = Path(folder) / LOCK_NAME
+        self.elsewhere = elsewhere  # how the refusal says to go elsewhere (the option of the command)
         # a stale lock taken over is said on stderr, whatever the progress setting
         self.log = log or (lambda text: print(f"note: {text}", file=sys.stderr, flush=True))
         self.held = False
@@ -121,9 +123,9 @@ class RunLock:
                          f"; it runs on another host, so this one cannot tell whether it is alive: if that run is "
                          f"gone, delete {self.path}")
                 raise RunLocked(f"{self.path.parent} is in use by another run ({describe_owner(owner)}){where}; "
-                                "wait for it to finish or choose another out=")
+                                f"wait for it to finish or {self.elsewhere}")
             self._take_over(f"a stale lock ({describe_owner(owner)}: {reason})", owner)
-        raise RunLocked(f"could not take {self.path}: other processes keep taking it; choose another out=")
+        raise RunLocked(f"could not take {self.path}: other processes keep taking it; {self.elsewhere}")
 
     def _take_over(self, what: str, stale: dict) -> None:
         # Move the lock aside first and look at what was moved: when two processes take over the same

@@ -31,7 +31,9 @@ import torch.nn.functional as F
 
 from avs_lib.audio import (VGGISH_EXAMPLE_FRAMES, VGGISH_FFT, VGGISH_HOP, VGGISH_LOG_OFFSET, VGGISH_WINDOW,
                            vggish_mel_matrix)
-from avs_lib.models.audio_encoders import SmallAudioEncoder, load_audio_encoder, save_audio_encoder
+from avs_lib.files import read_json
+from avs_lib.models.audio_encoders import (SmallAudioEncoder, audio_encoder_from_blob, read_audio_encoder_file,
+                                           save_audio_encoder)
 from avs_lib.world.assets import AssetLibrary
 from avs_lib.world.compose import WorldConfig, _loop_sound, heldout_members, mix_sources
 
@@ -225,7 +227,7 @@ def world_setup(root: str | Path) -> tuple[AssetLibrary, WorldConfig]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: audio pretraining needs a composed world "
                                 "(`avs world --out DIR`); for AVSBench use audio_encoder=vggish:PATH or precomputed:DIR")
-    meta = json.loads(path.read_text())
+    meta = read_json(path)
     config = dict(meta["config"])
     config.setdefault("holdout_members", 0)
     config.setdefault("s4_offscreen", True)
@@ -273,9 +275,8 @@ def pretrained_encoder(root: str | Path, cache_dir: str | Path, config: Pretrain
     key = pretrain_key(library, world, excluded, config)
     path = Path(cache_dir) / f"pretrained_audio_{key}.pt"
     if path.exists():
-        encoder, names = load_audio_encoder(path, device)
-        record = torch.load(path, map_location="cpu", weights_only=False)["meta"]
-        return encoder, names, record
+        blob = read_audio_encoder_file(path, device)  # verified: a damaged file is one message naming it
+        return audio_encoder_from_blob(blob, device), blob["class_names"], blob["meta"]
     started = time.perf_counter()
     encoder, history = pretrain(library, world, config, excluded, progress=progress, device=device)
     record = {"key": key, "config": asdict(config), "history": history, "seconds": round(time.perf_counter() - started, 1),

@@ -5,11 +5,12 @@ setting over seeds; ``markdown_table`` formats them;
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from avs_lib.files import read_json
 
 def _flatten(prefix: str, values: dict, out: dict) -> None:
     for key, value in values.items():
@@ -26,14 +27,14 @@ def gather(run_dirs: list[str | Path]) -> pd.DataFrame:
         metrics_path = run / "metrics.json"
         if not metrics_path.exists():
             continue
-        metrics = json.loads(metrics_path.read_text())
+        metrics = read_json(metrics_path)
         row = {"run": run.name}
         params_path = run / "params.json"
         if params_path.exists():
-            _flatten("param.", json.loads(params_path.read_text()), row)
+            _flatten("param.", read_json(params_path), row)
         status_path = run / "status.json"
         if status_path.exists():
-            row["status"] = json.loads(status_path.read_text()).get("status")
+            row["status"] = read_json(status_path).get("status")
         _flatten("", {k: v for k, v in metrics.items() if k not in ("history", "config")}, row)
         if "config" in metrics:
             _flatten("config.", metrics["config"], row)

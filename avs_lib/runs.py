@@ -27,7 +27,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from avs_lib.files import atomic_write_text
+from avs_lib.files import atomic_write_text, output_folder, read_json, writing_into
 
 RUNS_DIR = Path("papermill_runs")
 PACKAGES = ("torch", "numpy", "scikit-learn", "papermill", "jupytext", "matplotlib", "plotly", "ipywidgets",
@@ -134,12 +134,14 @@ HEARTBEAT_SECONDS = 30.0  # a live run rewrites status.json this often; 4 missed
 
 
 class Interrupted(SystemExit):
-    """SIGTERM or SIGHUP reached a run: it is marked "interrupted" and the process exits with
-    128 + the signal number, as a process killed by that signal would (and without a traceback)."""
+    """SIGTERM, SIGHUP or SIGINT (Ctrl-C) reached a command: a run is marked "interrupted" and the
+    process exits with 128 + the signal number, as a process killed by that signal would, with one
+    line (``avs``'s main prints it: the signal and ``note``, where things stand) and no traceback."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, note: str = ""):
         super().__init__(128 + signum)
         self.signal = signal.Signals(signum).name
+        self.note = note
 
 
 class _Heartbeat:
@@ -167,10 +169,17 @@ class _Heartbeat:
         self.thread.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, value, traceback) -> None:
         self.stop.set()
         self.thread.join()
-        self.write()  # the final status
+        try:
+            self.write()  # the final status
+        except OSError:
+            if kind is None:
+                raise
+            # the run is failing already (a full disk, most often): its own error says more than this one
+
+
 
 
 def run_status(run_dir: str | Path) -> dict:
@@ -197,9 +206,10 @@ def run_status(run_dir: str | Path) -> dict:
     return status
 
 
-def _signals_to_interrupt():
-    """Turn SIGTERM and SIGHUP into ``Interrupted`` while a run executes (main thread only: Python
-    delivers signals there; runs started from sweep threads keep the default handlers)."""
+def signals_to_interrupt() -> dict:
+    """Turn SIGTERM and SIGHUP into ``Interrupted`` (main thread only: Python delivers signals there;
+    runs started from sweep threads keep the default handlers). Returns the previous handlers, for
+    ``signal.signal`` to put back."""
     if threading.current_thread() is not threading.main_thread():
         return {}
 
@@ -235,30 +245,36 @@ def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str
     run_dir = Path(runs_dir) / name
     if run_dir.exists():
         raise RunExists(f"run {run_dir} exists; runs are never overwritten: choose another --name or delete it")
+    check_parameter_types(notebook, defaults, parameters)
+    output_folder(Path(runs_dir), "--runs-dir")
     run_dir.mkdir(parents=True)
     parameters["run_dir"] = str(run_dir.resolve())
     all_parameters = {**defaults, **parameters}
-    (run_dir / "params.json").write_text(json.dumps(all_parameters, indent=1, sort_keys=True))
-    (run_dir / "environment.json").write_text(json.dumps(environment(), indent=1))
     started = dt.datetime.now()
     # pid + host + heartbeat: `avs runs` / run_status tell a live run from one whose process is gone
     status = {"status": "running", "notebook": str(notebook), "pid": os.getpid(), "host": socket.gethostname(),
               "started": started.isoformat(timespec="seconds"), "heartbeat_seconds": HEARTBEAT_SECONDS}
     output = run_dir / f"{notebook.stem}.ipynb"
-    previous = _signals_to_interrupt()
+    source = jupytext.read(notebook)
+    previous = signals_to_interrupt()
     try:
         with _Heartbeat(run_dir / "status.json", status) as beat:
             try:
-                papermill.execute_notebook(jupytext.read(notebook), str(output), parameters=parameters,
-                                           kernel_name="python3", language="python", progress_bar=progress,
-                                           cwd=str(cwd), execution_timeout=cell_timeout)
+                with writing_into(run_dir):  # a full disk is one message naming the run folder
+                    atomic_write_text(run_dir / "params.json", json.dumps(all_parameters, indent=1, sort_keys=True))
+                    atomic_write_text(run_dir / "environment.json", json.dumps(environment(), indent=1))
+                    papermill.execute_notebook(source, str(output), parameters=parameters,
+                                               kernel_name="python3", language="python", progress_bar=progress,
+                                               cwd=str(cwd), execution_timeout=cell_timeout)
             except papermill.PapermillExecutionError as error:
                 status.update(status="failed", error=f"{error.ename}: {error.evalue}"[-2000:], cell=error.exec_count)
                 raise NotebookFailed(describe_failure(error, output)) from error
             except (Interrupted, KeyboardInterrupt) as error:
+                stopped_by = getattr(error, "signal", "SIGINT")
                 with beat.lock:
-                    status.update(status="interrupted", error=f"stopped by {getattr(error, 'signal', 'SIGINT')}")
-                raise
+                    status.update(status="interrupted", error=f"stopped by {stopped_by}")
+                raise Interrupted(getattr(signal, stopped_by), f"{run_dir / 'status.json'} says interrupted; the "
+                                  f"partial notebook is {output}") from None
             except BaseException as error:
                 with beat.lock:
                     status.update(status="failed", error=f"{type(error).__name__}: {str(error)[-2000:]}")
@@ -266,13 +282,58 @@ def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str
             else:
                 status["status"] = "done"
             finally:
-                if output.exists():
-                    drop_widget_state(output)
+                keep_notebook_readable(output, source, status)
                 status["seconds"] = round((dt.datetime.now() - started).total_seconds(), 1)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return run_dir
+
+
+def check_parameter_types(notebook: Path, defaults: dict, parameters: dict) -> None:
+    """Each given parameter must have the type of its default in the notebook's ``parameters`` cell
+    (an integer may stand for a number; a default of None takes anything): a wrong one is one
+    ConfigError naming the parameter and the type, before any kernel starts."""
+    from avs_lib.config import ConfigError, _type_name
+
+    for key, value in parameters.items():
+        default = defaults.get(key)
+        if default is None:
+            continue
+        expected = type(default)
+        fits = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            fits = True
+        if not fits:
+            raise ConfigError(f"{notebook.name}: parameter '{key}' must be {_type_name(expected)} (its parameters "
+                              f"cell has {key} = {default!r}), got {value!r} ({type(value).__name__}); pass -p {key} "
+                              "VALUE with a value of that type")
+
+
+def keep_notebook_readable(output: Path, source, status: dict) -> None:
+    """After a run, however it ended: the executed notebook without its widget state. A notebook that
+    cannot be read (a write cut short: a full disk, a kill while saving) is replaced by the notebook
+    as given, unexecuted, under a first cell that says why, so the run folder never holds a broken
+    file; when even that cannot be written, there is no notebook, and status.json says so."""
+    import nbformat
+
+    if not output.exists():
+        return
+    try:
+        drop_widget_state(output)
+        return
+    except Exception:  # nbformat raises JSON, validation and OS errors alike for a cut-short file
+        output.unlink(missing_ok=True)  # also frees the space the cut-short write took
+    why = status.get("error") or "the executed notebook could not be read back"
+    stub = nbformat.from_dict(json.loads(nbformat.writes(source)))
+    stub.cells.insert(0, nbformat.v4.new_markdown_cell(
+        f"**This run ended with: {why}.** Its executed notebook could not be saved whole; this is the notebook "
+        "as it was given, unexecuted."))
+    try:
+        atomic_write_text(output, nbformat.writes(stub))
+        status["notebook_note"] = "the executed notebook could not be saved; the file is the unexecuted notebook"
+    except OSError:
+        status["notebook_note"] = "the executed notebook could not be saved (no notebook in the run folder)"
 
 
 def drop_widget_state(path: str | Path) -> None:
@@ -281,7 +342,7 @@ def drop_widget_state(path: str | Path) -> None:
 
     nb = nbformat.read(path, as_version=4)
     if nb.metadata.pop("widgets", None) is not None:
-        nbformat.write(nb, path)
+        atomic_write_text(path, nbformat.writes(nb))
 
 
 def expand_grid(grid: dict) -> list[dict]:
@@ -414,7 +475,7 @@ def readme_block(batch: Path) -> str:
              "(each notebook's `metrics.json`; `make run` on this machine reproduces them, and its run report "
              "puts them side by side with a new run's):", "", "| notebook | number | value |", "| --- | --- | --- |"]
     for run in sorted(p for p in batch.iterdir() if (p / "metrics.json").exists()):
-        for key, value in headline_numbers(json.loads((run / "metrics.json").read_text())).items():
+        for key, value in headline_numbers(read_json(run / "metrics.json")).items():
             lines.append(f"| `{run.name}` | `{key}` | {format_number(value)} |")
     return "\n".join(lines + ["", README_BLOCK[1]])
 
@@ -424,7 +485,7 @@ def write_run_report(batch: Path, readme: Path | None = None) -> Path:
     where the README quotes one), thumbnails of its figures and a link to the executed notebook."""
     quoted = readme_numbers(readme) if readme else {}
     lines = [f"# Run report: {batch.name}", ""]
-    envs = [json.loads(f.read_text()) for f in sorted(batch.glob("*/environment.json"))]
+    envs = [read_json(f) for f in sorted(batch.glob("*/environment.json"))]
     if envs:
         commits = sorted({str(e.get("git_commit")) for e in envs})
         dirty = sorted({path for e in envs for path in (e.get("dirty_code") or [])})
@@ -441,7 +502,7 @@ def write_run_report(batch: Path, readme: Path | None = None) -> Path:
         if status.get("error"):
             lines += [f"Error: `{status['error'][:300]}`", ""]
         if (run / "metrics.json").exists():
-            numbers = headline_numbers(json.loads((run / "metrics.json").read_text()))
+            numbers = headline_numbers(read_json(run / "metrics.json"))
             lines += ["| number | this run | README |", "| --- | --- | --- |"]
             for key, value in numbers.items():
                 readme_value = quoted.get((run.name, key), "")

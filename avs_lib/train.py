@@ -48,7 +48,7 @@ from avs_lib.checkpoints import load_model_state, read_checkpoint, save_checkpoi
 from avs_lib.config import TrainConfig, config_from_dict, load_config
 from avs_lib.data.transforms import flip_batch, normalise_images
 from avs_lib.features import FrameSet, Prepared, prepare
-from avs_lib.files import atomic_write, atomic_write_text
+from avs_lib.files import atomic_write, atomic_write_text, output_folder, read_json, writing_into
 from avs_lib.locks import RunLock
 from avs_lib.losses import avsac_loss, capacity_loss, ddeseg_loss
 from avs_lib.metrics import evaluate
@@ -289,17 +289,26 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> dict:
     lock, error, state = None, None, None
     if main:
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            output_folder(out_dir, "out=")
             lock = RunLock(out_dir).acquire()
             state = _open_run_folder(config, out_dir)
         except (ValueError, OSError) as err:
             error = err
     try:
         _agree(error, world)
-        return _train(config, prepared, rank, world, out_dir, state)
+        # a full disk is one message naming the folder and the checkpoint that is still good
+        with writing_into(out_dir, kept=lambda: _what_is_kept(out_dir)):
+            return _train(config, prepared, rank, world, out_dir, state)
     finally:
         if lock is not None:
             lock.release()
+
+
+def _what_is_kept(out_dir: Path) -> str:
+    last = out_dir / "last.pt"
+    if not last.exists():
+        return "no epoch had been saved yet"
+    return f"{last}, the last good checkpoint, is kept: continue with resume=true once there is space"
 
 
 def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int, out_dir: Path,
@@ -514,10 +523,10 @@ def train_once(config: TrainConfig, prepared: Prepared | None = None) -> dict:
     out = Path(config.out)
     saved = out / "config.json"
     if saved.exists():
-        differences = config_differences(json.loads(saved.read_text()), config)
+        differences = config_differences(read_json(saved, "run config"), config)
         if not differences and (out / "metrics.json").exists():
             print(f"reusing the model trained in {out} (same settings)", flush=True)
-            return json.loads((out / "metrics.json").read_text())
+            return read_json(out / "metrics.json", "run metrics")
         if not differences and (out / "last.pt").exists():
             print(f"resuming the unfinished run in {out}", flush=True)
             return train(replace(config, resume=True), prepared)
@@ -547,12 +556,29 @@ def train_or_load(checkpoint: str | Path | None, config: TrainConfig, out: str |
     return load_trained(Path(config.out) / "best.pt", prepared)
 
 
-def load_trained(checkpoint: str | Path, prepared: Prepared | None = None, device: str = "cpu"):
+def load_trained(checkpoint: str | Path, prepared: Prepared | None = None, device: str = "cpu",
+                 data_root: str | Path | None = None):
     """(model, config, prepared) from a best.pt/last.pt written by ``train``. The checkpoint is
     verified (``avs_lib.checkpoints``) before any data work; a file that is not one, or whose
-    weights do not fit its config, is a ``CheckpointError`` naming it."""
+    weights do not fit its config, is a ``CheckpointError`` naming it. ``data_root``: where the
+    run's dataset is now, when it has moved since training (its memory is built from there too,
+    unless the run named a memory_root of its own)."""
+    from dataclasses import replace
+
+    from avs_lib.data.datasets import DataError
+    from avs_lib.paths import workbench_path
+
     state = read_checkpoint(checkpoint)
     config = config_from_dict(state["config"], f"the config inside checkpoint {checkpoint}")
+    if data_root is not None:
+        config = replace(config, data_root=str(data_root))
+    if prepared is None and data_root is not None and not workbench_path(data_root).is_dir():
+        raise DataError(f"--data-root {data_root} does not exist or is not a folder; pass the folder the checkpoint's "
+                        f"dataset ({state['config'].get('data_root')} when it was trained) is in now")
+    if prepared is None and not workbench_path(config.data_root).is_dir():
+        raise DataError(f"checkpoint {checkpoint} was trained on data_root={config.data_root}, which does not exist "
+                        f"here ({workbench_path(config.data_root)}): if the dataset has moved, point avs eval at it "
+                        "with --data-root DIR (load_trained(..., data_root=DIR))")
     prepared = prepared or prepare(config)
     model = make_model(config, prepared)
     load_model_state(model, state["model"], checkpoint, state["config"])

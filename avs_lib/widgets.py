@@ -218,16 +218,16 @@ def clip_browser(root):
     ``widgets.Output``: an Output widget makes nbclient send messages on the shell channel while it
     waits for the cell's reply, which can leave papermill waiting until its timeout
     (jupyter/nbclient#312)."""
-    import json
     from pathlib import Path
 
     import ipywidgets as widgets
 
     from avs_lib.data.datasets import AVSDataset, DataError, clip_frames, load_sources
+    from avs_lib.files import read_json
     from avs_lib.world.write import world_roots
 
     roots = world_roots(root)
-    written = json.loads((Path(root) / "world.json").read_text())["config"]["subsets"]
+    written = read_json(Path(root) / "world.json")["config"]["subsets"]
     subset_picker = widgets.Dropdown(options=[s for s in ("s4", "ms3", "avss", "msmi") if s in written], description="subset")
     split_picker = widgets.Dropdown(options=["train", "val", "test"], value="train", description="split")
     clip_picker = widgets.Dropdown(options=[], description="clip")

@@ -15,6 +15,7 @@ import numpy as np
 import soundfile
 from PIL import Image
 
+from avs_lib.files import read_json
 from avs_lib.data.datasets import DataError, avss_records, read_audio_segment, read_image, read_mask
 
 
@@ -41,6 +42,6 @@ def avss_to_ddeseg(src: str | Path, dst: str | Path) -> int:
     label_file = src / "label2idx.json"
     if not label_file.exists():
         raise DataError(f"{label_file}: not found; AVSS roots written by `avs world` have one")
-    zero_based = json.loads(label_file.read_text())
+    zero_based = read_json(label_file)
     (dst / "label2idx.json").write_text(json.dumps({k: v + 1 for k, v in zero_based.items()}, indent=1) + "\n")
     return len(rows)

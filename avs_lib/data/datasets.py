@@ -77,14 +77,18 @@ def _split_rows(frame: pd.DataFrame, split: str | None, path: Path) -> pd.DataFr
 
 
 # ----------------------------------------------------------------------------- layouts
+def _clip_names(table: pd.DataFrame) -> pd.Series:
+    """The clip-name column: ``name`` where the header has it, else the first column (AVSBench's own
+    loaders read the name by position; the other columns are read by name)."""
+    return table["name"] if "name" in table.columns else table.iloc[:, 0]
+
+
 def s4_records(root: Path, split: str | None = None, frames: int = 5) -> list[FrameRecord]:
     csv_path = root / METADATA["s4"]
-    table = _read_csv(csv_path, ["split"], "s4")
-    if table.shape[1] < 3:
-        raise DataError(f"{csv_path}: expected columns name, start_time, category, split")
+    table = _read_csv(csv_path, ["category", "split"], "s4")
     records = []
-    for row in _split_rows(table, split, csv_path).itertuples(index=False):
-        name, category, sp = row[0], row[2], row.split
+    rows = _split_rows(table, split, csv_path)
+    for name, category, sp in zip(_clip_names(rows), rows["category"], rows["split"]):
         for t in range(frames):
             # AVSBench ships one mask (frame 1) per training clip and five per val/test clip.
             has_mask = sp != "train" or t == 0
@@ -100,8 +104,8 @@ def ms3_records(root: Path, split: str | None = None, frames: int = 5) -> list[F
     csv_path = root / METADATA["ms3"]
     table = _read_csv(csv_path, ["split"], "ms3")
     records = []
-    for row in _split_rows(table, split, csv_path).itertuples(index=False):
-        name, sp = row[0], row.split
+    rows = _split_rows(table, split, csv_path)
+    for name, sp in zip(_clip_names(rows), rows["split"]):
         for t in range(frames):
             files = ms3_files(root, sp, name, t)
             records.append(FrameRecord(

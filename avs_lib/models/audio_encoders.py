@@ -112,22 +112,50 @@ def train_small_audio_encoder(examples: np.ndarray, labels: np.ndarray, num_clas
 
 
 def save_audio_encoder(model: SmallAudioEncoder, path: str | Path, class_names: list[str], meta: dict | None = None) -> None:
+    """One torch file with the weights, the architecture, the class names, ``meta`` and a checksum
+    over all of them (``avs_lib.checkpoints.content_checksum``)."""
+    from avs_lib.checkpoints import content_checksum
+
     state = {"state_dict": model.state_dict(), "dim": model.dim, "arch": model.arch(), "class_names": class_names,
              "meta": meta or {}}
+    state["checksum"] = content_checksum(state)
     atomic_write(path, lambda fh: torch.save(state, fh))
 
 
-def load_audio_encoder(path: str | Path, device: str = "cpu") -> tuple[SmallAudioEncoder, list[str]]:
-    """(frozen encoder, class names) from a file of ``save_audio_encoder``."""
+def read_audio_encoder_file(path: str | Path, device: str = "cpu") -> dict:
+    """The verified contents of a file of ``save_audio_encoder``. A missing, empty, truncated or
+    damaged file is one ``CheckpointError`` naming it; these files are caches, so the way out is to
+    delete it and let the command that wrote it write it again."""
+    from avs_lib.checkpoints import CheckpointError, content_checksum, read_torch_file
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio encoder {path} does not exist; `avs pretrain-audio` (or `avs train`, notebook 01) writes it")
-    blob = torch.load(path, map_location=device, weights_only=False)
+    advice = (f"delete {path} and run again: `avs train` (or `avs pretrain-audio`, notebook 01) trains the encoder "
+              "again and caches it there")
+    blob = read_torch_file(path, "cached audio encoder", advice, map_location=device)
+    if not isinstance(blob, dict) or "state_dict" not in blob or "class_names" not in blob:
+        raise CheckpointError(f"cached audio encoder {path} is not a file of save_audio_encoder; {advice}")
+    # files written before the checksum existed are read with their structure checked only
+    if "checksum" in blob and blob["checksum"] != content_checksum(blob):
+        raise CheckpointError(f"cached audio encoder {path} fails its checksum (changed or damaged after it was "
+                              f"written); {advice}")
+    return blob
+
+
+def load_audio_encoder(path: str | Path, device: str = "cpu") -> tuple[SmallAudioEncoder, list[str]]:
+    """(frozen encoder, class names) from a file of ``save_audio_encoder``, verified."""
+    blob = read_audio_encoder_file(path, device)
+    return audio_encoder_from_blob(blob, device), blob["class_names"]
+
+
+def audio_encoder_from_blob(blob: dict, device: str = "cpu") -> SmallAudioEncoder:
+    """The frozen encoder held by the contents of a ``save_audio_encoder`` file."""
     # files written before the architecture was saved hold the default network
     arch = blob.get("arch") or {"dim": blob["dim"], "num_classes": len(blob["class_names"])}
     model = SmallAudioEncoder(**arch)
     model.load_state_dict(blob["state_dict"])
-    return model.to(device).eval().requires_grad_(False), blob["class_names"]
+    return model.to(device).eval().requires_grad_(False)
 
 
 # ----------------------------------------------------------------------------- VGGish

@@ -50,6 +50,22 @@ MIT_SIZES = {
 }
 
 
+def smallest_input_size(config: MiTConfig) -> int:
+    """The smallest square image this backbone takes: each stage's spatial-reduction convolution
+    (kernel = stride = ``sr_ratio``) needs a feature map at least ``sr_ratio`` pixels wide, after the
+    stem (7x7, ``first_stride``) and the 3x3 stride-2 patch embeddings that precede it."""
+    size = 1
+    while True:
+        side, fits = size, True
+        for i, sr in enumerate(config.sr_ratios):
+            kernel, stride = (7, config.first_stride) if i == 0 else (3, 2)
+            side = (side + 2 * (kernel // 2) - kernel) // stride + 1
+            fits = fits and side >= sr
+        if fits:
+            return size
+        size += 1
+
+
 class OverlapPatchEmbed(nn.Module):
     def __init__(self, in_channels: int, dim: int, kernel: int, stride: int):
         super().__init__()

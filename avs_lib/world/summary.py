@@ -1,10 +1,10 @@
 """A written world described in a few lines: classes, clips per subset and split, sources."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from avs_lib.data.datasets import layout_records, load_sources
+from avs_lib.files import read_json
 from avs_lib.world.write import world_roots
 
 
@@ -13,7 +13,7 @@ def describe_world(root: Path) -> str:
     meta_path = root / "world.json"
     if not meta_path.exists():
         raise FileNotFoundError(f"{meta_path}: not a world written by `avs world` (no world.json)")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json(meta_path)
     cfg = meta["config"]
     lines = [f"world at {root}: library '{meta['library']}', {len(meta['classes'])} classes, "
              f"{cfg['size']} px frames, {cfg['sample_rate']} Hz audio, seed {cfg['seed']}",

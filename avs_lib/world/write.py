@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from tqdm.auto import tqdm
 from avs_lib.audio import per_second_vggish_examples
 from avs_lib.data.layouts import METADATA, SOURCES, avss_files, ms3_files, s4_files, vpo_files, vpo_metadata, vpo_sources
 from avs_lib.data.palette import voc_palette
+from avs_lib.files import atomic_write_text, output_folder
+from avs_lib.locks import LOCK_NAME, RunLock
 from avs_lib.world.assets import AssetLibrary, load_library
 from avs_lib.world.compose import Clip, WorldConfig, compose_clip
 
@@ -177,16 +180,50 @@ def _write_clip_in_worker(job: tuple[str, int]) -> tuple[str, list, dict]:
     return _write_clip(*job, _WORKER_STATE["cfg"], _WORKER_STATE["out"], _WORKER_STATE["library"])
 
 
+class WorldExists(ValueError):
+    """The output folder holds something other than the world asked for, and overwriting was not asked for."""
+
+
 def write_world(cfg: WorldConfig, out: str | Path, progress: bool = True, library: AssetLibrary | None = None,
-                workers: int = 1) -> dict:
+                workers: int = 1, overwrite: bool = False) -> dict:
     """Compose ``cfg.clips_of(subset)`` clips of each subset and write them under ``out``; returns a summary.
 
     The same configuration always writes byte-identical files, whatever ``workers`` is: each clip
     has its own random stream and the metadata rows are written in clip order.
+
+    ``out`` is owned by this call (``<out>/run.lock``, as a run folder: a second writer is refused).
+    A folder that is not empty is refused (``WorldExists``) unless it already holds this very world
+    (the same world.json: nothing is written, the summary says ``unchanged``) or ``overwrite`` is
+    given: then everything in it, its ``cache/`` included, is deleted first, so no clip, table or
+    derived file of another world stays behind. world.json is written last: a folder without it is
+    an unfinished world.
     """
     out = Path(out)
     library = library or load_library(cfg.kind, cfg.sample_rate)
-    out.mkdir(parents=True, exist_ok=True)
+    meta = {"format_version": WORLD_FORMAT_VERSION, "config": asdict(cfg), "library": library.kind,
+            "classes": library.class_names, "members": {c.name: [m.name for m in c.members] for c in library.classes}}
+    world_json = json.dumps(meta, indent=1, sort_keys=True) + "\n"
+    output_folder(out, "--out")
+    with RunLock(out, elsewhere="choose another --out"):
+        present = sorted(p.name for p in out.iterdir() if not p.name.startswith(LOCK_NAME))
+        if present and not overwrite:
+            if (out / "world.json").is_file() and (out / "world.json").read_text() == world_json:
+                return {"root": str(out), "library": library.kind, "classes": library.class_names, "unchanged": True}
+            what = ("another world (its world.json differs)" if "world.json" in present
+                    else f"{len(present)} entries without a world.json ({', '.join(present[:4])}"
+                         f"{', ...' if len(present) > 4 else ''}: an unfinished world or other files)")
+            raise WorldExists(f"{out} is not empty: it holds {what}; pass --overwrite to delete its contents (cache/ "
+                              "included) and write this world there, or choose another --out")
+        for name in present if overwrite else ():
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        summary = _write_world(cfg, out, progress, library, workers)
+        atomic_write_text(out / "world.json", world_json)
+    return summary
+
+
+def _write_world(cfg: WorldConfig, out: Path, progress: bool, library: AssetLibrary, workers: int) -> dict:
+    """``write_world``'s work, in a folder it owns: every subset's clips and tables."""
     class_names = library.class_names
     summary: dict = {"root": str(out), "library": library.kind, "classes": class_names, "subsets": {}}
     pool = None
@@ -212,9 +249,6 @@ def write_world(cfg: WorldConfig, out: str | Path, progress: bool = True, librar
             pool.close()
             pool.join()
             _WORKER_STATE.clear()
-    meta = {"format_version": WORLD_FORMAT_VERSION, "config": asdict(cfg), "library": library.kind,
-            "classes": class_names, "members": {c.name: [m.name for m in c.members] for c in library.classes}}
-    (out / "world.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
     return summary
 
 
