@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +70,7 @@ def world_frame_size(root: str | Path) -> int:
     path = Path(root) / "world.json"
     if not path.exists():
         raise ValueError(f"{root} has no world.json: only a composed world records its frame size and sources")
-    return int(json.loads(path.read_text())["config"]["size"])
+    return int(read_json(path)["config"]["size"])
 
 
 class FileAudioEncoder(torch.nn.Module):
