@@ -56,19 +56,18 @@ def test_interval(model, frames, config, device: torch.device | str = "cpu") -> 
     return jf_with_interval(logits[keep], frames.masks[keep], [c for c, k in zip(frames.clips, keep.tolist()) if k])
 
 
-def headroom(config, model, prepared, out_dir, rows: tuple[str, ...] = ("floor", "oracle"),
-             progress: bool = False) -> list[dict]:
+def headroom(config, model, prepared, rows: tuple[str, ...] = ("floor", "oracle"), progress: bool = False) -> list[dict]:
     """The window an experiment can see, as rows {"row", "what", "JF", "ci95", ...}: the floor (the
     same training with the audio zeroed, ``zero_audio=true``), ``model`` itself (trained with
     ``config``) and the oracles (the same training with ``audio_encoder=oracle`` / ``oracle-heard``,
     ``avs_lib.features.OracleAudio``), each tested on the test split with a 95 % interval over clips.
-    Every extra row is trained once into ``<out_dir>/<row>`` and reused by a later call with the same
-    settings (``train_once``). Headroom = ceiling - floor; a comparison of settings that lands inside
+    Every extra row is trained once into the data's model store (``avs_lib.train.shared_run_dir``)
+    and reused by a later call with the same settings (``train_once``). Headroom = ceiling - floor; a comparison of settings that lands inside
     a narrow window cannot come out any other way."""
     from pathlib import Path
 
     from avs_lib.features import prepare
-    from avs_lib.train import load_trained, train_once
+    from avs_lib.train import load_trained, shared_run_dir, train_once
 
     table = [{"row": "model", "what": HEADROOM_ROWS["model"], **test_interval(model, prepared.test, config)}]
     for row in rows:
@@ -79,7 +78,7 @@ def headroom(config, model, prepared, out_dir, rows: tuple[str, ...] = ("floor",
             frames_for = prepare(variant, progress=progress)
         else:
             raise ValueError(f"headroom row {row!r}: choose from floor, oracle, oracle-heard")
-        variant = replace(variant, out=str(Path(out_dir) / row))
+        variant = replace(variant, out=str(shared_run_dir(variant)))
         train_once(variant, frames_for)
         trained, _, _ = load_trained(Path(variant.out) / "best.pt", frames_for)
         table.append({"row": row, "what": HEADROOM_ROWS[row], **test_interval(trained, frames_for.test, variant)})

@@ -31,6 +31,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -538,6 +539,23 @@ def train_once(config: TrainConfig, prepared: Prepared | None = None) -> dict:
         changed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in differences.items()) or "unfinished"
         print(f"{out} held a run with other settings ({changed}); moved it to {aside}", flush=True)
     return train(config, prepared)
+
+
+def shared_run_dir(config: TrainConfig) -> Path:
+    """Where the notebooks keep a model, so that notebooks asking for the same training share it:
+    ``<cache>/models/<key>`` under the data's cache folder, the key a hash of everything that
+    changes what the run computes (``config_differences``' keys) and of the data's identity
+    (``avs_lib.cache.data_identity``: a rebuilt world gets new models, never the old ones)."""
+    from avs_lib.cache import data_identity
+    from avs_lib.paths import workbench_path
+
+    data_root = workbench_path(config.data_root)
+    cache = workbench_path(config.cache_dir) if config.cache_dir else data_root / "cache"
+    identity = {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k not in RUN_IDENTITY_EXCLUDES}
+    identity["data"] = data_identity(data_root)
+    identity.pop("data_root")  # the same data moved elsewhere is the same data
+    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return cache / "models" / f"{config.model}-{key}"
 
 
 def train_or_load(checkpoint: str | Path | None, config: TrainConfig, out: str | Path | None = None):

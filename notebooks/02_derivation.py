@@ -34,11 +34,12 @@
 # | Eq. 11-12 | $\delta a_{c_i} = \tanh\big(W_{o2}\sum_r \beta_{i,r} d_{i,r} + b_{o2}\big),\quad \hat a_i = a_i\,(1+\delta a_{c_i})$ | `DiscriminativeEnhancement.forward` |
 
 # %% tags=["parameters"]
+config_file = "configs/tiny_world.yaml"  # the model notebooks 02-05 share (trained once, kept in the data's cache)
 data_root = "data/default_world"  # relative paths are read from the repository root
 layout = "ms3"
 K = 5
-image_size = 96
-train_epochs = 2
+image_size = 0  # 0: the config's
+train_epochs = 0  # 0: the config's
 encoder_epochs = 15  # the audio encoder's pretraining length (TrainConfig.encoder_epochs; cached per world)
 checkpoint = ""
 frame_index = 0
@@ -58,19 +59,21 @@ from avs_lib.audio_eval import logit_recall_curve, token_view
 from avs_lib.config import load_config
 from avs_lib.data.datasets import AVSDataset, read_audio_segment
 from avs_lib.features import prepare_audio_encoder
-from avs_lib.paths import notebook_paths
+from avs_lib.paths import notebook_paths, workbench_path
 from avs_lib.plots import recall_curve, token_map
 from avs_lib.pretrain import world_setup
 from avs_lib.runs import save_metrics
-from avs_lib.train import train_or_load
+from avs_lib.train import shared_run_dir, train_or_load
 from avs_lib.widgets import derivation_explorer, source_recordings
 
 data_root, run_dir = notebook_paths(data_root, run_dir, '02_derivation')
 
-# a given checkpoint is loaded; otherwise a short run trains one into run_dir/model
-config = load_config(data_root=data_root, layout=layout, image_size=image_size, epochs=train_epochs, seed=seed,
-                     encoder_epochs=encoder_epochs, switches={"num_tokens": K}, progress=False, out=run_dir / "model")
-model, config, prepared = train_or_load(checkpoint, config)
+# a given checkpoint is loaded; otherwise the config's model is trained once into the data's cache
+# (shared_run_dir: notebooks 02-05 asking for the same training share one model)
+overrides = {k: v for k, v in {"image_size": image_size, "epochs": train_epochs}.items() if v}
+config = load_config(workbench_path(config_file), data_root=data_root, layout=layout, seed=seed,
+                     encoder_epochs=encoder_epochs, switches={"num_tokens": K}, progress=False, **overrides)
+model, config, prepared = train_or_load(checkpoint, config, out=shared_run_dir(config))
 classes = prepared.memory.class_names
 test = prepared.test
 trained_k = model.derivation.num_tokens

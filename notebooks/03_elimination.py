@@ -31,10 +31,11 @@
 # (README, "Notes and choices").
 
 # %% tags=["parameters"]
+config_file = "configs/tiny_world.yaml"  # the model notebooks 02-05 share (trained once, kept in the data's cache)
 data_root = "data/default_world"  # relative paths are read from the repository root
 layout = "ms3"
-image_size = 96
-train_epochs = 2
+image_size = 0  # 0: the config's
+train_epochs = 0  # 0: the config's
 checkpoint = ""
 variant = "paper"  # "paper" or "released"
 capacity_check = 0.0  # > 0: auxiliary on/off-screen loss (outside the paper)
@@ -52,17 +53,19 @@ from avs_lib.analysis import (elimination_analysis, elimination_auc, stage_token
                               token_categories, token_separation)
 from avs_lib.config import load_config
 from avs_lib.data.transforms import normalise_images
-from avs_lib.paths import notebook_paths
+from avs_lib.paths import notebook_paths, workbench_path
 from avs_lib.plots import assignment_overlay, roc_figure, stage_score_distributions
 from avs_lib.runs import save_metrics
-from avs_lib.train import train_or_load
+from avs_lib.train import shared_run_dir, train_or_load
 
 data_root, run_dir = notebook_paths(data_root, run_dir, '03_elimination')
 
-# a given checkpoint is loaded; otherwise a short run trains one into run_dir/model
-config = load_config(data_root=data_root, layout=layout, image_size=image_size, epochs=train_epochs, seed=seed,
-                     variant=variant, capacity_check=capacity_check, progress=False, out=run_dir / "model")
-model, config, prepared = train_or_load(checkpoint, config)
+# a given checkpoint is loaded; otherwise the config's model is trained once into the data's cache
+# (shared_run_dir: notebooks 02-05 asking for the same training share one model)
+overrides = {k: v for k, v in {"image_size": image_size, "epochs": train_epochs}.items() if v}
+config = load_config(workbench_path(config_file), data_root=data_root, layout=layout, seed=seed, variant=variant,
+                     capacity_check=capacity_check, progress=False, **overrides)
+model, config, prepared = train_or_load(checkpoint, config, out=shared_run_dir(config))
 test = prepared.test
 figures = run_dir / "figures"
 

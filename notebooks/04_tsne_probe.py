@@ -31,36 +31,39 @@
 # make them tiny without removing any information.
 
 # %% tags=["parameters"]
+config_file = "configs/tiny_world.yaml"  # the model notebooks 02-05 share (trained once, kept in the data's cache)
 data_root = "data/default_world"  # relative paths are read from the repository root
-settings = ["baseline", "derivation", "full"]
-image_size = 96
-train_epochs = 2
+settings = ["baseline", "full"]  # any of baseline, derivation, enhancement, full
+image_size = 0  # 0: the config's
+train_epochs = 0  # 0: the config's
 perplexity = 20
 seed = 0
 run_dir = ""  # empty: runs/notebooks/04_tsne_probe/ under the repository root
 
 # %%
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import plotly.express as px
 
 from avs_lib.config import load_config
 from avs_lib.features import prepare
-from avs_lib.paths import notebook_paths
+from avs_lib.paths import notebook_paths, workbench_path
 from avs_lib.plots import embedding_figure, write_interactive_html
 from avs_lib.probe import class_labels, last_stage_representation, linear_probe_f1, maps_2d
 from avs_lib.runs import save_metrics
-from avs_lib.train import load_trained, train_once
+from avs_lib.train import load_trained, shared_run_dir, train_once
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "04_tsne_probe")
 
 figures = run_dir / "figures"
-base = load_config(data_root=data_root, layout="ms3", image_size=image_size, epochs=train_epochs, seed=seed,
-                   progress=False)
+overrides = {k: v for k, v in {"image_size": image_size, "epochs": train_epochs}.items() if v}
+base = load_config(workbench_path(config_file), data_root=data_root, layout="ms3", seed=seed, progress=False,
+                   **overrides)
 prepared = prepare(base)  # the models train on MS3 (mixtures), as in the other notebooks
 classes = prepared.memory.class_names
-s4_sets = prepare(load_config(data_root=data_root, layout="s4", image_size=image_size, progress=False))
+s4_sets = prepare(replace(base, layout="s4"))
 train_y, test_y = class_labels(s4_sets.train, classes), class_labels(s4_sets.test, classes)
 
 # %% [markdown]
@@ -72,9 +75,10 @@ train_y, test_y = class_labels(s4_sets.train, classes), class_labels(s4_sets.tes
 # %%
 features, probe_f1 = {}, {}
 for setting in settings:
-    config = replace(base, ablation=setting, model="ddeseg", out=str(run_dir / f"model_{setting}"))
+    config = replace(base, ablation=setting, model="ddeseg")
+    config = replace(config, out=str(shared_run_dir(config)))  # "full" is the model of notebooks 02, 03 and 05
     train_once(config, prepared)
-    model, _, _ = load_trained(run_dir / f"model_{setting}" / "best.pt", prepared)
+    model, _, _ = load_trained(Path(config.out) / "best.pt", prepared)
     train_x = last_stage_representation(model, s4_sets.train)
     features[setting] = last_stage_representation(model, s4_sets.test)
     probe_f1[setting] = round(linear_probe_f1(train_x, train_y, features[setting], test_y), 4)

@@ -27,7 +27,7 @@
 # reuses the trained models.
 
 # %% tags=["parameters"]
-config_file = "configs/tiny_world.yaml"
+config_file = "configs/tiny_world.yaml"  # the model notebooks 02-05 share (trained once, kept in the data's cache)
 data_root = "data/default_world"  # relative paths are read from the repository root
 epochs = 0  # 0: the config's
 seed = 0
@@ -36,6 +36,8 @@ headroom_rows = ["floor", "oracle"]  # trained beside the model: "floor", "oracl
 run_dir = ""  # empty: runs/notebooks/05_training/ under the repository root
 
 # %%
+from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -48,14 +50,14 @@ from avs_lib.features import prepare, world_frame_size
 from avs_lib.paths import notebook_paths, workbench_path
 from avs_lib.plots import headroom_figure, qualitative, training_curves
 from avs_lib.runs import save_metrics
-from avs_lib.train import late_gain, load_trained, train_once
+from avs_lib.train import late_gain, load_trained, shared_run_dir, train_once
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "05_training")
 
 figures = run_dir / "figures"
 overrides = {k: v for k, v in {"epochs": epochs, "image_size": image_size}.items() if v}
-config = load_config(workbench_path(config_file), data_root=data_root, seed=seed, out=run_dir / "model", progress=False,
-                     **overrides)
+config = load_config(workbench_path(config_file), data_root=data_root, seed=seed, progress=False, **overrides)
+config = replace(config, out=str(shared_run_dir(config)))
 prepared = prepare(config)
 result = train_once(config, prepared)
 training_curves(result["history"], figures / "training_curves.png")
@@ -86,8 +88,8 @@ print(f"{len(prepared.train)} training frames, {config.epochs} epochs; validatio
 # Headroom = ceiling $-$ floor. Intervals are 95 % bootstrap intervals resampling whole test clips.
 
 # %%
-model, config, _ = load_trained(run_dir / "model" / "best.pt", prepared)
-rows = headroom(config, model, prepared, run_dir / "headroom", rows=tuple(headroom_rows))
+model, config, _ = load_trained(Path(config.out) / "best.pt", prepared)
+rows = headroom(config, model, prepared, rows=tuple(headroom_rows))
 headroom_figure(rows, figures / "headroom.png")
 by_row = {r["row"]: r for r in rows}
 window = pd.DataFrame([{"row": r["what"], "test J&F": r["JF"], "95 % low": r["ci95"][0], "95 % high": r["ci95"][1]}

@@ -64,7 +64,9 @@ prepared = prepare(base)
 # %%
 rows = []
 for weight in avfs_weights:
-    config = replace(base, model="avsac", ablation=None, avfs_weight=weight, out=str(run_dir / f"avsac_avfs{weight}"))
+    # AVSAC has its own MiT encoder: the config's DDESeg switches (backbone, ...) do not apply to it
+    config = replace(base, model="avsac", ablation=None, switches={}, avfs_weight=weight,
+                     out=str(run_dir / f"avsac_avfs{weight}"))
     r = train_once(config, prepared)["test"]
     rows.append({"model": f"AVSAC, AVFS weight {weight}", "J": r["J"], "F": r["F"], "J&F": r["JF"]})
 r = train_once(replace(base, out=str(run_dir / "ddeseg")), prepared)["test"]

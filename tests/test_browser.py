@@ -36,6 +36,7 @@ def lab(tmp_path, notebook_world):
     (work / "data").mkdir()
     shutil.copy(ROOT / "notebooks" / "02_derivation.ipynb", work / "notebooks")
     shutil.copy(ROOT / "pyproject.toml", work)
+    shutil.copytree(ROOT / "configs", work / "configs")
     (work / "data" / "default_world").symlink_to(notebook_world, target_is_directory=True)
     # no autosave: the test's run must not depend on when the lab saves (jupytext would write the pair)
     docmanager = tmp_path / "settings" / "@jupyterlab" / "docmanager-extension"
@@ -98,17 +99,20 @@ def test_notebook_02_run_all_twice_in_chromium(lab, tmp_path):
         _run_all_and_wait_for_explorer(page, tmp_path)
         title = page.locator(".js-plotly-plot .gtitle").first
         assert "K=5" in title.text_content()
-        # outputs land under the checkout's runs/, never in notebooks/
-        assert (work / "runs" / "notebooks" / "02_derivation" / "model" / "best.pt").exists()
+        # outputs land under the checkout's runs/ and the model in the data's model store, never in notebooks/
+        assert (work / "runs" / "notebooks" / "02_derivation" / "metrics.json").exists()
+        models = sorted((work / "data" / "default_world" / "cache" / "models").glob("ddeseg-*/best.pt"),
+                        key=lambda p: p.stat().st_mtime_ns)
+        assert models, "notebook 02 trained no model into the data's model store"
         # nothing but the notebook (and, if the lab saved it, its jupytext pair) lives in notebooks/
         assert set(q.name for q in (work / "notebooks").iterdir() if not q.name.startswith(".")) <= {
             "02_derivation.ipynb", "02_derivation.py"}
-        best = (work / "runs" / "notebooks" / "02_derivation" / "model" / "best.pt").stat().st_mtime_ns
+        best = models[-1].stat().st_mtime_ns
 
         # Run All a second time: it reuses the trained model instead of failing or retraining
         _run_all_and_wait_for_explorer(page, tmp_path)
         assert page.get_by_text("reusing the model trained in").count() >= 1
-        assert (work / "runs" / "notebooks" / "02_derivation" / "model" / "best.pt").stat().st_mtime_ns == best
+        assert models[-1].stat().st_mtime_ns == best
 
         # the widgets answer: a K-slider move redraws the figure for K=4
         plot = page.locator(".js-plotly-plot").first
