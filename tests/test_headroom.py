@@ -147,3 +147,68 @@ def test_backbone_groups_take_the_scaled_learning_rate():
     assert is_pretrained_backbone("encoder.block1.0.attn.q.weight")
     one = parameter_groups(model, 0.05)
     assert len(one) == 2 and all(g["lr_scale"] == 1.0 for g in one)
+
+
+def test_clip_counts_per_subset():
+    import argparse
+
+    from avs_lib.cli import clip_counts
+    from avs_lib.world.compose import WorldConfig
+
+    assert clip_counts("300") == (300, {})
+    assert clip_counts("s4=2000,ms3=1500,200") == (200, {"s4": 2000, "ms3": 1500})
+    for bad in ("s4=0", "ms3=x", "-1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            clip_counts(bad)
+    cfg = WorldConfig(clips=10, subset_clips={"ms3": 40})
+    assert (cfg.clips_of("ms3"), cfg.clips_of("s4")) == (40, 10)
+    with pytest.raises(ValueError, match="unknown subsets"):
+        WorldConfig(subset_clips={"s5": 3})
+
+
+def test_learning_curve_and_late_gain():
+    from avs_lib.train import late_gain, learning_curve
+
+    history = [{"epoch": 1, "frames_seen": 100, "val": {"JF": 0.50}, "curve": [{"frames_seen": 50, "JF": 0.30}]},
+               {"epoch": 2, "frames_seen": 200, "val": {"JF": 0.62}, "curve": [{"frames_seen": 150, "JF": 0.60}]}]
+    assert [p["frames_seen"] for p in learning_curve(history)] == [50, 100, 150, 200]
+    # the last 20 % of 200 frames is (160, 200]: best there 0.62, against 0.60 at 150
+    assert late_gain(history) == pytest.approx(0.02)
+    assert late_gain(history[:1][:0]) is None
+
+
+def test_validating_inside_epochs_trains_the_same_weights(tmp_path):
+    import torch
+
+    from test_training import _config, _prepared
+    from avs_lib.train import train
+
+    results = {}
+    for n in (1, 3):
+        out = tmp_path / f"v{n}"
+        metrics = train(_config(out, epochs=2, validations_per_epoch=n, tracking="none"), _prepared())
+        results[n] = (torch.load(out / "last.pt", weights_only=False)["model"], metrics["history"])
+    for name, tensor in results[1][0].items():
+        assert torch.equal(tensor, results[3][0][name]), name
+    assert [len(h["curve"]) for h in results[3][1]] == [2, 2] and all(not h["curve"] for h in results[1][1])
+    assert results[3][1][-1]["frames_seen"] == 2 * (16 // 4) * 4
+
+
+def test_shared_run_dir_keys_on_settings_and_data(notebook_world, tmp_path):
+    import shutil
+
+    from avs_lib.train import shared_run_dir
+
+    base = load_config(None, [f"data_root={notebook_world}", "layout=ms3", f"cache_dir={tmp_path / 'cache'}"])
+    same = load_config(None, [f"data_root={notebook_world}", "layout=ms3", f"cache_dir={tmp_path / 'cache'}",
+                              "out=elsewhere", "progress=false"])
+    assert shared_run_dir(base) == shared_run_dir(same)  # out and progress do not change what a run computes
+    assert shared_run_dir(base).parent == tmp_path / "cache" / "models"
+    other = load_config(None, [f"data_root={notebook_world}", "layout=ms3", f"cache_dir={tmp_path / 'cache'}", "lr=0.002"])
+    assert shared_run_dir(other) != shared_run_dir(base)
+    copy = tmp_path / "world_copy"
+    shutil.copytree(notebook_world, copy, ignore=shutil.ignore_patterns("cache"))
+    moved = load_config(None, [f"data_root={copy}", "layout=ms3", f"cache_dir={tmp_path / 'cache'}"])
+    assert shared_run_dir(moved) == shared_run_dir(base)  # the same data elsewhere is the same data
+    (copy / "world.json").write_text((copy / "world.json").read_text().replace('"seed": 0', '"seed": 5'))
+    assert shared_run_dir(moved) != shared_run_dir(base)  # another world: another model
