@@ -185,7 +185,7 @@ message (``switches.``). Returns the checked values."""
     return checked
 
 
-def _model_config_class(model: str):
+def model_config_class(model: str):
     # Imported here so that this module stays at the bottom of the package.
     from avs_lib.models import AVSACConfig, DDESegConfig
 
@@ -205,7 +205,7 @@ def config_from_dict(values: dict, sources: dict | str = "the config") -> TrainC
             where = switch_sources if isinstance(switch_sources, str) else switch_sources[from_memory[0]]
             raise ConfigError(f"{where}: 'switches.{from_memory[0]}' is set from the semantic memory; set the "
                               "top-level keys k, m and audio_dim instead (the memory is built with them)")
-        checked["switches"] = check_values(_model_config_class(model), switches, switch_sources, prefix="switches.")
+        checked["switches"] = check_values(model_config_class(model), switches, switch_sources, prefix="switches.")
     config = TrainConfig(**checked)
     if config.warmup_epochs < 0 or config.min_lr < 0 or config.weight_decay < 0:
         raise ConfigError(f"{sources if isinstance(sources, str) else 'the config'}: warmup_epochs, min_lr and "

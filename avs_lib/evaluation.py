@@ -45,7 +45,7 @@ HEADROOM_ROWS = {"floor": "floor: zero audio (trained and tested without sound)"
                  "oracle": "ceiling: oracle, the classes sounding on screen"}
 
 
-def test_interval(model, frames, config, device: torch.device | str = "cpu") -> dict:
+def jf_interval_of(model, frames, config, device: torch.device | str = "cpu") -> dict:
     """Per-frame test J&F of ``model`` on ``frames`` with its 95 % interval over clips."""
     from avs_lib.metrics import jf_with_interval
     from avs_lib.train import predict
@@ -62,14 +62,14 @@ def headroom(config, model, prepared, rows: tuple[str, ...] = ("floor", "oracle"
     ``config``) and the oracles (the same training with ``audio_encoder=oracle`` / ``oracle-heard``,
     ``avs_lib.features.OracleAudio``), each tested on the test split with a 95 % interval over clips.
     Every extra row is trained once into the data's model store (``avs_lib.train.shared_run_dir``)
-    and reused by a later call with the same settings (``train_once``). Headroom = ceiling - floor; a comparison of settings that lands inside
-    a narrow window cannot come out any other way."""
+    and reused by a later call with the same settings (``train_once``). Headroom = ceiling - floor:
+    a comparison of settings inside a narrow window cannot come out any other way."""
     from pathlib import Path
 
     from avs_lib.features import prepare
     from avs_lib.train import load_trained, shared_run_dir, train_once
 
-    table = [{"row": "model", "what": HEADROOM_ROWS["model"], **test_interval(model, prepared.test, config)}]
+    table = [{"row": "model", "what": HEADROOM_ROWS["model"], **jf_interval_of(model, prepared.test, config)}]
     for row in rows:
         if row == "floor":
             variant, frames_for = replace(config, zero_audio=True), prepared
@@ -81,6 +81,6 @@ def headroom(config, model, prepared, rows: tuple[str, ...] = ("floor", "oracle"
         variant = replace(variant, out=str(shared_run_dir(variant)))
         train_once(variant, frames_for)
         trained, _, _ = load_trained(Path(variant.out) / "best.pt", frames_for)
-        table.append({"row": row, "what": HEADROOM_ROWS[row], **test_interval(trained, frames_for.test, variant)})
+        table.append({"row": row, "what": HEADROOM_ROWS[row], **jf_interval_of(trained, frames_for.test, variant)})
     order = list(HEADROOM_ROWS)
     return sorted(table, key=lambda r: order.index(r["row"]))

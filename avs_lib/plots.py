@@ -307,8 +307,13 @@ def training_curves(history: list[dict], path=None):
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     ends = [h.get("frames_seen", h["epoch"]) for h in history]
-    axes[0].plot(ends, [h["loss"] for h in history], "o-")
-    axes[0].set_ylabel("training loss (epoch mean)")
+    # the loss between two validations, plotted at the second: the epoch's points, then its mean
+    loss_points = [(p["frames_seen"], p["loss"]) for h in history for p in h.get("curve", []) if "loss" in p]
+    if loss_points:
+        axes[0].plot(*zip(*sorted(loss_points)), ".-", label="since the previous validation")
+    axes[0].plot(ends, [h["loss"] for h in history], "o", label="epoch mean")
+    axes[0].set_ylabel("training loss")
+    axes[0].legend(fontsize=8)
     points = learning_curve(history) or [{"frames_seen": e, "JF": h["val"]["JF"]} for e, h in zip(ends, history)]
     axes[1].plot([p["frames_seen"] for p in points], [p["JF"] for p in points], ".-", label="J&F")
     for key in ("J", "F"):

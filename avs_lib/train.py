@@ -396,7 +396,9 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
                 losses.append(reduced.item())
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
                 if main and step_in_epoch in inside_epoch:
-                    curve.append(_validate_inside_epoch(model, core, prepared, device, config, step, steps_per_epoch))
+                    since = losses[(curve[-1]["step_in_epoch"] + 1) if curve else 0:]
+                    curve.append({**_validate_inside_epoch(model, core, prepared, device, config, step, steps_per_epoch),
+                                  "loss": sum(since) / len(since), "step_in_epoch": step_in_epoch})
             record = {"epoch": epoch + 1, "loss": sum(losses) / len(losses), "losses": losses, "curve": curve,
                       "frames_seen": (epoch + 1) * steps_per_epoch * config.batch_size,
                       "lr": optimiser.param_groups[0]["lr"], "seconds": time.time() - t0,
@@ -507,11 +509,27 @@ def _track_epoch(tracker: Tracker | None, model, prepared: Prepared, device: tor
 RUN_IDENTITY_EXCLUDES = ("out", "resume", "progress", "threads", "stop_after_epoch", "tracking")
 
 
+def run_identity(config: TrainConfig | dict) -> dict:
+    """What a run computes, as plain JSON values: the config without ``RUN_IDENTITY_EXCLUDES``, and
+    its model switches without those set to the model's own default (``num_tokens=5`` given or not
+    is the same model)."""
+    values = json.loads(json.dumps(asdict(config) if isinstance(config, TrainConfig) else config))
+    switches = values.get("switches") or {}
+    if switches:
+        from dataclasses import MISSING, fields
+
+        from avs_lib.config import model_config_class
+
+        defaults = {f.name: f.default for f in fields(model_config_class(values.get("model", TrainConfig.model)))
+                    if f.default is not MISSING}
+        values["switches"] = {k: v for k, v in switches.items() if k not in defaults or defaults[k] != v}
+    return {k: v for k, v in values.items() if k not in RUN_IDENTITY_EXCLUDES}
+
+
 def config_differences(a: TrainConfig | dict, b: TrainConfig | dict) -> dict[str, tuple]:
-    """{key: (a's value, b's value)} for the keys that change what a run computes."""
-    a, b = (json.loads(json.dumps(asdict(c) if isinstance(c, TrainConfig) else c)) for c in (a, b))
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
-            if k not in RUN_IDENTITY_EXCLUDES and a.get(k) != b.get(k)}
+    """{key: (a's value, b's value)} for the keys that change what a run computes (``run_identity``)."""
+    a, b = run_identity(a), run_identity(b)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
 def train_once(config: TrainConfig, prepared: Prepared | None = None) -> dict:
@@ -551,7 +569,7 @@ def shared_run_dir(config: TrainConfig) -> Path:
 
     data_root = workbench_path(config.data_root)
     cache = workbench_path(config.cache_dir) if config.cache_dir else data_root / "cache"
-    identity = {k: v for k, v in json.loads(json.dumps(asdict(config))).items() if k not in RUN_IDENTITY_EXCLUDES}
+    identity = run_identity(config)
     identity["data"] = data_identity(data_root)
     identity.pop("data_root")  # the same data moved elsewhere is the same data
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]

@@ -203,6 +203,12 @@ def test_shared_run_dir_keys_on_settings_and_data(notebook_world, tmp_path):
     same = load_config(None, [f"data_root={notebook_world}", "layout=ms3", f"cache_dir={tmp_path / 'cache'}",
                               "out=elsewhere", "progress=false"])
     assert shared_run_dir(base) == shared_run_dir(same)  # out and progress do not change what a run computes
+    default_k = load_config(None, [f"data_root={notebook_world}", "layout=ms3", f"cache_dir={tmp_path / 'cache'}",
+                                   "switches.num_tokens=5"])
+    assert shared_run_dir(default_k) == shared_run_dir(base)  # a switch given at its default is the same model
+    k4 = load_config(None, [f"data_root={notebook_world}", "layout=ms3", f"cache_dir={tmp_path / 'cache'}",
+                            "switches.num_tokens=4"])
+    assert shared_run_dir(k4) != shared_run_dir(base)
     assert shared_run_dir(base).parent == tmp_path / "cache" / "models"
     other = load_config(None, [f"data_root={notebook_world}", "layout=ms3", f"cache_dir={tmp_path / 'cache'}", "lr=0.002"])
     assert shared_run_dir(other) != shared_run_dir(base)
