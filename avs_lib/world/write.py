@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from avs_lib.audio import per_second_vggish_examples
 from avs_lib.data.layouts import METADATA, SOURCES, avss_files, ms3_files, s4_files, vpo_files, vpo_metadata, vpo_sources
 from avs_lib.data.palette import voc_palette
-from avs_lib.files import atomic_write_text, output_folder
+from avs_lib.files import atomic_write_text, output_folder, writing_into
 from avs_lib.locks import LOCK_NAME, RunLock
 from avs_lib.world.assets import AssetLibrary, load_library
 from avs_lib.world.compose import Clip, WorldConfig, compose_clip
@@ -217,8 +217,10 @@ def write_world(cfg: WorldConfig, out: str | Path, progress: bool = True, librar
         for name in present if overwrite else ():
             path = out / name
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-        summary = _write_world(cfg, out, progress, library, workers)
-        atomic_write_text(out / "world.json", world_json)
+        with writing_into(out, kept="what is there is an unfinished world (no world.json): write it again with "
+                                    "--overwrite once there is space"):
+            summary = _write_world(cfg, out, progress, library, workers)
+            atomic_write_text(out / "world.json", world_json)
     return summary
 
 
