@@ -119,11 +119,12 @@ def _cmd_pretrain_audio(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import signal
 
-    from avs_lib.config import load_config
+    from avs_lib.config import check_device, load_config
     from avs_lib.runs import Interrupted
     from avs_lib.train import train
 
     config = load_config(args.config, args.overrides)  # every config error comes before any data work
+    check_device(config)
     try:
         result = train(config)
     except (KeyboardInterrupt, Interrupted) as stop:
