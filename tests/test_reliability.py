@@ -19,10 +19,9 @@ from avs_lib.checkpoints import CheckpointError, read_checkpoint, save_checkpoin
 from avs_lib.cli import main
 from avs_lib.data.datasets import AVSDataset, DataError
 from avs_lib.files import DiskFull, atomic_write
-from avs_lib.locks import RunLock
 from avs_lib.world.compose import WorldConfig
 from avs_lib.world.write import write_world
-from test_faults import NOTEBOOK, _cli, _overrides, _prepared, _train
+from test_faults import NOTEBOOK, _cli, _overrides, _prepared, _train, lock_holder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,15 +79,8 @@ def test_world_into_a_non_empty_folder(tmp_path, capsys):
 
 def test_two_world_writers_into_one_folder(tmp_path, capsys):
     out = tmp_path / "W"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from avs_lib.locks import RunLock; "
-                               f"RunLock({str(out)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_holder(out) as holder:
         code, err = _cli(_world_argv(out, "--seed", "3"), capsys)
-    finally:
-        holder.kill()
-        holder.wait()
     assert code == 2 and f"in use by another run (pid {holder.pid}" in err and "choose another --out" in err
     assert not (out / "world.json").exists() and not (out / "Single-source").exists()
 
