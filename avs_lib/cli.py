@@ -43,7 +43,8 @@ def _cmd_world(args: argparse.Namespace) -> int:
               "(`apt-get install tuxpaint-stamps-default sonic-pi-samples` for the stamps library)", file=sys.stderr)
     start = time.perf_counter()
     summary = write_world(cfg, args.out, progress=not args.quiet, library=library, workers=args.workers,
-                          overwrite=getattr(args, "overwrite", False))
+                          overwrite=getattr(args, "overwrite", False),
+                          overwrite_option=getattr(args, "overwrite_option", "--overwrite"))
     if summary.get("unchanged"):
         print(f"{args.out} already holds this world (the same world.json); nothing written (--overwrite writes it "
               "again)")
@@ -88,7 +89,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         world_args = argparse.Namespace(kind=kind, subsets="s4,ms3,avss,msmi", clips=args.clips, size=args.size,
                                         seed=args.seed, out=str(out), quiet=False, workers=args.workers,
-                                        overwrite=args.rebuild)
+                                        overwrite=args.rebuild, overwrite_option="--rebuild")
         _cmd_world(world_args)
     from avs_lib.plots import world_overview
     from avs_lib.world.summary import describe_world
@@ -137,11 +138,12 @@ def _cmd_pretrain_audio(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import signal
 
-    from avs_lib.config import load_config
+    from avs_lib.config import check_device, load_config
     from avs_lib.runs import Interrupted
     from avs_lib.train import train
 
     config = load_config(args.config, args.overrides)  # every config error comes before any data work
+    check_device(config)
     try:
         result = train(config)
     except (KeyboardInterrupt, Interrupted) as stop:

@@ -280,29 +280,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), **val
             values[key] = value
             sources[key] = f"override '{text}'"
     config = config_from_dict(values, sources)
-    check_runnable(config, sources)
+    smallest = _smallest_image_size(config)
+    if smallest is not None and config.image_size < smallest:
+        where = sources.get("image_size", "the config") if isinstance(sources, dict) else sources
+        raise ConfigError(f"{where}: image_size={config.image_size} is too small for the {config.model} model (size "
+                          f"{config.size}, variant {config.variant}): its backbone needs image_size >= {smallest}; use "
+                          f"image_size={smallest} or more")
     return config
 
 
-def check_runnable(config: TrainConfig, sources: dict | str = "the config") -> None:
-    """What this machine and the model must allow, checked before any data work: a CUDA device that
-    exists, and an ``image_size`` the backbone can take (its smallest size named). Not part of
-    ``config_from_dict``: a checkpoint trained on a GPU is still read (and evaluated) on a CPU."""
-    where = (lambda key: sources.get(key, "the config")) if isinstance(sources, dict) else (lambda key: sources)
-    if config.device.startswith("cuda"):
-        import torch
+def check_device(config: TrainConfig) -> None:
+    """The config's device must exist on this machine: checked when a run starts (``avs train``,
+    ``train``), before any data work. Not when a config is read: a GPU config (configs/*_b5_*.yaml)
+    or a checkpoint trained on a GPU is still read, and evaluated, on a CPU."""
+    if not config.device.startswith("cuda"):
+        return
+    import torch
 
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(config.device[5:]) if config.device.startswith("cuda:") else 0
-        if index >= count:
-            have = f"{count} CUDA device(s)" if count else "no CUDA (torch " + torch.__version__ + ")"
-            raise ConfigError(f"{where('device')}: device={config.device!r}, but this machine has {have}; use "
-                              "device=cpu (or device=auto, which takes a GPU when there is one)")
-    smallest = _smallest_image_size(config)
-    if smallest is not None and config.image_size < smallest:
-        raise ConfigError(f"{where('image_size')}: image_size={config.image_size} is too small for the {config.model} "
-                          f"model (size {config.size}, variant {config.variant}): its backbone needs image_size >= "
-                          f"{smallest}; use image_size={smallest} or more")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    index = int(config.device[5:]) if config.device.startswith("cuda:") else 0
+    if index >= count:
+        have = f"{count} CUDA device(s)" if count else f"no CUDA (torch {torch.__version__})"
+        raise ConfigError(f"device={config.device!r}, but this machine has {have}; use device=cpu (or device=auto, "
+                          "which takes a GPU when there is one)")
 
 
 def _smallest_image_size(config: TrainConfig) -> int | None:

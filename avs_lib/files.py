@@ -93,6 +93,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             raise disk_full(path) from None
         raise
     try:
+        # mkstemp makes the file private (0600); the file keeps the mode of the one it replaces
+        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()

@@ -1,7 +1,8 @@
 """Experiment runs: a jupytext notebook executed by papermill into ``papermill_runs/<name>/``.
 
 A run folder holds the executed notebook, ``params.json`` (every parameter, defaults included),
-``environment.json`` (package versions, git commit, device), ``status.json`` (running, done,
+``environment.json`` (package versions, git commit, device), ``kernel.log`` (the kernel's own log,
+kept off the terminal), ``status.json`` (running, done,
 failed with the error, or interrupted by SIGTERM/SIGHUP/Ctrl-C; a running one holds the pid, host
 and a heartbeat, so ``run_status`` / ``avs runs`` tell a live run from a killed one), and whatever the notebook writes there itself: ``metrics.json`` and its
 figures. The notebook receives ``run_dir`` as a parameter and writes into it.
@@ -265,7 +266,8 @@ def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str
                     atomic_write_text(run_dir / "environment.json", json.dumps(environment(), indent=1))
                     papermill.execute_notebook(source, str(output), parameters=parameters,
                                                kernel_name="python3", language="python", progress_bar=progress,
-                                               cwd=str(cwd), execution_timeout=cell_timeout)
+                                               cwd=str(cwd), execution_timeout=cell_timeout,
+                                               kernel_manager_class=kernel_logging_to(run_dir / "kernel.log"))
             except papermill.PapermillExecutionError as error:
                 status.update(status="failed", error=f"{error.ename}: {error.evalue}"[-2000:], cell=error.exec_count)
                 raise NotebookFailed(describe_failure(error, output)) from error
@@ -288,6 +290,21 @@ def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return run_dir
+
+
+def kernel_logging_to(log_path: Path) -> type:
+    """A kernel manager class whose kernel writes its own log (stderr: ipykernel's warnings, and the
+    ZMQError traceback of a kernel whose client went away mid-reply, after SIGTERM or Ctrl-C) to
+    ``log_path`` instead of the terminal, where the run's one line is what should be read."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class KernelLoggingToFile(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw) -> None:
+            # jupyter_client's hook for launching differently; the child keeps its own copy of the file
+            with open(log_path, "ab") as log:
+                await super()._async_launch_kernel(kernel_cmd, **{**kw, "stderr": log})
+
+    return KernelLoggingToFile
 
 
 def check_parameter_types(notebook: Path, defaults: dict, parameters: dict) -> None:

@@ -46,7 +46,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from avs_lib.checkpoints import load_model_state, read_checkpoint, save_checkpoint
-from avs_lib.config import TrainConfig, config_from_dict, load_config
+from avs_lib.config import TrainConfig, check_device, config_from_dict, load_config
 from avs_lib.data.transforms import flip_batch, normalise_images
 from avs_lib.features import FrameSet, Prepared, prepare
 from avs_lib.files import atomic_write, atomic_write_text, output_folder, read_json, writing_into
@@ -284,6 +284,7 @@ def _legacy_log(log_path: Path, epochs_done: int) -> list[dict]:
 def train(config: TrainConfig, prepared: Prepared | None = None) -> dict:
     """Train ``config`` into ``config.out`` (see the module docstring). The folder is locked for the
     run (``avs_lib.locks``): a second run into it raises ``RunLocked`` naming the owner."""
+    check_device(config)  # before the process group, the run folder and any data work
     rank, world = _distributed()
     main = rank == 0
     out_dir = Path(config.out)

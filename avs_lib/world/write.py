@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from avs_lib.audio import per_second_vggish_examples
 from avs_lib.data.layouts import METADATA, SOURCES, avss_files, ms3_files, s4_files, vpo_files, vpo_metadata, vpo_sources
 from avs_lib.data.palette import voc_palette
-from avs_lib.files import atomic_write_text, output_folder
+from avs_lib.files import atomic_write_text, output_folder, writing_into
 from avs_lib.locks import LOCK_NAME, RunLock
 from avs_lib.world.assets import AssetLibrary, load_library
 from avs_lib.world.compose import Clip, WorldConfig, compose_clip
@@ -185,7 +185,7 @@ class WorldExists(ValueError):
 
 
 def write_world(cfg: WorldConfig, out: str | Path, progress: bool = True, library: AssetLibrary | None = None,
-                workers: int = 1, overwrite: bool = False) -> dict:
+                workers: int = 1, overwrite: bool = False, overwrite_option: str = "--overwrite") -> dict:
     """Compose ``cfg.clips_of(subset)`` clips of each subset and write them under ``out``; returns a summary.
 
     The same configuration always writes byte-identical files, whatever ``workers`` is: each clip
@@ -196,7 +196,7 @@ def write_world(cfg: WorldConfig, out: str | Path, progress: bool = True, librar
     (the same world.json: nothing is written, the summary says ``unchanged``) or ``overwrite`` is
     given: then everything in it, its ``cache/`` included, is deleted first, so no clip, table or
     derived file of another world stays behind. world.json is written last: a folder without it is
-    an unfinished world.
+    an unfinished world. ``overwrite_option``: how the refusal names the way to overwrite.
     """
     out = Path(out)
     library = library or load_library(cfg.kind, cfg.sample_rate)
@@ -212,13 +212,15 @@ def write_world(cfg: WorldConfig, out: str | Path, progress: bool = True, librar
             what = ("another world (its world.json differs)" if "world.json" in present
                     else f"{len(present)} entries without a world.json ({', '.join(present[:4])}"
                          f"{', ...' if len(present) > 4 else ''}: an unfinished world or other files)")
-            raise WorldExists(f"{out} is not empty: it holds {what}; pass --overwrite to delete its contents (cache/ "
-                              "included) and write this world there, or choose another --out")
+            raise WorldExists(f"{out} is not empty: it holds {what}; pass {overwrite_option} to delete its contents "
+                              "(cache/ included) and write this world there, or choose another --out")
         for name in present if overwrite else ():
             path = out / name
             shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-        summary = _write_world(cfg, out, progress, library, workers)
-        atomic_write_text(out / "world.json", world_json)
+        with writing_into(out, kept="what is there is an unfinished world (no world.json): write it again with "
+                                    "--overwrite once there is space"):
+            summary = _write_world(cfg, out, progress, library, workers)
+            atomic_write_text(out / "world.json", world_json)
     return summary
 
 
