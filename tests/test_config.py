@@ -107,5 +107,5 @@ def test_ablation_without_its_world_says_how_to_build_it(tmp_path, capsys):
 
     assert main(["ablation", f"data_root={tmp_path / 'nowhere'}", f"--out={tmp_path / 'runs'}"]) == 2
     err = capsys.readouterr().err
-    assert "avs world --subsets s4,ms3 --clips 667" in err and "Traceback" not in err
+    assert "the ablation's world does not exist" in err and "make run" in err and "Traceback" not in err
     assert not (tmp_path / "runs").exists()
