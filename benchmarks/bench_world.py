@@ -7,6 +7,7 @@ import json
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 from avs_lib.world.assets import default_kind, load_library
 from avs_lib.world.compose import SUBSETS, WorldConfig
@@ -29,7 +30,8 @@ def main() -> None:
         for subset in SUBSETS:
             cfg = WorldConfig(kind=library.kind, subsets=(subset,), clips=args.clips, size=args.size)
             t0 = time.perf_counter()
-            write_world(cfg, out, progress=False, library=library, workers=args.workers)
+            # a folder per subset: write_world refuses a folder that holds another world
+            write_world(cfg, Path(out) / subset, progress=False, library=library, workers=args.workers)
             result["subsets"][subset] = round(time.perf_counter() - t0, 2)
     finally:
         shutil.rmtree(out, ignore_errors=True)
