@@ -242,8 +242,11 @@ def test_a_signal_to_avs_train_is_one_line(tmp_path, how):
               "_prepared, _overrides; engine.prepare = lambda config, progress=False: _prepared(); "
               "from avs_lib.cli import main; "
               f"sys.exit(main(['train', *_overrides({str(out)!r}, epochs=500)]))")
+    # A shell's background job starts with SIGINT ignored, and the child would inherit that: give it
+    # the default disposition, as a process started from a terminal has.
     process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not (out / "last.pt").exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.2)
@@ -271,8 +274,9 @@ def test_image_size_below_the_smallest_is_refused_and_the_smallest_works(capsys,
     from avs_lib.memory import build_semantic_memory
     from avs_lib.models import build_model
 
-    smallest = _smallest_image_size(load_config("configs/tiny_world.yaml", [f"variant={variant}"]))
-    code, err = _cli(["train", "--config", "configs/tiny_world.yaml", f"variant={variant}", "image_size=7",
+    # a MiT config (the default config's EfficientNet takes any size)
+    smallest = _smallest_image_size(load_config("configs/ablation_world.yaml", [f"variant={variant}"]))
+    code, err = _cli(["train", "--config", "configs/ablation_world.yaml", f"variant={variant}", "image_size=7",
                       "data_root=/nonexistent"], capsys)
     assert code == 2 and "image_size=7" in err and f"image_size >= {smallest}" in err
     # the number is the model's own limit: it runs at that size and not one pixel below
