@@ -398,7 +398,7 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
                 if main and step_in_epoch in inside_epoch:
                     since = losses[(curve[-1]["step_in_epoch"] + 1) if curve else 0:]
-                    curve.append({**_validate_inside_epoch(model, core, prepared, device, config, step, steps_per_epoch),
+                    curve.append({**_validate_inside_epoch(model, core, prepared, device, config, step),
                                   "loss": sum(since) / len(since), "step_in_epoch": step_in_epoch})
             record = {"epoch": epoch + 1, "loss": sum(losses) / len(losses), "losses": losses, "curve": curve,
                       "frames_seen": (epoch + 1) * steps_per_epoch * config.batch_size,
@@ -443,8 +443,7 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
     return result
 
 
-def _validate_inside_epoch(model, core, prepared: Prepared, device: torch.device, config: TrainConfig, step: int,
-                           steps_per_epoch: int) -> dict:
+def _validate_inside_epoch(model, core, prepared: Prepared, device: torch.device, config: TrainConfig, step: int) -> dict:
     """A point of the learning curve inside an epoch: {"frames_seen", "JF"} on the validation split.
     The random state is put back afterwards, so a run validated more often trains the same weights."""
     state = torch.get_rng_state()
