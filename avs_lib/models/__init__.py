@@ -12,6 +12,7 @@ from torch import nn
 
 from .avsac import AVSAC, AVSACConfig, AVSACOutput
 from .ddeseg import DDESeg, DDESegConfig, DDESegOutput
+from .hooks import ActivationCache, HookPoint, hook_names, run_with_cache, run_with_hooks
 
 ABLATIONS = {
     "baseline": dict(derivation=False, enhancement=False, elimination="none"),
@@ -60,4 +61,5 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> dict[str,
 
 
 __all__ = ["build_model", "count_parameters", "DDESeg", "DDESegConfig", "DDESegOutput", "AVSAC", "AVSACConfig",
-           "AVSACOutput", "ABLATIONS"]
+           "AVSACOutput", "ABLATIONS", "ActivationCache", "HookPoint", "hook_names", "run_with_cache",
+           "run_with_hooks"]

@@ -22,6 +22,12 @@ Choices where the paper is silent or ambiguous (also in the README's notes):
 * The mask comes from M's stride-8 tokens, upsampled and added to the projected stride-4 map
   (an FPN-style step), then a 1x1 convolution.
 * AVFS (Eq. 4) compares the projected audio feature with the last layer's F_AGV (see losses.avfs_loss).
+
+Hook points (``avs_lib.models.hooks``; ``j`` is the 0-based layer): ``audio.input`` [B, d_a],
+``audio.projected`` [B, d], ``stage{i}.features`` [B, d, h_i, w_i] (the projected backbone maps),
+``layer{j}.audio_to_vision.pattern`` [B, heads, L, Nq] (Eq. 2's attention), ``layer{j}.agv``
+[B, L, d], ``layer{j}.vision_to_audio.pattern`` [B, heads, Nq, L] (Eq. 3's), ``layer{j}.vga``
+[B, Nq, d], ``fused`` [B, L, d] (Eq. 1's M), ``logits``.
 """
 from __future__ import annotations
 
@@ -32,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hooks import HookPoint, attend
 from .mit import MIT_SIZES, MiTEncoder
 
 
@@ -80,17 +87,22 @@ class BidirectionalLayer(nn.Module):
         self.vision_to_audio = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.norm_ffn_a = nn.LayerNorm(dim)
         self.ffn_a = _FeedForward(dim)
+        self.hook_audio_to_vision = HookPoint()  # [B, heads, L, Nq]
+        self.hook_agv = HookPoint()  # [B, L, d]
+        self.hook_vision_to_audio = HookPoint()  # [B, heads, Nq, L]
+        self.hook_vga = HookPoint()  # [B, Nq, d]
 
     def forward(self, visual: torch.Tensor, audio: torch.Tensor):
         # visual [B, L, d]; audio [B, Nq, d] = F_VGA^(i-1), the VGA branch's input at this layer
         x = self.norm_self(visual)
         f_v = visual + self.self_attention(x, x, x, need_weights=False)[0]  # F_v^i
-        bridged, _ = self.audio_to_vision(self.norm_agv(f_v), audio, audio, need_weights=False)
+        bridged, _ = attend(self.audio_to_vision, self.norm_agv(f_v), audio, audio, self.hook_audio_to_vision, False)
         f_agv = f_v + bridged * self.bridge_weight  # Eq. 2
-        f_agv = f_agv + self.ffn_v(self.norm_ffn_v(f_agv))
-        attended, _ = self.vision_to_audio(self.norm_vga(audio), f_agv, f_agv, need_weights=False)  # Eq. 3
+        f_agv = self.hook_agv(f_agv + self.ffn_v(self.norm_ffn_v(f_agv)))
+        attended, _ = attend(self.vision_to_audio, self.norm_vga(audio), f_agv, f_agv, self.hook_vision_to_audio,
+                             False)  # Eq. 3
         f_vga = audio + attended
-        f_vga = f_vga + self.ffn_a(self.norm_ffn_a(f_vga))
+        f_vga = self.hook_vga(f_vga + self.ffn_a(self.norm_ffn_a(f_vga)))
         return f_agv, f_vga
 
 
@@ -111,21 +123,35 @@ class AVSAC(nn.Module):
         self.fusion_mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
         self.output_linear = nn.Linear(dim, dim)  # the Linear of Eq. 1
         self.mask_head = nn.Conv2d(dim, config.num_classes, 1)
+        self.hook_audio = HookPoint()
+        self.hook_audio_projected = HookPoint()
+        self.hook_features = nn.ModuleList(HookPoint() for _ in range(4))
+        self.hook_fused = HookPoint()
+        self.hook_logits = HookPoint()
+        self.hook_audio.name, self.hook_audio_projected.name = "audio.input", "audio.projected"
+        self.hook_fused.name, self.hook_logits.name = "fused", "logits"
+        for i, point in enumerate(self.hook_features, 1):
+            point.name = f"stage{i}.features"
+        for j, layer in enumerate(self.layers):
+            layer.hook_audio_to_vision.name = f"layer{j}.audio_to_vision.pattern"
+            layer.hook_vision_to_audio.name = f"layer{j}.vision_to_audio.pattern"
+            layer.hook_agv.name, layer.hook_vga.name = f"layer{j}.agv", f"layer{j}.vga"
 
     def forward(self, image: torch.Tensor, audio: torch.Tensor) -> AVSACOutput:
         # image [B, 3, H, W], audio [B, d_a]
-        maps = [p(f) for p, f in zip(self.projections, self.encoder(image))]  # 4 x [B, d, H_i, W_i]
+        audio = self.hook_audio(audio)
+        maps = [hook(p(f)) for hook, p, f in zip(self.hook_features, self.projections, self.encoder(image))]  # 4 x [B, d, H_i, W_i]
         sizes = [m.shape[-2:] for m in maps[1:]]
         visual = torch.cat([m.flatten(2).transpose(1, 2) + self.level_embedding[i] for i, m in enumerate(maps[1:])], 1)
-        f_a = self.audio_projection(audio)  # [B, d]
+        f_a = self.hook_audio_projected(self.audio_projection(audio))  # [B, d]
         vga = self.queries[None] + f_a[:, None]  # [B, Nq, d]
         agv = visual
         for layer in self.layers:
             agv, vga = layer(agv, vga)
-        fused = self.output_linear(agv + self.fusion_mlp(agv * vga.mean(dim=1, keepdim=True)))  # Eq. 1   [B, L, d]
+        fused = self.hook_fused(self.output_linear(agv + self.fusion_mlp(agv * vga.mean(dim=1, keepdim=True))))  # Eq. 1   [B, L, d]
         stride8 = fused[:, : sizes[0][0] * sizes[0][1]].transpose(1, 2).reshape(fused.shape[0], -1, *sizes[0])
         finest = maps[0] + F.interpolate(stride8, size=maps[0].shape[-2:], mode="bilinear", align_corners=False)
         logits = F.interpolate(self.mask_head(finest), size=image.shape[-2:], mode="bilinear", align_corners=False)
-        logits = logits[:, 0] if self.config.num_classes == 1 else logits
+        logits = self.hook_logits(logits[:, 0] if self.config.num_classes == 1 else logits)
         weights = torch.stack([layer.bridge_weight.detach() for layer in self.layers])
         return AVSACOutput(logits, f_a, agv, vga, weights)

@@ -48,6 +48,7 @@ from torch import nn
 from .decoder import SegFormerHead
 from .derivation import DerivationOutput, DynamicDerivation
 from .efficientnet import EfficientNetLite0, efficientnet_lite0
+from .hooks import HookPoint, name_hook_points
 from .elimination import CENTRE_INITS, CENTRE_UPDATES, SCHEMES, DynamicElimination, EliminationOutput, ReleasedAligner
 from .mit import MIT_SIZES, FusionBlock, MiTEncoder, load_backbone_state_dict
 
@@ -205,6 +206,37 @@ class DDESeg(nn.Module):
                 for d, h in zip(dims[1:], heads[1:]))
         decoder_dim = config.decoder_dim or {"tiny": 64, "b0": 256}.get(config.size, 768)
         self.decoder = SegFormerHead(dims, decoder_dim, config.num_classes, config.decoder_dropout, config.decoder_norm)
+        # hook points (avs_lib.models.hooks): identities that hold no parameters
+        self.hook_audio = HookPoint()  # [B, d_a]
+        self.hook_visual = nn.ModuleList(HookPoint() for _ in range(4))  # V^l as a map [B, C_l, h_l, w_l]
+        self.hook_stage_audio = nn.ModuleList(HookPoint() for _ in range(4))  # [B, K, d_a]
+        self.hook_log_bias = nn.ModuleList(HookPoint() for _ in range(4))  # [B, K]
+        self.hook_features = nn.ModuleList(HookPoint() for _ in range(4))  # [B, C_l, h_l, w_l]
+        self.hook_decoder_logits = HookPoint()  # [B, outputs, h_1, w_1]
+        self.hook_logits = HookPoint()  # [B, H, W] or [B, C+1, H, W]
+        self._name_hook_points()
+
+    def stage_blocks(self, i: int) -> nn.ModuleList:
+        """The fusion blocks of stage i (1-based), whichever the backbone."""
+        return getattr(self.encoder, f"block{i}") if isinstance(self.encoder, MiTEncoder) else self.encoder.fusion[i - 1]
+
+    def _name_hook_points(self) -> None:
+        self.hook_audio.name = "audio.input"
+        self.hook_decoder_logits.name = "decoder.logits"
+        self.hook_logits.name = "logits"
+        for i in range(1, 5):
+            self.hook_visual[i - 1].name = f"stage{i}.visual"
+            self.hook_stage_audio[i - 1].name = f"stage{i}.audio"
+            if i > 1 and self.config.variant == "paper" and self.config.elimination != "none" \
+                    and self.config.elimination_apply == "log_bias":  # the stages that have a bias
+                self.hook_log_bias[i - 1].name = f"stage{i}.log_bias"
+            self.hook_features[i - 1].name = f"stage{i}.features"
+            for j, block in enumerate(self.stage_blocks(i)):
+                if block.fusion:
+                    block.cross_attn.hook_pattern.name = f"stage{i}.block{j}.cross_attn.pattern"
+        first = 1 if self.config.variant == "released" else 2  # Eq. 1: the paper eliminates from stage 2
+        for offset, elimination in enumerate(self.eliminations):
+            name_hook_points(elimination, f"stage{first + offset}.elimination")
 
     def set_memory(self, memory) -> None:
         if self.derivation is None:
@@ -218,8 +250,17 @@ class DDESeg(nn.Module):
         derived = self.derivation(audio)
         return derived.tokens, derived
 
+    @staticmethod
+    def _hook_map(point: HookPoint, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Pass tokens [B, N, C] through ``point`` as a map [B, C, h, w] (only when hooked)."""
+        if not point.active:
+            return tokens
+        b, n, c = tokens.shape
+        return point(tokens.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
+
     def forward(self, image: torch.Tensor, audio: torch.Tensor) -> DDESegOutput:
         # image [B, 3, H, W], audio [B, d_a]
+        audio = self.hook_audio(audio)
         tokens, derived = self.audio_tokens(audio)
         out = DDESegOutput(logits=None, derivation=derived,  # type: ignore[arg-type]
                            cumulative=self.config.variant != "released")
@@ -227,11 +268,14 @@ class DDESeg(nn.Module):
         if self.config.variant == "released":
             for i in range(1, 5):
                 visual, h, w = self.encoder.stage(i, x)  # V^l [B, N_l, C_l]
-                visual, eliminated = self.eliminations[i - 1](self.audio_projections[i - 1](tokens), visual)
+                visual = self._hook_map(self.hook_visual[i - 1], visual, h, w)
+                stage_tokens = self.hook_stage_audio[i - 1](tokens)
+                visual, eliminated = self.eliminations[i - 1](self.audio_projections[i - 1](stage_tokens), visual)
                 out.eliminations.append(eliminated)
                 out.elimination_stages.append(i)
-                out.tokens.append(tokens)
+                out.tokens.append(stage_tokens)
                 x, _ = self.encoder.run_blocks(i, visual, h, w, None)  # plain blocks
+                x = self.hook_features[i - 1](x)
                 out.attention.append(eliminated.gate[..., None])  # [B, N, 1]: the visual gate
                 out.features.append(x)
             return self._decode(image, out)
@@ -239,6 +283,7 @@ class DDESeg(nn.Module):
         bias = None  # [B, K] sum of log S over the stages so far
         for i in range(1, 5):
             visual, h, w = self.encoder.stage(i, x)  # V^l [B, N_l, C_l]
+            visual = self._hook_map(self.hook_visual[i - 1], visual, h, w)
             if i > 1:
                 eliminated = self.eliminations[i - 2](self.audio_projections[i - 1](tokens), visual)
                 out.eliminations.append(eliminated)
@@ -248,13 +293,18 @@ class DDESeg(nn.Module):
                         bias = eliminated.log_scores if bias is None else bias + eliminated.log_scores
                     else:
                         tokens = eliminated.scores[..., None] * tokens  # Eq. 17, in the audio space
+            tokens = self.hook_stage_audio[i - 1](tokens)
+            if bias is not None:
+                bias = self.hook_log_bias[i - 1](bias)
             out.tokens.append(tokens)
             x, attentions = self.encoder.run_blocks(i, visual, h, w, self.audio_projections[i - 1](tokens), bias)
+            x = self.hook_features[i - 1](x)
             out.attention.append(attentions[-1] if attentions else None)
             out.features.append(x)  # [B, C_l, H_l, W_l]
         return self._decode(image, out)
 
     def _decode(self, image: torch.Tensor, out: DDESegOutput) -> DDESegOutput:
-        logits = F.interpolate(self.decoder(out.features), size=image.shape[-2:], mode="bilinear", align_corners=False)
-        out.logits = logits[:, 0] if self.config.num_classes == 1 else logits
+        decoded = self.hook_decoder_logits(self.decoder(out.features))  # [B, outputs, h_1, w_1]
+        logits = F.interpolate(decoded, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        out.logits = self.hook_logits(logits[:, 0] if self.config.num_classes == 1 else logits)
         return out

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hooks import HookPoint, name_hook_points
+
 VARIANTS = ("paper", "released")
 
 
@@ -63,19 +65,21 @@ class PrototypeDerivation(nn.Module):
         self.edge = nn.Linear(dim, dim)  # W_e, b_e (Eq. 5)
         self.fusion = nn.Linear(dim, 1, bias=False)  # W_f1 (Eq. 6)
         self.compensation = nn.Linear(dim, dim)  # W_o1, b_o1 (Eq. 7)
+        self.hook_fusion_weights = HookPoint()  # [B, K]
+        self.hook_derived = HookPoint()  # [B, K, d]
 
     def forward(self, audio: torch.Tensor, centres: torch.Tensor):
         # audio [B, d], centres [B, K, d]
         f_a = audio[:, None, :]  # [B, 1, d]
         edges = F.gelu(self.edge(centres - f_a))  # Eq. 5   [B, K, d]
-        weights = torch.softmax(self.fusion(edges).squeeze(-1), dim=1)  # Eq. 6   [B, K]
+        weights = self.hook_fusion_weights(torch.softmax(self.fusion(edges).squeeze(-1), dim=1))  # Eq. 6   [B, K]
         weighted_edges = weights[..., None] * edges  # [B, K, d]
         compensation = torch.tanh(self.compensation(f_a + weighted_edges))  # Eq. 7   [B, K, d]
         if self.variant == "paper":
             derived = f_a + compensation  # Eq. 8
         else:
             derived = f_a * (1 + compensation)  # released code: multiplicative
-        return derived, weights, compensation
+        return self.hook_derived(derived), weights, compensation
 
 
 class DiscriminativeEnhancement(nn.Module):
@@ -89,6 +93,7 @@ class DiscriminativeEnhancement(nn.Module):
         self.edge = nn.Linear(dim, dim)  # W_d, b_d (Eq. 9)
         self.fusion = nn.Linear(dim, 1, bias=False)  # W_f2 (Eq. 10)
         self.offset = nn.Linear(dim, dim)  # W_o2, b_o2 (Eq. 11)
+        self.hook_weights = HookPoint()  # [B, K, k*m]
 
     def forward(self, derived: torch.Tensor, features: torch.Tensor):
         # derived [B, K, d]; features [B, K, k, m, d], the discriminative features of each token's class
@@ -96,14 +101,14 @@ class DiscriminativeEnhancement(nn.Module):
         edges = F.gelu(self.edge(features - derived[:, :, None, None, :]))  # Eq. 9   [B, K, k, m, d]
         logits = self.fusion(edges).squeeze(-1)  # [B, K, k, m]
         if self.pooling == "all":
-            weights = torch.softmax(logits.reshape(b, n_tokens, k * m), dim=-1)  # Eq. 10   [B, K, k*m]
+            weights = self.hook_weights(torch.softmax(logits.reshape(b, n_tokens, k * m), dim=-1))  # Eq. 10   [B, K, k*m]
             pooled = torch.einsum("bnf,bnfd->bnd", weights, edges.reshape(b, n_tokens, k * m, d))
             offsets = torch.tanh(self.offset(pooled))  # Eq. 11   [B, K, d]
         else:
             weights_j = torch.softmax(logits, dim=-1)  # [B, K, k, m]
             pooled = torch.einsum("bnjm,bnjmd->bnjd", weights_j, edges)
             offsets = torch.tanh(self.offset(pooled)).mean(dim=2)  # one offset per sub-cluster, averaged
-            weights = weights_j.reshape(b, n_tokens, k * m) / k
+            weights = self.hook_weights(weights_j.reshape(b, n_tokens, k * m) / k)  # read only: the offsets are pooled
         enhanced = derived * (1 + offsets)  # Eq. 12
         return enhanced, weights, offsets
 
@@ -125,6 +130,17 @@ class DynamicDerivation(nn.Module):
         self.enhancement = DiscriminativeEnhancement(dim, enhancement_pooling) if enhancement else None
         self.register_buffer("centroids", torch.zeros(num_classes, dim))
         self.register_buffer("features", torch.zeros(num_classes, k, m, dim))
+        self.hook_distances = HookPoint()  # [B, K]
+        self.hook_classes = HookPoint()  # [B, K] class indices: replace them to force the tokens' classes
+        self.hook_tokens = HookPoint()  # [B, K, d] the module's output
+        self.name_hook_points("derivation")
+
+    def name_hook_points(self, prefix: str) -> None:
+        name_hook_points(self, prefix)
+        self.derivation.hook_fusion_weights.name = f"{prefix}.fusion_weights"
+        self.derivation.hook_derived.name = f"{prefix}.derived"
+        if self.enhancement is not None:
+            self.enhancement.hook_weights.name = f"{prefix}.enhancement_weights"
 
     def set_memory(self, memory) -> None:
         """Copy a ``SemanticMemory`` into the buffers; its shape must match the module's."""
@@ -139,11 +155,13 @@ class DynamicDerivation(nn.Module):
     def forward(self, audio: torch.Tensor) -> DerivationOutput:
         # audio [B, d]
         indices, distances = nearest_centres(audio, self.centroids, self.num_tokens)  # [B, K]
+        indices, distances = self.hook_classes(indices), self.hook_distances(distances)
         centres = self.centroids[indices]  # [B, K, d]
         derived, weights, compensation = self.derivation(audio, centres)
         if self.enhancement is None:
-            return DerivationOutput(derived, derived, indices, distances, weights, compensation, None, None)
+            return DerivationOutput(self.hook_tokens(derived), derived, indices, distances, weights, compensation,
+                                    None, None)
         class_features = self.features[indices]  # [B, K, k, m, d]
         enhanced, enhancement_weights, offsets = self.enhancement(derived, class_features)
-        return DerivationOutput(enhanced, derived, indices, distances, weights, compensation,
+        return DerivationOutput(self.hook_tokens(enhanced), derived, indices, distances, weights, compensation,
                                 enhancement_weights, offsets)

@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hooks import HookPoint, attend
+
 SCHEMES = ("none", "fc", "ca_fc", "softkmeans_ca_fc", "gumbel_ca_fc")
 CENTRE_UPDATES = ("assigned_mean", "printed")
 CENTRE_INITS = ("unit", "scaled")
@@ -106,11 +108,17 @@ class DynamicElimination(nn.Module):
         if scheme in ("softkmeans_ca_fc", "gumbel_ca_fc"):
             scale = 1.0 if centre_init == "unit" else dim ** -0.5
             self.centres = nn.Parameter(torch.randn(num_centres, dim) * scale)  # C_v [Kc, d]
+            self.hook_logits = HookPoint()  # [B, N, Kc] V C_v^T, before the temperature
+            self.hook_assignment = HookPoint()  # [B, N, Kc]
+            self.hook_centres = HookPoint()  # [B, Kc, d] (assigned_mean) or [B, N, d] (printed)
         if scheme != "fc":
             self.norm_audio = nn.LayerNorm(dim)
             self.norm_visual = nn.LayerNorm(dim)
             self.cross_attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)  # Eq. 15
+            self.hook_attention = HookPoint()  # [B, heads, K, keys]
         self.score_mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1))  # Eq. 16
+        self.hook_scores = HookPoint()  # [B, K]; acts on the tokens under elimination_apply="scale"
+        self.hook_log_scores = HookPoint()  # [B, K]; acts on the fusion under elimination_apply="log_bias"
 
     def forward(self, tokens: torch.Tensor, visual: torch.Tensor) -> EliminationOutput:
         # tokens [B, K, d], visual [B, N, d]
@@ -122,18 +130,21 @@ class DynamicElimination(nn.Module):
         else:
             keys = self.norm_visual(visual)  # [B, N, d]
             if self.scheme in ("softkmeans_ca_fc", "gumbel_ca_fc"):
-                logits = keys @ self.centres.t()  # V C_v^T   [B, N, Kc]
+                logits = self.hook_logits(keys @ self.centres.t())  # V C_v^T   [B, N, Kc]
                 noise = self.scheme == "gumbel_ca_fc" and self.training
-                assignment = gumbel_soft_assignment(logits, self.tau, noise, hard=self.hard)  # Eq. 13
+                assignment = self.hook_assignment(gumbel_soft_assignment(logits, self.tau, noise, hard=self.hard))  # Eq. 13
                 if self.centre_update == "assigned_mean":  # Eq. 14, centres refined by their pixels
                     mass = assignment.sum(dim=1).clamp_min(1e-6)  # [B, Kc]
                     keys = torch.einsum("bnk,bnd->bkd", assignment, keys) / mass[..., None]  # [B, Kc, d]
                 else:  # Eq. 14 as printed: O C_v, one reconstruction per pixel
                     keys = assignment @ self.centres  # [B, N, d]
-            attended, _ = self.cross_attention(self.norm_audio(tokens), keys, keys, need_weights=False)  # Eq. 15
+                keys = self.hook_centres(keys)
+            attended, _ = attend(self.cross_attention, self.norm_audio(tokens), keys, keys, self.hook_attention,
+                                 need_weights=False)  # Eq. 15
             interacted = tokens + attended if self.residual else attended  # [B, K, d]
         logits = self.score_mlp(interacted).squeeze(-1)  # [B, K]
         scores, log_scores = _scores(logits, self.score)  # Eq. 16
+        scores, log_scores = self.hook_scores(scores), self.hook_log_scores(log_scores)
         return EliminationOutput(scores[..., None] * tokens, scores, assignment, log_scores)  # Eq. 17
 
 
@@ -153,12 +164,15 @@ class _ReleasedAttention(nn.Module):
         for layer in (self.q, self.k, self.v):
             nn.init.trunc_normal_(layer.weight, std=0.02)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, gate: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, query: torch.Tensor, key: torch.Tensor, gate: str,
+                pattern: HookPoint | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         b, n, c = query.shape
         split = lambda x: x.reshape(b, x.shape[1], self.heads, c // self.heads).transpose(1, 2)  # noqa: E731
         q, k, v = split(self.q(query)), split(self.k(key)), split(self.v(key))  # [B, h, *, c/h]
         logits = q @ k.transpose(-2, -1) * (c // self.heads) ** -0.5  # [B, h, n, m]
         weights = logits.softmax(-1) if gate == "softmax" else torch.sigmoid(logits)
+        if pattern is not None:
+            weights = pattern(weights)
         return (weights @ v).transpose(1, 2).reshape(b, n, c), weights
 
 
@@ -185,11 +199,18 @@ class ReleasedAligner(nn.Module):
         self.scheme, self.tau, self.hard = scheme, tau, hard
         if scheme in ("softkmeans_ca_fc", "gumbel_ca_fc"):
             self.centres = nn.Parameter(torch.randn(num_centres, dim))
+            self.hook_logits = HookPoint()  # [B, N, Kc]
+            self.hook_assignment = HookPoint()  # [B, N, Kc]
+            self.hook_centres = HookPoint()  # [B, N, C] the reconstruction O C_v
         if scheme in ("ca_fc", "softkmeans_ca_fc", "gumbel_ca_fc"):
             self.audio_visual = _ReleasedAttention(dim, heads)
+            self.hook_attention = HookPoint()  # [B, heads, K, N]
         if scheme != "none":
             self.fc = nn.Linear(dim, 1)
+            self.hook_scores = HookPoint()  # [B, K] the pooling weights
+            self.hook_log_scores = HookPoint()  # [B, K] (read only: the pooling uses the scores)
         self.visual_audio = _ReleasedAttention(dim, heads)
+        self.hook_gate = HookPoint()  # [B, heads, N, 1]
 
     def forward(self, tokens: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, EliminationOutput]:
         """(gated visual tokens [B, N, C], the elimination's output); tokens [B, K, C], visual [B, N, C]."""
@@ -204,12 +225,14 @@ class ReleasedAligner(nn.Module):
                 keys = visual
                 if self.scheme in ("softkmeans_ca_fc", "gumbel_ca_fc"):
                     noise = self.scheme == "gumbel_ca_fc" and self.training
-                    assignment = gumbel_soft_assignment(visual @ self.centres.t(), self.tau, noise, hard=self.hard)
-                    keys = assignment @ self.centres  # [B, N, C]
-                interacted, _ = self.audio_visual(tokens, keys, "softmax")  # [B, K, C]
+                    logits = self.hook_logits(visual @ self.centres.t())
+                    assignment = self.hook_assignment(gumbel_soft_assignment(logits, self.tau, noise, hard=self.hard))
+                    keys = self.hook_centres(assignment @ self.centres)  # [B, N, C]
+                interacted, _ = self.audio_visual(tokens, keys, "softmax", self.hook_attention)  # [B, K, C]
             scores, log_scores = _scores(self.fc(interacted).squeeze(-1), "softmax")  # [B, K]
+            scores, log_scores = self.hook_scores(scores), self.hook_log_scores(log_scores)
         pooled = (scores[..., None] * tokens).sum(1, keepdim=True)  # [B, 1, C]
-        gated, gate = self.visual_audio(visual, pooled, "sigmoid")  # [B, N, C], [B, h, N, 1]
+        gated, gate = self.visual_audio(visual, pooled, "sigmoid", self.hook_gate)  # [B, N, C], [B, h, N, 1]
         return visual + gated, EliminationOutput(tokens, None if self.scheme == "none" else scores, assignment,
                                                  None if self.scheme == "none" else log_scores,
                                                  gate[..., 0].mean(1))

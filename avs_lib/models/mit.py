@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .hooks import HookPoint, attend
 from .weights import LoadReport, load_weights, read_state_dict  # noqa: F401 (re-exported)
 
 
@@ -146,11 +147,12 @@ class AudioCrossAttention(nn.Module):
             self.null_key = nn.Parameter(torch.zeros(dim))  # in the projected key space, split over heads
         else:
             self.null_key = None
+        self.hook_pattern = HookPoint()  # [B, heads, N, K]
 
     def forward(self, visual: torch.Tensor, audio: torch.Tensor,
                 bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if bias is None and self.null_key is None:
-            out, weights = self.attn(visual, audio, audio, need_weights=True)
+            out, weights = attend(self.attn, visual, audio, audio, self.hook_pattern, need_weights=True)
             return out, weights  # [B, N, C], [B, N, K]
         b, n, c = visual.shape
         k_tokens, heads = audio.shape[1], self.attn.num_heads
@@ -164,7 +166,7 @@ class AudioCrossAttention(nn.Module):
         if self.null_key is not None:
             null = self.null_key.reshape(heads, 1, c // heads).to(q.dtype)  # [h, 1, c/h]
             logits = torch.cat([logits, q @ null.transpose(-2, -1) / math.sqrt(c // heads)], dim=-1)  # [B, h, N, K+1]
-        weights = torch.softmax(logits, dim=-1)[..., :k_tokens]  # the null column's value is 0
+        weights = self.hook_pattern(torch.softmax(logits, dim=-1)[..., :k_tokens])  # the null column's value is 0
         out = (weights @ v).transpose(1, 2).reshape(b, n, c)
         return self.attn.out_proj(out), weights.mean(1)  # [B, N, C], [B, N, K] (head mean, as nn.MultiheadAttention)
 

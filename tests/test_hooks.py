@@ -1,0 +1,159 @@
+"""Named activations: run_with_cache returns what the model computes; hooks change what they touch."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from avs_lib.data.transforms import normalise_images
+from avs_lib.models import build_model, hook_names, run_with_cache, run_with_hooks
+from avs_lib.models.ddeseg import FIRST_READING
+
+
+def _model(name="ddeseg", **switches):
+    torch.manual_seed(0)
+    model = build_model(name, audio_dim=16, **({} if name == "avsac" else {"memory_classes": 8}), **switches).eval()
+    if getattr(model, "derivation", None) is not None:
+        model.derivation.centroids.normal_()
+        model.derivation.features.normal_()
+    return model
+
+
+def _frames(n=5, size=64, dim=16, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return SimpleNamespace(images=torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
+                           audio=torch.randn(n, dim, generator=g))
+
+
+def _forward(model, frames):
+    with torch.no_grad():
+        return model(normalise_images(frames.images), frames.audio)
+
+
+@pytest.mark.parametrize("switches", [{}, {"variant": "released"}, {"name": "baseline"}, FIRST_READING,
+                                      {"backbone": "efficientnet_lite0"}])
+def test_cache_equals_the_models_outputs(switches):
+    switches = dict(switches)
+    model = _model(switches.pop("name", "ddeseg"), **switches)
+    frames = _frames()
+    out = _forward(model, frames)
+    cache = run_with_cache(model, frames, batch_size=2)  # batches of 2, 2, 1: concatenated in frame order
+    assert set(cache) == set(hook_names(model))
+    torch.testing.assert_close(cache["logits"], out.logits, atol=1e-5, rtol=1e-5)
+    for stage in range(1, 5):
+        torch.testing.assert_close(cache[f"stage{stage}.features"], out.features[stage - 1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cache[f"stage{stage}.audio"], out.tokens[stage - 1], atol=1e-6, rtol=1e-6)
+    if out.derivation is not None:
+        assert torch.equal(cache["derivation.classes"], out.derivation.class_indices)
+        torch.testing.assert_close(cache["derivation.tokens"], out.derivation.tokens)
+    for stage, scores in out.stage_scores.items():
+        torch.testing.assert_close(cache[f"stage{stage}.elimination.scores"], scores, atol=1e-6, rtol=1e-5)
+    if switches.get("variant") != "released":
+        for stage in range(1, 5):
+            pattern = cache[f"stage{stage}.block0.cross_attn.pattern"]  # [N, heads, HW, K]
+            h, w = cache.hw(stage)
+            assert pattern.shape[0] == 5 and pattern.shape[2] == h * w
+            assert pattern.shape[3] == out.tokens[stage - 1].shape[1]
+            # the blocks return the head mean; the cache keeps every head
+            torch.testing.assert_close(pattern.mean(1), out.attention[stage - 1], atol=1e-6, rtol=1e-5)
+
+
+def test_avsac_cache_equals_its_outputs():
+    model = _model("avsac")
+    frames = _frames()
+    out = _forward(model, frames)
+    cache = run_with_cache(model, frames, names=["logits", "layer5.agv", "layer5.vga", "layer*.audio_to_vision.pattern"])
+    torch.testing.assert_close(cache["logits"], out.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache["layer5.agv"], out.agv, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache["layer5.vga"], out.vga, atol=1e-5, rtol=1e-5)
+    patterns = [n for n in cache if n.endswith("audio_to_vision.pattern")]
+    assert len(patterns) == model.config.layers
+    rows = cache[patterns[0]].sum(-1)  # a softmax over the queries: each visual token's row sums to 1
+    torch.testing.assert_close(rows, torch.ones_like(rows), atol=1e-5, rtol=0)
+
+
+def test_reading_hooks_change_nothing_and_are_removed():
+    model = _model()
+    frames = _frames()
+    before = _forward(model, frames).logits
+    seen = []
+    with run_with_hooks(model, {"stage*.visual": lambda v: seen.append(v.shape)}):
+        during = _forward(model, frames).logits
+    assert torch.equal(during, before) and len(seen) == 4
+    assert all(not p._forward_hooks for p in model.modules() if hasattr(p, "active"))
+    with pytest.raises(RuntimeError):
+        with run_with_hooks(model, {"logits": lambda v: v}):
+            raise RuntimeError("inside")
+    assert all(not p._forward_hooks for p in model.modules() if hasattr(p, "active"))
+
+
+@pytest.mark.parametrize("switches", [{}, FIRST_READING])
+def test_zeroing_a_token_changes_the_output(switches):
+    model = _model(**switches)
+    frames = _frames()
+    before = _forward(model, frames).logits
+
+    def zero_first(tokens):
+        tokens = tokens.clone()
+        tokens[:, 0] = 0
+        return tokens
+
+    with run_with_hooks(model, {"derivation.tokens": zero_first}):
+        after = _forward(model, frames)
+    assert (after.logits - before).abs().max() > 1e-4
+    assert torch.equal(after.tokens[0][:, 0], torch.zeros_like(after.tokens[0][:, 0]))
+
+
+@pytest.mark.parametrize("switches", [{}, FIRST_READING])
+def test_a_replaced_attention_pattern_reaches_the_output(switches):
+    # FIRST_READING's fusion has no null key and no bias: nn.MultiheadAttention's path, which the
+    # hook must replace by the explicit one for the intervention to act
+    model = _model(**switches)
+    frames = _frames()
+    before = _forward(model, frames).logits
+
+    def only_token_0(pattern):
+        replaced = torch.zeros_like(pattern)
+        replaced[..., 0] = 1
+        return replaced
+
+    with run_with_hooks(model, {"stage1.block0.cross_attn.pattern": only_token_0}):
+        cache = run_with_cache(model, frames, names=["stage1.block0.cross_attn.pattern", "logits"])
+    assert torch.equal(cache["stage1.block0.cross_attn.pattern"][..., 0],
+                       torch.ones_like(cache["stage1.block0.cross_attn.pattern"][..., 0]))
+    assert (cache["logits"] - before).abs().max() > 1e-4
+
+
+def test_scaling_the_assignment_logits_is_changing_tau():
+    # Eq. 13 divides V C_v^T by tau: a hook that multiplies the logits by tau / tau' must give what
+    # a model built with tau' gives
+    model, other = _model(tau=1.0), _model(tau=0.25)
+    other.load_state_dict(model.state_dict())
+    frames = _frames()
+    with run_with_hooks(model, {"stage*.elimination.logits": lambda logits: logits * (1.0 / 0.25)}):
+        hooked = _forward(model, frames)
+    reference = _forward(other, frames)
+    torch.testing.assert_close(hooked.logits, reference.logits, atol=1e-5, rtol=1e-5)
+    assert (hooked.logits - _forward(model, frames).logits).abs().max() > 1e-5
+
+
+def test_names_state_dict_and_errors():
+    model = _model()
+    names = hook_names(model)
+    assert names[0] == "audio.input" and names[-1] == "logits"
+    assert names.index("stage1.features") < names.index("stage2.visual") < names.index("stage2.elimination.scores")
+    assert names.index("derivation.tokens") < names.index("stage1.visual")
+    assert not [key for key in model.state_dict() if "hook" in key]  # hook points hold nothing
+    with pytest.raises(KeyError, match="stage2.elimination.scores"):
+        run_with_cache(model, _frames(), names=["stage2.elimination.score"])
+
+
+def test_cache_of_chosen_frames_and_zero_audio():
+    model = _model()
+    frames = _frames(n=6)
+    cache = run_with_cache(model, frames, names=["audio.input", "logits"], indices=[4, 1], zero_audio=True)
+    assert torch.equal(cache["audio.input"], torch.zeros(2, 16))
+    with torch.no_grad():
+        reference = model(normalise_images(frames.images[[4, 1]]), torch.zeros(2, 16)).logits
+    torch.testing.assert_close(cache["logits"], reference, atol=1e-5, rtol=1e-5)
