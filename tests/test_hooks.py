@@ -157,3 +157,18 @@ def test_cache_of_chosen_frames_and_zero_audio():
     with torch.no_grad():
         reference = model(normalise_images(frames.images[[4, 1]]), torch.zeros(2, 16)).logits
     torch.testing.assert_close(cache["logits"], reference, atol=1e-5, rtol=1e-5)
+
+
+def test_derivation_at_another_k_is_an_argument_not_a_mutation():
+    model = _model()
+    audio = _frames().audio
+    with torch.no_grad():
+        at_three = model.derivation(audio, num_tokens=3)
+    assert model.derivation.num_tokens == 5 and at_three.tokens.shape[1] == 3
+    other = _model(num_tokens=3)
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        reference = other.derivation(audio)
+    torch.testing.assert_close(at_three.tokens, reference.tokens)
+    with pytest.raises(ValueError, match="between 1 and"):
+        model.derivation(audio, num_tokens=9)

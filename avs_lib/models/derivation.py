@@ -152,9 +152,14 @@ class DynamicDerivation(nn.Module):
         self.centroids.copy_(memory.centroids.to(self.centroids))
         self.features.copy_(memory.features.to(self.features))
 
-    def forward(self, audio: torch.Tensor) -> DerivationOutput:
+    def forward(self, audio: torch.Tensor, num_tokens: int | None = None) -> DerivationOutput:
+        """``num_tokens``: K for this call only (a what-if: the learned weights do not depend on K,
+        Eq. 6's softmax over the K edges does); default the module's own."""
         # audio [B, d]
-        indices, distances = nearest_centres(audio, self.centroids, self.num_tokens)  # [B, K]
+        k = self.num_tokens if num_tokens is None else num_tokens
+        if not 1 <= k <= self.centroids.shape[0]:
+            raise ValueError(f"num_tokens K={k} must be between 1 and the memory's {self.centroids.shape[0]} classes")
+        indices, distances = nearest_centres(audio, self.centroids, k)  # [B, K]
         indices, distances = self.hook_classes(indices), self.hook_distances(distances)
         centres = self.centroids[indices]  # [B, K, d]
         derived, weights, compensation = self.derivation(audio, centres)

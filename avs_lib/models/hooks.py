@@ -144,34 +144,44 @@ def run_with_hooks(model: nn.Module, hooks: dict[str, Callable] | Iterable[tuple
 class ActivationCache(dict):
     """{name: tensor [frames, ...]} from ``run_with_cache``; ``hw(stage)`` is stage's (h, w)."""
 
+    stage_hw: dict[int, tuple[int, int]]
+
     def hw(self, stage: int) -> tuple[int, int]:
-        for name in (f"stage{stage}.visual", f"stage{stage}.features"):
-            if name in self:
-                return tuple(self[name].shape[-2:])
-        raise KeyError(f"the cache holds neither stage{stage}.visual nor stage{stage}.features; "
-                       f"ask for one of them in names=")
+        if stage not in self.stage_hw:
+            raise KeyError(f"stage {stage} has no feature map in this model (stages: {sorted(self.stage_hw)})")
+        return self.stage_hw[stage]
 
 
 def run_with_cache(model: nn.Module, frames, names: Iterable[str] | None = None, batch_size: int = 32,
                    indices=None, zero_audio: bool = False, hooks: dict[str, Callable] | None = None,
-                   to: str | torch.device = "cpu", progress: bool = False) -> ActivationCache:
+                   to: str | torch.device = "cpu", bf16: bool = False, progress: bool = False) -> ActivationCache:
     """Run ``model`` in eval mode over ``frames`` (anything with ``images`` [N, 3, S, S] uint8 and
     ``audio`` [N, d], e.g. a ``FrameSet``) in one batched pass on the model's device, images
     normalised here, and return the named activations of every frame concatenated on ``to``.
 
     ``names``: exact names or globs (default: every hook point; ask for fewer on large models).
     ``indices``: the frames to run (default all). ``hooks``: {name: fn} attached during the pass,
-    so a cache can be taken of an intervened model. ``zero_audio``: F_a replaced by zeros."""
+    so a cache can be taken of an intervened model. ``zero_audio``: F_a replaced by zeros. ``bf16``:
+    under bf16 autocast (values are kept in the dtype they were computed in). ``cache.hw(stage)``
+    gives each stage's (h, w) whatever names were asked for."""
     selected = _resolve(model, names if names is not None else ["*"])
     device = next(model.parameters()).device
     order = torch.arange(len(frames.images)) if indices is None else torch.as_tensor(indices).reshape(-1)
     collected: dict[str, list[torch.Tensor]] = {}
+    stage_hw: dict[int, tuple[int, int]] = {}
 
     def keep(name: str) -> Callable:
         def store(value):
             collected.setdefault(name, []).append(value.detach().to(to))
         return store
 
+    def shape_of(name: str) -> Callable:  # (h, w) of every stage, without keeping its map
+        def record(value):
+            stage_hw[int(name.split(".")[0][len("stage"):])] = tuple(value.shape[-2:])
+        return record
+
+    shapes = {n: shape_of(n) for n in hook_points(model) if fnmatch.fnmatchcase(n, "stage*.features")}
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     was_training = model.training
     model.eval()
     starts = range(0, len(order), batch_size)
@@ -179,7 +189,8 @@ def run_with_cache(model: nn.Module, frames, names: Iterable[str] | None = None,
         from tqdm.auto import tqdm
         starts = tqdm(starts, desc="run_with_cache", unit="batch")
     try:
-        with torch.no_grad(), run_with_hooks(model, {**(hooks or {}), **{n: keep(n) for n in selected}}):
+        with torch.no_grad(), autocast, run_with_hooks(model, [*(hooks or {}).items(), *shapes.items(),
+                                                               *((n, keep(n)) for n in selected)]):
             for start in starts:
                 batch = order[start:start + batch_size]
                 images = normalise_images(frames.images[batch].to(device))
@@ -188,6 +199,7 @@ def run_with_cache(model: nn.Module, frames, names: Iterable[str] | None = None,
     finally:
         model.train(was_training)
     cache = ActivationCache()
+    cache.stage_hw = stage_hw
     for name in hook_names(model):
         if name in collected:
             cache[name] = torch.cat(collected[name])
