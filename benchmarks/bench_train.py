@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from avs_lib.losses import ddeseg_loss
+from avs_lib.training.losses import ddeseg_loss
 from avs_lib.models import build_model, count_parameters
 
 

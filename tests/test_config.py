@@ -6,7 +6,7 @@ import sys
 import pytest
 from hypothesis import given, strategies as st
 
-from avs_lib.config import ConfigError, TrainConfig, check_values, load_config
+from avs_lib.core.config import ConfigError, TrainConfig, check_values, load_config
 from avs_lib.models import DDESegConfig
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from avs_lib.analysis import score_spread, separation_of_tokens, within_frame_auc
-from avs_lib.losses import capacity_loss
-from avs_lib.memory import build_semantic_memory
+from avs_lib.analysis.inspect import score_spread, separation_of_tokens, within_frame_auc
+from avs_lib.training.losses import capacity_loss
+from avs_lib.memory.build import build_semantic_memory
 from avs_lib.models import build_model
 from avs_lib.models.ddeseg import FIRST_READING
 from avs_lib.models.elimination import DynamicElimination, ReleasedAligner, gumbel_soft_assignment
@@ -255,7 +255,7 @@ def test_paired_differences_and_intervals():
     import pandas as pd
     from scipy import stats
 
-    from avs_lib.ablation import interval_table, plan
+    from avs_lib.experiments.ablation import interval_table, plan
 
     table = pd.DataFrame({"setting": ["baseline"] * 3 + ["full"] * 3, "seed": [0, 1, 2] * 2,
                           "JF": [0.40, 0.50, 0.45, 0.42, 0.53, 0.46]})
@@ -274,8 +274,8 @@ def test_paired_differences_and_intervals():
 
 
 def test_run_ablation_writes_every_row_with_intervals(notebook_world, tmp_path):
-    from avs_lib.ablation import CAPACITY, run_ablation
-    from avs_lib.config import load_config
+    from avs_lib.experiments.ablation import CAPACITY, run_ablation
+    from avs_lib.core.config import load_config
 
     config = load_config(None, [f"data_root={notebook_world}", "image_size=32", "epochs=1", "encoder_epochs=1",
                                 "device=cpu", f"cache_dir={tmp_path / 'cache'}", "progress=false"])

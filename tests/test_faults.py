@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from avs_lib.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
+from avs_lib.training.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
 from avs_lib.cli import main
-from avs_lib.config import load_config
-from avs_lib.features import FrameSet, Prepared
-from avs_lib.locks import RunLock, RunLocked
-from avs_lib.memory import MemoryFileError, build_semantic_memory, load_memory, save_memory
-from avs_lib.train import load_trained, train
+from avs_lib.core.config import load_config
+from avs_lib.data.frames import FrameSet, Prepared
+from avs_lib.core.locks import RunLock, RunLocked
+from avs_lib.memory.build import MemoryFileError, build_semantic_memory, load_memory, save_memory
+from avs_lib.training.loop import load_trained, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -171,7 +171,7 @@ def test_weights_that_do_not_fit_the_config(one_epoch, tmp_path):
 @contextlib.contextmanager
 def lock_holder(folder):
     """Another process holding ``folder``'s run lock for the block (SIGKILLed at its end)."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from avs_lib.locks import RunLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from avs_lib.core.locks import RunLock; "
                                f"RunLock({str(folder)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
@@ -275,7 +275,7 @@ time.sleep(seconds)
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_avs_run_status_after_a_signal(tmp_path, how):
-    from avs_lib.runs import run_status
+    from avs_lib.experiments.notebooks import run_status
 
     (tmp_path / "sleepy.py").write_text(NOTEBOOK)
     process = subprocess.Popen([sys.executable, "-m", "avs_lib.cli", "run", str(tmp_path / "sleepy.py"), "--name", "r",

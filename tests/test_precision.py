@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from avs_lib.losses import ddeseg_loss
+from avs_lib.training.losses import ddeseg_loss
 from avs_lib.models import build_model
 
 

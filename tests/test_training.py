@@ -9,9 +9,9 @@ import torch
 import torch.multiprocessing as mp
 
 from avs_lib.cli import main
-from avs_lib.config import TrainConfig
-from avs_lib.features import FrameSet, Prepared
-from avs_lib.train import learning_rate, parameter_groups, train
+from avs_lib.core.config import TrainConfig
+from avs_lib.data.frames import FrameSet, Prepared
+from avs_lib.training.loop import learning_rate, parameter_groups, train
 
 
 def _frames(n, seed, size=64, dim=16):
@@ -134,7 +134,7 @@ def test_avs_train_and_eval_cli(training_world, tmp_path, capsys):
 def test_every_shipped_config_parses():
     from pathlib import Path
 
-    from avs_lib.config import load_config
+    from avs_lib.core.config import load_config
 
     configs = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
     assert len(configs) >= 7
@@ -147,8 +147,8 @@ def test_every_shipped_config_parses():
 def test_training_on_precomputed_embeddings(training_world, tmp_path):
     """HTS-AT-style embeddings computed elsewhere: one [frames, d] .npy per clip."""
     from avs_lib.data.datasets import AVSDataset
-    from avs_lib.config import load_config
-    from avs_lib.features import prepare
+    from avs_lib.core.config import load_config
+    from avs_lib.data.frames import prepare
 
     folder = tmp_path / "embeddings"
     folder.mkdir()

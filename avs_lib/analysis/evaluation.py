@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import torch
 
-from avs_lib.metrics import CONVENTIONS, evaluate
+from avs_lib.analysis.metrics import CONVENTIONS, evaluate
 
 
 def all_foreground(frames, convention: str = "per_frame", batch_size: int = 5) -> dict:
@@ -22,9 +22,9 @@ def all_foreground(frames, convention: str = "per_frame", batch_size: int = 5) -
 
 
 def evaluation_table(model, frames, config, device: torch.device | str = "cpu") -> list[dict]:
-    """Rows {"evaluation", "J", "F", "J&F"}: the model in every convention of ``avs_lib.metrics``,
+    """Rows {"evaluation", "J", "F", "J&F"}: the model in every convention of ``avs_lib.analysis.metrics``,
     then with its audio zeroed and the all-foreground prediction (both in ``config.convention``)."""
-    from avs_lib.train import evaluate_model
+    from avs_lib.training.loop import evaluate_model
 
     device = torch.device(device)
     rows = []
@@ -47,8 +47,8 @@ HEADROOM_ROWS = {"floor": "floor: zero audio (trained and tested without sound)"
 
 def jf_interval_of(model, frames, config, device: torch.device | str = "cpu") -> dict:
     """Per-frame test J&F of ``model`` on ``frames`` with its 95 % interval over clips."""
-    from avs_lib.metrics import jf_with_interval
-    from avs_lib.train import predict
+    from avs_lib.analysis.metrics import jf_with_interval
+    from avs_lib.training.loop import predict
 
     keep = frames.valid
     logits = predict(model, frames, torch.device(device), bf16=config.bf16, zero_audio=config.zero_audio,
@@ -60,14 +60,14 @@ def headroom(config, model, prepared, rows: tuple[str, ...] = ("floor", "oracle"
     """The window an experiment can see, as rows {"row", "what", "JF", "ci95", ...}: the floor (the
     same training with the audio zeroed, ``zero_audio=true``), ``model`` itself (trained with
     ``config``) and the oracles (the same training with ``audio_encoder=oracle`` / ``oracle-heard``,
-    ``avs_lib.features.OracleAudio``), each tested on the test split with a 95 % interval over clips.
-    Every extra row is trained once into the data's model store (``avs_lib.train.shared_run_dir``)
+    ``avs_lib.data.frames.OracleAudio``), each tested on the test split with a 95 % interval over clips.
+    Every extra row is trained once into the data's model store (``avs_lib.training.loop.shared_run_dir``)
     and reused by a later call with the same settings (``train_once``). Headroom = ceiling - floor:
     a comparison of settings inside a narrow window cannot come out any other way."""
     from pathlib import Path
 
-    from avs_lib.features import prepare
-    from avs_lib.train import load_trained, shared_run_dir, train_once
+    from avs_lib.data.frames import prepare
+    from avs_lib.training.loop import load_trained, shared_run_dir, train_once
 
     table = [{"row": "model", "what": HEADROOM_ROWS["model"], **jf_interval_of(model, prepared.test, config)}]
     for row in rows:

@@ -14,7 +14,7 @@
   norm and against the distance between frames: tokens that are nearly one vector leave
   elimination little to choose and the loss little reason to choose.
 * ``true_classes`` / ``onscreen_labels``: the per-frame ground truth they use (and the capacity
-  check's targets, ``avs_lib.losses.capacity_loss``).
+  check's targets, ``avs_lib.training.losses.capacity_loss``).
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from avs_lib.features import FrameSet
+from avs_lib.data.frames import FrameSet
 from avs_lib.models.derivation import nearest_centres
 from avs_lib.data.transforms import normalise_images
 

@@ -7,9 +7,9 @@ Encoders (``frame_encoder``):
 * ``vggish:PATH``: over the first 0.96 s VGGish log-mel example of each frame's second
   (exactly the input ``avs train`` gives them, so the files equal what training computes);
 * ``htsat:PATH``: HTS-AT's ``latent_output`` (768-d) of each frame's own second at 32 kHz
-  (``avs_lib.models.htsat``; DDESeg's cut);
+  (``avs_lib.audio.htsat``; DDESeg's cut);
 * ``birdnet``: BirdNET V2.4's 1024-d embedding of a 3 s window centred on each frame, at 48 kHz
-  (``avs_lib.models.birdnet``; optional, non-commercial licence).
+  (``avs_lib.audio.birdnet``; optional, non-commercial licence).
 
 Resumable: a clip whose file exists is skipped; each file is written to a temporary name and
 renamed (``atomic_write``), so an interrupted run never leaves half a file. ``embeddings.json`` in
@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from avs_lib.cache import data_identity
+from avs_lib.core.cache import data_identity
 from avs_lib.data.datasets import LAYOUTS, DataError, FrameRecord, layout_records, read_audio_segment
 from avs_lib.data.layouts import METADATA, vpo_metadata
-from avs_lib.files import atomic_write, atomic_write_text, read_json
-from avs_lib.models.audio_encoders import PrecomputedEmbeddings
+from avs_lib.core.files import atomic_write, atomic_write_text, read_json
+from avs_lib.audio.encoders import PrecomputedEmbeddings
 
 HEADER = "embeddings.json"
 
@@ -48,7 +48,7 @@ class LogMelEncoder:
 
     @torch.no_grad()
     def embed_frames(self, segments: list[np.ndarray]) -> np.ndarray:
-        from avs_lib.audio import vggish_examples
+        from avs_lib.audio.frontends import vggish_examples
 
         # the first 0.96 s example of the frame's second: the input avs train gives these encoders
         log_mels = np.stack([vggish_examples(s, self.sample_rate)[0] for s in segments])
@@ -61,7 +61,7 @@ def frame_encoder(spec: str, root: str | Path | None = None, cache_dir: str | Pa
     ``small``, ``vggish:PATH``, ``htsat:PATH`` or ``birdnet``."""
     kind, _, path = spec.partition(":")
     if kind == "small":
-        from avs_lib.features import prepare_audio_encoder
+        from avs_lib.data.frames import prepare_audio_encoder
 
         if root is None:
             raise ValueError("the 'small' encoder is trained on a world: give the dataset root")
@@ -69,19 +69,19 @@ def frame_encoder(spec: str, root: str | Path | None = None, cache_dir: str | Pa
         module, _, identifier = prepare_audio_encoder(root, cache, audio_dim, encoder_epochs, seed=0, progress=progress)
         return LogMelEncoder(module, identifier, device)
     if kind == "vggish" and path:
-        from avs_lib.features import FileAudioEncoder
+        from avs_lib.data.frames import FileAudioEncoder
 
         module = FileAudioEncoder(spec)
         return LogMelEncoder(module, module.identifier, device)
     if kind == "htsat" and path:
-        from avs_lib.models.audio_encoders import load_htsat
-        from avs_lib.models.htsat import HTSATEncoder
+        from avs_lib.audio.encoders import load_htsat
+        from avs_lib.audio.htsat import HTSATEncoder
 
         if not Path(path).is_file():
             load_htsat(path)  # raises the missing-file message that says what to download
         return HTSATEncoder(path, device)
     if kind == "birdnet" and not path:
-        from avs_lib.models.birdnet import BirdNETEncoder
+        from avs_lib.audio.birdnet import BirdNETEncoder
 
         return BirdNETEncoder(device)
     raise ValueError(f"encoder {spec!r}: use small, vggish:PATH, htsat:PATH or birdnet")
@@ -260,11 +260,11 @@ def encoder_quality(root: str | Path, folder: str | Path, k: int = 5) -> dict:
     """For a composed world (known sources) and a folder of embeddings (``avs embed``): the Eq. 2
     centroids from the single-source s4 training frames, then nearest-centroid accuracy on the
     single-source s4 test frames and the recall at K of the sounding classes among the K nearest
-    centroids on the MS3 test frames (derivation's Eq. 5 candidates), with ``avs_lib.audio_eval``.
+    centroids on the MS3 test frames (derivation's Eq. 5 candidates), with ``avs_lib.audio.quality``.
     Needs the files of the s4 train/test and MS3 test clips."""
-    from avs_lib.audio_eval import FrameAudio, mixture_recall, nearest_centroid
+    from avs_lib.audio.quality import FrameAudio, mixture_recall, nearest_centroid
     from avs_lib.data.datasets import AVSDataset, load_sources
-    from avs_lib.features import world_classes
+    from avs_lib.data.frames import world_classes
 
     embeddings = PrecomputedEmbeddings(folder)
     classes = world_classes(root)

@@ -1,14 +1,14 @@
 """Audio encoders: one F_a per 1 s frame.
 
 * ``SmallAudioEncoder``: a 4-block CNN over one 0.96 s VGGish log-mel example, then frozen. For a
-  composed world it is pretrained on the world's stream of mixtures (``avs_lib.pretrain``); for a
+  composed world it is pretrained on the world's stream of mixtures (``avs_lib.audio.pretrain``); for a
   dataset without the world's asset library (AVSBench) it is trained on the S4 training clips. It plays the role of
   the paper's "pre-trained foundation model" in the default world, where no real checkpoint exists.
 * ``VGGish``: the architecture of torchvggish; ``load_vggish(path)`` reads a local
   ``vggish-10086976.pth``-style state dict (keys ``features.N``/``embeddings.N``), strictly.
   Output: the 128-d embedding before PCA post-processing (pass ``pca_path`` to a
   ``vggish_pca_params-*.pth`` file to apply the PCA rotation; the 8-bit quantisation is not applied).
-* HTS-AT: ``load_htsat(path)`` reads an ``HTSAT_AudioSet_Saved_*.ckpt`` into ``avs_lib.models.htsat.HTSAT``
+* HTS-AT: ``load_htsat(path)`` reads an ``HTSAT_AudioSet_Saved_*.ckpt`` into ``avs_lib.audio.htsat.HTSAT``
   (a 28M-parameter Swin audio transformer over the raw waveform; ``avs embed --encoder htsat:PATH``).
 * ``PrecomputedEmbeddings``: embeddings computed elsewhere, one ``{clip}.npy`` or ``{clip}.pkl`` per
   clip holding [T, d] (one row per frame).
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avs_lib.files import atomic_write
+from avs_lib.core.files import atomic_write
 from avs_lib.models.weights import load_weights
 
 
@@ -113,8 +113,8 @@ def train_small_audio_encoder(examples: np.ndarray, labels: np.ndarray, num_clas
 
 def save_audio_encoder(model: SmallAudioEncoder, path: str | Path, class_names: list[str], meta: dict | None = None) -> None:
     """One torch file with the weights, the architecture, the class names, ``meta`` and a checksum
-    over all of them (``avs_lib.checkpoints.content_checksum``)."""
-    from avs_lib.checkpoints import content_checksum
+    over all of them (``avs_lib.training.checkpoints.content_checksum``)."""
+    from avs_lib.training.checkpoints import content_checksum
 
     state = {"state_dict": model.state_dict(), "dim": model.dim, "arch": model.arch(), "class_names": class_names,
              "meta": meta or {}}
@@ -126,7 +126,7 @@ def read_audio_encoder_file(path: str | Path, device: str = "cpu") -> dict:
     """The verified contents of a file of ``save_audio_encoder``. A missing, empty, truncated or
     damaged file is one ``CheckpointError`` naming it; these files are caches, so the way out is to
     delete it and let the command that wrote it write it again."""
-    from avs_lib.checkpoints import CheckpointError, content_checksum, read_torch_file
+    from avs_lib.training.checkpoints import CheckpointError, content_checksum, read_torch_file
 
     path = Path(path)
     if not path.is_file():
@@ -208,8 +208,8 @@ def load_vggish(path: str | Path, pca_path: str | Path | None = None) -> VGGish:
 
 
 def load_htsat(path: str | Path):
-    """HTS-AT (``avs_lib.models.htsat``) from a local ``HTSAT_AudioSet_Saved_*.ckpt``, loaded strictly."""
-    from avs_lib.models.htsat import load_htsat as _load_htsat
+    """HTS-AT (``avs_lib.audio.htsat``) from a local ``HTSAT_AudioSet_Saved_*.ckpt``, loaded strictly."""
+    from avs_lib.audio.htsat import load_htsat as _load_htsat
 
     if not Path(path).is_file():
         raise FileNotFoundError(

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avs_lib.audio import (HTSAT_FMAX, HTSAT_FMIN, HTSAT_HOP, HTSAT_MELS, HTSAT_SAMPLE_RATE, HTSAT_WINDOW,
+from avs_lib.audio.frontends import (HTSAT_FMAX, HTSAT_FMIN, HTSAT_HOP, HTSAT_MELS, HTSAT_SAMPLE_RATE, HTSAT_WINDOW,
                            slaney_mel_matrix)
 
 

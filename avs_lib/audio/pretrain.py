@@ -9,7 +9,7 @@ composed world has no such model, so it gets the same kind of pretraining from i
   classes with random gains, an ambience bed, white noise at the world's SNR, peak scaling). Every
   multi-source window comes with its parts (each source alone over the same bed), which are also
   single-source training examples. Held-out members (``WorldConfig.holdout_members``) never enter.
-* ``torch_log_mel``: the VGGish log-mel front end of ``avs_lib.audio`` in batched torch (matched to
+* ``torch_log_mel``: the VGGish log-mel front end of ``avs_lib.audio.frontends`` in batched torch (matched to
   the numpy reference within a tested tolerance).
 * ``pretrain``: multi-label BCE over the classes present, on L2-normalised embeddings with a cosine
   head, plus (``parts_weight > 0``) a term pulling a mixture's embedding towards the normalised mean
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avs_lib.audio import (VGGISH_EXAMPLE_FRAMES, VGGISH_FFT, VGGISH_HOP, VGGISH_LOG_OFFSET, VGGISH_WINDOW,
+from avs_lib.audio.frontends import (VGGISH_EXAMPLE_FRAMES, VGGISH_FFT, VGGISH_HOP, VGGISH_LOG_OFFSET, VGGISH_WINDOW,
                            vggish_mel_matrix)
-from avs_lib.files import read_json
-from avs_lib.models.audio_encoders import (SmallAudioEncoder, audio_encoder_from_blob, read_audio_encoder_file,
+from avs_lib.core.files import read_json
+from avs_lib.audio.encoders import (SmallAudioEncoder, audio_encoder_from_blob, read_audio_encoder_file,
                                            save_audio_encoder)
 from avs_lib.world.assets import AssetLibrary
 from avs_lib.world.compose import WorldConfig, _loop_sound, heldout_members, mix_sources
@@ -70,7 +70,7 @@ _MEL_CACHE: dict = {}
 
 
 def torch_log_mel(waves: torch.Tensor) -> torch.Tensor:
-    """[B, S] 16 kHz waveforms -> [B, frames, 64] VGGish log-mel, as ``avs_lib.audio.vggish_log_mel``
+    """[B, S] 16 kHz waveforms -> [B, frames, 64] VGGish log-mel, as ``avs_lib.audio.frontends.vggish_log_mel``
     (periodic Hann 400, hop 160, |rfft 512|, HTK mel 125-7500 Hz, log(mel + 0.01)), batched in float32."""
     key = (waves.device, waves.dtype)
     if key not in _MEL_CACHE:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from avs_lib.data.datasets import AVSDataset, load_sources
-from avs_lib.metrics import bootstrap_ci
+from avs_lib.analysis.metrics import bootstrap_ci
 
 
 @dataclass
@@ -32,7 +32,7 @@ class FrameAudio:
 
 
 def frame_audio(root: str | Path, layout: str, split: str, progress: bool = False) -> FrameAudio:
-    from avs_lib.features import frame_log_mels
+    from avs_lib.data.frames import frame_log_mels
 
     dataset = AVSDataset(root, layout, split)
     sources = load_sources(root, layout)

@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from avs_lib.files import atomic_write
+from avs_lib.core.files import atomic_write
 
 # What a dataset root is made of, relative to it: a composed world's configuration and the metadata
 # tables (and true-source sidecars) of every layout, at a world's root and under its AVSS/ and VPO/.

@@ -39,7 +39,7 @@ class TrainConfig:
     layout: str = "ms3"
     image_size: int = 96
     cache_dir: str | None = None  # None: <data_root>/cache
-    audio_encoder: str = "small"  # small (pretrained on the world's mixture stream, avs_lib.pretrain), vggish:PATH, htsat:PATH, precomputed:DIR, birdnet; oracle / oracle-heard (composed worlds: the true sounding classes, the headroom's ceiling)
+    audio_encoder: str = "small"  # small (pretrained on the world's mixture stream, avs_lib.audio.pretrain), vggish:PATH, htsat:PATH, precomputed:DIR, birdnet; oracle / oracle-heard (composed worlds: the true sounding classes, the headroom's ceiling)
     memory_root: str | None = None  # where the single-source (S4) clips for the memory live; None: data_root
     memory_file: str | None = None  # a saved memory (.npz) or DDESeg's released bank (.npy + label2idx.json) used as is; None: Eq. 2-4 on memory_root
     audio_dim: int = 128
@@ -73,7 +73,7 @@ class TrainConfig:
     stop_after_epoch: int | None = None  # stop early (the schedule still spans `epochs`); resume later
     progress: bool = True
     threads: int | None = None
-    tracking: str = "tensorboard"  # tensorboard, wandb (offline; the optional extra), both, none (avs_lib.tracking)
+    tracking: str = "tensorboard"  # tensorboard, wandb (offline; the optional extra), both, none (avs_lib.training.tracking)
 
     CHOICES: typing.ClassVar[dict] = {
         "model": ("ddeseg", "baseline", "avsac"),
@@ -233,7 +233,7 @@ def read_yaml(path: str | Path) -> dict:
 
     path = Path(path)
     if not path.is_file() and not path.is_absolute():
-        from avs_lib.paths import workbench_path  # paths imports nothing of avs_lib at import time
+        from avs_lib.core.paths import workbench_path  # paths imports nothing of avs_lib at import time
 
         from_root = workbench_path(path)
         path = from_root if from_root.is_file() else path

@@ -117,7 +117,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def output_folder(path: str | Path, option: str) -> Path:
     """Make the output folder ``path`` (given by ``option``, e.g. ``out=`` or ``--out``); a path that
     names a file is one ConfigError saying so, not a FileExistsError."""
-    from avs_lib.config import ConfigError  # config imports nothing of avs_lib at import time
+    from avs_lib.core.config import ConfigError  # config imports nothing of avs_lib at import time
 
     path = Path(path)
     for folder in (path, *path.parents):

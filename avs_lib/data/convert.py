@@ -15,7 +15,7 @@ import numpy as np
 import soundfile
 from PIL import Image
 
-from avs_lib.files import read_json
+from avs_lib.core.files import read_json
 from avs_lib.data.datasets import DataError, avss_records, read_audio_segment, read_image, read_mask
 
 

@@ -173,7 +173,7 @@ def vpo_records(root: Path, split: str | None = None, vpo_subset: str = "msmi") 
 def layout_records(root: str | Path, layout: str, split: str | None = None, **kwargs) -> list[FrameRecord]:
     root = Path(root)
     if not root.is_dir():
-        from avs_lib.paths import BUILD_HINT
+        from avs_lib.core.paths import BUILD_HINT
 
         raise DataError(f"{root}: dataset root does not exist or is not a folder; {BUILD_HINT}")
     builders = {"s4": s4_records, "ms3": ms3_records, "avss": avss_records, "avss-ddeseg": avss_ddeseg_records, "vpo": vpo_records}
@@ -227,7 +227,7 @@ def read_audio_segment(record: FrameRecord, sample_rate: int | None) -> np.ndarr
     """The frame's audio as float32 mono at ``sample_rate`` (None: the file's own rate)."""
     import soundfile  # only where audio is read: a run on precomputed embeddings never needs it
 
-    from avs_lib.audio import resample
+    from avs_lib.audio.frontends import resample
 
     try:
         info = soundfile.info(str(record.audio))

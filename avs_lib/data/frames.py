@@ -3,7 +3,7 @@
 ``prepare(config)`` returns them all (``Prepared``); the pieces:
 
 * ``prepare_audio_encoder``: the frozen audio encoder. For a composed world, the small encoder is
-  pretrained on the world's own stream of mixtures (``avs_lib.pretrain``: multi-label, 1-3 sources,
+  pretrained on the world's own stream of mixtures (``avs_lib.audio.pretrain``: multi-label, 1-3 sources,
   held-out members excluded) and cached under ``<cache>/``; for a dataset without ``world.json``
   (AVSBench) it is trained on the S4 training clips.
 * ``load_frames``: every frame of a split, resized, with its mask and its audio embedding F_a,
@@ -12,7 +12,7 @@
   frames whose clip has exactly one sounding source, where the world records its sources), or
   ``load_memory_file``: a memory given by ``memory_file`` (a saved ``.npz`` or DDESeg's released bank).
 
-Relative data paths are read from the repository root (``avs_lib.paths``), so a notebook's kernel
+Relative data paths are read from the repository root (``avs_lib.core.paths``), so a notebook's kernel
 in ``notebooks/`` reads the same world as ``avs`` run from the root.
 """
 from __future__ import annotations
@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from avs_lib.audio import vggish_examples
-from avs_lib.cache import EmbeddingCache, data_identity
-from avs_lib.config import ConfigError
-from avs_lib.files import read_json
+from avs_lib.audio.frontends import vggish_examples
+from avs_lib.core.cache import EmbeddingCache, data_identity
+from avs_lib.core.config import ConfigError
+from avs_lib.core.files import read_json
 from avs_lib.data.datasets import AVSDataset, load_sources, read_audio_segment, read_image, read_mask
 from avs_lib.data.transforms import resize_frame
-from avs_lib.memory import SemanticMemory, build_semantic_memory, load_memory, save_memory
-from avs_lib.models.audio_encoders import (PrecomputedEmbeddings, SmallAudioEncoder, audio_encoder_from_blob,
+from avs_lib.memory.build import SemanticMemory, build_semantic_memory, load_memory, save_memory
+from avs_lib.audio.encoders import (PrecomputedEmbeddings, SmallAudioEncoder, audio_encoder_from_blob,
                                            read_audio_encoder_file, save_audio_encoder, train_small_audio_encoder)
 
 SEMANTIC_LAYOUTS = ("avss", "avss-ddeseg", "vpo")
@@ -78,7 +78,7 @@ class FileAudioEncoder(torch.nn.Module):
 
     def __init__(self, spec: str):
         super().__init__()
-        from avs_lib.models.audio_encoders import load_htsat, load_vggish
+        from avs_lib.audio.encoders import load_htsat, load_vggish
 
         kind, _, path = spec.partition(":")
         if kind == "vggish":
@@ -161,7 +161,7 @@ def audio_encoder_from_spec(spec: str, root: str | Path, cache_dir: str | Path, 
         folder = spec.split(":", 1)[1]
         return PrecomputedEmbeddings(folder), world_classes(root), f"precomputed-{Path(folder).resolve()}"
     if spec.startswith("htsat:") or spec == "birdnet":  # waveform encoders: embedded per clip into the cache
-        from avs_lib.embed import OnDemandEmbeddings
+        from avs_lib.audio.embed import OnDemandEmbeddings
 
         embeddings = OnDemandEmbeddings(spec, root, cache_dir)
         return embeddings, world_classes(root), embeddings.identifier
@@ -191,11 +191,11 @@ def prepare_audio_encoder(root: str | Path, cache_dir: str | Path, dim: int = 12
     """The world's small audio encoder, trained once and reused from ``cache_dir``.
 
     A composed world (``root/world.json``): pretrained on the world's stream of mixtures for
-    ``epochs x STEPS_PER_EPOCH`` batches (``avs_lib.pretrain``). Other roots (AVSBench): trained
+    ``epochs x STEPS_PER_EPOCH`` batches (``avs_lib.audio.pretrain``). Other roots (AVSBench): trained
     with cross-entropy on the S4 training clips for ``epochs`` epochs.
     Returns (encoder, class names, encoder id); the id changes with the weights and keys the cache."""
     if (Path(root) / "world.json").exists():
-        from avs_lib.pretrain import STEPS_PER_EPOCH, PretrainConfig, pretrained_encoder
+        from avs_lib.audio.pretrain import STEPS_PER_EPOCH, PretrainConfig, pretrained_encoder
 
         config = PretrainConfig(steps=epochs * STEPS_PER_EPOCH, dim=dim, seed=seed)
         encoder, classes, _ = pretrained_encoder(root, cache_dir, config, progress=progress)
@@ -327,7 +327,7 @@ class Prepared:
 def prepare(config, progress: bool = False) -> Prepared:
     """The frozen audio encoder, the memory (config.k, config.m) and the three splits of
     ``config.layout`` for a ``TrainConfig``, from the caches where they exist."""
-    from avs_lib.paths import workbench_path
+    from avs_lib.core.paths import workbench_path
 
     data_root = workbench_path(config.data_root)
     cache = workbench_path(config.cache_dir) if config.cache_dir else data_root / "cache"

@@ -1,7 +1,7 @@
 """DDESeg's ablations on a world (``avs ablation``): Table 3 (baseline, +derivation, +enhancement,
 full) plus full in the released reading and AVSAC, Table 4's elimination schemes, and a capacity
 check that is OUTSIDE THE PAPER (labelled so in every table), with the two trivial baselines
-(``avs_lib.evaluation``) and the source-aware analyses (``avs_lib.analysis``).
+(``avs_lib.analysis.evaluation``) and the source-aware analyses (``avs_lib.analysis.inspect``).
 
 What it reports, so that a 2-point J&F gap can be told from seed noise:
 
@@ -26,14 +26,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from avs_lib.files import read_json
-from avs_lib.report import markdown_table, summarise
+from avs_lib.core.files import read_json
+from avs_lib.experiments.report import markdown_table, summarise
 
 CAPACITY = "capacity check (outside the paper)"
 FLOOR, CEILING = "floor: zero audio", "ceiling: oracle audio"
 SETTINGS = {
-    # the window (avs_lib.evaluation.headroom): full DDESeg trained without sound, and with the classes
-    # sounding on screen as its audio input (avs_lib.features.OracleAudio)
+    # the window (avs_lib.analysis.evaluation.headroom): full DDESeg trained without sound, and with the classes
+    # sounding on screen as its audio input (avs_lib.data.frames.OracleAudio)
     FLOOR: dict(model="ddeseg", ablation="full", zero_audio=True),
     CEILING: dict(model="ddeseg", ablation="full", audio_encoder="oracle"),
     "baseline": dict(model="ddeseg", ablation="baseline"),
@@ -174,10 +174,10 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     ``intervals.csv``, ``analyses.json`` (to ``report_dir``, default ``out``) and the figure."""
     from tqdm.auto import tqdm
 
-    from avs_lib.analysis import derivation_recall, elimination_analysis, token_separation
-    from avs_lib.evaluation import all_foreground
-    from avs_lib.features import prepare
-    from avs_lib.train import config_differences, evaluate_model, load_trained, train
+    from avs_lib.analysis.inspect import derivation_recall, elimination_analysis, token_separation
+    from avs_lib.analysis.evaluation import all_foreground
+    from avs_lib.data.frames import prepare
+    from avs_lib.training.loop import config_differences, evaluate_model, load_trained, train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -323,7 +323,7 @@ def plot_ablation(intervals: pd.DataFrame, elimination: dict[str, list[dict]], p
     """Three panels: J&F per setting with its 95 % interval; the paired difference against the baseline
     with its interval; the within-frame AUC per stage of each elimination setting (seed mean, with
     the bootstrap intervals of every seed drawn as thin bars)."""
-    from avs_lib.plots import _pyplot
+    from avs_lib.viz.plots import _pyplot
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.6), gridspec_kw={"width_ratios": [1.3, 1.3, 1.2]})

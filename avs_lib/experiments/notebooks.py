@@ -28,7 +28,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from avs_lib.files import atomic_write_text, output_folder, read_json, writing_into
+from avs_lib.core.files import atomic_write_text, output_folder, read_json, writing_into
 
 RUNS_DIR = Path("papermill_runs")
 PACKAGES = ("torch", "numpy", "scikit-learn", "papermill", "jupytext", "matplotlib", "plotly", "ipywidgets",
@@ -58,7 +58,7 @@ def cpu_model() -> str:
 def git_state(cwd: str | Path | None = None) -> dict:
     """The commit, and what differs from it: ``dirty_code`` (any file outside the output folders,
     which would make the run not reproducible from the commit) and ``dirty_outputs``."""
-    from avs_lib.paths import repo_root
+    from avs_lib.core.paths import repo_root
 
     cwd = cwd or repo_root()
     try:
@@ -187,7 +187,7 @@ def run_status(run_dir: str | Path) -> dict:
     """status.json of a run, with ``status`` as another process sees it: a run marked "running"
     whose process is gone is "killed" (same host, the pid no longer runs) or "lost" (no heartbeat
     for 4 intervals, e.g. on another host); a folder without status.json is "unknown"."""
-    from avs_lib.locks import pid_alive
+    from avs_lib.core.locks import pid_alive
 
     path = Path(run_dir) / "status.json"
     try:
@@ -311,7 +311,7 @@ def check_parameter_types(notebook: Path, defaults: dict, parameters: dict) -> N
     """Each given parameter must have the type of its default in the notebook's ``parameters`` cell
     (an integer may stand for a number; a default of None takes anything): a wrong one is one
     ConfigError naming the parameter and the type, before any kernel starts."""
-    from avs_lib.config import ConfigError, _type_name
+    from avs_lib.core.config import ConfigError, _type_name
 
     for key, value in parameters.items():
         default = defaults.get(key)
@@ -403,8 +403,8 @@ def run_pipeline(world: Path, figures: Path, runs_dir: Path, notebooks: tuple[st
     import shutil
     import time
 
-    from avs_lib.paths import repo_root
-    from avs_lib.plots import relink_plotlyjs
+    from avs_lib.core.paths import repo_root
+    from avs_lib.viz.plots import relink_plotlyjs
 
     batch = Path(runs_dir) / (batch_name or f"main-{dt.datetime.now():%Y%m%d-%H%M%S}")
     started = time.time()

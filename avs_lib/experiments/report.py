@@ -1,7 +1,7 @@
 """Tables from runs: ``gather(run_dirs)`` reads one row per run from its ``metrics.json`` (training
 runs, or papermill runs of notebooks that write one); ``summarise(rows)`` gives mean and std per
 setting over seeds; ``markdown_table`` formats them;
-``group_by_varying_parameters`` names each run's setting by the parameters that vary. The ablation itself is ``avs_lib.ablation``.
+``group_by_varying_parameters`` names each run's setting by the parameters that vary. The ablation itself is ``avs_lib.experiments.ablation``.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avs_lib.files import read_json
+from avs_lib.core.files import read_json
 
 def _flatten(prefix: str, values: dict, out: dict) -> None:
     for key, value in values.items():

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avs_lib.files import atomic_write
+from avs_lib.core.files import atomic_write
 
 MEMORY_FORMAT_VERSION = 2  # 2: the header names the format and holds a checksum of the arrays
 
@@ -248,7 +248,7 @@ def _read_header(path: Path, data) -> dict:
         if any(n.endswith("data.pkl") for n in names):
             raise MemoryFileError(f"{path} is a training checkpoint (torch.save), not a semantic memory; pass the "
                                   "memory .npz (memory_*.npz in the world's cache folder), or "
-                                  "load the checkpoint with avs_lib.train.load_trained")
+                                  "load the checkpoint with avs_lib.training.loop.load_trained")
         raise MemoryFileError(f"{path} has no header (arrays: {sorted(names)}): it was not written by save_memory; "
                               f"{_rebuild(path)}")
     try:

@@ -15,7 +15,7 @@ with these keys besides the training state:
 ``read_checkpoint`` turns every way a file can be unusable (missing, 0 bytes, truncated, damaged,
 another kind of file, a newer format) into one ``CheckpointError`` that names the file and says what
 to do; ``read_torch_file`` is its first step, shared with the cached audio encoders. Files are
-written with ``avs_lib.files.atomic_write``, so a crash leaves the previous one.
+written with ``avs_lib.core.files.atomic_write``, so a crash leaves the previous one.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avs_lib.files import atomic_write
+from avs_lib.core.files import atomic_write
 
 CHECKPOINT_FORMAT = "avs-checkpoint"
 CHECKPOINT_VERSION = 2  # 2: the checksum covers the whole state (optimiser included)

@@ -10,16 +10,16 @@
   ``resume`` continues exactly where it stopped;
 * validation every epoch, test once at the end with the best checkpoint;
 * ``last.pt`` and ``best.pt`` are written atomically (temporary file, then rename) with a format
-  header, the config and a checksum, and verified when read (``avs_lib.checkpoints``);
+  header, the config and a checksum, and verified when read (``avs_lib.training.checkpoints``);
 * ``log.jsonl`` has one JSON line per epoch. The lines live inside the checkpoint and the file is
   rewritten from it (atomically) right after the checkpoint: a line never exists without its
   checkpoint, and a kill between the two is repaired by the resume, which rewrites log.jsonl from
   ``last.pt``. ``metrics.json`` holds the final numbers;
-* the run folder is locked (``<out>/run.lock``: pid and host, ``avs_lib.locks``); ``resume=true``
+* the run folder is locked (``<out>/run.lock``: pid and host, ``avs_lib.core.locks``); ``resume=true``
   refuses a config that differs from the run's in anything but ``epochs`` and leaves config.json
   as it was;
 * tracking: TensorBoard events in ``<out>/tensorboard/`` by default, W&B offline as an option
-  (``tracking=``, ``avs_lib.tracking``);
+  (``tracking=``, ``avs_lib.training.tracking``);
 * several processes: launched by ``torchrun``, the engine initialises the process group (NCCL on
   CUDA, gloo on CPU), wraps the model in DistributedDataParallel and gives each rank an equal slice
   of every global batch. On CUDA, BatchNorm becomes SyncBatchNorm; on CPU (where SyncBatchNorm does
@@ -45,16 +45,16 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from avs_lib.checkpoints import load_model_state, read_checkpoint, save_checkpoint
-from avs_lib.config import TrainConfig, check_device, config_from_dict, load_config
+from avs_lib.training.checkpoints import load_model_state, read_checkpoint, save_checkpoint
+from avs_lib.core.config import TrainConfig, check_device, config_from_dict, load_config
 from avs_lib.data.transforms import flip_batch, normalise_images
-from avs_lib.features import FrameSet, Prepared, prepare
-from avs_lib.files import atomic_write, atomic_write_text, output_folder, read_json, writing_into
-from avs_lib.locks import RunLock
-from avs_lib.losses import avsac_loss, capacity_loss, ddeseg_loss
-from avs_lib.metrics import evaluate
+from avs_lib.data.frames import FrameSet, Prepared, prepare
+from avs_lib.core.files import atomic_write, atomic_write_text, output_folder, read_json, writing_into
+from avs_lib.core.locks import RunLock
+from avs_lib.training.losses import avsac_loss, capacity_loss, ddeseg_loss
+from avs_lib.analysis.metrics import evaluate
 from avs_lib.models import build_model
-from avs_lib.tracking import Tracker, predicted_masks
+from avs_lib.training.tracking import Tracker, predicted_masks
 
 
 
@@ -104,7 +104,7 @@ def _loss(config: TrainConfig, out, masks, valid, onscreen=None):
     if config.model == "avsac":
         return avsac_loss(out.logits.float(), masks, out.audio.float(), out.agv.float(), valid, config.avfs_weight)
     loss = ddeseg_loss(out.logits.float(), masks, valid)
-    if config.capacity_check:  # outside the paper: the capacity check (avs_lib.losses.capacity_loss)
+    if config.capacity_check:  # outside the paper: the capacity check (avs_lib.training.losses.capacity_loss)
         if out.derivation is None or not out.stage_scores:
             raise ValueError("capacity_check needs a model with derivation and elimination (ablation=full)")
         loss = loss + config.capacity_check * capacity_loss(list(out.stage_scores.values()),
@@ -116,7 +116,7 @@ def _capacity_targets(config: TrainConfig, prepared: Prepared, indices: torch.Te
     """On-screen labels [B, C] of the training frames ``indices`` for the capacity check (None when off)."""
     if not config.capacity_check:
         return None
-    from avs_lib.analysis import onscreen_labels
+    from avs_lib.analysis.inspect import onscreen_labels
 
     frames = prepared.train
     if "_onscreen" not in frames.__dict__:  # computed once per frame set
@@ -283,7 +283,7 @@ def _legacy_log(log_path: Path, epochs_done: int) -> list[dict]:
 # ----------------------------------------------------------------------------- the loop
 def train(config: TrainConfig, prepared: Prepared | None = None) -> dict:
     """Train ``config`` into ``config.out`` (see the module docstring). The folder is locked for the
-    run (``avs_lib.locks``): a second run into it raises ``RunLocked`` naming the owner."""
+    run (``avs_lib.core.locks``): a second run into it raises ``RunLocked`` naming the owner."""
     check_device(config)  # before the process group, the run folder and any data work
     rank, world = _distributed()
     main = rank == 0
@@ -518,7 +518,7 @@ def run_identity(config: TrainConfig | dict) -> dict:
     if switches:
         from dataclasses import MISSING, fields
 
-        from avs_lib.config import model_config_class
+        from avs_lib.core.config import model_config_class
 
         defaults = {f.name: f.default for f in fields(model_config_class(values.get("model", TrainConfig.model)))
                     if f.default is not MISSING}
@@ -563,9 +563,9 @@ def shared_run_dir(config: TrainConfig) -> Path:
     """Where the notebooks keep a model, so that notebooks asking for the same training share it:
     ``<cache>/models/<key>`` under the data's cache folder, the key a hash of everything that
     changes what the run computes (``config_differences``' keys) and of the data's identity
-    (``avs_lib.cache.data_identity``: a rebuilt world gets new models, never the old ones)."""
-    from avs_lib.cache import data_identity
-    from avs_lib.paths import workbench_path
+    (``avs_lib.core.cache.data_identity``: a rebuilt world gets new models, never the old ones)."""
+    from avs_lib.core.cache import data_identity
+    from avs_lib.core.paths import workbench_path
 
     data_root = workbench_path(config.data_root)
     cache = workbench_path(config.cache_dir) if config.cache_dir else data_root / "cache"
@@ -582,7 +582,7 @@ def train_or_load(checkpoint: str | Path | None, config: TrainConfig, out: str |
     with the same settings, and load its best checkpoint."""
     from dataclasses import replace
 
-    from avs_lib.paths import workbench_path
+    from avs_lib.core.paths import workbench_path
 
     if checkpoint:
         return load_trained(workbench_path(checkpoint))
@@ -595,14 +595,14 @@ def train_or_load(checkpoint: str | Path | None, config: TrainConfig, out: str |
 def load_trained(checkpoint: str | Path, prepared: Prepared | None = None, device: str = "cpu",
                  data_root: str | Path | None = None):
     """(model, config, prepared) from a best.pt/last.pt written by ``train``. The checkpoint is
-    verified (``avs_lib.checkpoints``) before any data work; a file that is not one, or whose
+    verified (``avs_lib.training.checkpoints``) before any data work; a file that is not one, or whose
     weights do not fit its config, is a ``CheckpointError`` naming it. ``data_root``: where the
     run's dataset is now, when it has moved since training (its memory is built from there too,
     unless the run named a memory_root of its own)."""
     from dataclasses import replace
 
     from avs_lib.data.datasets import DataError
-    from avs_lib.paths import workbench_path
+    from avs_lib.core.paths import workbench_path
 
     state = read_checkpoint(checkpoint)
     config = config_from_dict(state["config"], f"the config inside checkpoint {checkpoint}")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avs_lib.audio import vggish_log_mel
+from avs_lib.audio.frontends import vggish_log_mel
 from avs_lib.data.datasets import AVSDataset, DataError, clip_frames, load_sources
 from avs_lib.data.palette import voc_palette
 
@@ -302,7 +302,7 @@ def roc_figure(labels, scores, title: str, path=None):
 def training_curves(history: list[dict], path=None):
     """Training loss per epoch and the learning curve: validation J&F against the training frames
     seen (every validation, ``validations_per_epoch`` of them per epoch), J and F at epoch ends."""
-    from avs_lib.train import learning_curve
+    from avs_lib.training.loop import learning_curve
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -426,7 +426,7 @@ def _plotlyjs_src(html_path: Path) -> str:
 
     import plotly.offline
 
-    from avs_lib.paths import repo_root
+    from avs_lib.core.paths import repo_root
 
     shared = repo_root() / PLOTLY_JS
     if not shared.exists():

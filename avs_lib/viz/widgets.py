@@ -36,8 +36,8 @@ def derivation_explorer(model, frames, class_names: list[str], max_k: int | None
     import ipywidgets as widgets
     import plotly.graph_objects as go
 
-    from avs_lib.audio_eval import centre_basis, token_view
-    from avs_lib.plots import TRUTH_COLOURS, tint_sounding
+    from avs_lib.audio.quality import centre_basis, token_view
+    from avs_lib.viz.plots import TRUTH_COLOURS, tint_sounding
 
     derivation = model.derivation
     trained_k = derivation.num_tokens
@@ -180,7 +180,7 @@ def clip_view(dataset, sources: dict, name: str, indices: list[int]) -> tuple[by
 
     import matplotlib.pyplot as plt
 
-    from avs_lib.plots import overlay_mask
+    from avs_lib.viz.plots import overlay_mask
 
     samples = [dataset.load_raw(i) for i in indices]
     fig, axes = plt.subplots(1, len(samples), figsize=(2 * len(samples), 2.3), squeeze=False)
@@ -223,7 +223,7 @@ def clip_browser(root):
     import ipywidgets as widgets
 
     from avs_lib.data.datasets import AVSDataset, DataError, clip_frames, load_sources
-    from avs_lib.files import read_json
+    from avs_lib.core.files import read_json
     from avs_lib.world.write import world_roots
 
     roots = world_roots(root)
