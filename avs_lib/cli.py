@@ -100,7 +100,9 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     print(f"figure: {figure}")
     if args.no_notebooks:
         return 0
-    from avs_lib.experiments.notebooks import NotebookFailed, run_pipeline, update_readme_numbers
+    from avs_lib.experiments.notebooks import NotebookFailed
+    from avs_lib.experiments.pipeline import run_pipeline
+    from avs_lib.experiments.readme import update_readme_numbers
 
     batch = None
     try:
@@ -160,7 +162,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _where_training_stands(config, args: argparse.Namespace) -> str:
     """For a stopped ``avs train``: the epoch its last.pt holds and how to continue (one line)."""
-    from avs_lib.training.checkpoints import CheckpointError, read_checkpoint
+    from avs_lib.core.errors import CheckpointError
+    from avs_lib.training.checkpoints import read_checkpoint
 
     last = Path(config.out) / "last.pt"
     again = " ".join([*(["--config", args.config] if args.config else []), *args.overrides])
@@ -178,7 +181,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    from avs_lib.training.loop import evaluate_model, load_trained
+    from avs_lib.training.predict import evaluate_model, load_trained
 
     # verified: an unusable file is one CheckpointError; a dataset that is not there, one DataError
     model, config, prepared = load_trained(args.checkpoint, data_root=args.data_root)
@@ -236,7 +239,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     import yaml
 
-    from avs_lib.experiments.notebooks import run_sweep
+    from avs_lib.experiments.sweep import run_sweep
 
     spec = yaml.safe_load(Path(args.grid).read_text())
     results = run_sweep(spec, parallel=args.parallel, runs_dir=args.runs_dir)
@@ -272,8 +275,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_ablation(args: argparse.Namespace) -> int:
     from avs_lib.experiments.ablation import run_ablation
     from avs_lib.core.config import load_config
-    from avs_lib.data.datasets import DataError
-    from avs_lib.core.paths import BUILD_HINT, workbench_path
+    from avs_lib.core.errors import DataError
+    from avs_lib.core.errors import BUILD_HINT
+    from avs_lib.core.paths import workbench_path
 
     overrides = list(args.overrides)
     seeds = tuple(int(s) for s in args.seeds.split(","))
@@ -293,7 +297,8 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     """avs embed: one [frames, d] .npy per clip of ROOT (all splits) with one encoder (avs_lib.audio.embed)."""
-    from avs_lib.audio.embed import embed_dataset, frame_encoder
+    from avs_lib.audio.embed import embed_dataset
+    from avs_lib.audio.registry import frame_encoder
     from avs_lib.audio.birdnet import BirdNETUnavailable
 
     try:
@@ -456,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     the status of a process killed by that signal (143, 129, 130)."""
     import signal
 
-    from avs_lib.data.datasets import DataError
+    from avs_lib.core.errors import DataError
     from avs_lib.core.files import DiskFull, disk_full, out_of_space
     from avs_lib.experiments.notebooks import Interrupted, signals_to_interrupt
 

@@ -41,8 +41,9 @@ import numpy as np
 import torch
 
 from avs_lib.audio.quality import encode, frame_audio, nearest_centroid
-from avs_lib.data.frames import build_world_memory, encoder_id
-from avs_lib.memory.build import save_memory
+from avs_lib.audio.encoders import encoder_id
+from avs_lib.memory.io import build_world_memory
+from avs_lib.memory.io import save_memory
 from avs_lib.core.paths import notebook_paths
 from avs_lib.viz.plots import memory_map, pretraining_curves
 from avs_lib.audio.pretrain import STEPS_PER_EPOCH, PretrainConfig, pretrained_encoder, world_setup

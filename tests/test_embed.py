@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from avs_lib.cli import main
-from avs_lib.audio.embed import clip_records, embed_dataset
-from avs_lib.memory.build import MemoryFileError, load_memory, load_released_bank
+from avs_lib.audio.clips import clip_records
+from avs_lib.audio.embed import embed_dataset
+from avs_lib.core.errors import MemoryFileError
+from avs_lib.memory.io import load_memory, load_released_bank
 from avs_lib.audio.birdnet import birdnet_available, context_windows
 
 
@@ -42,7 +44,8 @@ def test_avs_embed_then_train_on_precomputed(embed_world, tmp_path, capsys):
 
     # the same rows the training path computes from the same cached encoder
     from avs_lib.data.datasets import AVSDataset
-    from avs_lib.data.frames import frame_embeddings, prepare_audio_encoder
+    from avs_lib.audio.pretrain import prepare_audio_encoder
+    from avs_lib.audio.registry import frame_embeddings
 
     encoder, _, encoder_id = prepare_audio_encoder(embed_world, cache, 16, 1)
     dataset = AVSDataset(embed_world, "ms3", "test")
@@ -96,13 +99,13 @@ def test_embed_is_resumable_and_never_leaves_half_a_file(embed_world, tmp_path):
 
 
 def test_htsat_or_birdnet_in_avs_train_embeds_each_clip_once_into_the_cache(embed_world, tmp_path, monkeypatch):
-    import avs_lib.audio.embed as embed
-    from avs_lib.data.frames import audio_encoder_from_spec
+    import avs_lib.audio.registry as registry
+    from avs_lib.audio.registry import audio_encoder_from_spec
 
     encoder = _Counting()
-    monkeypatch.setattr(embed, "frame_encoder", lambda *a, **k: encoder)
+    monkeypatch.setattr(registry, "frame_encoder", lambda *a, **k: encoder)
     source, classes, identifier = audio_encoder_from_spec("birdnet", embed_world, tmp_path, 16, 1)
-    assert isinstance(source, embed.OnDemandEmbeddings) and identifier == "counting-1" and len(classes) > 1
+    assert isinstance(source, registry.OnDemandEmbeddings) and identifier == "counting-1" and len(classes) > 1
     clip = sorted(clip_records(embed_world, ["ms3"], splits=["test"]))[0]
     first, again = source(clip), source(clip)
     assert encoder.calls == 1 and first.shape == (5, 3)
@@ -179,8 +182,8 @@ def test_released_bank_mismatches_are_clear(tmp_path):
 
 
 def test_avs_train_takes_the_released_bank_as_memory_file(embed_world, tmp_path, capsys):
-    from avs_lib.data.frames import world_classes
-    from avs_lib.training.loop import load_trained
+    from avs_lib.data.datasets import world_classes
+    from avs_lib.training.predict import load_trained
 
     out = tmp_path / "emb"
     assert main(["embed", str(embed_world), "--layout", "ms3", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),

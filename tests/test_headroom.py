@@ -4,9 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from avs_lib.core.config import ConfigError, load_config
+from avs_lib.core.config import load_config
+from avs_lib.core.errors import ConfigError
 from avs_lib.data.datasets import AVSDataset, load_sources
-from avs_lib.data.frames import OracleAudio, prepare
+from avs_lib.audio.registry import OracleAudio
+from avs_lib.training.prepare import prepare
 
 
 def _expected_rows(root, layout, heard: bool, n_classes: int) -> np.ndarray:
@@ -197,7 +199,7 @@ def test_validating_inside_epochs_trains_the_same_weights(tmp_path):
 def test_shared_run_dir_keys_on_settings_and_data(notebook_world, tmp_path):
     import shutil
 
-    from avs_lib.training.loop import shared_run_dir
+    from avs_lib.training.runs import shared_run_dir
 
     base = load_config(None, [f"data_root={notebook_world}", "layout=ms3", f"cache_dir={tmp_path / 'cache'}"])
     same = load_config(None, [f"data_root={notebook_world}", "layout=ms3", f"cache_dir={tmp_path / 'cache'}",

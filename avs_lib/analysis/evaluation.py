@@ -11,7 +11,11 @@ from dataclasses import replace
 
 import torch
 
-from avs_lib.analysis.metrics import CONVENTIONS, evaluate
+from avs_lib.analysis.metrics import CONVENTIONS, evaluate, jf_with_interval
+from avs_lib.training.loop import train_once
+from avs_lib.training.predict import evaluate_model, load_trained, predict
+from avs_lib.training.prepare import prepare
+from avs_lib.training.runs import shared_run_dir
 
 
 def all_foreground(frames, convention: str = "per_frame", batch_size: int = 5) -> dict:
@@ -24,7 +28,6 @@ def all_foreground(frames, convention: str = "per_frame", batch_size: int = 5) -
 def evaluation_table(model, frames, config, device: torch.device | str = "cpu") -> list[dict]:
     """Rows {"evaluation", "J", "F", "J&F"}: the model in every convention of ``avs_lib.analysis.metrics``,
     then with its audio zeroed and the all-foreground prediction (both in ``config.convention``)."""
-    from avs_lib.training.loop import evaluate_model
 
     device = torch.device(device)
     rows = []
@@ -47,8 +50,6 @@ HEADROOM_ROWS = {"floor": "floor: zero audio (trained and tested without sound)"
 
 def jf_interval_of(model, frames, config, device: torch.device | str = "cpu") -> dict:
     """Per-frame test J&F of ``model`` on ``frames`` with its 95 % interval over clips."""
-    from avs_lib.analysis.metrics import jf_with_interval
-    from avs_lib.training.loop import predict
 
     keep = frames.valid
     logits = predict(model, frames, torch.device(device), bf16=config.bf16, zero_audio=config.zero_audio,
@@ -66,8 +67,6 @@ def headroom(config, model, prepared, rows: tuple[str, ...] = ("floor", "oracle"
     a comparison of settings inside a narrow window cannot come out any other way."""
     from pathlib import Path
 
-    from avs_lib.data.frames import prepare
-    from avs_lib.training.loop import load_trained, shared_run_dir, train_once
 
     table = [{"row": "model", "what": HEADROOM_ROWS["model"], **jf_interval_of(model, prepared.test, config)}]
     for row in rows:

@@ -13,8 +13,8 @@
 * ``token_separation``: how far apart the K tokens derivation gives one frame are, against their
   norm and against the distance between frames: tokens that are nearly one vector leave
   elimination little to choose and the loss little reason to choose.
-* ``true_classes`` / ``onscreen_labels``: the per-frame ground truth they use (and the capacity
-  check's targets, ``avs_lib.training.losses.capacity_loss``).
+The per-frame ground truth they use is ``avs_lib.analysis.truth``'s; their intervals are
+``avs_lib.analysis.stats``'s.
 """
 from __future__ import annotations
 
@@ -24,38 +24,11 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
+from avs_lib.analysis.stats import cluster_bootstrap
+from avs_lib.analysis.truth import token_categories, true_classes
 from avs_lib.data.frames import FrameSet
-from avs_lib.models.derivation import nearest_centres
 from avs_lib.data.transforms import normalise_images
-
-
-def true_classes(frames: FrameSet, index: int) -> tuple[set[int], set[int]]:
-    """(classes sounding on screen, classes sounding only off screen) in frame ``index``."""
-    record = frames.sources.get(frames.clips[index])
-    if record is None:
-        raise ValueError(f"clip {frames.clips[index]} has no sources record (real datasets do not know their sources)")
-    on = {s["class_index"] for s in record["sources"] if s["sounding"] and s["on_screen"]}
-    off = {s["class_index"] for s in record["sources"] if s["sounding"] and not s["on_screen"]} - on
-    return on, off
-
-
-def onscreen_labels(frames: FrameSet, num_classes: int) -> torch.Tensor:
-    """[N, C] float: 1 where class c sounds on screen in frame n, else 0 (off screen only, silent or absent)."""
-    labels = torch.zeros(len(frames), num_classes)
-    for i in range(len(frames)):
-        on, _ = true_classes(frames, i)
-        labels[i, sorted(on)] = 1.0
-    return labels
-
-
-def token_categories(frames: FrameSet, classes: torch.Tensor) -> np.ndarray:
-    """[N, K] per derived token: 0 its class sounds on screen, 1 it sounds only off screen, 2 silent or absent."""
-    out = np.full(tuple(classes.shape), 2)
-    for i in range(len(frames)):
-        on, off = true_classes(frames, i)
-        for j, c in enumerate(classes[i].tolist()):
-            out[i, j] = 0 if c in on else (1 if c in off else 2)
-    return out
+from avs_lib.models.derivation import nearest_centres
 
 
 def tau_sweep(model, frames: FrameSet, taus: list[float], device: str = "cpu") -> dict[float, float | None]:
@@ -170,11 +143,8 @@ def within_frame_auc(scores: np.ndarray, labels: np.ndarray, groups: list, boot:
         return {"auc": None, "ci95": None, "frames": 0, "pairs": 0, "clips": 0}
     wins, pairs = np.array(list(per_clip.values())).T
     auc = float(wins.sum() / pairs.sum())
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(wins), size=(boot, len(wins)))
-    sampled = wins[draws].sum(1) / pairs[draws].sum(1)
-    low, high = np.percentile(sampled, [2.5, 97.5])
-    return {"auc": auc, "ci95": [float(low), float(high)], "frames": frames, "pairs": int(pairs.sum()),
+    low, high = cluster_bootstrap(wins, pairs, boot, seed)
+    return {"auc": auc, "ci95": [low, high], "frames": frames, "pairs": int(pairs.sum()),
             "clips": len(wins)}
 
 

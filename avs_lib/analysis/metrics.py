@@ -34,6 +34,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from avs_lib.analysis.stats import bootstrap_ci
+
 CONVENTIONS = ("per_frame", "avsbench", "dataset")
 BETA2 = 0.3
 _EPS = 1e-7
@@ -62,19 +64,6 @@ def per_frame_scores(logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.T
     precision, recall = inter / pred_area.clamp_min(1), inter / gt_area.clamp_min(1)
     f = torch.where(empty, (pred_area == 0).float(), _f_beta(precision, recall))
     return iou, f
-
-
-def bootstrap_ci(values: np.ndarray, groups: list[str], n: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile interval of the mean of ``values`` resampling whole groups (clips)."""
-    names = sorted(set(groups))
-    index = {g: i for i, g in enumerate(names)}
-    g = np.array([index[x] for x in groups])
-    sums = np.bincount(g, weights=values, minlength=len(names))
-    counts = np.bincount(g, minlength=len(names))
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(names), size=(n, len(names)))
-    means = sums[draws].sum(1) / counts[draws].sum(1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 def jf_with_interval(logits: torch.Tensor, masks: torch.Tensor, clips: list[str], n: int = 2000, seed: int = 0) -> dict:

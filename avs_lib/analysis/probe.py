@@ -13,11 +13,12 @@ import warnings
 import numpy as np
 import torch
 
+from avs_lib.data.transforms import normalise_images
+
 
 @torch.no_grad()
 def last_stage_representation(model, frames, batch_size: int = 64) -> np.ndarray:
     """[N, d]: per frame, the mean of the audio tokens that enter the model's last stage."""
-    from avs_lib.data.transforms import normalise_images
 
     device = next(model.parameters()).device
     parts = []

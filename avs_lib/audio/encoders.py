@@ -15,6 +15,8 @@
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import pickle
 from pathlib import Path
 
@@ -23,8 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from avs_lib.audio.htsat import load_htsat as _load_htsat
+from avs_lib.core.errors import CheckpointError
 from avs_lib.core.files import atomic_write
 from avs_lib.models.weights import load_weights
+from avs_lib.training.checkpoints import content_checksum, read_torch_file
 
 
 class SmallAudioEncoder(nn.Module):
@@ -114,7 +119,6 @@ def train_small_audio_encoder(examples: np.ndarray, labels: np.ndarray, num_clas
 def save_audio_encoder(model: SmallAudioEncoder, path: str | Path, class_names: list[str], meta: dict | None = None) -> None:
     """One torch file with the weights, the architecture, the class names, ``meta`` and a checksum
     over all of them (``avs_lib.training.checkpoints.content_checksum``)."""
-    from avs_lib.training.checkpoints import content_checksum
 
     state = {"state_dict": model.state_dict(), "dim": model.dim, "arch": model.arch(), "class_names": class_names,
              "meta": meta or {}}
@@ -126,7 +130,6 @@ def read_audio_encoder_file(path: str | Path, device: str = "cpu") -> dict:
     """The verified contents of a file of ``save_audio_encoder``. A missing, empty, truncated or
     damaged file is one ``CheckpointError`` naming it; these files are caches, so the way out is to
     delete it and let the command that wrote it write it again."""
-    from avs_lib.training.checkpoints import CheckpointError, content_checksum, read_torch_file
 
     path = Path(path)
     if not path.is_file():
@@ -209,8 +212,6 @@ def load_vggish(path: str | Path, pca_path: str | Path | None = None) -> VGGish:
 
 def load_htsat(path: str | Path):
     """HTS-AT (``avs_lib.audio.htsat``) from a local ``HTSAT_AudioSet_Saved_*.ckpt``, loaded strictly."""
-    from avs_lib.audio.htsat import load_htsat as _load_htsat
-
     if not Path(path).is_file():
         raise FileNotFoundError(
             f"HTS-AT checkpoint {path} does not exist; download HTSAT_AudioSet_Saved_1.ckpt (the HTS-AT authors' "
@@ -242,3 +243,11 @@ class PrecomputedEmbeddings:
                     raise ValueError(f"{path}: expected [frames, dim], got shape {array.shape}")
                 return array
         raise FileNotFoundError(f"no embedding for clip {clip!r} in {self.root} (looked for {clip}.npy and {clip}.pkl)")
+
+
+def encoder_id(model: torch.nn.Module) -> str:
+    buffer = io.BytesIO()
+    for name, tensor in sorted(model.state_dict().items()):
+        buffer.write(name.encode())
+        buffer.write(tensor.detach().cpu().numpy().tobytes())
+    return "small-" + hashlib.sha256(buffer.getvalue()).hexdigest()[:16]

@@ -50,7 +50,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from avs_lib.audio.frontends import (HTSAT_FMAX, HTSAT_FMIN, HTSAT_HOP, HTSAT_MELS, HTSAT_SAMPLE_RATE, HTSAT_WINDOW,
-                           slaney_mel_matrix)
+                                     slaney_mel_matrix)
+from avs_lib.models.weights import load_weights, read_state_dict, strip_prefixes
 
 
 @dataclass
@@ -382,7 +383,6 @@ def load_htsat(path, config: HTSATConfig | None = None, device: str | torch.devi
     the computed ones. A file without ``tscam_conv``/``head`` (a backbone export) also loads: the
     embedding does not use them.
     """
-    from avs_lib.models.weights import load_weights, read_state_dict, strip_prefixes
 
     prefixes = ("sed_model.", "audio_model.", "module.")
     state = strip_prefixes(read_state_dict(path, "HTS-AT checkpoint"), prefixes)

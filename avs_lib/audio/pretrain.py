@@ -29,13 +29,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from avs_lib.audio.clips import frame_log_mels
+from avs_lib.audio.encoders import (SmallAudioEncoder, audio_encoder_from_blob, encoder_id, read_audio_encoder_file,
+                                    save_audio_encoder, train_small_audio_encoder)
 from avs_lib.audio.frontends import (VGGISH_EXAMPLE_FRAMES, VGGISH_FFT, VGGISH_HOP, VGGISH_LOG_OFFSET, VGGISH_WINDOW,
-                           vggish_mel_matrix)
+                                     vggish_mel_matrix)
+from avs_lib.core.cache import data_identity, note_rebuild
 from avs_lib.core.files import read_json
-from avs_lib.audio.encoders import (SmallAudioEncoder, audio_encoder_from_blob, read_audio_encoder_file,
-                                           save_audio_encoder)
-from avs_lib.world.assets import AssetLibrary
-from avs_lib.world.compose import WorldConfig, _loop_sound, heldout_members, mix_sources
+from avs_lib.data.datasets import AVSDataset, world_classes
+from avs_lib.world.assets import AssetLibrary, load_library
+from avs_lib.world.compose import _loop_sound, WorldConfig, heldout_members, mix_sources
 
 PRETRAIN_VERSION = 1  # bump when the stream or the objective changes: it is part of the cache key
 STEPS_PER_EPOCH = 40  # TrainConfig.encoder_epochs counts "epochs" of this many stream batches
@@ -221,7 +224,6 @@ def world_setup(root: str | Path) -> tuple[AssetLibrary, WorldConfig]:
 
     A world written before ``s4_offscreen`` / ``holdout_members`` existed held nothing out and had
     off-screen sources in s4; it is read so."""
-    from avs_lib.world.assets import load_library
 
     path = Path(root) / "world.json"
     if not path.exists():
@@ -285,3 +287,34 @@ def pretrained_encoder(root: str | Path, cache_dir: str | Path, config: Pretrain
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     save_audio_encoder(encoder.cpu(), path, library.class_names, record)
     return encoder, library.class_names, record
+
+
+def prepare_audio_encoder(root: str | Path, cache_dir: str | Path, dim: int = 128, epochs: int = 15, seed: int = 0,
+                          progress: bool = False) -> tuple[SmallAudioEncoder, list[str], str]:
+    """The world's small audio encoder, trained once and reused from ``cache_dir``.
+
+    A composed world (``root/world.json``): pretrained on the world's stream of mixtures for
+    ``epochs x STEPS_PER_EPOCH`` batches (``avs_lib.audio.pretrain``). Other roots (AVSBench): trained
+    with cross-entropy on the S4 training clips for ``epochs`` epochs.
+    Returns (encoder, class names, encoder id); the id changes with the weights and keys the cache."""
+    if (Path(root) / "world.json").exists():
+
+        config = PretrainConfig(steps=epochs * STEPS_PER_EPOCH, dim=dim, seed=seed)
+        encoder, classes, _ = pretrained_encoder(root, cache_dir, config, progress=progress)
+        return encoder, classes, encoder_id(encoder)
+    classes = world_classes(root)
+    path = Path(cache_dir) / f"audio_encoder_d{dim}_e{epochs}_s{seed}.pt"
+    inputs = data_identity(root)
+    if path.exists():
+        blob = read_audio_encoder_file(path)
+        if blob["meta"].get("inputs") == inputs:
+            encoder = audio_encoder_from_blob(blob)
+            return encoder, blob["class_names"], encoder_id(encoder)
+        note_rebuild(path, root)
+    s4 = AVSDataset(root, "s4", "train")
+    examples = frame_log_mels(s4, progress)
+    labels = np.array([classes.index(r.category) for r in s4.records])
+    encoder, history = train_small_audio_encoder(examples, labels, len(classes), dim=dim, epochs=epochs, seed=seed,
+                                                 progress=progress)
+    save_audio_encoder(encoder, path, classes, {"history": history, "root": str(root), "inputs": inputs})
+    return encoder, classes, encoder_id(encoder)

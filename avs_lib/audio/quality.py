@@ -16,8 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avs_lib.data.datasets import AVSDataset, load_sources
-from avs_lib.analysis.metrics import bootstrap_ci
+from avs_lib.analysis.stats import bootstrap_ci
+from avs_lib.analysis.truth import class_roles
+from avs_lib.audio.clips import frame_log_mels
+from avs_lib.audio.embed import HEADER
+from avs_lib.audio.encoders import PrecomputedEmbeddings
+from avs_lib.core.errors import DataError
+from avs_lib.core.files import read_json
+from avs_lib.data.datasets import AVSDataset, layout_records, load_sources, world_classes
 
 
 @dataclass
@@ -32,7 +38,6 @@ class FrameAudio:
 
 
 def frame_audio(root: str | Path, layout: str, split: str, progress: bool = False) -> FrameAudio:
-    from avs_lib.data.frames import frame_log_mels
 
     dataset = AVSDataset(root, layout, split)
     sources = load_sources(root, layout)
@@ -105,22 +110,6 @@ def recall_curve(embeddings: torch.Tensor, logits: torch.Tensor | None, audio: F
     return [mixture_recall(embeddings, logits, audio, centroids, k) for k in range(1, centroids.shape[0] + 1)]
 
 
-# ----------------------------------------------------------------------------- one frame's derived tokens
-ROLES = ("on screen", "off screen", "silent", "absent")
-
-
-def class_roles(record: dict | None, num_classes: int) -> list[str]:
-    """Each class's truth in a clip, in AVS words: ``on screen`` (seen and sounding), ``off screen``
-    (heard, not seen), ``silent`` (seen, not sounding) or ``absent`` (not in the clip)."""
-    roles = ["absent"] * num_classes
-    for s in (record or {}).get("sources", []):
-        c = s["class_index"]
-        role = "on screen" if s["on_screen"] and s["sounding"] else "off screen" if s["sounding"] else "silent"
-        if ROLES.index(role) < ROLES.index(roles[c]):  # a sounding instance outranks a silent one of its class
-            roles[c] = role
-    return roles
-
-
 def derive_at(derivation, audio: torch.Tensor, k: int):
     """The derivation module's output (Eq. 5-12) with K = ``k`` tokens: a what-if on a model trained
     at its own ``num_tokens`` (the learned weights do not depend on K, the fusion softmax does)."""
@@ -176,3 +165,43 @@ def logit_recall_curve(logits: torch.Tensor, frames) -> list[float]:
         values = [len(t & set(o[:k])) / len(t) for t, o in zip(truths, order) if t]
         curve.append(float(np.mean(values)))
     return curve
+
+
+# ----------------------------------------------------------------------------- how good are the embeddings?
+def split_clips(root: str | Path, layout: str, split: str) -> list[str]:
+    return sorted({r.clip for r in layout_records(root, layout, split)})
+
+
+def encoder_quality(root: str | Path, folder: str | Path, k: int = 5) -> dict:
+    """For a composed world (known sources) and a folder of embeddings (``avs embed``): the Eq. 2
+    centroids from the single-source s4 training frames, then nearest-centroid accuracy on the
+    single-source s4 test frames and the recall at K of the sounding classes among the K nearest
+    centroids on the MS3 test frames (derivation's Eq. 5 candidates), with ``avs_lib.audio.quality``.
+    Needs the files of the s4 train/test and MS3 test clips."""
+
+    embeddings = PrecomputedEmbeddings(folder)
+    classes = world_classes(root)
+
+    def frames(layout: str, split: str) -> tuple[torch.Tensor, FrameAudio]:
+        dataset, sources = AVSDataset(root, layout, split), load_sources(root, layout)
+        if not sources:
+            raise DataError(f"{root}: no sources sidecar for {layout}; encoder_quality needs a composed world")
+        rows = torch.from_numpy(np.stack([embeddings(r.clip)[r.frame] for r in dataset.records]))
+        sounding = [[(s["class_index"], s["member"]) for s in sources[r.clip]["sources"] if s["sounding"]]
+                    for r in dataset.records]
+        return rows, FrameAudio(np.empty(0), [r.clip for r in dataset.records], [r.frame for r in dataset.records],
+                                sounding, dataset)
+
+    train_x, train = frames("s4", "train")
+    single = [i for i, s in enumerate(train.sounding) if len(s) == 1]
+    labels = torch.tensor([train.sounding[i][0][0] for i in single])
+    counts = torch.bincount(labels, minlength=len(classes))
+    if (counts == 0).any():
+        raise DataError(f"classes without single-source s4 training frames: {[classes[c] for c in torch.where(counts == 0)[0]]}")
+    centroids = torch.zeros(len(classes), train_x.shape[1]).index_add_(0, labels, train_x[single]) / counts[:, None]
+    s4_x, s4 = frames("s4", "test")
+    ms3_x, ms3 = frames("ms3", "test")
+    header = read_json(Path(folder) / HEADER) if (Path(folder) / HEADER).exists() else {}
+    return {"encoder": header.get("encoder"), "dim": int(train_x.shape[1]), "classes": len(classes),
+            "centroid_frames": len(single), "s4_nearest_centroid": nearest_centroid(s4_x, s4, centroids),
+            "ms3_recall": mixture_recall(ms3_x, None, ms3, centroids, k)}

@@ -13,6 +13,7 @@ when it changes, so a world rebuilt in place never trains on the old world's der
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -76,3 +77,9 @@ class EmbeddingCache:
         value = np.asarray(compute())
         atomic_write(path, lambda fh: np.save(fh, value, allow_pickle=False))
         return value
+
+
+def note_rebuild(path: Path, root: str | Path) -> None:
+    """Say, in one line, that a cache file built from other data is rebuilt (it is overwritten atomically)."""
+    print(f"note: {path} was built from another version of {root} (its world.json or metadata tables changed since); "
+          "building it again", file=sys.stderr, flush=True)

@@ -21,9 +21,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-
-class ConfigError(ValueError):
-    """A config value that cannot be used. The message names the key, its source and the fix."""
+from avs_lib.core.errors import ConfigError
+from avs_lib.core.paths import workbench_path
 
 
 @dataclass
@@ -233,7 +232,6 @@ def read_yaml(path: str | Path) -> dict:
 
     path = Path(path)
     if not path.is_file() and not path.is_absolute():
-        from avs_lib.core.paths import workbench_path  # paths imports nothing of avs_lib at import time
 
         from_root = workbench_path(path)
         path = from_root if from_root.is_file() else path

@@ -20,6 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+from avs_lib.core.errors import ConfigError, DataError
+
 # Below this many free bytes after a failed write, the write failed for want of space (a library
 # that says "System error" or "N requested and M written" gives no errno to tell).
 NEARLY_FULL_BYTES = 64 * 1024
@@ -117,7 +119,6 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def output_folder(path: str | Path, option: str) -> Path:
     """Make the output folder ``path`` (given by ``option``, e.g. ``out=`` or ``--out``); a path that
     names a file is one ConfigError saying so, not a FileExistsError."""
-    from avs_lib.core.config import ConfigError  # config imports nothing of avs_lib at import time
 
     path = Path(path)
     for folder in (path, *path.parents):
@@ -129,7 +130,6 @@ def output_folder(path: str | Path, option: str) -> Path:
 
 def read_json(path: str | Path, what: str = "file"):
     """The JSON value in ``path``; a missing, unreadable or broken file is one DataError that names it."""
-    from avs_lib.data.datasets import DataError
 
     path = Path(path)
     try:

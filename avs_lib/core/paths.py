@@ -16,6 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from avs_lib.core.errors import BUILD_HINT, DataError
+
 PROJECT_NAME = 'name = "avs-workbench"'
 INTERACTIVE_RUNS = Path("runs") / "notebooks"  # where notebooks opened by hand write their outputs
 
@@ -57,14 +59,9 @@ def notebook_run_dir(run_dir: str | Path, notebook: str) -> Path:
     return folder
 
 
-BUILD_HINT = ("build the default world with `make run` (or `.venv/bin/avs pipeline --no-notebooks`), "
-              "a world of your own with `.venv/bin/avs world --out ROOT`, or point data_root at an AVSBench/VPO root")
-
-
 def notebook_paths(data_root: str | Path, run_dir: str | Path, notebook: str) -> tuple[Path, Path]:
     """(data root, run folder) of a notebook, both absolute: see ``workbench_path`` and
     ``notebook_run_dir``. A data root that does not exist is an error that says how to build it."""
-    from avs_lib.data.datasets import DataError
 
     root = workbench_path(data_root)
     if not root.is_dir():

@@ -26,8 +26,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from avs_lib.analysis.evaluation import all_foreground
+from avs_lib.analysis.inspect import derivation_recall, elimination_analysis, token_separation
+from avs_lib.analysis.stats import t_interval
 from avs_lib.core.files import read_json
 from avs_lib.experiments.report import markdown_table, summarise
+from avs_lib.models.ddeseg import FIRST_READING
+from avs_lib.training.loop import train
+from avs_lib.training.predict import evaluate_model, load_trained
+from avs_lib.training.prepare import prepare
+from avs_lib.training.runs import run_state
+from avs_lib.viz.plots import _pyplot
 
 CAPACITY = "capacity check (outside the paper)"
 FLOOR, CEILING = "floor: zero audio", "ceiling: oracle audio"
@@ -78,7 +87,6 @@ def plan(seeds=(0, 1, 2, 3, 4), table4_seeds=(0, 1, 2), settings: list[str] | No
 
 def setting_config(base_config, setting: str, seed: int, run_dir: Path):
     """The ``TrainConfig`` of one run: ``base_config`` with the setting's switches and the seed."""
-    from avs_lib.models.ddeseg import FIRST_READING
 
     spec = dict(SETTINGS[setting])
     switches = {**base_config.switches, **spec.pop("switches", {})}
@@ -88,19 +96,6 @@ def setting_config(base_config, setting: str, seed: int, run_dir: Path):
         switches = {}
     return replace(base_config, seed=seed, out=str(run_dir), progress=False, resume=True, switches=switches,
                    variant=spec.pop("variant", "paper"), **spec)
-
-
-def t_interval(values) -> tuple[float, float, float, float]:
-    """(mean, std, low, high): the 95 % Student-t interval of the mean of ``values`` (std ddof=1)."""
-    from scipy import stats
-
-    values = np.asarray(values, dtype=float)
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, float("nan"), float("nan"), float("nan")
-    std = float(values.std(ddof=1))
-    half = float(stats.t.ppf(0.975, len(values) - 1)) * std / np.sqrt(len(values))
-    return mean, std, mean - half, mean + half
 
 
 def interval_table(table: pd.DataFrame, metric: str = "JF", baseline: str = "baseline") -> pd.DataFrame:
@@ -174,10 +169,6 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     ``intervals.csv``, ``analyses.json`` (to ``report_dir``, default ``out``) and the figure."""
     from tqdm.auto import tqdm
 
-    from avs_lib.analysis.inspect import derivation_recall, elimination_analysis, token_separation
-    from avs_lib.analysis.evaluation import all_foreground
-    from avs_lib.data.frames import prepare
-    from avs_lib.training.loop import config_differences, evaluate_model, load_trained, train
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -197,13 +188,12 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     for setting, seed in tqdm(jobs, desc="ablation runs", disable=not progress):
         run_dir = out / run_dir_name(setting, seed)
         config = setting_config(base_config, setting, seed, run_dir)
-        if (run_dir / "config.json").exists():  # a run with other settings is never reused or resumed
-            differences = config_differences(read_json(run_dir / "config.json"), config)
-            if differences:
-                changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in differences.items())
-                raise ValueError(f"{run_dir} holds a run with other settings ({changed}); pass another --out "
-                                 "or remove that folder")
-        if (run_dir / "metrics.json").exists():
+        state = run_state(run_dir, config)
+        if state.kind == "other":  # a run with other settings is never reused or resumed
+            changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in state.differences.items())
+            raise ValueError(f"{run_dir} holds a run with other settings ({changed}); pass another --out "
+                             "or remove that folder")
+        if state.kind == "finished":
             continue
         train(config, prepared_for(config))
     rows, seconds = [], {}
@@ -323,7 +313,6 @@ def plot_ablation(intervals: pd.DataFrame, elimination: dict[str, list[dict]], p
     """Three panels: J&F per setting with its 95 % interval; the paired difference against the baseline
     with its interval; the within-frame AUC per stage of each elimination setting (seed mean, with
     the bootstrap intervals of every seed drawn as thin bars)."""
-    from avs_lib.viz.plots import _pyplot
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.6), gridspec_kw={"width_ratios": [1.3, 1.3, 1.2]})

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import itertools
 import json
 import os
 import platform
@@ -25,10 +24,13 @@ import socket
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from avs_lib.core.files import atomic_write_text, output_folder, read_json, writing_into
+from avs_lib.core.config import _type_name
+from avs_lib.core.errors import ConfigError
+from avs_lib.core.files import atomic_write_text, output_folder, writing_into
+from avs_lib.core.locks import pid_alive
+from avs_lib.core.paths import repo_root
 
 RUNS_DIR = Path("papermill_runs")
 PACKAGES = ("torch", "numpy", "scikit-learn", "papermill", "jupytext", "matplotlib", "plotly", "ipywidgets",
@@ -58,7 +60,6 @@ def cpu_model() -> str:
 def git_state(cwd: str | Path | None = None) -> dict:
     """The commit, and what differs from it: ``dirty_code`` (any file outside the output folders,
     which would make the run not reproducible from the commit) and ``dirty_outputs``."""
-    from avs_lib.core.paths import repo_root
 
     cwd = cwd or repo_root()
     try:
@@ -181,13 +182,10 @@ class _Heartbeat:
             # the run is failing already (a full disk, most often): its own error says more than this one
 
 
-
-
 def run_status(run_dir: str | Path) -> dict:
     """status.json of a run, with ``status`` as another process sees it: a run marked "running"
     whose process is gone is "killed" (same host, the pid no longer runs) or "lost" (no heartbeat
     for 4 intervals, e.g. on another host); a folder without status.json is "unknown"."""
-    from avs_lib.core.locks import pid_alive
 
     path = Path(run_dir) / "status.json"
     try:
@@ -311,7 +309,6 @@ def check_parameter_types(notebook: Path, defaults: dict, parameters: dict) -> N
     """Each given parameter must have the type of its default in the notebook's ``parameters`` cell
     (an integer may stand for a number; a default of None takes anything): a wrong one is one
     ConfigError naming the parameter and the type, before any kernel starts."""
-    from avs_lib.core.config import ConfigError, _type_name
 
     for key, value in parameters.items():
         default = defaults.get(key)
@@ -362,85 +359,6 @@ def drop_widget_state(path: str | Path) -> None:
         atomic_write_text(path, nbformat.writes(nb))
 
 
-def expand_grid(grid: dict) -> list[dict]:
-    keys = list(grid)
-    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
-
-
-def run_sweep(spec: dict, parallel: int = 1, runs_dir: str | Path = RUNS_DIR) -> list[tuple[str, str]]:
-    """``spec``: {notebook, name, parameters (fixed), grid (lists)}. Each point is one run named
-    ``<name>_<key>=<value>...`` (``parallel`` at a time, each in its own kernel); returns (run name,
-    "done"/"failed"/"exists") per point. A point whose run folder exists is not run again."""
-    notebook, base = spec["notebook"], spec.get("name", Path(spec["notebook"]).stem)
-    points = expand_grid(spec.get("grid", {}))
-
-    def one(point: dict) -> tuple[str, str]:
-        label = "_".join(f"{k}={v}" for k, v in point.items())
-        name = f"{base}_{label}" if label else base
-        if (Path(runs_dir) / name).exists():
-            return name, "exists"
-        try:
-            run_notebook(notebook, {**spec.get("parameters", {}), **point}, name, runs_dir, progress=False)
-        except NotebookFailed:
-            return name, "failed"
-        return name, "done"
-
-    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        return list(pool.map(one, points))
-
-
-# ----------------------------------------------------------------------------- the main job
-PIPELINE_NOTEBOOKS = ("00_data_tour", "01_semantic_memory", "02_derivation", "03_elimination", "04_tsne_probe",
-                      "05_training")
-README_BLOCK = ("<!-- run-numbers: start -->", "<!-- run-numbers: end -->")
-
-
-def run_pipeline(world: Path, figures: Path, runs_dir: Path, notebooks: tuple[str, ...] = PIPELINE_NOTEBOOKS,
-                 parameters: dict | None = None, batch_name: str | None = None) -> Path:
-    """Notebooks 00-05 in order through papermill into ``<runs_dir>/main-<time>/``, their figures
-    copied into ``figures/<notebook>/``, then the run report ``index.md``. Returns the batch folder;
-    a failing notebook raises ``NotebookFailed`` after the report of what ran is written."""
-    import shutil
-    import time
-
-    from avs_lib.core.paths import repo_root
-    from avs_lib.viz.plots import relink_plotlyjs
-
-    batch = Path(runs_dir) / (batch_name or f"main-{dt.datetime.now():%Y%m%d-%H%M%S}")
-    started = time.time()
-    try:
-        for name in notebooks:
-            t0 = time.time()
-            print(f"[{name}] running ...", flush=True)
-            run = run_notebook(repo_root() / "notebooks" / f"{name}.py", {"data_root": str(world), **(parameters or {})},
-                               name=name, runs_dir=batch, progress=False)
-            if (run / "figures").exists():
-                shutil.rmtree(Path(figures) / name, ignore_errors=True)
-                shutil.copytree(run / "figures", Path(figures) / name)
-                for html in (Path(figures) / name).glob("*.html"):
-                    relink_plotlyjs(html)
-            print(f"[{name}] done in {time.time() - t0:.0f} s", flush=True)
-    finally:
-        if batch.exists():
-            write_run_report(batch, readme=repo_root() / "README.md")
-    print(f"notebook pipeline: {time.time() - started:.0f} s", flush=True)
-    return batch
-
-
-def headline_numbers(metrics: dict) -> dict[str, float]:
-    """The scalar numbers of a metrics.json, nested keys joined by dots (lists are left out, and so
-    are wall-clock times: they change run to run, the results must not)."""
-    numbers = {}
-    for key, value in metrics.items():
-        if isinstance(value, bool) or "seconds" in key:
-            continue
-        if isinstance(value, (int, float)):
-            numbers[key] = value
-        elif isinstance(value, dict):
-            numbers.update({f"{key}.{k}": v for k, v in headline_numbers(value).items()})
-    return numbers
-
-
 def rounded(value, digits: int = 3):
     """``value`` with every float inside it rounded to ``digits`` decimals (for display only)."""
     if isinstance(value, float):
@@ -459,78 +377,3 @@ def save_metrics(run_dir: str | Path, metrics: dict, digits: int = 3) -> dict:
     return rounded(metrics, digits)
 
 
-def format_number(value: float) -> str:
-    return str(value) if isinstance(value, int) else f"{value:.4g}"
-
-
-def readme_numbers(readme: Path) -> dict[tuple[str, str], str]:
-    """{(notebook, number): value} from the README's table between the run-numbers markers."""
-    if not readme.exists():
-        return {}
-    text = readme.read_text()
-    if README_BLOCK[0] not in text:
-        return {}
-    block = text.split(README_BLOCK[0], 1)[1].split(README_BLOCK[1], 1)[0]
-    rows = {}
-    for line in block.splitlines():
-        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
-        if len(cells) == 3 and cells[0] not in ("notebook", "") and not set(cells[0]) <= set("-: "):
-            rows[cells[0], cells[1]] = cells[2]
-    return rows
-
-
-def update_readme_numbers(batch: Path, readme: Path) -> None:
-    """Rewrite the run-numbers block of ``readme`` (between its markers) to quote the run ``batch``."""
-    text = readme.read_text()
-    start, end = text.index(README_BLOCK[0]), text.index(README_BLOCK[1])
-    readme.write_text(text[:start] + readme_block(batch) + text[end + len(README_BLOCK[1]):])
-
-
-def readme_block(batch: Path) -> str:
-    """The README's table of headline numbers for the run ``batch`` (between the markers)."""
-    lines = [README_BLOCK[0], "", f"Numbers of the committed main-job run `{batch.as_posix()}` "
-             "(each notebook's `metrics.json`; `make run` on this machine reproduces them, and its run report "
-             "puts them side by side with a new run's):", "", "| notebook | number | value |", "| --- | --- | --- |"]
-    for run in sorted(p for p in batch.iterdir() if (p / "metrics.json").exists()):
-        for key, value in headline_numbers(read_json(run / "metrics.json")).items():
-            lines.append(f"| `{run.name}` | `{key}` | {format_number(value)} |")
-    return "\n".join(lines + ["", README_BLOCK[1]])
-
-
-def write_run_report(batch: Path, readme: Path | None = None) -> Path:
-    """``<batch>/index.md``: per notebook its status, its headline numbers (beside the README's,
-    where the README quotes one), thumbnails of its figures and a link to the executed notebook."""
-    quoted = readme_numbers(readme) if readme else {}
-    lines = [f"# Run report: {batch.name}", ""]
-    envs = [read_json(f) for f in sorted(batch.glob("*/environment.json"))]
-    if envs:
-        commits = sorted({str(e.get("git_commit")) for e in envs})
-        dirty = sorted({path for e in envs for path in (e.get("dirty_code") or [])})
-        state = (f"uncommitted code changes during the run: {', '.join(dirty)}" if dirty
-                 else "no uncommitted code changes")
-        lines += [f"Commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c}`' for c in commits)} ({state}); "
-                  f"{envs[0].get('device')}; torch {envs[0].get('packages', {}).get('torch')}; "
-                  f"started {envs[0].get('started')}.", ""]
-    for run in sorted(p for p in batch.iterdir() if p.is_dir()):
-        status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
-        lines += [f"## {run.name}", "",
-                  f"{status.get('status', 'unknown')}" + (f" in {status['seconds']} s" if "seconds" in status else "")
-                  + f" · [executed notebook]({run.name}/{run.name}.ipynb) · [parameters]({run.name}/params.json)", ""]
-        if status.get("error"):
-            lines += [f"Error: `{status['error'][:300]}`", ""]
-        if (run / "metrics.json").exists():
-            numbers = headline_numbers(read_json(run / "metrics.json"))
-            lines += ["| number | this run | README |", "| --- | --- | --- |"]
-            for key, value in numbers.items():
-                readme_value = quoted.get((run.name, key), "")
-                mark = "" if not readme_value or readme_value == format_number(value) else " (differs)"
-                lines.append(f"| `{key}` | {format_number(value)} | {readme_value}{mark} |")
-            lines.append("")
-        thumbs = [f'<a href="{f.relative_to(batch).as_posix()}"><img src="{f.relative_to(batch).as_posix()}" width="240"></a>'
-                  for f in sorted((run / "figures").glob("*.png"))]
-        thumbs += [f"[{f.name}]({f.relative_to(batch).as_posix()})" for f in sorted((run / "figures").glob("*.html"))]
-        if thumbs:
-            lines += [" ".join(thumbs), ""]
-    path = batch / "index.md"
-    path.write_text("\n".join(lines))
-    return path

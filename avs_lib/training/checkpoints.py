@@ -27,14 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avs_lib.core.errors import CheckpointError
 from avs_lib.core.files import atomic_write
 
 CHECKPOINT_FORMAT = "avs-checkpoint"
 CHECKPOINT_VERSION = 2  # 2: the checksum covers the whole state (optimiser included)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file and what to do."""
 
 
 def _update_tensor(digest, tensor: torch.Tensor) -> None:

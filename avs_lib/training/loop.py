@@ -17,7 +17,7 @@
   ``last.pt``. ``metrics.json`` holds the final numbers;
 * the run folder is locked (``<out>/run.lock``: pid and host, ``avs_lib.core.locks``); ``resume=true``
   refuses a config that differs from the run's in anything but ``epochs`` and leaves config.json
-  as it was;
+  as it was (``avs_lib.training.runs``, whose ``run_state`` also lets ``train_once`` reuse a run);
 * tracking: TensorBoard events in ``<out>/tensorboard/`` by default, W&B offline as an option
   (``tracking=``, ``avs_lib.training.tracking``);
 * several processes: launched by ``torchrun``, the engine initialises the process group (NCCL on
@@ -30,8 +30,6 @@
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import math
 import os
@@ -45,17 +43,18 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from avs_lib.training.checkpoints import load_model_state, read_checkpoint, save_checkpoint
-from avs_lib.core.config import TrainConfig, check_device, config_from_dict, load_config
-from avs_lib.data.transforms import flip_batch, normalise_images
-from avs_lib.data.frames import FrameSet, Prepared, prepare
+from avs_lib.analysis.truth import onscreen_labels
+from avs_lib.core.config import TrainConfig, check_device
 from avs_lib.core.files import atomic_write, atomic_write_text, output_folder, read_json, writing_into
 from avs_lib.core.locks import RunLock
+from avs_lib.core.paths import workbench_path
+from avs_lib.data.transforms import flip_batch, normalise_images
+from avs_lib.training.checkpoints import read_checkpoint, save_checkpoint
 from avs_lib.training.losses import avsac_loss, capacity_loss, ddeseg_loss
-from avs_lib.analysis.metrics import evaluate
-from avs_lib.models import build_model
+from avs_lib.training.predict import autocast, evaluate_model, load_trained, make_model
+from avs_lib.training.prepare import Prepared, prepare
+from avs_lib.training.runs import RunRefused, open_run_folder, run_state
 from avs_lib.training.tracking import Tracker, predicted_masks
-
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -116,55 +115,11 @@ def _capacity_targets(config: TrainConfig, prepared: Prepared, indices: torch.Te
     """On-screen labels [B, C] of the training frames ``indices`` for the capacity check (None when off)."""
     if not config.capacity_check:
         return None
-    from avs_lib.analysis.inspect import onscreen_labels
 
     frames = prepared.train
     if "_onscreen" not in frames.__dict__:  # computed once per frame set
         frames.__dict__["_onscreen"] = onscreen_labels(frames, len(prepared.memory.class_names))
     return frames.__dict__["_onscreen"][indices]
-
-
-def _autocast(device: torch.device, enabled: bool, cpu: bool = False):
-    """bf16 autocast on CUDA when ``enabled``; on CPU only when ``cpu`` too (``TrainConfig.cpu_bf16``)."""
-    if enabled and (device.type == "cuda" or (device.type == "cpu" and cpu)):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def predict(model, frames: FrameSet, device: torch.device, batch_size: int = 32, bf16: bool = True,
-            zero_audio: bool = False, cpu_bf16: bool = False) -> torch.Tensor:
-    """Logits of every frame, on CPU (float32)."""
-    model.eval()
-    outs = []
-    for start in range(0, len(frames), batch_size):
-        images = frames.images[start:start + batch_size].to(device)
-        audio = frames.audio[start:start + batch_size].to(device)
-        if zero_audio:
-            audio = torch.zeros_like(audio)
-        with _autocast(device, bf16, cpu_bf16):
-            outs.append(model(normalise_images(images), audio).logits.float().cpu())
-    return torch.cat(outs)
-
-
-def evaluate_model(model, frames: FrameSet, device: torch.device, config: TrainConfig) -> dict:
-    logits = predict(model, frames, device, bf16=config.bf16, zero_audio=config.zero_audio, cpu_bf16=config.cpu_bf16)
-    keep = frames.valid
-    return evaluate(logits[keep], frames.masks[keep], convention=config.convention, batch_size=config.eval_batch_size)
-
-
-# ----------------------------------------------------------------------------- setup
-def make_model(config: TrainConfig, prepared: Prepared) -> torch.nn.Module:
-    switches = dict(config.switches)
-    switches.setdefault("num_classes", prepared.num_classes)
-    if config.model == "avsac":
-        return build_model("avsac", size=config.size, memory=prepared.memory, **switches)
-    model = build_model(config.model, size=config.size, variant=config.variant,
-                        ablation=config.ablation if config.model == "ddeseg" else None,
-                        memory=prepared.memory, **switches)
-    if getattr(model, "backbone_report", None) is not None and config.progress:
-        print(model.backbone_report, flush=True)
-    return model
 
 
 def _distributed() -> tuple[int, int]:
@@ -184,23 +139,6 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-# ----------------------------------------------------------------------------- run folder
-class RunExistsError(FileExistsError, ValueError):
-    """The out folder holds a run and ``resume`` was not asked for."""
-
-
-class ResumeMismatch(ValueError):
-    """``resume=true`` with a config that differs from the run's in more than the epochs."""
-
-
-class RunRefused(ValueError):
-    """Rank 0 refused the run folder; the other ranks stop with its message."""
-
-
-# Besides RUN_IDENTITY_EXCLUDES, what resume may change: more epochs continue the schedule.
-RESUME_MAY_CHANGE = ("epochs",)
-
-
 def _fault_injection(out_dir: Path, epoch: int, step_in_epoch: int, rank: int) -> None:
     """Test hook: ``AVS_FAULT_KILL=EPOCH:STEP[:RANK]`` SIGKILLs this worker at that step (epoch
     1-based, step within the epoch 0-based, rank 0 by default), once per run folder (a marker file
@@ -217,39 +155,6 @@ def _fault_injection(out_dir: Path, epoch: int, step_in_epoch: int, rank: int) -
     except FileExistsError:
         return
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _open_run_folder(config: TrainConfig, out_dir: Path) -> dict | None:
-    """Rank 0's checks of the run folder, before any data work: a run there needs ``resume=true``;
-    ``resume=true`` needs the same config (epochs may grow); the checkpoint must verify. Writes
-    config.json (only when the run is accepted) and returns the state to resume from, if any."""
-    last_path, saved = out_dir / "last.pt", out_dir / "config.json"
-    if last_path.exists() and not config.resume:
-        raise RunExistsError(f"{out_dir} already holds a run (last.pt); pass resume=true to continue it or choose "
-                             "another out=")
-    state = None
-    if config.resume:
-        recorded = None
-        if saved.exists():
-            try:
-                recorded = json.loads(saved.read_text())
-            except ValueError:
-                recorded = None  # a torn config.json from an old version: the checkpoint's config decides
-        if last_path.exists():
-            state = read_checkpoint(last_path)
-            recorded = state["config"]  # the checkpoint's config is what the weights were trained with
-        if recorded is not None:
-            differences = {k: v for k, v in config_differences(recorded, config).items() if k not in RESUME_MAY_CHANGE}
-            if differences:
-                listed = "; ".join(f"{k}: the run has {old!r}, this call gives {new!r}" for k, (old, new) in differences.items())
-                raise ResumeMismatch(f"resume=true into {out_dir}: the config differs from the run's in more than the "
-                                     f"epochs ({listed}); {saved.name} is left as it was. Resume with the run's settings "
-                                     "(only epochs may grow) or train into another out=")
-        if state is not None and config.epochs < state["epoch"] + 1:
-            raise ResumeMismatch(f"resume=true into {out_dir}: the run has done {state['epoch'] + 1} epochs, more than "
-                                 f"epochs={config.epochs}; pass epochs={state['epoch'] + 1} or more")
-    atomic_write_text(saved, json.dumps(asdict(config), indent=1))
-    return state
 
 
 def _agree(error: BaseException | None, world: int) -> None:
@@ -293,7 +198,7 @@ def train(config: TrainConfig, prepared: Prepared | None = None) -> dict:
         try:
             output_folder(out_dir, "out=")
             lock = RunLock(out_dir).acquire()
-            state = _open_run_folder(config, out_dir)
+            state = open_run_folder(config, out_dir)
         except (ValueError, OSError) as err:
             error = err
     try:
@@ -382,7 +287,7 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
                 images, masks, audio, valid = (t[sl].to(device) for t in (images, masks, audio, valid))
                 if config.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
-                with _autocast(device, config.bf16, config.cpu_bf16):
+                with autocast(device, config.bf16, config.cpu_bf16):
                     out = model(normalise_images(images), audio)
                 loss = _loss(config, out, masks, valid, _capacity_targets(config, prepared, batch[sl]))
                 optimiser.zero_grad(set_to_none=True)
@@ -498,38 +403,11 @@ def _track_epoch(tracker: Tracker | None, model, prepared: Prepared, device: tor
     frames = [i for i in range(len(prepared.val)) if prepared.val.valid[i]][:TRACKED_FRAMES]
     if frames:
         model.eval()
-        with torch.no_grad(), _autocast(device, config.bf16, config.cpu_bf16):
+        with torch.no_grad(), autocast(device, config.bf16, config.cpu_bf16):
             images = prepared.val.images[frames].to(device)
             audio = prepared.val.audio[frames].to(device)
             logits = model(normalise_images(images), torch.zeros_like(audio) if config.zero_audio else audio).logits
         tracker.masks("val/masks", prepared.val.masks[frames], predicted_masks(logits.float().cpu()), last)
-
-
-# Settings that do not change what a run computes: a run that differs only in these is the same run.
-RUN_IDENTITY_EXCLUDES = ("out", "resume", "progress", "threads", "stop_after_epoch", "tracking")
-
-
-def run_identity(config: TrainConfig | dict) -> dict:
-    """What a run computes, as plain JSON values: the config without ``RUN_IDENTITY_EXCLUDES``, and
-    its model switches without those set to the model's own default (``num_tokens=5`` given or not
-    is the same model)."""
-    values = json.loads(json.dumps(asdict(config) if isinstance(config, TrainConfig) else config))
-    switches = values.get("switches") or {}
-    if switches:
-        from dataclasses import MISSING, fields
-
-        from avs_lib.core.config import model_config_class
-
-        defaults = {f.name: f.default for f in fields(model_config_class(values.get("model", TrainConfig.model)))
-                    if f.default is not MISSING}
-        values["switches"] = {k: v for k, v in switches.items() if k not in defaults or defaults[k] != v}
-    return {k: v for k, v in values.items() if k not in RUN_IDENTITY_EXCLUDES}
-
-
-def config_differences(a: TrainConfig | dict, b: TrainConfig | dict) -> dict[str, tuple]:
-    """{key: (a's value, b's value)} for the keys that change what a run computes (``run_identity``)."""
-    a, b = run_identity(a), run_identity(b)
-    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
 def train_once(config: TrainConfig, prepared: Prepared | None = None) -> dict:
@@ -540,40 +418,22 @@ def train_once(config: TrainConfig, prepared: Prepared | None = None) -> dict:
     from dataclasses import replace
 
     out = Path(config.out)
-    saved = out / "config.json"
-    if saved.exists():
-        differences = config_differences(read_json(saved, "run config"), config)
-        if not differences and (out / "metrics.json").exists():
-            print(f"reusing the model trained in {out} (same settings)", flush=True)
-            return read_json(out / "metrics.json", "run metrics")
-        if not differences and (out / "last.pt").exists():
-            print(f"resuming the unfinished run in {out}", flush=True)
-            return train(replace(config, resume=True), prepared)
+    state = run_state(out, config)
+    if state.kind == "finished":
+        print(f"reusing the model trained in {out} (same settings)", flush=True)
+        return read_json(out / "metrics.json", "run metrics")
+    if state.kind == "resumable":
+        print(f"resuming the unfinished run in {out}", flush=True)
+        return train(replace(config, resume=True), prepared)
+    if state.kind in ("other", "started"):
         n = 1
         while out.with_name(f"{out.name}-previous-{n}").exists():
             n += 1
         aside = out.with_name(f"{out.name}-previous-{n}")
         out.rename(aside)
-        changed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in differences.items()) or "unfinished"
+        changed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in state.differences.items()) or "unfinished"
         print(f"{out} held a run with other settings ({changed}); moved it to {aside}", flush=True)
     return train(config, prepared)
-
-
-def shared_run_dir(config: TrainConfig) -> Path:
-    """Where the notebooks keep a model, so that notebooks asking for the same training share it:
-    ``<cache>/models/<key>`` under the data's cache folder, the key a hash of everything that
-    changes what the run computes (``config_differences``' keys) and of the data's identity
-    (``avs_lib.core.cache.data_identity``: a rebuilt world gets new models, never the old ones)."""
-    from avs_lib.core.cache import data_identity
-    from avs_lib.core.paths import workbench_path
-
-    data_root = workbench_path(config.data_root)
-    cache = workbench_path(config.cache_dir) if config.cache_dir else data_root / "cache"
-    identity = run_identity(config)
-    identity["data"] = data_identity(data_root)
-    identity.pop("data_root")  # the same data moved elsewhere is the same data
-    key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    return cache / "models" / f"{config.model}-{key}"
 
 
 def train_or_load(checkpoint: str | Path | None, config: TrainConfig, out: str | Path | None = None):
@@ -582,7 +442,6 @@ def train_or_load(checkpoint: str | Path | None, config: TrainConfig, out: str |
     with the same settings, and load its best checkpoint."""
     from dataclasses import replace
 
-    from avs_lib.core.paths import workbench_path
 
     if checkpoint:
         return load_trained(workbench_path(checkpoint))
@@ -592,30 +451,3 @@ def train_or_load(checkpoint: str | Path | None, config: TrainConfig, out: str |
     return load_trained(Path(config.out) / "best.pt", prepared)
 
 
-def load_trained(checkpoint: str | Path, prepared: Prepared | None = None, device: str = "cpu",
-                 data_root: str | Path | None = None):
-    """(model, config, prepared) from a best.pt/last.pt written by ``train``. The checkpoint is
-    verified (``avs_lib.training.checkpoints``) before any data work; a file that is not one, or whose
-    weights do not fit its config, is a ``CheckpointError`` naming it. ``data_root``: where the
-    run's dataset is now, when it has moved since training (its memory is built from there too,
-    unless the run named a memory_root of its own)."""
-    from dataclasses import replace
-
-    from avs_lib.data.datasets import DataError
-    from avs_lib.core.paths import workbench_path
-
-    state = read_checkpoint(checkpoint)
-    config = config_from_dict(state["config"], f"the config inside checkpoint {checkpoint}")
-    if data_root is not None:
-        config = replace(config, data_root=str(data_root))
-    if prepared is None and data_root is not None and not workbench_path(data_root).is_dir():
-        raise DataError(f"--data-root {data_root} does not exist or is not a folder; pass the folder the checkpoint's "
-                        f"dataset ({state['config'].get('data_root')} when it was trained) is in now")
-    if prepared is None and not workbench_path(config.data_root).is_dir():
-        raise DataError(f"checkpoint {checkpoint} was trained on data_root={config.data_root}, which does not exist "
-                        f"here ({workbench_path(config.data_root)}): if the dataset has moved, point avs eval at it "
-                        "with --data-root DIR (load_trained(..., data_root=DIR))")
-    prepared = prepared or prepare(config)
-    model = make_model(config, prepared)
-    load_model_state(model, state["model"], checkpoint, state["config"])
-    return model.to(device).eval(), config, prepared

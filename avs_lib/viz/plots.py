@@ -5,9 +5,13 @@ from pathlib import Path
 
 import numpy as np
 
+from avs_lib.analysis.truth import source_role
 from avs_lib.audio.frontends import vggish_log_mel
-from avs_lib.data.datasets import AVSDataset, DataError, clip_frames, load_sources
+from avs_lib.core.errors import DataError
+from avs_lib.core.paths import repo_root
+from avs_lib.data.datasets import AVSDataset, clip_frames, load_sources
 from avs_lib.data.palette import voc_palette
+from avs_lib.world.write import world_roots
 
 
 def overlay_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -19,7 +23,8 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-ROLE_COLOURS = {"sounding": "#ffd60a", "silent": "#8ecae6", "off screen": "#ff5d8f"}
+ROLE_COLOURS = {"on screen": "#ffd60a", "silent": "#8ecae6", "off screen": "#ff5d8f"}  # by source_role
+ROLE_LABELS = {"on screen": "sounding", "silent": "silent"}  # the legend's words for a source in the frame
 TINT = np.array([255, 214, 10])  # the sounding pixels, one colour for every subset
 
 
@@ -42,7 +47,6 @@ def world_overview(root: str | Path, out_png: str | Path, clips_per_subset: int 
     import matplotlib.patches as patches
     import matplotlib.pyplot as plt
 
-    from avs_lib.world.write import world_roots
 
     rows = []
     for subset, (sub_root, layout) in world_roots(root).items():
@@ -72,7 +76,7 @@ def world_overview(root: str | Path, out_png: str | Path, clips_per_subset: int 
             frame_ax.set_title(f"{subset} · {name}", fontsize=10, loc="left")
             off_screen = []
             for s in (record or {}).get("sources", []):
-                role = "off screen" if not s["on_screen"] else "sounding" if s["sounding"] else "silent"
+                role = source_role(s)
                 if role == "off screen":
                     off_screen.append(s["class_name"])
                     continue
@@ -90,7 +94,7 @@ def world_overview(root: str | Path, out_png: str | Path, clips_per_subset: int 
             mel_ax.imshow(vggish_log_mel(audio).T, origin="lower", aspect="auto", cmap="magma")
             mel_ax.set_title(f"its sound, {len(frames)} s (log-mel)", fontsize=9)
     handles = [patches.Patch(facecolor=TINT / 255, alpha=0.6, label="ground-truth mask (sounding pixels)")]
-    handles += [patches.Patch(facecolor="none", edgecolor=colour, linewidth=2, label=f"source: {role}")
+    handles += [patches.Patch(facecolor="none", edgecolor=colour, linewidth=2, label=f"source: {ROLE_LABELS[role]}")
                 for role, colour in ROLE_COLOURS.items() if role != "off screen"]
     handles.append(patches.Patch(facecolor=ROLE_COLOURS["off screen"], label="source heard off screen (named under the frame)"))
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=9, frameon=False)
@@ -426,7 +430,6 @@ def _plotlyjs_src(html_path: Path) -> str:
 
     import plotly.offline
 
-    from avs_lib.core.paths import repo_root
 
     shared = repo_root() / PLOTLY_JS
     if not shared.exists():

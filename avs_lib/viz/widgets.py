@@ -3,7 +3,13 @@ papermill run they render once with their initial values."""
 from __future__ import annotations
 
 import numpy as np
-import torch
+
+from avs_lib.audio.quality import centre_basis, token_view
+from avs_lib.core.errors import DataError
+from avs_lib.core.files import read_json
+from avs_lib.data.datasets import AVSDataset, clip_frames, load_sources, read_audio_segment
+from avs_lib.viz.plots import TRUTH_COLOURS, overlay_mask, tint_sounding
+from avs_lib.world.write import world_roots
 
 
 def source_recordings(library, record: dict | None) -> list[tuple[str, np.ndarray]]:
@@ -36,8 +42,6 @@ def derivation_explorer(model, frames, class_names: list[str], max_k: int | None
     import ipywidgets as widgets
     import plotly.graph_objects as go
 
-    from avs_lib.audio.quality import centre_basis, token_view
-    from avs_lib.viz.plots import TRUTH_COLOURS, tint_sounding
 
     derivation = model.derivation
     trained_k = derivation.num_tokens
@@ -121,7 +125,6 @@ def derivation_explorer(model, frames, class_names: list[str], max_k: int | None
         truth.value = (f"<b>truly sounding:</b> {', '.join(sounding) or 'nothing'}<br><b>silent on screen:</b> "
                        f"{', '.join(silent) or 'none'}<br><b>missed at K={k}:</b> {', '.join(missed) or 'none'}")
         if dataset is not None:
-            from avs_lib.data.datasets import read_audio_segment
 
             mixture = read_audio_segment(dataset.records[i], dataset.sample_rate)
             items = [("the frame's mixture (1 s)", mixture)]
@@ -180,7 +183,6 @@ def clip_view(dataset, sources: dict, name: str, indices: list[int]) -> tuple[by
 
     import matplotlib.pyplot as plt
 
-    from avs_lib.viz.plots import overlay_mask
 
     samples = [dataset.load_raw(i) for i in indices]
     fig, axes = plt.subplots(1, len(samples), figsize=(2 * len(samples), 2.3), squeeze=False)
@@ -222,9 +224,6 @@ def clip_browser(root):
 
     import ipywidgets as widgets
 
-    from avs_lib.data.datasets import AVSDataset, DataError, clip_frames, load_sources
-    from avs_lib.core.files import read_json
-    from avs_lib.world.write import world_roots
 
     roots = world_roots(root)
     written = read_json(Path(root) / "world.json")["config"]["subsets"]
