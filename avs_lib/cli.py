@@ -124,8 +124,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 def _cmd_pretrain_audio(args: argparse.Namespace) -> int:
     """Pretrain (or find in the cache) the world's audio encoder; print where it is and its record."""
-    from avs_lib.core.paths import workbench_path
     from avs_lib.audio.pretrain import STEPS_PER_EPOCH, PretrainConfig, pretrained_encoder
+    from avs_lib.core.paths import workbench_path
 
     root = workbench_path(args.world)
     cache = workbench_path(args.cache) if args.cache else root / "cache"
@@ -273,11 +273,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablation(args: argparse.Namespace) -> int:
-    from avs_lib.experiments.ablation import run_ablation
     from avs_lib.core.config import load_config
     from avs_lib.core.errors import DataError
     from avs_lib.core.errors import BUILD_HINT
     from avs_lib.core.paths import workbench_path
+    from avs_lib.experiments.ablation import run_ablation
 
     overrides = list(args.overrides)
     seeds = tuple(int(s) for s in args.seeds.split(","))
@@ -297,9 +297,9 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
 
 def _cmd_embed(args: argparse.Namespace) -> int:
     """avs embed: one [frames, d] .npy per clip of ROOT (all splits) with one encoder (avs_lib.audio.embed)."""
+    from avs_lib.audio.birdnet import BirdNETUnavailable
     from avs_lib.audio.embed import embed_dataset
     from avs_lib.audio.registry import frame_encoder
-    from avs_lib.audio.birdnet import BirdNETUnavailable
 
     try:
         encoder = frame_encoder(args.encoder, args.root, args.cache_dir, args.device, audio_dim=args.audio_dim,

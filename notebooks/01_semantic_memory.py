@@ -40,14 +40,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avs_lib.audio.quality import encode, frame_audio, nearest_centroid
 from avs_lib.audio.encoders import encoder_id
+from avs_lib.audio.pretrain import STEPS_PER_EPOCH, PretrainConfig, pretrained_encoder, world_setup
+from avs_lib.audio.quality import encode, frame_audio, nearest_centroid
+from avs_lib.core.paths import notebook_paths
+from avs_lib.experiments.notebooks import save_metrics
 from avs_lib.memory.io import build_world_memory
 from avs_lib.memory.io import save_memory
-from avs_lib.core.paths import notebook_paths
 from avs_lib.viz.plots import memory_map, pretraining_curves
-from avs_lib.audio.pretrain import STEPS_PER_EPOCH, PretrainConfig, pretrained_encoder, world_setup
-from avs_lib.experiments.notebooks import save_metrics
 from avs_lib.world.compose import heldout_member_names
 
 data_root, run_dir = notebook_paths(data_root, run_dir, '01_semantic_memory')

@@ -52,12 +52,12 @@ import torch
 from avs_lib.analysis.inspect import (elimination_analysis, elimination_auc, stage_token_scores, tau_sweep, token_separation)
 from avs_lib.analysis.truth import token_categories
 from avs_lib.core.config import load_config
-from avs_lib.data.transforms import normalise_images
 from avs_lib.core.paths import notebook_paths, workbench_path
-from avs_lib.viz.plots import assignment_overlay, roc_figure, stage_score_distributions
+from avs_lib.data.transforms import normalise_images
 from avs_lib.experiments.notebooks import save_metrics
 from avs_lib.training.loop import train_or_load
 from avs_lib.training.runs import shared_run_dir
+from avs_lib.viz.plots import assignment_overlay, roc_figure, stage_score_distributions
 
 data_root, run_dir = notebook_paths(data_root, run_dir, '03_elimination')
 

@@ -47,15 +47,15 @@ from pathlib import Path
 import pandas as pd
 import plotly.express as px
 
-from avs_lib.core.config import load_config
-from avs_lib.training.prepare import prepare
-from avs_lib.core.paths import notebook_paths, workbench_path
-from avs_lib.viz.plots import embedding_figure, write_interactive_html
 from avs_lib.analysis.probe import class_labels, last_stage_representation, linear_probe_f1, maps_2d
+from avs_lib.core.config import load_config
+from avs_lib.core.paths import notebook_paths, workbench_path
 from avs_lib.experiments.notebooks import save_metrics
 from avs_lib.training.loop import train_once
 from avs_lib.training.predict import load_trained
+from avs_lib.training.prepare import prepare
 from avs_lib.training.runs import shared_run_dir
+from avs_lib.viz.plots import embedding_figure, write_interactive_html
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "04_tsne_probe")
 

@@ -42,18 +42,18 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from avs_lib.analysis.evaluation import evaluation_table, headroom
 from avs_lib.analysis.inspect import pointing_accuracy
 from avs_lib.core.config import load_config
-from avs_lib.data.transforms import normalise_images
-from avs_lib.analysis.evaluation import evaluation_table, headroom
-from avs_lib.data.datasets import world_frame_size
-from avs_lib.training.prepare import prepare
 from avs_lib.core.paths import notebook_paths, workbench_path
-from avs_lib.viz.plots import headroom_figure, qualitative, training_curves
+from avs_lib.data.datasets import world_frame_size
+from avs_lib.data.transforms import normalise_images
 from avs_lib.experiments.notebooks import save_metrics
 from avs_lib.training.loop import late_gain, train_once
 from avs_lib.training.predict import load_trained
+from avs_lib.training.prepare import prepare
 from avs_lib.training.runs import shared_run_dir
+from avs_lib.viz.plots import headroom_figure, qualitative, training_curves
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "05_training")
 

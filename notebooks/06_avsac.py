@@ -35,10 +35,10 @@ from dataclasses import replace
 import pandas as pd
 
 from avs_lib.core.config import load_config
-from avs_lib.training.prepare import prepare
 from avs_lib.core.paths import notebook_paths, workbench_path
 from avs_lib.experiments.notebooks import save_metrics
 from avs_lib.training.loop import train_once
+from avs_lib.training.prepare import prepare
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "06_avsac")
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from avs_lib.analysis.inspect import score_spread, separation_of_tokens, within_frame_auc
-from avs_lib.training.losses import capacity_loss
 from avs_lib.memory.build import build_semantic_memory
 from avs_lib.models import build_model
 from avs_lib.models.ddeseg import FIRST_READING
 from avs_lib.models.elimination import DynamicElimination, ReleasedAligner, gumbel_soft_assignment
 from avs_lib.models.mit import AudioCrossAttention
+from avs_lib.training.losses import capacity_loss
 
 
 def _np(t):
@@ -274,8 +274,8 @@ def test_paired_differences_and_intervals():
 
 
 def test_run_ablation_writes_every_row_with_intervals(notebook_world, tmp_path):
-    from avs_lib.experiments.ablation import CAPACITY, run_ablation
     from avs_lib.core.config import load_config
+    from avs_lib.experiments.ablation import CAPACITY, run_ablation
 
     config = load_config(None, [f"data_root={notebook_world}", "image_size=32", "epochs=1", "encoder_epochs=1",
                                 "device=cpu", f"cache_dir={tmp_path / 'cache'}", "progress=false"])

@@ -6,12 +6,12 @@ import os
 import numpy as np
 import pytest
 
-from avs_lib.cli import main
+from avs_lib.audio.birdnet import birdnet_available, context_windows
 from avs_lib.audio.clips import clip_records
 from avs_lib.audio.embed import embed_dataset
+from avs_lib.cli import main
 from avs_lib.core.errors import MemoryFileError
 from avs_lib.memory.io import load_memory, load_released_bank
-from avs_lib.audio.birdnet import birdnet_available, context_windows
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +43,9 @@ def test_avs_embed_then_train_on_precomputed(embed_world, tmp_path, capsys):
     assert json.loads((out / "embeddings.json").read_text())["encoder"] == summary["encoder"]
 
     # the same rows the training path computes from the same cached encoder
-    from avs_lib.data.datasets import AVSDataset
     from avs_lib.audio.pretrain import prepare_audio_encoder
     from avs_lib.audio.registry import frame_embeddings
+    from avs_lib.data.datasets import AVSDataset
 
     encoder, _, encoder_id = prepare_audio_encoder(embed_world, cache, 16, 1)
     dataset = AVSDataset(embed_world, "ms3", "test")

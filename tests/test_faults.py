@@ -14,18 +14,18 @@ import numpy as np
 import pytest
 import torch
 
-from avs_lib.core.errors import CheckpointError
-from avs_lib.training.checkpoints import read_checkpoint, save_checkpoint
 from avs_lib.cli import main
 from avs_lib.core.config import load_config
-from avs_lib.data.frames import FrameSet
-from avs_lib.training.prepare import Prepared
-from avs_lib.core.locks import RunLock, RunLocked
+from avs_lib.core.errors import CheckpointError
 from avs_lib.core.errors import MemoryFileError
+from avs_lib.core.locks import RunLock, RunLocked
+from avs_lib.data.frames import FrameSet
 from avs_lib.memory.build import build_semantic_memory
 from avs_lib.memory.io import load_memory, save_memory
+from avs_lib.training.checkpoints import read_checkpoint, save_checkpoint
 from avs_lib.training.loop import train
 from avs_lib.training.predict import load_trained
+from avs_lib.training.prepare import Prepared
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,10 +4,10 @@ import json
 import numpy as np
 import pytest
 
+from avs_lib.audio.registry import OracleAudio
 from avs_lib.core.config import load_config
 from avs_lib.core.errors import ConfigError
 from avs_lib.data.datasets import AVSDataset, load_sources
-from avs_lib.audio.registry import OracleAudio
 from avs_lib.training.prepare import prepare
 
 

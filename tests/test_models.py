@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from avs_lib.training.losses import avsac_loss, ddeseg_loss
 from avs_lib.memory.build import build_semantic_memory
 from avs_lib.models import ABLATIONS, build_model, count_parameters
 from avs_lib.models.mit import MIT_SIZES, MiTEncoder, load_backbone_state_dict
+from avs_lib.training.losses import avsac_loss, ddeseg_loss
 from dataclasses import replace
 
 

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from avs_lib.core.errors import CheckpointError
-from avs_lib.training.checkpoints import read_checkpoint, save_checkpoint, state_checksum
 from avs_lib.cli import main
+from avs_lib.core.errors import CheckpointError
 from avs_lib.core.errors import DataError
-from avs_lib.data.datasets import AVSDataset
 from avs_lib.core.files import DiskFull, atomic_write
+from avs_lib.data.datasets import AVSDataset
+from avs_lib.training.checkpoints import read_checkpoint, save_checkpoint, state_checksum
 from avs_lib.world.compose import WorldConfig
 from avs_lib.world.write import write_world
 from test_faults import NOTEBOOK, _cli, _overrides, _prepared, _train, lock_holder
@@ -90,8 +90,8 @@ def test_two_world_writers_into_one_folder(tmp_path, capsys):
 # ----------------------------------------------------------------------------- caches keyed by their data
 def test_a_cached_memory_of_another_world_is_rebuilt(tmp_path, capsys):
     from avs_lib.audio.encoders import encoder_id
-    from avs_lib.memory.io import build_world_memory
     from avs_lib.audio.encoders import SmallAudioEncoder
+    from avs_lib.memory.io import build_world_memory
 
     torch.manual_seed(0)
     encoder = SmallAudioEncoder(dim=8, channels=(4, 4, 8, 8)).eval()

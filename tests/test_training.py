@@ -11,8 +11,8 @@ import torch.multiprocessing as mp
 from avs_lib.cli import main
 from avs_lib.core.config import TrainConfig
 from avs_lib.data.frames import FrameSet
-from avs_lib.training.prepare import Prepared
 from avs_lib.training.loop import learning_rate, parameter_groups, train
+from avs_lib.training.prepare import Prepared
 
 
 def _frames(n, seed, size=64, dim=16):
@@ -147,8 +147,8 @@ def test_every_shipped_config_parses():
 
 def test_training_on_precomputed_embeddings(training_world, tmp_path):
     """HTS-AT-style embeddings computed elsewhere: one [frames, d] .npy per clip."""
-    from avs_lib.data.datasets import AVSDataset
     from avs_lib.core.config import load_config
+    from avs_lib.data.datasets import AVSDataset
     from avs_lib.training.prepare import prepare
 
     folder = tmp_path / "embeddings"

@@ -61,8 +61,8 @@ def headroom(config, model, prepared, rows: tuple[str, ...] = ("floor", "oracle"
     """The window an experiment can see, as rows {"row", "what", "JF", "ci95", ...}: the floor (the
     same training with the audio zeroed, ``zero_audio=true``), ``model`` itself (trained with
     ``config``) and the oracles (the same training with ``audio_encoder=oracle`` / ``oracle-heard``,
-    ``avs_lib.data.frames.OracleAudio``), each tested on the test split with a 95 % interval over clips.
-    Every extra row is trained once into the data's model store (``avs_lib.training.loop.shared_run_dir``)
+    ``avs_lib.audio.registry.OracleAudio``), each tested on the test split with a 95 % interval over clips.
+    Every extra row is trained once into the data's model store (``avs_lib.training.runs.shared_run_dir``)
     and reused by a later call with the same settings (``train_once``). Headroom = ceiling - floor:
     a comparison of settings inside a narrow window cannot come out any other way."""
     from pathlib import Path

@@ -42,7 +42,7 @@ CAPACITY = "capacity check (outside the paper)"
 FLOOR, CEILING = "floor: zero audio", "ceiling: oracle audio"
 SETTINGS = {
     # the window (avs_lib.analysis.evaluation.headroom): full DDESeg trained without sound, and with the classes
-    # sounding on screen as its audio input (avs_lib.data.frames.OracleAudio)
+    # sounding on screen as its audio input (avs_lib.audio.registry.OracleAudio)
     FLOOR: dict(model="ddeseg", ablation="full", zero_audio=True),
     CEILING: dict(model="ddeseg", ablation="full", audio_encoder="oracle"),
     "baseline": dict(model="ddeseg", ablation="baseline"),

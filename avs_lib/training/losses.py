@@ -99,7 +99,7 @@ def capacity_loss(stage_scores: list[torch.Tensor], classes: torch.Tensor, onscr
     sounds on screen in the frame; 0: off screen only, silent or absent), averaged over stages.
 
     ``classes`` [B, K] are the derived tokens' classes, ``onscreen`` [B, C] the labels
-    (``avs_lib.analysis.inspect.onscreen_labels``). Trained with it, the module is told which tokens to keep:
+    (``avs_lib.analysis.truth.onscreen_labels``). Trained with it, the module is told which tokens to keep:
     a high within-frame AUC then says it can separate them, so an unsupervised failure is the
     objective's, not the module's."""
     targets = onscreen.to(classes.device).gather(1, classes).float()  # [B, K]
