@@ -23,7 +23,8 @@ from avs_lib.data.datasets import AVSDataset
 from avs_lib.training.checkpoints import read_checkpoint, save_checkpoint, state_checksum
 from avs_lib.world.compose import WorldConfig
 from avs_lib.world.write import write_world
-from test_faults import NOTEBOOK, _cli, _overrides, _prepared, _train, lock_holder
+from conftest import synthetic_prepared, tiny_run_overrides
+from test_faults import NOTEBOOK, _cli, _train, lock_holder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -192,9 +193,9 @@ def test_train_into_a_full_disk_keeps_the_last_checkpoint(tmp_path, tmpfs, capsy
     size = (tmp_path / "probe" / "last.pt").stat().st_size
     # room for epoch 1's best.pt and last.pt, not for epoch 2's next one beside them
     disk = tmpfs(2 * size + size // 2 + 64 * 1024)
-    monkeypatch.setattr("avs_lib.training.loop.prepare", lambda config, progress=False: _prepared())
+    monkeypatch.setattr("avs_lib.training.loop.prepare", lambda config, progress=False: synthetic_prepared())
     out = disk / "run"
-    code, err = _cli(["train", *_overrides(out, epochs=3)], capsys)
+    code, err = _cli(["train", *tiny_run_overrides(out, epochs=3)], capsys)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "no space left on device" in err and str(out) in err and "resume=true" in err
     assert read_checkpoint(out / "last.pt")["epoch"] == 0  # epoch 1's checkpoint, whole and verified
@@ -241,10 +242,10 @@ def test_avs_run_into_a_full_disk(tmp_path, tmpfs):
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
 def test_a_signal_to_avs_train_is_one_line(tmp_path, how):
     out = tmp_path / "run"
-    script = ("import sys; sys.path.insert(0, 'tests'); import avs_lib.training.loop as engine; from test_faults import "
-              "_prepared, _overrides; engine.prepare = lambda config, progress=False: _prepared(); "
+    script = ("import sys; sys.path.insert(0, 'tests'); import avs_lib.training.loop as engine; from conftest import "
+              "synthetic_prepared, tiny_run_overrides; engine.prepare = lambda config, progress=False: synthetic_prepared(); "
               "from avs_lib.cli import main; "
-              f"sys.exit(main(['train', *_overrides({str(out)!r}, epochs=500)]))")
+              f"sys.exit(main(['train', *tiny_run_overrides({str(out)!r}, epochs=500)]))")
     # A shell's background job starts with SIGINT ignored, and the child would inherit that: give it
     # the default disposition, as a process started from a terminal has.
     process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
@@ -293,7 +294,7 @@ def test_image_size_below_the_smallest_is_refused_and_the_smallest_works(capsys,
 
 def test_out_naming_a_file_is_one_message(tmp_path, capsys):
     (tmp_path / "taken").write_text("x")
-    code, err = _cli(["train", *_overrides(tmp_path / "taken")], capsys)
+    code, err = _cli(["train", *tiny_run_overrides(tmp_path / "taken")], capsys)
     assert code == 2 and f"{tmp_path / 'taken'} is a file, not a folder" in err and "choose another out=" in err
 
 
