@@ -11,7 +11,8 @@ unknown choice is a ``ConfigError`` that names the key, where it came from (the 
 override) and what is allowed. ``check_values`` does the same for any config dataclass; the model
 configs declare their string choices in a ``CHOICES`` class attribute and are checked with it.
 
-This module sits at the bottom of the package: it imports nothing from ``avs_lib`` at import time.
+This module sits at the bottom of the package: at import time it imports only ``avs_lib.core.errors``
+and ``avs_lib.core.paths`` (the models' configs are read when a config's switches are checked).
 """
 from __future__ import annotations
 
