@@ -28,7 +28,6 @@ def all_foreground(frames, convention: str = "per_frame", batch_size: int = 5) -
 def evaluation_table(model, frames, config, device: torch.device | str = "cpu") -> list[dict]:
     """Rows {"evaluation", "J", "F", "J&F"}: the model in every convention of ``avs_lib.analysis.metrics``,
     then with its audio zeroed and the all-foreground prediction (both in ``config.convention``)."""
-
     device = torch.device(device)
     rows = []
     for convention in CONVENTIONS:
@@ -50,7 +49,6 @@ HEADROOM_ROWS = {"floor": "floor: zero audio (trained and tested without sound)"
 
 def jf_interval_of(model, frames, config, device: torch.device | str = "cpu") -> dict:
     """Per-frame test J&F of ``model`` on ``frames`` with its 95 % interval over clips."""
-
     keep = frames.valid
     logits = predict(model, frames, torch.device(device), bf16=config.bf16, zero_audio=config.zero_audio,
                      cpu_bf16=config.cpu_bf16)

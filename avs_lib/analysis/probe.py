@@ -19,7 +19,6 @@ from avs_lib.data.transforms import normalise_images
 @torch.no_grad()
 def last_stage_representation(model, frames, batch_size: int = 64) -> np.ndarray:
     """[N, d]: per frame, the mean of the audio tokens that enter the model's last stage."""
-
     device = next(model.parameters()).device
     parts = []
     for start in range(0, len(frames), batch_size):

@@ -119,7 +119,6 @@ def train_small_audio_encoder(examples: np.ndarray, labels: np.ndarray, num_clas
 def save_audio_encoder(model: SmallAudioEncoder, path: str | Path, class_names: list[str], meta: dict | None = None) -> None:
     """One torch file with the weights, the architecture, the class names, ``meta`` and a checksum
     over all of them (``avs_lib.training.checkpoints.content_checksum``)."""
-
     state = {"state_dict": model.state_dict(), "dim": model.dim, "arch": model.arch(), "class_names": class_names,
              "meta": meta or {}}
     state["checksum"] = content_checksum(state)
@@ -130,7 +129,6 @@ def read_audio_encoder_file(path: str | Path, device: str = "cpu") -> dict:
     """The verified contents of a file of ``save_audio_encoder``. A missing, empty, truncated or
     damaged file is one ``CheckpointError`` naming it; these files are caches, so the way out is to
     delete it and let the command that wrote it write it again."""
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"audio encoder {path} does not exist; `avs pretrain-audio` (or `avs train`, notebook 01) writes it")

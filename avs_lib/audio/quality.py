@@ -178,7 +178,6 @@ def encoder_quality(root: str | Path, folder: str | Path, k: int = 5) -> dict:
     single-source s4 test frames and the recall at K of the sounding classes among the K nearest
     centroids on the MS3 test frames (derivation's Eq. 5 candidates), with ``avs_lib.audio.quality``.
     Needs the files of the s4 train/test and MS3 test clips."""
-
     embeddings = PrecomputedEmbeddings(folder)
     classes = world_classes(root)
 

@@ -119,7 +119,6 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def output_folder(path: str | Path, option: str) -> Path:
     """Make the output folder ``path`` (given by ``option``, e.g. ``out=`` or ``--out``); a path that
     names a file is one ConfigError saying so, not a FileExistsError."""
-
     path = Path(path)
     for folder in (path, *path.parents):
         if folder.exists() and not folder.is_dir():
@@ -130,7 +129,6 @@ def output_folder(path: str | Path, option: str) -> Path:
 
 def read_json(path: str | Path, what: str = "file"):
     """The JSON value in ``path``; a missing, unreadable or broken file is one DataError that names it."""
-
     path = Path(path)
     try:
         text = path.read_text()

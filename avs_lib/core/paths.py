@@ -62,7 +62,6 @@ def notebook_run_dir(run_dir: str | Path, notebook: str) -> Path:
 def notebook_paths(data_root: str | Path, run_dir: str | Path, notebook: str) -> tuple[Path, Path]:
     """(data root, run folder) of a notebook, both absolute: see ``workbench_path`` and
     ``notebook_run_dir``. A data root that does not exist is an error that says how to build it."""
-
     root = workbench_path(data_root)
     if not root.is_dir():
         raise DataError(f"{root}: dataset root does not exist; {BUILD_HINT}")

@@ -87,7 +87,6 @@ def plan(seeds=(0, 1, 2, 3, 4), table4_seeds=(0, 1, 2), settings: list[str] | No
 
 def setting_config(base_config, setting: str, seed: int, run_dir: Path):
     """The ``TrainConfig`` of one run: ``base_config`` with the setting's switches and the seed."""
-
     spec = dict(SETTINGS[setting])
     switches = {**base_config.switches, **spec.pop("switches", {})}
     if spec.pop("first_reading", False):
@@ -313,7 +312,6 @@ def plot_ablation(intervals: pd.DataFrame, elimination: dict[str, list[dict]], p
     """Three panels: J&F per setting with its 95 % interval; the paired difference against the baseline
     with its interval; the within-frame AUC per stage of each elimination setting (seed mean, with
     the bootstrap intervals of every seed drawn as thin bars)."""
-
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.6), gridspec_kw={"width_ratios": [1.3, 1.3, 1.2]})
     order = [s for s in [*TABLE3, *[v for v in TABLE4.values() if v not in TABLE3], *EXTRA,

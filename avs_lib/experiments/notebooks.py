@@ -60,7 +60,6 @@ def cpu_model() -> str:
 def git_state(cwd: str | Path | None = None) -> dict:
     """The commit, and what differs from it: ``dirty_code`` (any file outside the output folders,
     which would make the run not reproducible from the commit) and ``dirty_outputs``."""
-
     cwd = cwd or repo_root()
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
@@ -186,7 +185,6 @@ def run_status(run_dir: str | Path) -> dict:
     """status.json of a run, with ``status`` as another process sees it: a run marked "running"
     whose process is gone is "killed" (same host, the pid no longer runs) or "lost" (no heartbeat
     for 4 intervals, e.g. on another host); a folder without status.json is "unknown"."""
-
     path = Path(run_dir) / "status.json"
     try:
         status = json.loads(path.read_text())
@@ -309,7 +307,6 @@ def check_parameter_types(notebook: Path, defaults: dict, parameters: dict) -> N
     """Each given parameter must have the type of its default in the notebook's ``parameters`` cell
     (an integer may stand for a number; a default of None takes anything): a wrong one is one
     ConfigError naming the parameter and the type, before any kernel starts."""
-
     for key, value in parameters.items():
         default = defaults.get(key)
         if default is None:

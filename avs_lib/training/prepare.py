@@ -23,7 +23,6 @@ class Prepared:
 def prepare(config, progress: bool = False) -> Prepared:
     """The frozen audio encoder, the memory (config.k, config.m) and the three splits of
     ``config.layout`` for a ``TrainConfig``, from the caches where they exist."""
-
     data_root = workbench_path(config.data_root)
     cache = workbench_path(config.cache_dir) if config.cache_dir else data_root / "cache"
     memory_root = workbench_path(config.memory_root) if config.memory_root else data_root

@@ -95,7 +95,6 @@ def shared_run_dir(config: TrainConfig) -> Path:
     ``<cache>/models/<key>`` under the data's cache folder, the key a hash of everything that
     changes what the run computes (``config_differences``' keys) and of the data's identity
     (``avs_lib.core.cache.data_identity``: a rebuilt world gets new models, never the old ones)."""
-
     data_root = workbench_path(config.data_root)
     cache = workbench_path(config.cache_dir) if config.cache_dir else data_root / "cache"
     identity = run_identity(config)
