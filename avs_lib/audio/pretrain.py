@@ -298,7 +298,6 @@ def prepare_audio_encoder(root: str | Path, cache_dir: str | Path, dim: int = 12
     with cross-entropy on the S4 training clips for ``epochs`` epochs.
     Returns (encoder, class names, encoder id); the id changes with the weights and keys the cache."""
     if (Path(root) / "world.json").exists():
-
         config = PretrainConfig(steps=epochs * STEPS_PER_EPOCH, dim=dim, seed=seed)
         encoder, classes, _ = pretrained_encoder(root, cache_dir, config, progress=progress)
         return encoder, classes, encoder_id(encoder)

@@ -233,7 +233,6 @@ def read_yaml(path: str | Path) -> dict:
 
     path = Path(path)
     if not path.is_file() and not path.is_absolute():
-
         from_root = workbench_path(path)
         path = from_root if from_root.is_file() else path
     if not path.is_file():

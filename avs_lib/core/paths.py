@@ -38,7 +38,7 @@ def repo_root() -> Path:
     for folder in (here, *here.parents):
         if _is_repo_root(folder):
             return folder
-    package_parent = Path(__file__).resolve().parent.parent
+    package_parent = Path(__file__).resolve().parents[2]  # avs_lib/core/paths.py -> the repository
     if _is_repo_root(package_parent):
         return package_parent
     return here

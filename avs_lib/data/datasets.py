@@ -172,7 +172,6 @@ def vpo_records(root: Path, split: str | None = None, vpo_subset: str = "msmi") 
 def layout_records(root: str | Path, layout: str, split: str | None = None, **kwargs) -> list[FrameRecord]:
     root = Path(root)
     if not root.is_dir():
-
         raise DataError(f"{root}: dataset root does not exist or is not a folder; {BUILD_HINT}")
     builders = {"s4": s4_records, "ms3": ms3_records, "avss": avss_records, "avss-ddeseg": avss_ddeseg_records, "vpo": vpo_records}
     if layout not in builders:

@@ -125,7 +125,6 @@ def derivation_explorer(model, frames, class_names: list[str], max_k: int | None
         truth.value = (f"<b>truly sounding:</b> {', '.join(sounding) or 'nothing'}<br><b>silent on screen:</b> "
                        f"{', '.join(silent) or 'none'}<br><b>missed at K={k}:</b> {', '.join(missed) or 'none'}")
         if dataset is not None:
-
             mixture = read_audio_segment(dataset.records[i], dataset.sample_rate)
             items = [("the frame's mixture (1 s)", mixture)]
             items += source_recordings(library, frames.sources.get(frames.clips[i]))
