@@ -15,8 +15,8 @@ from avs_lib.training.loop import learning_rate, parameter_groups, train
 
 def _config(out, **kw):
     """A tiny baseline run on 64 px frames, read by the config loader as ``avs train`` reads it."""
-    values = dict(image_size=64, epochs=3, flip="true", tracking="tensorboard",
-                  **{k: str(v).lower() if isinstance(v, bool) else v for k, v in kw.items()})
+    values = dict(image_size=64, epochs=3, flip="true", tracking="tensorboard")
+    values.update({k: str(v).lower() if isinstance(v, bool) else v for k, v in kw.items()})
     return load_config(None, tiny_run_overrides(out, **values))
 
 
