@@ -91,7 +91,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
                                         seed=args.seed, out=str(out), quiet=False, workers=args.workers,
                                         overwrite=args.rebuild, overwrite_option="--rebuild")
         _cmd_world(world_args)
-    from avs_lib.plots import world_overview
+    from avs_lib.viz.plots import world_overview
     from avs_lib.world.summary import describe_world
 
     print(describe_world(out))
@@ -100,7 +100,9 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     print(f"figure: {figure}")
     if args.no_notebooks:
         return 0
-    from avs_lib.runs import NotebookFailed, run_pipeline, update_readme_numbers
+    from avs_lib.experiments.notebooks import NotebookFailed
+    from avs_lib.experiments.pipeline import run_pipeline
+    from avs_lib.experiments.readme import update_readme_numbers
 
     batch = None
     try:
@@ -113,7 +115,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         if runs:
             print(f"run report: {runs[-1] / 'index.md'}")
     if args.update_readme:
-        from avs_lib.paths import repo_root
+        from avs_lib.core.paths import repo_root
 
         update_readme_numbers(batch, repo_root() / "README.md")
         print(f"README.md: the run-numbers table now quotes {batch}")
@@ -122,8 +124,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
 def _cmd_pretrain_audio(args: argparse.Namespace) -> int:
     """Pretrain (or find in the cache) the world's audio encoder; print where it is and its record."""
-    from avs_lib.paths import workbench_path
-    from avs_lib.pretrain import STEPS_PER_EPOCH, PretrainConfig, pretrained_encoder
+    from avs_lib.audio.pretrain import STEPS_PER_EPOCH, PretrainConfig, pretrained_encoder
+    from avs_lib.core.paths import workbench_path
 
     root = workbench_path(args.world)
     cache = workbench_path(args.cache) if args.cache else root / "cache"
@@ -138,9 +140,9 @@ def _cmd_pretrain_audio(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     import signal
 
-    from avs_lib.config import check_device, load_config
-    from avs_lib.runs import Interrupted
-    from avs_lib.train import train
+    from avs_lib.core.config import check_device, load_config
+    from avs_lib.experiments.notebooks import Interrupted
+    from avs_lib.training.loop import train
 
     config = load_config(args.config, args.overrides)  # every config error comes before any data work
     check_device(config)
@@ -160,7 +162,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _where_training_stands(config, args: argparse.Namespace) -> str:
     """For a stopped ``avs train``: the epoch its last.pt holds and how to continue (one line)."""
-    from avs_lib.checkpoints import CheckpointError, read_checkpoint
+    from avs_lib.core.errors import CheckpointError
+    from avs_lib.training.checkpoints import read_checkpoint
 
     last = Path(config.out) / "last.pt"
     again = " ".join([*(["--config", args.config] if args.config else []), *args.overrides])
@@ -178,7 +181,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    from avs_lib.train import evaluate_model, load_trained
+    from avs_lib.training.predict import evaluate_model, load_trained
 
     # verified: an unusable file is one CheckpointError; a dataset that is not there, one DataError
     model, config, prepared = load_trained(args.checkpoint, data_root=args.data_root)
@@ -192,7 +195,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import json
 
-    from avs_lib.runs import NotebookFailed, RunExists, notebook_parameters, run_notebook
+    from avs_lib.experiments.notebooks import NotebookFailed, RunExists, notebook_parameters, run_notebook
 
     defaults = notebook_parameters(args.notebook) if Path(args.notebook).is_file() else {}
     parameters = {}
@@ -219,7 +222,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_runs(args: argparse.Namespace) -> int:
     """Each run folder under --runs-dir with its status as seen from here (run_status): a run whose
     process died without a word shows as killed (same host) or lost (no heartbeat)."""
-    from avs_lib.runs import run_status
+    from avs_lib.experiments.notebooks import run_status
 
     root = Path(args.runs_dir)
     if not root.is_dir():
@@ -236,7 +239,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     import yaml
 
-    from avs_lib.runs import run_sweep
+    from avs_lib.experiments.sweep import run_sweep
 
     spec = yaml.safe_load(Path(args.grid).read_text())
     results = run_sweep(spec, parallel=args.parallel, runs_dir=args.runs_dir)
@@ -246,7 +249,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from avs_lib.report import gather, group_by_varying_parameters, markdown_table, summarise
+    from avs_lib.experiments.report import gather, group_by_varying_parameters, markdown_table, summarise
 
     runs = [Path(r) for r in args.runs] or sorted(p for p in Path(args.runs_dir).iterdir() if p.is_dir())
     table = gather(runs)
@@ -270,10 +273,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_ablation(args: argparse.Namespace) -> int:
-    from avs_lib.ablation import run_ablation
-    from avs_lib.config import load_config
-    from avs_lib.data.datasets import DataError
-    from avs_lib.paths import BUILD_HINT, workbench_path
+    from avs_lib.core.config import load_config
+    from avs_lib.core.errors import DataError
+    from avs_lib.core.errors import BUILD_HINT
+    from avs_lib.core.paths import workbench_path
+    from avs_lib.experiments.ablation import run_ablation
 
     overrides = list(args.overrides)
     seeds = tuple(int(s) for s in args.seeds.split(","))
@@ -292,9 +296,10 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    """avs embed: one [frames, d] .npy per clip of ROOT (all splits) with one encoder (avs_lib.embed)."""
-    from avs_lib.embed import embed_dataset, frame_encoder
-    from avs_lib.models.birdnet import BirdNETUnavailable
+    """avs embed: one [frames, d] .npy per clip of ROOT (all splits) with one encoder (avs_lib.audio.embed)."""
+    from avs_lib.audio.birdnet import BirdNETUnavailable
+    from avs_lib.audio.embed import embed_dataset
+    from avs_lib.audio.registry import frame_encoder
 
     try:
         encoder = frame_encoder(args.encoder, args.root, args.cache_dir, args.device, audio_dim=args.audio_dim,
@@ -425,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--seeds", default="0,1,2,3,4", help="seeds of the Table 3 rows (default: 0-4)")
     a.add_argument("--table4-seeds", default="0,1,2", help="seeds of Table 4's own rows and the extra rows (default: 0-2)")
     a.add_argument("--settings", default=None,
-                   help="';'-separated rows to run (default: all; the baseline always runs), see avs_lib.ablation.SETTINGS")
+                   help="';'-separated rows to run (default: all; the baseline always runs), see avs_lib.experiments.ablation.SETTINGS")
     a.add_argument("--quick", action="store_true", help="one seed, one epoch: check that every row runs")
     a.add_argument("--out", default="runs/ablation", help="training runs (reused when finished)")
     a.add_argument("--figures", default="figures/ablation", help="where the report and figure go")
@@ -456,9 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     the status of a process killed by that signal (143, 129, 130)."""
     import signal
 
-    from avs_lib.data.datasets import DataError
-    from avs_lib.files import DiskFull, disk_full, out_of_space
-    from avs_lib.runs import Interrupted, signals_to_interrupt
+    from avs_lib.core.errors import DataError
+    from avs_lib.core.files import DiskFull, disk_full, out_of_space
+    from avs_lib.experiments.notebooks import Interrupted, signals_to_interrupt
 
     args = build_parser().parse_args(argv)
     previous = signals_to_interrupt()

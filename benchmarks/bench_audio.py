@@ -25,10 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from avs_lib.audio_eval import encode, frame_audio, mixture_recall, nearest_centroid  # noqa: E402
-from avs_lib.features import build_world_memory, encoder_id  # noqa: E402
-from avs_lib.paths import workbench_path  # noqa: E402
-from avs_lib.pretrain import STEPS_PER_EPOCH, PretrainConfig, pretrained_encoder, world_setup  # noqa: E402
+from avs_lib.audio.encoders import encoder_id  # noqa: E402
+from avs_lib.audio.pretrain import STEPS_PER_EPOCH, PretrainConfig, pretrained_encoder, world_setup  # noqa: E402
+from avs_lib.audio.quality import encode, frame_audio, mixture_recall, nearest_centroid  # noqa: E402
+from avs_lib.core.paths import workbench_path  # noqa: E402
+from avs_lib.memory.io import build_world_memory
 from avs_lib.world.compose import heldout_member_names  # noqa: E402
 
 

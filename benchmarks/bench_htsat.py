@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from avs_lib.models.htsat import HTSAT
+from avs_lib.audio.htsat import HTSAT
 
 
 def run(frames: int = 16, batch: int = 16, device: str = "cpu", repeats: int = 2) -> dict:

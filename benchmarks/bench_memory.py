@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
-from avs_lib.memory import build_semantic_memory
+from avs_lib.memory.build import build_semantic_memory
 
 
 def synthetic_features(classes: int, per_class: int, dim: int, k: int, seed: int = 0) -> tuple[list[np.ndarray], np.ndarray]:

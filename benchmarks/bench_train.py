@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from avs_lib.losses import ddeseg_loss
 from avs_lib.models import build_model, count_parameters
+from avs_lib.training.losses import ddeseg_loss
 
 
 def measure(args, precision: str, channels_last: bool, compile_model: bool) -> dict:

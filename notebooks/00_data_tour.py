@@ -35,12 +35,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Audio, display
 
-from avs_lib.audio import vggish_log_mel
+from avs_lib.audio.frontends import vggish_log_mel
+from avs_lib.core.paths import notebook_paths
 from avs_lib.data.datasets import AVSDataset, clip_frames, load_sources
-from avs_lib.paths import notebook_paths
-from avs_lib.plots import overlay_mask, save
-from avs_lib.runs import save_metrics
-from avs_lib.widgets import clip_browser
+from avs_lib.experiments.notebooks import save_metrics
+from avs_lib.viz.plots import overlay_mask, save
+from avs_lib.viz.widgets import clip_browser
 from avs_lib.world.write import world_roots
 
 data_root, run_dir = notebook_paths(data_root, run_dir, '00_data_tour')

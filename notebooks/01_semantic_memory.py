@@ -40,13 +40,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avs_lib.audio_eval import encode, frame_audio, nearest_centroid
-from avs_lib.features import build_world_memory, encoder_id
-from avs_lib.memory import save_memory
-from avs_lib.paths import notebook_paths
-from avs_lib.plots import memory_map, pretraining_curves
-from avs_lib.pretrain import STEPS_PER_EPOCH, PretrainConfig, pretrained_encoder, world_setup
-from avs_lib.runs import save_metrics
+from avs_lib.audio.encoders import encoder_id
+from avs_lib.audio.pretrain import STEPS_PER_EPOCH, PretrainConfig, pretrained_encoder, world_setup
+from avs_lib.audio.quality import encode, frame_audio, nearest_centroid
+from avs_lib.core.paths import notebook_paths
+from avs_lib.experiments.notebooks import save_metrics
+from avs_lib.memory.io import build_world_memory
+from avs_lib.memory.io import save_memory
+from avs_lib.viz.plots import memory_map, pretraining_curves
 from avs_lib.world.compose import heldout_member_names
 
 data_root, run_dir = notebook_paths(data_root, run_dir, '01_semantic_memory')
@@ -58,7 +59,7 @@ print(f"{library.kind} library: {len(library.classes)} classes, {sum(len(c.membe
 
 # %% [markdown]
 # ## Pretraining: the world's AudioSet
-# Every step draws a fresh batch from `avs_lib.pretrain.MixtureStream`: windows of 1, 2 or 3
+# Every step draws a fresh batch from `avs_lib.audio.pretrain.MixtureStream`: windows of 1, 2 or 3
 # sources of distinct classes, each a real recording looped from a random point with a random
 # gain, over an ambience bed and white noise at the world's SNR (the mixing recipe of
 # `avs_lib.world.compose`); every multi-source window also brings its parts (each source alone over
@@ -89,7 +90,7 @@ print(f"{config.steps} steps of {config.batch_size} windows took {record['second
 #
 # ## The memory (Eq. 2-4)
 # `build_world_memory` embeds the single-source S4 training frames and calls
-# `avs_lib.memory.build_semantic_memory`, which computes for every class $c$ with features
+# `avs_lib.memory.build.build_semantic_memory`, which computes for every class $c$ with features
 # $\{x\}_c$:
 #
 # $$\mu^c = \frac{1}{|\{x\}_c|}\sum_{x\in\{x\}_c} x \quad\text{(Eq. 2)},\qquad
@@ -120,7 +121,7 @@ memory_map(memory, features.numpy(), labels, Path(run_dir) / "figures" / "memory
 # accuracy below measures.
 #
 # ## How well does the frozen encoder separate the classes?
-# Nearest-centroid accuracy (`avs_lib.audio_eval.nearest_centroid`) on clean single-source
+# Nearest-centroid accuracy (`avs_lib.audio.quality.nearest_centroid`) on clean single-source
 # frames, with a bootstrap 95 % interval over clips: the ceiling for what derivation can find in a
 # mixture. Where the world holds members out (`avs world --holdout-members 1`), frames of those
 # members, never heard in training, are scored apart.

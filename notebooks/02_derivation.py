@@ -54,17 +54,18 @@ import torch
 
 from IPython.display import Audio, display
 
-from avs_lib.analysis import derivation_recall
-from avs_lib.audio_eval import logit_recall_curve, token_view
-from avs_lib.config import load_config
+from avs_lib.analysis.inspect import derivation_recall
+from avs_lib.audio.pretrain import prepare_audio_encoder
+from avs_lib.audio.pretrain import world_setup
+from avs_lib.audio.quality import logit_recall_curve, token_view
+from avs_lib.core.config import load_config
+from avs_lib.core.paths import notebook_paths, workbench_path
 from avs_lib.data.datasets import AVSDataset, read_audio_segment
-from avs_lib.features import prepare_audio_encoder
-from avs_lib.paths import notebook_paths, workbench_path
-from avs_lib.plots import recall_curve, token_map
-from avs_lib.pretrain import world_setup
-from avs_lib.runs import save_metrics
-from avs_lib.train import shared_run_dir, train_or_load
-from avs_lib.widgets import derivation_explorer, source_recordings
+from avs_lib.experiments.notebooks import save_metrics
+from avs_lib.training.loop import train_or_load
+from avs_lib.training.runs import shared_run_dir
+from avs_lib.viz.plots import recall_curve, token_map
+from avs_lib.viz.widgets import derivation_explorer, source_recordings
 
 data_root, run_dir = notebook_paths(data_root, run_dir, '02_derivation')
 

@@ -49,14 +49,15 @@ run_dir = ""  # empty: runs/notebooks/03_elimination/ under the repository root
 import pandas as pd
 import torch
 
-from avs_lib.analysis import (elimination_analysis, elimination_auc, stage_token_scores, tau_sweep,
-                              token_categories, token_separation)
-from avs_lib.config import load_config
+from avs_lib.analysis.inspect import (elimination_analysis, elimination_auc, stage_token_scores, tau_sweep, token_separation)
+from avs_lib.analysis.truth import token_categories
+from avs_lib.core.config import load_config
+from avs_lib.core.paths import notebook_paths, workbench_path
 from avs_lib.data.transforms import normalise_images
-from avs_lib.paths import notebook_paths, workbench_path
-from avs_lib.plots import assignment_overlay, roc_figure, stage_score_distributions
-from avs_lib.runs import save_metrics
-from avs_lib.train import shared_run_dir, train_or_load
+from avs_lib.experiments.notebooks import save_metrics
+from avs_lib.training.loop import train_or_load
+from avs_lib.training.runs import shared_run_dir
+from avs_lib.viz.plots import assignment_overlay, roc_figure, stage_score_distributions
 
 data_root, run_dir = notebook_paths(data_root, run_dir, '03_elimination')
 
@@ -104,7 +105,7 @@ assignment_overlay(test.images[frame_index].permute(1, 2, 0).numpy(), assignment
 #
 # The audio tokens $\hat A$ attend to the centres (multi-head cross-attention, with the token added
 # back when `elimination_residual` is on) and an MLP scores each token
-# (`DynamicElimination.forward`, collected per stage by `avs_lib.analysis.stage_token_scores`):
+# (`DynamicElimination.forward`, collected per stage by `avs_lib.analysis.inspect.stage_token_scores`):
 #
 # $$F_{av} = \mathrm{MCA}(\hat A, C_v) \tag{15}$$
 #
@@ -127,7 +128,7 @@ stage_score_distributions({k: v.numpy() for k, v in stage_scores.items()}, categ
 # ## Do the scores differ within a frame?
 #
 # Elimination can only choose between sources if the K scores of one frame differ. The spread of
-# the scores across a frame's tokens, averaged over frames (`avs_lib.analysis.score_spread`): the
+# the scores across a frame's tokens, averaged over frames (`avs_lib.analysis.inspect.score_spread`): the
 # standard deviation of $S$, its range, and the standard deviation of $\log S$ (the spread of the
 # log-bias the tokens get in fusion).
 
@@ -144,7 +145,7 @@ spread
 #
 # Scores that do not differ may be the module's failure, or the loss's indifference: if the K
 # tokens derivation gives a frame are nearly one vector, keeping or dropping one changes little
-# for the segmentation loss. `avs_lib.analysis.token_separation` measures it on the test frames:
+# for the segmentation loss. `avs_lib.analysis.inspect.token_separation` measures it on the test frames:
 # the mean distance between two tokens of one frame, the tokens' norm, and the mean distance
 # between the mean tokens of two frames (after Eq. 8, `derived`, and after Eq. 12, `enhanced`,
 # the tokens that elimination scores).
@@ -170,7 +171,7 @@ pd.DataFrame(separation).T
 # token whose class is off screen only or silent (0.5: no choice between a frame's tokens), with a
 # bootstrap 95 % interval over clips; the pooled AUC pools on-screen and off-screen-only tokens over
 # all frames, so a gate that only varies from frame to frame can score well on it
-# (`avs_lib.analysis.elimination_analysis`).
+# (`avs_lib.analysis.inspect.elimination_analysis`).
 
 # %%
 table = pd.DataFrame({stage: {"within-frame AUC": a["within_frame"]["auc"],
@@ -200,7 +201,7 @@ roc_figure(result["labels"], result["scores"], "elimination scores (pooled)", fi
 #
 # ## The temperature tau
 # $\tau$ in Eq. 13 sharpens (small) or flattens (large) the assignment. The model was trained at
-# its own $\tau$; `avs_lib.analysis.tau_sweep` changes it at evaluation only and restores it
+# its own $\tau$; `avs_lib.analysis.inspect.tau_sweep` changes it at evaluation only and restores it
 # afterwards.
 
 # %%

@@ -20,7 +20,7 @@
 # names its class better: t-SNE maps of the audio features of the baseline, with derivation, and of
 # the full model, and a linear probe that classifies events from them (the paper reports an
 # 11-point macro-F1 gain for the full model). We redo it on the default world with
-# `avs_lib.probe`. The representation of a frame is the mean of the K audio tokens that enter the
+# `avs_lib.analysis.probe`. The representation of a frame is the mean of the K audio tokens that enter the
 # last stage,
 #
 # $$r = \frac{1}{K}\sum_{i=1}^{K} \hat a_i^{(4)},$$
@@ -47,13 +47,15 @@ from pathlib import Path
 import pandas as pd
 import plotly.express as px
 
-from avs_lib.config import load_config
-from avs_lib.features import prepare
-from avs_lib.paths import notebook_paths, workbench_path
-from avs_lib.plots import embedding_figure, write_interactive_html
-from avs_lib.probe import class_labels, last_stage_representation, linear_probe_f1, maps_2d
-from avs_lib.runs import save_metrics
-from avs_lib.train import load_trained, shared_run_dir, train_once
+from avs_lib.analysis.probe import class_labels, last_stage_representation, linear_probe_f1, maps_2d
+from avs_lib.core.config import load_config
+from avs_lib.core.paths import notebook_paths, workbench_path
+from avs_lib.experiments.notebooks import save_metrics
+from avs_lib.training.loop import train_once
+from avs_lib.training.predict import load_trained
+from avs_lib.training.prepare import prepare
+from avs_lib.training.runs import shared_run_dir
+from avs_lib.viz.plots import embedding_figure, write_interactive_html
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "04_tsne_probe")
 

@@ -19,11 +19,11 @@
 # Train a configuration (any YAML in `configs/` plus overrides), watch the learning curve, place
 # the model between a **floor** and a **ceiling**, look at its masks and at where its audio tokens
 # attend, and evaluate it in the three metric conventions. The loss is DDESeg's Eq. 18
-# (`avs_lib.losses.ddeseg_loss`) on the predicted mask $M$ and the ground truth $Y$:
+# (`avs_lib.training.losses.ddeseg_loss`) on the predicted mask $M$ and the ground truth $Y$:
 #
 # $$\mathcal{L} = 5\,\mathcal{L}_{Dice}(M, Y) + 5\,\mathcal{L}_{BCE}(M, Y) + 2\,\mathcal{L}_{IoU}(M, Y).$$
 #
-# The optimiser is AdamW with a linear warm-up and a cosine decay (`avs_lib.train`); a second Run All
+# The optimiser is AdamW with a linear warm-up and a cosine decay (`avs_lib.training.loop`); a second Run All
 # reuses the trained models.
 
 # %% tags=["parameters"]
@@ -42,15 +42,18 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from avs_lib.analysis import pointing_accuracy
-from avs_lib.config import load_config
+from avs_lib.analysis.evaluation import evaluation_table, headroom
+from avs_lib.analysis.inspect import pointing_accuracy
+from avs_lib.core.config import load_config
+from avs_lib.core.paths import notebook_paths, workbench_path
+from avs_lib.data.datasets import world_frame_size
 from avs_lib.data.transforms import normalise_images
-from avs_lib.evaluation import evaluation_table, headroom
-from avs_lib.features import prepare, world_frame_size
-from avs_lib.paths import notebook_paths, workbench_path
-from avs_lib.plots import headroom_figure, qualitative, training_curves
-from avs_lib.runs import save_metrics
-from avs_lib.train import late_gain, load_trained, shared_run_dir, train_once
+from avs_lib.experiments.notebooks import save_metrics
+from avs_lib.training.loop import late_gain, train_once
+from avs_lib.training.predict import load_trained
+from avs_lib.training.prepare import prepare
+from avs_lib.training.runs import shared_run_dir
+from avs_lib.viz.plots import headroom_figure, qualitative, training_curves
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "05_training")
 
@@ -76,7 +79,7 @@ print(f"{len(prepared.train)} training frames, {config.epochs} epochs; validatio
 #
 # ## The window: floor, model, ceiling
 # A comparison of models can only be read inside the range the data allows. Two instruments bound
-# it, each trained exactly like the model (`avs_lib.evaluation.headroom`):
+# it, each trained exactly like the model (`avs_lib.analysis.evaluation.headroom`):
 #
 # * the **floor**: the same training with the audio zeroed (`zero_audio=true`), a model that never
 #   hears; it can still learn which objects tend to sound;
@@ -109,7 +112,7 @@ window
 # was derived from. A token whose map lights up the object of its class is one the fusion uses as
 # DDESeg intends.
 #
-# **Pointing accuracy** (`avs_lib.analysis.pointing_accuracy`) turns that into a number over the
+# **Pointing accuracy** (`avs_lib.analysis.inspect.pointing_accuracy`) turns that into a number over the
 # whole test split: for each object sounding on screen, does the attention map of the token derived
 # for its class peak inside the object? An object whose class no token was derived for counts as a
 # miss; chance is roughly the share of the frame the object covers.
@@ -136,9 +139,9 @@ qualitative(test.images[pick].permute(0, 2, 3, 1).numpy(), test.masks[pick].nump
 
 # %% [markdown]
 # ## Evaluation in every convention, and what a number is worth
-# The conventions differ (`avs_lib/metrics.py`): AVSBench's F depends on the test batch size, the
+# The conventions differ (`avs_lib/analysis/metrics.py`): AVSBench's F depends on the test batch size, the
 # dataset-level one sums intersections and unions over the whole set, the default is per frame.
-# Two trivial baselines (`avs_lib.evaluation`) bound what the numbers mean: every pixel predicted
+# Two trivial baselines (`avs_lib.analysis.evaluation`) bound what the numbers mean: every pixel predicted
 # as sounding (a model that does not look), and this model with its audio zeroed at test time (a
 # model that does not listen, though it was trained to). The floor above is the fairer bound: a
 # model trained without sound.

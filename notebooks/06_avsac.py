@@ -34,11 +34,11 @@ from dataclasses import replace
 
 import pandas as pd
 
-from avs_lib.config import load_config
-from avs_lib.features import prepare
-from avs_lib.paths import notebook_paths, workbench_path
-from avs_lib.runs import save_metrics
-from avs_lib.train import train_once
+from avs_lib.core.config import load_config
+from avs_lib.core.paths import notebook_paths, workbench_path
+from avs_lib.experiments.notebooks import save_metrics
+from avs_lib.training.loop import train_once
+from avs_lib.training.prepare import prepare
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "06_avsac")
 
@@ -48,9 +48,9 @@ prepared = prepare(base)
 
 # %% [markdown]
 # ## The three models
-# AVSAC's loss (AVSAC Eq. 5, `avs_lib.losses.avsac_loss`) is Focal + Dice on the mask plus,
+# AVSAC's loss (AVSAC Eq. 5, `avs_lib.training.losses.avsac_loss`) is Focal + Dice on the mask plus,
 # weighted by $\lambda$ (`avfs_weight`), the frame-wise synchrony term (AVSAC Eq. 4,
-# `avs_lib.losses.avfs_loss`):
+# `avs_lib.training.losses.avfs_loss`):
 #
 # $$\mathcal{L} = \mathcal{L}_{Focal} + \mathcal{L}_{Dice} + \lambda\,\mathcal{L}_{AVFS},\qquad
 # \mathcal{L}_{AVFS} = \mathrm{KL}\big(\mathrm{softmax}(F_a)\,\|\,\mathrm{softmax}(F_{AGV})\big),$$

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from avs_lib import audio
+from avs_lib.audio import frontends as audio
 
 
 def _tone(freq, seconds, sr, amplitude=0.5):

@@ -6,7 +6,8 @@ import pytest
 from PIL import Image
 
 from avs_lib.cli import main
-from avs_lib.data.datasets import AVSDataset, DataError, check_data
+from avs_lib.core.errors import DataError
+from avs_lib.data.datasets import AVSDataset, check_data
 from avs_lib.world.write import world_roots
 
 

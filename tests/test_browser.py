@@ -3,7 +3,6 @@ committed notebook 02 opened unmodified in headless Chromium (Playwright driving
 /usr/bin/chromium), Run All, Run All again (it must reuse what the first run trained), then the
 explorer's K slider moved and its figure seen to follow. A screenshot goes to figures/."""
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,15 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
+
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (make test installs it)")
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -42,7 +37,7 @@ def lab(tmp_path, notebook_world):
     docmanager = tmp_path / "settings" / "@jupyterlab" / "docmanager-extension"
     docmanager.mkdir(parents=True)
     (docmanager / "plugin.jupyterlab-settings").write_text('{"autosave": false}')
-    port = _free_port()
+    port = free_port()
     env = {**{k: v for k, v in os.environ.items() if k != "AVS_HOME"}, "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}
     args = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",

@@ -6,7 +6,8 @@ import sys
 import pytest
 from hypothesis import given, strategies as st
 
-from avs_lib.config import ConfigError, TrainConfig, check_values, load_config
+from avs_lib.core.config import check_values, load_config, TrainConfig
+from avs_lib.core.errors import ConfigError
 from avs_lib.models import DDESegConfig
 
 

@@ -3,7 +3,6 @@ match one process, and an elastic restart after a worker is killed mid-epoch res
 and ends with the weights of an uninterrupted run."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,15 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import free_port
 from avs_lib.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +39,7 @@ def _torchrun(args: list[str], out: Path, nnodes: int, nproc: int, extra_env: di
               max_restarts: int = 0) -> list[subprocess.CompletedProcess]:
     """``nnodes`` torchrun agents on this machine (one c10d rendezvous), each with ``nproc`` workers
     running ``avs train``; returns each agent's completed process."""
-    port = _free_port()
+    port = free_port()
     # a rendezvous store per round: torchrun's shared store keeps the previous attempt's addresses,
     # which a restarted group can read (README, "Running on a cluster")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1", **(extra_env or {})}

@@ -7,34 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from avs_lib.analysis import score_spread, separation_of_tokens, within_frame_auc
-from avs_lib.losses import capacity_loss
-from avs_lib.memory import build_semantic_memory
+from conftest import small_memory, softmax, to_numpy
+from avs_lib.analysis.inspect import score_spread, separation_of_tokens, within_frame_auc
 from avs_lib.models import build_model
 from avs_lib.models.ddeseg import FIRST_READING
 from avs_lib.models.elimination import DynamicElimination, ReleasedAligner, gumbel_soft_assignment
 from avs_lib.models.mit import AudioCrossAttention
-
-
-def _np(t):
-    return t.detach().double().numpy()
-
-
-def softmax(x, axis=-1):
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+from avs_lib.training.losses import capacity_loss
 
 
 def sigmoid(x):
     return 1 / (1 + np.exp(-x))
-
-
-def _memory(audio_dim=16, classes=6):
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(classes), 12)
-    features = rng.normal(size=(len(labels), audio_dim)) + labels[:, None]
-    return build_semantic_memory(torch.tensor(features, dtype=torch.float32), torch.tensor(labels), k=2, m=3, seed=0,
-                                 class_names=[f"c{i}" for i in range(classes)])
 
 
 def _heads(x, h):
@@ -49,29 +32,29 @@ def test_released_aligner_against_numpy():
     module = ReleasedAligner(c, num_centres=kc, heads=h).double().eval()
     tokens, visual = torch.randn(1, k, c, dtype=torch.float64), torch.randn(1, n, c, dtype=torch.float64)
     gated, out = module(tokens, visual)
-    a, v, centres = _np(tokens[0]), _np(visual[0]), _np(module.centres)
+    a, v, centres = to_numpy(tokens[0]), to_numpy(visual[0]), to_numpy(module.centres)
     o = softmax(v @ centres.T)  # Eq. 13 at tau 1, no noise in eval
     recon = o @ centres  # Eq. 14 as printed: one reconstruction per pixel [N, C]
     av = module.audio_visual
-    q, kk, vv = (_heads(x, h) for x in (a @ _np(av.q.weight).T, recon @ _np(av.k.weight).T, recon @ _np(av.v.weight).T))
+    q, kk, vv = (_heads(x, h) for x in (a @ to_numpy(av.q.weight).T, recon @ to_numpy(av.k.weight).T, recon @ to_numpy(av.v.weight).T))
     f_av = (softmax(q @ kk.transpose(0, 2, 1) / np.sqrt(c // h)) @ vv).transpose(1, 0, 2).reshape(k, c)  # no out proj
-    s = softmax(f_av @ _np(module.fc.weight).T[:, 0] + _np(module.fc.bias)[0])  # softmax over the K tokens
+    s = softmax(f_av @ to_numpy(module.fc.weight).T[:, 0] + to_numpy(module.fc.bias)[0])  # softmax over the K tokens
     pooled = (s[:, None] * a).sum(0, keepdims=True)  # [1, C]
     va = module.visual_audio
-    q2, k2, v2 = (_heads(x, h) for x in (v @ _np(va.q.weight).T, pooled @ _np(va.k.weight).T, pooled @ _np(va.v.weight).T))
+    q2, k2, v2 = (_heads(x, h) for x in (v @ to_numpy(va.q.weight).T, pooled @ to_numpy(va.k.weight).T, pooled @ to_numpy(va.v.weight).T))
     gate = sigmoid(q2 @ k2.transpose(0, 2, 1) / np.sqrt(c // h))  # [h, N, 1]
     expected = v + (gate @ v2).transpose(1, 0, 2).reshape(n, c)  # residual
-    np.testing.assert_allclose(_np(out.assignment[0]), o, atol=1e-10)
-    np.testing.assert_allclose(_np(out.scores[0]), s, atol=1e-10)
-    np.testing.assert_allclose(_np(gated[0]), expected, atol=1e-10)
-    np.testing.assert_allclose(_np(out.gate[0]), gate[..., 0].mean(0), atol=1e-10)
+    np.testing.assert_allclose(to_numpy(out.assignment[0]), o, atol=1e-10)
+    np.testing.assert_allclose(to_numpy(out.scores[0]), s, atol=1e-10)
+    np.testing.assert_allclose(to_numpy(gated[0]), expected, atol=1e-10)
+    np.testing.assert_allclose(to_numpy(out.gate[0]), gate[..., 0].mean(0), atol=1e-10)
     assert torch.equal(out.tokens, tokens)  # released: the tokens themselves are not scaled
     assert not any(layer.bias is not None for layer in (av.q, av.k, av.v, va.q, va.k, va.v))
 
 
 def test_released_model_scores_original_tokens_at_every_stage_with_plain_blocks():
     torch.manual_seed(1)
-    model = build_model("ddeseg", variant="released", memory=_memory()).eval()
+    model = build_model("ddeseg", variant="released", memory=small_memory()).eval()
     assert not any("cross_attn" in name for name, _ in model.named_parameters())  # blocks without audio attention
     assert len(model.eliminations) == 4 and all(isinstance(m, ReleasedAligner) for m in model.eliminations)
     seen = []
@@ -99,22 +82,22 @@ def test_printed_update_with_residual_and_unit_centres_against_numpy():
     assert module.centres.norm(dim=1).mean() > 1.5  # randn, not randn * d^-0.5 (norm about sqrt(d) = 2.8)
     tokens, visual = torch.randn(1, k, d, dtype=torch.float64), torch.randn(1, n, d, dtype=torch.float64)
     out = module(tokens, visual)
-    keys = _np(module.norm_visual(visual)[0])
-    o = softmax(keys @ _np(module.centres).T / 0.5)
-    recon = o @ _np(module.centres)  # [N, d]
+    keys = to_numpy(module.norm_visual(visual)[0])
+    o = softmax(keys @ to_numpy(module.centres).T / 0.5)
+    recon = o @ to_numpy(module.centres)  # [N, d]
     att = module.cross_attention
-    w_q, w_k, w_v = np.split(_np(att.in_proj_weight), 3)
-    b_q, b_k, b_v = np.split(_np(att.in_proj_bias), 3)
-    q = _np(module.norm_audio(tokens)[0]) @ w_q.T + b_q
+    w_q, w_k, w_v = np.split(to_numpy(att.in_proj_weight), 3)
+    b_q, b_k, b_v = np.split(to_numpy(att.in_proj_bias), 3)
+    q = to_numpy(module.norm_audio(tokens)[0]) @ w_q.T + b_q
     f = softmax(q @ (recon @ w_k.T + b_k).T / np.sqrt(d)) @ (recon @ w_v.T + b_v)
-    f = f @ _np(att.out_proj.weight).T + _np(att.out_proj.bias)
-    f_av = _np(tokens[0]) + f  # the residual
-    hidden = f_av @ _np(module.score_mlp[0].weight).T + _np(module.score_mlp[0].bias)
+    f = f @ to_numpy(att.out_proj.weight).T + to_numpy(att.out_proj.bias)
+    f_av = to_numpy(tokens[0]) + f  # the residual
+    hidden = f_av @ to_numpy(module.score_mlp[0].weight).T + to_numpy(module.score_mlp[0].bias)
     from scipy.special import erf
     hidden = 0.5 * hidden * (1 + erf(hidden / np.sqrt(2)))
-    logits = hidden @ _np(module.score_mlp[2].weight).T[:, 0] + _np(module.score_mlp[2].bias)[0]
-    np.testing.assert_allclose(_np(out.scores[0]), sigmoid(logits), atol=1e-8)
-    np.testing.assert_allclose(_np(out.log_scores[0]), np.log(sigmoid(logits)), atol=1e-8)
+    logits = hidden @ to_numpy(module.score_mlp[2].weight).T[:, 0] + to_numpy(module.score_mlp[2].bias)[0]
+    np.testing.assert_allclose(to_numpy(out.scores[0]), sigmoid(logits), atol=1e-8)
+    np.testing.assert_allclose(to_numpy(out.log_scores[0]), np.log(sigmoid(logits)), atol=1e-8)
 
 
 def test_hard_gumbel_is_one_hot_forward_with_soft_gradient():
@@ -144,8 +127,8 @@ def test_first_reading_centres_collapse_and_choosing_reading_spreads():
 def test_log_bias_model_keeps_tokens_and_scale_model_scales_them():
     torch.manual_seed(4)
     image, audio = torch.randn(2, 3, 64, 64), torch.randn(2, 16)
-    choosing = build_model("ddeseg", memory=_memory()).eval()
-    first = build_model("ddeseg", memory=_memory(), **FIRST_READING).eval()
+    choosing = build_model("ddeseg", memory=small_memory()).eval()
+    first = build_model("ddeseg", memory=small_memory(), **FIRST_READING).eval()
     assert any(n.endswith("cross_attn.null_key") for n, _ in choosing.named_parameters())
     assert not any("null_key" in n for n, _ in first.named_parameters())
     with torch.no_grad():
@@ -157,15 +140,15 @@ def test_log_bias_model_keeps_tokens_and_scale_model_scales_them():
 # ----------------------------------------------------------------------------- fusion attention
 def _attention_numpy(layer, visual, audio, bias, null):
     d = visual.shape[-1]
-    w_q, w_k, w_v = np.split(_np(layer.attn.in_proj_weight), 3)
-    b_q, b_k, b_v = np.split(_np(layer.attn.in_proj_bias), 3)
+    w_q, w_k, w_v = np.split(to_numpy(layer.attn.in_proj_weight), 3)
+    b_q, b_k, b_v = np.split(to_numpy(layer.attn.in_proj_bias), 3)
     q, k, v = visual @ w_q.T + b_q, audio @ w_k.T + b_k, audio @ w_v.T + b_v
     logits = q @ k.T / np.sqrt(d) + bias[None, :]
     if null is not None:
         logits = np.concatenate([logits, (q @ null / np.sqrt(d))[:, None]], 1)
         v = np.concatenate([v, np.zeros((1, d))], 0)  # the null key's value is 0
     weights = softmax(logits)
-    return weights @ v @ _np(layer.attn.out_proj.weight).T + _np(layer.attn.out_proj.bias), weights
+    return weights @ v @ to_numpy(layer.attn.out_proj.weight).T + to_numpy(layer.attn.out_proj.bias), weights
 
 
 def test_log_bias_and_null_key_against_numpy():
@@ -176,9 +159,9 @@ def test_log_bias_and_null_key_against_numpy():
     visual, audio = torch.randn(1, 7, 6, dtype=torch.float64), torch.randn(1, 3, 6, dtype=torch.float64)
     bias = torch.tensor([[0.0, -1.5, 0.7]], dtype=torch.float64)
     out, weights = layer(visual, audio, bias)
-    expected, w = _attention_numpy(layer, _np(visual[0]), _np(audio[0]), _np(bias[0]), _np(layer.null_key))
-    np.testing.assert_allclose(_np(out[0]), expected, atol=1e-10)
-    np.testing.assert_allclose(_np(weights[0]), w[:, :3], atol=1e-10)
+    expected, w = _attention_numpy(layer, to_numpy(visual[0]), to_numpy(audio[0]), to_numpy(bias[0]), to_numpy(layer.null_key))
+    np.testing.assert_allclose(to_numpy(out[0]), expected, atol=1e-10)
+    np.testing.assert_allclose(to_numpy(weights[0]), w[:, :3], atol=1e-10)
 
 
 def test_minus_infinite_log_bias_with_a_null_key_removes_the_token():
@@ -255,7 +238,7 @@ def test_paired_differences_and_intervals():
     import pandas as pd
     from scipy import stats
 
-    from avs_lib.ablation import interval_table, plan
+    from avs_lib.experiments.ablation import interval_table, plan
 
     table = pd.DataFrame({"setting": ["baseline"] * 3 + ["full"] * 3, "seed": [0, 1, 2] * 2,
                           "JF": [0.40, 0.50, 0.45, 0.42, 0.53, 0.46]})
@@ -274,8 +257,8 @@ def test_paired_differences_and_intervals():
 
 
 def test_run_ablation_writes_every_row_with_intervals(notebook_world, tmp_path):
-    from avs_lib.ablation import CAPACITY, run_ablation
-    from avs_lib.config import load_config
+    from avs_lib.core.config import load_config
+    from avs_lib.experiments.ablation import CAPACITY, run_ablation
 
     config = load_config(None, [f"data_root={notebook_world}", "image_size=32", "epochs=1", "encoder_epochs=1",
                                 "device=cpu", f"cache_dir={tmp_path / 'cache'}", "progress=false"])

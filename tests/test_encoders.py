@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 from PIL import Image
 
-from avs_lib.models.audio_encoders import (PrecomputedEmbeddings, VGGish, load_htsat, load_vggish,
+from avs_lib.audio.encoders import (PrecomputedEmbeddings, VGGish, load_htsat, load_vggish,
                                            train_small_audio_encoder)
 from avs_lib.models.efficientnet import Conv2dSame, efficientnet_lite0
 

@@ -4,26 +4,18 @@ import pytest
 import torch
 from scipy.special import erf
 
+from conftest import softmax, to_numpy
 from avs_lib.models.derivation import DiscriminativeEnhancement, DynamicDerivation, PrototypeDerivation, nearest_centres
 from avs_lib.models.elimination import SCHEMES, DynamicElimination, gumbel_soft_assignment
-
-
-def _np(t):
-    return t.detach().double().numpy()
 
 
 def gelu(x):
     return 0.5 * x * (1 + erf(x / np.sqrt(2)))
 
 
-def softmax(x, axis=-1):
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
-
-
 def linear(layer, x):
-    out = x @ _np(layer.weight).T
-    return out + _np(layer.bias) if layer.bias is not None else out
+    out = x @ to_numpy(layer.weight).T
+    return out + to_numpy(layer.bias) if layer.bias is not None else out
 
 
 def test_nearest_centres_match_brute_force():
@@ -45,15 +37,15 @@ def test_prototype_derivation_eq5_to_8(variant):
     audio, centres = torch.randn(2, d, dtype=torch.float64), torch.randn(2, k, d, dtype=torch.float64)
     derived, weights, compensation = module(audio, centres)
     for b in range(2):
-        f_a = _np(audio[b])
-        edges = [gelu(linear(module.edge, _np(centres[b, i]) - f_a)) for i in range(k)]  # Eq. 5
+        f_a = to_numpy(audio[b])
+        edges = [gelu(linear(module.edge, to_numpy(centres[b, i]) - f_a)) for i in range(k)]  # Eq. 5
         w = softmax(np.array([linear(module.fusion, e)[0] for e in edges]))  # Eq. 6
         for i in range(k):
             delta = np.tanh(linear(module.compensation, f_a + w[i] * edges[i]))  # Eq. 7
             expected = f_a + delta if variant == "paper" else f_a * (1 + delta)  # Eq. 8
-            np.testing.assert_allclose(_np(compensation[b, i]), delta, atol=1e-10)
-            np.testing.assert_allclose(_np(derived[b, i]), expected, atol=1e-10)
-        np.testing.assert_allclose(_np(weights[b]), w, atol=1e-10)
+            np.testing.assert_allclose(to_numpy(compensation[b, i]), delta, atol=1e-10)
+            np.testing.assert_allclose(to_numpy(derived[b, i]), expected, atol=1e-10)
+        np.testing.assert_allclose(to_numpy(weights[b]), w, atol=1e-10)
 
 
 @pytest.mark.parametrize("pooling", ["all", "per_subcluster"])
@@ -65,8 +57,8 @@ def test_discriminative_enhancement_eq9_to_12(pooling):
     features = torch.randn(1, n_tok, k, m, d, dtype=torch.float64)
     enhanced, _, offsets = module(derived, features)
     for i in range(n_tok):
-        a = _np(derived[0, i])
-        x = _np(features[0, i])  # [k, m, d]
+        a = to_numpy(derived[0, i])
+        x = to_numpy(features[0, i])  # [k, m, d]
         edges = gelu(linear(module.edge, x - a))  # Eq. 9
         logits = linear(module.fusion, edges)[..., 0]  # [k, m]
         if pooling == "all":
@@ -78,8 +70,8 @@ def test_discriminative_enhancement_eq9_to_12(pooling):
                 w = softmax(logits[j])
                 offs.append(np.tanh(linear(module.offset, (w[:, None] * edges[j]).sum(0))))
             offset = np.mean(offs, axis=0)
-        np.testing.assert_allclose(_np(offsets[0, i]), offset, atol=1e-10)
-        np.testing.assert_allclose(_np(enhanced[0, i]), a * (1 + offset), atol=1e-10)  # Eq. 12
+        np.testing.assert_allclose(to_numpy(offsets[0, i]), offset, atol=1e-10)
+        np.testing.assert_allclose(to_numpy(enhanced[0, i]), a * (1 + offset), atol=1e-10)  # Eq. 12
 
 
 def test_dynamic_derivation_uses_the_memory_of_the_nearest_classes():
@@ -131,23 +123,23 @@ def test_elimination_eq13_to_17_in_eval_mode():
     tokens, visual = torch.randn(1, n_tok, d, dtype=torch.float64), torch.randn(1, n, d, dtype=torch.float64)
     out = module(tokens, visual)
     keys = module.norm_visual(visual)[0].detach().double().numpy()
-    o = softmax(keys @ _np(module.centres).T / 0.7)  # Eq. 13, no noise in eval
-    np.testing.assert_allclose(_np(out.assignment[0]), o, atol=1e-10)
+    o = softmax(keys @ to_numpy(module.centres).T / 0.7)  # Eq. 13, no noise in eval
+    np.testing.assert_allclose(to_numpy(out.assignment[0]), o, atol=1e-10)
     refined = (o.T @ keys) / o.sum(0)[:, None]  # Eq. 14 (assigned mean)
     queries = module.norm_audio(tokens)[0].detach().double().numpy()
     attention = module.cross_attention
-    w_q, w_k, w_v = np.split(_np(attention.in_proj_weight), 3)
-    b_q, b_k, b_v = np.split(_np(attention.in_proj_bias), 3)
+    w_q, w_k, w_v = np.split(to_numpy(attention.in_proj_weight), 3)
+    b_q, b_k, b_v = np.split(to_numpy(attention.in_proj_bias), 3)
     q, k_, v = queries @ w_q.T + b_q, refined @ w_k.T + b_k, refined @ w_v.T + b_v
     heads = []
     for h in range(2):
         sl = slice(h * d // 2, (h + 1) * d // 2)
         heads.append(softmax(q[:, sl] @ k_[:, sl].T / np.sqrt(d // 2)) @ v[:, sl])
-    f_av = np.concatenate(heads, 1) @ _np(attention.out_proj.weight).T + _np(attention.out_proj.bias)  # Eq. 15
+    f_av = np.concatenate(heads, 1) @ to_numpy(attention.out_proj.weight).T + to_numpy(attention.out_proj.bias)  # Eq. 15
     hidden = gelu(linear(module.score_mlp[0], f_av))
     scores = 1 / (1 + np.exp(-linear(module.score_mlp[2], hidden)[:, 0]))  # Eq. 16
-    np.testing.assert_allclose(_np(out.scores[0]), scores, atol=1e-8)
-    np.testing.assert_allclose(_np(out.tokens[0]), scores[:, None] * _np(tokens[0]), atol=1e-8)  # Eq. 17
+    np.testing.assert_allclose(to_numpy(out.scores[0]), scores, atol=1e-8)
+    np.testing.assert_allclose(to_numpy(out.tokens[0]), scores[:, None] * to_numpy(tokens[0]), atol=1e-8)  # Eq. 17
     assert ((out.scores >= 0) & (out.scores <= 1)).all()
 
 

@@ -14,43 +14,26 @@ import numpy as np
 import pytest
 import torch
 
-from avs_lib.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
+from conftest import synthetic_prepared, tiny_run_overrides
 from avs_lib.cli import main
-from avs_lib.config import load_config
-from avs_lib.features import FrameSet, Prepared
-from avs_lib.locks import RunLock, RunLocked
-from avs_lib.memory import MemoryFileError, build_semantic_memory, load_memory, save_memory
-from avs_lib.train import load_trained, train
+from avs_lib.core.config import load_config
+from avs_lib.core.errors import CheckpointError, MemoryFileError
+from avs_lib.core.locks import RunLock, RunLocked
+from avs_lib.memory.build import build_semantic_memory
+from avs_lib.memory.io import load_memory, save_memory
+from avs_lib.training.checkpoints import read_checkpoint, save_checkpoint
+from avs_lib.training.loop import train
+from avs_lib.training.predict import load_trained
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- a tiny synthetic run
-def _frames(n, seed, size=32, dim=128):
-    g = torch.Generator().manual_seed(seed)
-    masks = torch.zeros(n, size, size, dtype=torch.long)
-    for i in range(n):
-        x = int(torch.randint(0, size - 10, (1,), generator=g))
-        masks[i, 5:15, x:x + 10] = 1
-    return FrameSet((torch.rand(n, 3, size, size, generator=g) * 255).to(torch.uint8), masks,
-                    torch.ones(n, dtype=torch.bool), torch.randn(n, dim, generator=g),
-                    [f"c{i // 4}" for i in range(n)], [i % 4 for i in range(n)], ["x"] * n)
-
-
-def _prepared():
-    return Prepared(_frames(8, 0), _frames(4, 1), _frames(4, 2), memory=None, num_classes=1)
-
-
-def _overrides(out, **kw):
-    values = dict(model="baseline", ablation="null", size="tiny", image_size=32, epochs=2, batch_size=4, lr=0.001,
-                  min_lr=0.0001, warmup_epochs=1, seed=3, device="cpu", out=out, progress="false", tracking="none")
-    values.update(kw)
-    return [f"{k}={v}" for k, v in values.items()] + ["switches.decoder_dropout=0.0", "switches.decoder_norm=group"]
 
 
 def _train(out, **kw):
-    overrides = _overrides(out, **kw)
-    return train(load_config(None, overrides), _prepared()), overrides
+    overrides = tiny_run_overrides(out, **kw)
+    return train(load_config(None, overrides), synthetic_prepared()), overrides
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +93,7 @@ def test_resume_refuses_another_config_and_keeps_config_json(one_epoch, tmp_path
 
 def test_resume_may_add_epochs(one_epoch, tmp_path):
     run, overrides = _copy_run(one_epoch, tmp_path)
-    result = train(load_config(None, [*overrides, "resume=true", "epochs=3", "stop_after_epoch=null"]), _prepared())
+    result = train(load_config(None, [*overrides, "resume=true", "epochs=3", "stop_after_epoch=null"]), synthetic_prepared())
     assert result["epochs"] == 3 and len(result["history"]) == 3
     assert json.loads((run / "config.json").read_text())["epochs"] == 3
 
@@ -127,7 +110,7 @@ def test_log_and_checkpoint_never_disagree_after_resume(one_epoch, tmp_path):
     straight, _ = _train(tmp_path / "straight")
     run, overrides = _copy_run(one_epoch, tmp_path)
     (run / "log.jsonl").write_text("")  # the epoch-1 line lost
-    resumed = train(load_config(None, [*overrides, "resume=true", "stop_after_epoch=null"]), _prepared())
+    resumed = train(load_config(None, [*overrides, "resume=true", "stop_after_epoch=null"]), synthetic_prepared())
     lines = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
     expected = [json.loads(l) for l in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     assert [l["losses"] for l in lines] == [l["losses"] for l in expected] and len(lines) == 2
@@ -164,14 +147,14 @@ def test_weights_that_do_not_fit_the_config(one_epoch, tmp_path):
     save_checkpoint(state, tmp_path / "edited.pt")
     with pytest.raises(CheckpointError, match=r"do not fit the model its config describes \(model='baseline', "
                                               r"size='b0'.*tensor\(s\)"):
-        load_trained(tmp_path / "edited.pt", prepared=_prepared())
+        load_trained(tmp_path / "edited.pt", prepared=synthetic_prepared())
 
 
 # ----------------------------------------------------------------------------- the run-folder lock
 @contextlib.contextmanager
 def lock_holder(folder):
     """Another process holding ``folder``'s run lock for the block (SIGKILLed at its end)."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from avs_lib.locks import RunLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from avs_lib.core.locks import RunLock; "
                                f"RunLock({str(folder)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
@@ -186,7 +169,7 @@ def test_a_second_train_into_a_locked_folder_refuses_at_once(tmp_path):
     out = tmp_path / "locked"
     with lock_holder(out) as holder:
         t0 = time.time()
-        second = subprocess.run([sys.executable, "-m", "avs_lib.cli", "train", *_overrides(out)], capture_output=True,
+        second = subprocess.run([sys.executable, "-m", "avs_lib.cli", "train", *tiny_run_overrides(out)], capture_output=True,
                                 text=True, cwd=ROOT, timeout=120)
         seconds = time.time() - t0
     assert second.returncode == 2 and "Traceback" not in second.stderr
@@ -204,7 +187,7 @@ def test_a_lock_on_another_host_says_how_to_remove_it(tmp_path, capsys):
     (tmp_path / "run.lock").write_text(json.dumps({"pid": 1, "host": "node-7", "since": "2026-01-01T00:00:00"}))
     with pytest.raises(RunLocked, match=r"pid 1 on host node-7.*another host.*delete .*run.lock"):
         RunLock(tmp_path).acquire()
-    code, err = _cli(["train", *_overrides(tmp_path)], capsys)
+    code, err = _cli(["train", *tiny_run_overrides(tmp_path)], capsys)
     assert code == 2 and "node-7" in err
 
 
@@ -275,7 +258,7 @@ time.sleep(seconds)
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_avs_run_status_after_a_signal(tmp_path, how):
-    from avs_lib.runs import run_status
+    from avs_lib.experiments.notebooks import run_status
 
     (tmp_path / "sleepy.py").write_text(NOTEBOOK)
     process = subprocess.Popen([sys.executable, "-m", "avs_lib.cli", "run", str(tmp_path / "sleepy.py"), "--name", "r",

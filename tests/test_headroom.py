@@ -4,9 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from avs_lib.config import ConfigError, load_config
+from avs_lib.audio.registry import OracleAudio
+from avs_lib.core.config import load_config
+from avs_lib.core.errors import ConfigError
 from avs_lib.data.datasets import AVSDataset, load_sources
-from avs_lib.features import OracleAudio, prepare
+from avs_lib.training.prepare import prepare
 
 
 def _expected_rows(root, layout, heard: bool, n_classes: int) -> np.ndarray:
@@ -61,7 +63,7 @@ def test_oracle_refused_without_sources(tmp_path):
 def test_per_frame_scores_and_clip_interval():
     import torch
 
-    from avs_lib.metrics import jf_with_interval, per_frame_scores
+    from avs_lib.analysis.metrics import jf_with_interval, per_frame_scores
 
     masks = torch.zeros(3, 4, 4, dtype=torch.long)
     masks[0, :2] = 1  # 8 pixels
@@ -82,7 +84,7 @@ def test_per_frame_scores_and_clip_interval():
 def _one_frame_with_sources():
     import torch
 
-    from avs_lib.features import FrameSet
+    from avs_lib.data.frames import FrameSet
 
     masks = torch.zeros(1, 8, 8, dtype=torch.long)
     masks[0, 0:4, 0:4] = 1  # object of class 2, box (0, 0, 8, 8) in a 16 px world
@@ -96,7 +98,7 @@ def _one_frame_with_sources():
 
 
 def test_object_regions_split_the_mask_by_box():
-    from avs_lib.analysis import object_regions
+    from avs_lib.analysis.inspect import object_regions
 
     regions = object_regions(_one_frame_with_sources(), 0, source_size=16)
     assert set(regions) == {2, 5}
@@ -109,7 +111,7 @@ def test_pointing_accuracy_counts_peaks_inside_objects():
 
     import torch
 
-    from avs_lib.analysis import pointing_accuracy
+    from avs_lib.analysis.inspect import pointing_accuracy
 
     frames = _one_frame_with_sources()
 
@@ -134,7 +136,7 @@ def test_backbone_groups_take_the_scaled_learning_rate():
     import torch
 
     from avs_lib.models import build_model
-    from avs_lib.train import is_pretrained_backbone, parameter_groups
+    from avs_lib.training.loop import is_pretrained_backbone, parameter_groups
 
     model = build_model("ddeseg", size="tiny", audio_dim=8, memory_classes=8, backbone="efficientnet_lite0")
     groups = parameter_groups(model, 0.05, backbone_lr_scale=0.1)
@@ -167,7 +169,7 @@ def test_clip_counts_per_subset():
 
 
 def test_learning_curve_and_late_gain():
-    from avs_lib.train import late_gain, learning_curve
+    from avs_lib.training.loop import late_gain, learning_curve
 
     history = [{"epoch": 1, "frames_seen": 100, "val": {"JF": 0.50}, "curve": [{"frames_seen": 50, "JF": 0.30}]},
                {"epoch": 2, "frames_seen": 200, "val": {"JF": 0.62}, "curve": [{"frames_seen": 150, "JF": 0.60}]}]
@@ -181,7 +183,7 @@ def test_validating_inside_epochs_trains_the_same_weights(tmp_path):
     import torch
 
     from test_training import _config, _prepared
-    from avs_lib.train import train
+    from avs_lib.training.loop import train
 
     results = {}
     for n in (1, 3):
@@ -197,7 +199,7 @@ def test_validating_inside_epochs_trains_the_same_weights(tmp_path):
 def test_shared_run_dir_keys_on_settings_and_data(notebook_world, tmp_path):
     import shutil
 
-    from avs_lib.train import shared_run_dir
+    from avs_lib.training.runs import shared_run_dir
 
     base = load_config(None, [f"data_root={notebook_world}", "layout=ms3", f"cache_dir={tmp_path / 'cache'}"])
     same = load_config(None, [f"data_root={notebook_world}", "layout=ms3", f"cache_dir={tmp_path / 'cache'}",

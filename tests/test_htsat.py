@@ -5,8 +5,8 @@ import pytest
 import soundfile
 import torch
 
-from avs_lib.audio import htsat_log_mel
-from avs_lib.models.htsat import HTSAT, HTSATEncoder, frame_waves, load_htsat
+from avs_lib.audio.frontends import htsat_log_mel
+from avs_lib.audio.htsat import HTSAT, HTSATEncoder, frame_waves, load_htsat
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_htsat_spec_embeds_a_wav(checkpoint, tmp_path):
     soundfile.write(tmp_path / "clip.wav", wave, sr)
     encoder = HTSATEncoder(path)
     assert encoder.identifier.startswith("htsat-") and encoder.dim == 768
-    from avs_lib.audio import resample
+    from avs_lib.audio.frontends import resample
 
     read, file_sr = soundfile.read(tmp_path / "clip.wav", dtype="float32")
     at_32k = resample(read, file_sr, encoder.sample_rate)
@@ -126,7 +126,7 @@ def test_htsat_spec_embeds_a_wav(checkpoint, tmp_path):
 def test_slaney_mel_matrix_is_librosas(sr, n_fft, n_mels, fmin, fmax):
     import librosa
 
-    from avs_lib.audio import slaney_mel_matrix
+    from avs_lib.audio.frontends import slaney_mel_matrix
 
     ours = slaney_mel_matrix(sr, n_fft, n_mels, fmin, fmax)
     np.testing.assert_allclose(ours, librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax),

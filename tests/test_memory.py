@@ -4,7 +4,8 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from avs_lib.memory import build_semantic_memory, load_memory, save_memory
+from avs_lib.memory.build import build_semantic_memory
+from avs_lib.memory.io import load_memory, save_memory
 
 
 def _blobs(n_classes=3, per_class=60, d=8, sub=3, seed=0):

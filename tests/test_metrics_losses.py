@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 from scipy.stats import entropy
 
-from avs_lib.losses import avfs_loss, dice_loss, focal_loss, iou_loss
-from avs_lib.metrics import evaluate
+from avs_lib.analysis.metrics import evaluate
+from avs_lib.training.losses import avfs_loss, dice_loss, focal_loss, iou_loss
 
 BIG = 20.0  # a logit whose sigmoid is 1 for all practical purposes
 

@@ -1,26 +1,17 @@
 """Whole models: shapes, gradients to every parameter, switches, checkpoint loading."""
-import numpy as np
 import pytest
 import torch
 
-from avs_lib.losses import avsac_loss, ddeseg_loss
-from avs_lib.memory import build_semantic_memory
+from conftest import small_memory
 from avs_lib.models import ABLATIONS, build_model, count_parameters
 from avs_lib.models.mit import MIT_SIZES, MiTEncoder, load_backbone_state_dict
+from avs_lib.training.losses import avsac_loss, ddeseg_loss
 from dataclasses import replace
 
 
 def _inputs(batch=2, size=64, audio_dim=16):
     torch.manual_seed(0)
     return torch.randn(batch, 3, size, size), torch.randn(batch, audio_dim), (torch.rand(batch, size, size) > 0.5).long()
-
-
-def _memory(audio_dim=16, classes=6):
-    rng = np.random.default_rng(0)
-    labels = np.repeat(np.arange(classes), 12)
-    features = rng.normal(size=(len(labels), audio_dim)) + labels[:, None]
-    return build_semantic_memory(torch.tensor(features, dtype=torch.float32), torch.tensor(labels), k=2, m=3, seed=0,
-                                 class_names=[f"c{i}" for i in range(classes)])
 
 
 def _assert_all_gradients(model, loss):
@@ -33,7 +24,7 @@ def _assert_all_gradients(model, loss):
 @pytest.mark.parametrize("ablation", list(ABLATIONS))
 def test_ddeseg_ablations_train_every_parameter(ablation):
     image, audio, masks = _inputs()
-    model = build_model("ddeseg", ablation=ablation, memory=_memory()).train()
+    model = build_model("ddeseg", ablation=ablation, memory=small_memory()).train()
     out = model(image, audio)
     assert out.logits.shape == masks.shape
     assert len(out.tokens) == 4 and out.tokens[0].shape[1] == (1 if ablation == "baseline" else 5)
@@ -44,7 +35,7 @@ def test_ddeseg_ablations_train_every_parameter(ablation):
 def test_ddeseg_semantic_and_variants(variant):
     image, audio, _ = _inputs()
     masks = torch.randint(0, 4, (2, 64, 64))
-    model = build_model("ddeseg", variant=variant, memory=_memory(), num_classes=4).train()
+    model = build_model("ddeseg", variant=variant, memory=small_memory(), num_classes=4).train()
     out = model(image, audio)
     assert out.logits.shape == (2, 4, 64, 64)
     assert out.scores.shape == (2, 5)
@@ -53,7 +44,7 @@ def test_ddeseg_semantic_and_variants(variant):
 
 def test_ddeseg_with_efficientnet_backbone():
     image, audio, masks = _inputs()
-    model = build_model("ddeseg", backbone="efficientnet_lite0", memory=_memory()).train()
+    model = build_model("ddeseg", backbone="efficientnet_lite0", memory=small_memory()).train()
     out = model(image, audio)
     assert [f.shape[1] for f in out.features] == [24, 40, 112, 320]
     _assert_all_gradients(model, ddeseg_loss(out.logits, masks))
@@ -72,7 +63,7 @@ def test_avsac_trains_every_parameter_and_uses_audio():
 
 def test_audio_changes_ddeseg_output():
     image, audio, _ = _inputs()
-    model = build_model("ddeseg", memory=_memory()).eval()
+    model = build_model("ddeseg", memory=small_memory()).eval()
     with torch.no_grad():
         assert not torch.allclose(model(image, audio).logits, model(image, audio.flip(0)).logits)
 
@@ -117,15 +108,15 @@ def test_mit_checkpoint_loading_reports_mismatches(tmp_path):
 def test_memory_mismatch_is_a_clear_error():
     model = build_model("ddeseg", audio_dim=16, memory_classes=7, k=2, m=3)
     with pytest.raises(ValueError, match="rebuild the memory"):
-        model.set_memory(_memory(classes=6))
+        model.set_memory(small_memory(classes=6))
     with pytest.raises(ValueError, match="baseline"):
-        build_model("baseline").set_memory(_memory())
+        build_model("baseline").set_memory(small_memory())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_bf16_autocast_on_cuda():
     image, audio, masks = _inputs()
-    model = build_model("ddeseg", memory=_memory()).cuda()
+    model = build_model("ddeseg", memory=small_memory()).cuda()
     with torch.autocast("cuda", dtype=torch.bfloat16):
         out = model(image.cuda(), audio.cuda())
     assert torch.isfinite(out.logits.float()).all()

@@ -7,7 +7,7 @@ import jupytext
 import nbformat
 import pytest
 
-from avs_lib.runs import RunExists, notebook_parameters, run_notebook
+from avs_lib.experiments.notebooks import RunExists, notebook_parameters, run_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 ALL = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
@@ -137,7 +137,7 @@ def test_avs_run_names_the_failing_cell_and_a_missing_world(tmp_path, capsys):
 
 
 def test_environment_names_the_cpu_and_what_was_dirty(tmp_path):
-    from avs_lib.runs import environment
+    from avs_lib.experiments.notebooks import environment
 
     env = environment()
     assert env["device"].startswith("cpu (") and "unknown" not in env["device"]
@@ -146,7 +146,8 @@ def test_environment_names_the_cpu_and_what_was_dirty(tmp_path):
 
 
 def test_run_report_puts_readme_numbers_beside_the_run(tmp_path):
-    from avs_lib.runs import readme_block, readme_numbers, write_run_report
+    from avs_lib.experiments.pipeline import write_run_report
+    from avs_lib.experiments.readme import readme_block, readme_numbers
 
     batch = tmp_path / "main-x"
     for name, metrics in {"01_a": {"accuracy": 0.5, "nested": {"auc": 0.75}, "curve": [1, 2]},
@@ -179,7 +180,7 @@ def _committed_main_runs(root):
 
 
 def test_readme_numbers_are_the_committed_runs():
-    from avs_lib.runs import headline_numbers, readme_numbers
+    from avs_lib.experiments.readme import headline_numbers, readme_numbers
 
     root = NOTEBOOKS.parent
     quoted = readme_numbers(root / "README.md")
@@ -188,7 +189,7 @@ def test_readme_numbers_are_the_committed_runs():
     assert len(runs) == 1, f"commit exactly one main-job run, found {[r.name for r in runs]}"
     text = (root / "README.md").read_text()
     assert f"`{runs[0].relative_to(root).as_posix()}`" in text  # the table names the run it quotes
-    from avs_lib.runs import format_number
+    from avs_lib.experiments.readme import format_number
 
     for (notebook, key), value in quoted.items():
         metrics = json.loads((runs[0] / notebook / "metrics.json").read_text())

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from avs_lib.losses import ddeseg_loss
 from avs_lib.models import build_model
+from avs_lib.training.losses import ddeseg_loss
 
 
 def _model(backbone: str) -> torch.nn.Module:

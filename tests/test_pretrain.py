@@ -1,10 +1,10 @@
-"""The world's audio pretraining (avs_lib.pretrain) and the clean single-source s4 subset."""
+"""The world's audio pretraining (avs_lib.audio.pretrain) and the clean single-source s4 subset."""
 import numpy as np
 import pytest
 import torch
 
-from avs_lib.audio import vggish_examples
-from avs_lib.pretrain import MixtureStream, PretrainConfig, pretrain, pretrain_key, torch_examples
+from avs_lib.audio.frontends import vggish_examples
+from avs_lib.audio.pretrain import MixtureStream, PretrainConfig, pretrain, pretrain_key, torch_examples
 from avs_lib.world.assets import load_library
 from avs_lib.world.compose import SUBSETS, WorldConfig, compose_clip, heldout_member_names, heldout_members
 

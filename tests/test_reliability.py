@@ -15,13 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from avs_lib.checkpoints import CheckpointError, read_checkpoint, save_checkpoint, state_checksum
 from avs_lib.cli import main
-from avs_lib.data.datasets import AVSDataset, DataError
-from avs_lib.files import DiskFull, atomic_write
+from avs_lib.core.errors import CheckpointError
+from avs_lib.core.errors import DataError
+from avs_lib.core.files import DiskFull, atomic_write
+from avs_lib.data.datasets import AVSDataset
+from avs_lib.training.checkpoints import read_checkpoint, save_checkpoint, state_checksum
 from avs_lib.world.compose import WorldConfig
 from avs_lib.world.write import write_world
-from test_faults import NOTEBOOK, _cli, _overrides, _prepared, _train, lock_holder
+from conftest import synthetic_prepared, tiny_run_overrides
+from test_faults import NOTEBOOK, _cli, _train, lock_holder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,8 +90,9 @@ def test_two_world_writers_into_one_folder(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- caches keyed by their data
 def test_a_cached_memory_of_another_world_is_rebuilt(tmp_path, capsys):
-    from avs_lib.features import build_world_memory, encoder_id
-    from avs_lib.models.audio_encoders import SmallAudioEncoder
+    from avs_lib.audio.encoders import encoder_id
+    from avs_lib.audio.encoders import SmallAudioEncoder
+    from avs_lib.memory.io import build_world_memory
 
     torch.manual_seed(0)
     encoder = SmallAudioEncoder(dim=8, channels=(4, 4, 8, 8)).eval()
@@ -111,7 +115,7 @@ def test_a_cached_memory_of_another_world_is_rebuilt(tmp_path, capsys):
 
 
 def test_avs_embed_refuses_embeddings_of_another_version(tmp_path):
-    from avs_lib.embed import embed_dataset
+    from avs_lib.audio.embed import embed_dataset
 
     class MeanEncoder:  # the mean of each frame's samples: enough to tell two worlds apart
         identifier, dim, sample_rate = "mean", 1, 16000
@@ -161,8 +165,8 @@ def s4_world(tmp_path_factory):
 
 @pytest.mark.parametrize("damage", ["truncated", "changed"])
 def test_a_damaged_cached_encoder_is_named(s4_world, tmp_path, capsys, damage):
-    from avs_lib.models.audio_encoders import SmallAudioEncoder, save_audio_encoder
-    from avs_lib.pretrain import PretrainConfig, pretrain_key, world_setup
+    from avs_lib.audio.encoders import SmallAudioEncoder, save_audio_encoder
+    from avs_lib.audio.pretrain import PretrainConfig, pretrain_key, world_setup
     from avs_lib.world.compose import heldout_members
 
     library, world = world_setup(s4_world)
@@ -189,9 +193,9 @@ def test_train_into_a_full_disk_keeps_the_last_checkpoint(tmp_path, tmpfs, capsy
     size = (tmp_path / "probe" / "last.pt").stat().st_size
     # room for epoch 1's best.pt and last.pt, not for epoch 2's next one beside them
     disk = tmpfs(2 * size + size // 2 + 64 * 1024)
-    monkeypatch.setattr("avs_lib.train.prepare", lambda config, progress=False: _prepared())
+    monkeypatch.setattr("avs_lib.training.loop.prepare", lambda config, progress=False: synthetic_prepared())
     out = disk / "run"
-    code, err = _cli(["train", *_overrides(out, epochs=3)], capsys)
+    code, err = _cli(["train", *tiny_run_overrides(out, epochs=3)], capsys)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "no space left on device" in err and str(out) in err and "resume=true" in err
     assert read_checkpoint(out / "last.pt")["epoch"] == 0  # epoch 1's checkpoint, whole and verified
@@ -238,10 +242,10 @@ def test_avs_run_into_a_full_disk(tmp_path, tmpfs):
 @pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
 def test_a_signal_to_avs_train_is_one_line(tmp_path, how):
     out = tmp_path / "run"
-    script = ("import sys; sys.path.insert(0, 'tests'); import avs_lib.train as engine; from test_faults import "
-              "_prepared, _overrides; engine.prepare = lambda config, progress=False: _prepared(); "
+    script = ("import sys; sys.path.insert(0, 'tests'); import avs_lib.training.loop as engine; from conftest import "
+              "synthetic_prepared, tiny_run_overrides; engine.prepare = lambda config, progress=False: synthetic_prepared(); "
               "from avs_lib.cli import main; "
-              f"sys.exit(main(['train', *_overrides({str(out)!r}, epochs=500)]))")
+              f"sys.exit(main(['train', *tiny_run_overrides({str(out)!r}, epochs=500)]))")
     # A shell's background job starts with SIGINT ignored, and the child would inherit that: give it
     # the default disposition, as a process started from a terminal has.
     process = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE,
@@ -270,8 +274,8 @@ def test_cuda_without_cuda_is_refused_before_data_work(capsys):
 
 @pytest.mark.parametrize("variant", ["paper", "released"])
 def test_image_size_below_the_smallest_is_refused_and_the_smallest_works(capsys, variant):
-    from avs_lib.config import _smallest_image_size, load_config
-    from avs_lib.memory import build_semantic_memory
+    from avs_lib.core.config import _smallest_image_size, load_config
+    from avs_lib.memory.build import build_semantic_memory
     from avs_lib.models import build_model
 
     # a MiT config (the default config's EfficientNet takes any size)
@@ -290,7 +294,7 @@ def test_image_size_below_the_smallest_is_refused_and_the_smallest_works(capsys,
 
 def test_out_naming_a_file_is_one_message(tmp_path, capsys):
     (tmp_path / "taken").write_text("x")
-    code, err = _cli(["train", *_overrides(tmp_path / "taken")], capsys)
+    code, err = _cli(["train", *tiny_run_overrides(tmp_path / "taken")], capsys)
     assert code == 2 and f"{tmp_path / 'taken'} is a file, not a folder" in err and "choose another out=" in err
 
 
@@ -301,7 +305,7 @@ def test_a_notebook_parameter_of_the_wrong_type(tmp_path, capsys):
     code, err = _cli(["run", str(notebook), "-p", "clip_index", "abc", "--runs-dir", str(tmp_path / "runs")], capsys)
     assert code == 2 and "parameter 'clip_index' must be an integer" in err and "clip_index = 0" in err
     assert not (tmp_path / "runs").exists()  # refused before any run folder or kernel
-    from avs_lib.runs import check_parameter_types
+    from avs_lib.experiments.notebooks import check_parameter_types
 
     check_parameter_types(notebook, {"seconds": 60.0, "label": "a"}, {"seconds": 2, "label": "3"})  # fits
 

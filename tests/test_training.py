@@ -1,45 +1,27 @@
 """The training engine: bit-exact resume, DDP (gloo, 2 processes) equal to one process, the CLI."""
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from conftest import free_port, synthetic_prepared, tiny_run_overrides
 from avs_lib.cli import main
-from avs_lib.config import TrainConfig
-from avs_lib.features import FrameSet, Prepared
-from avs_lib.train import learning_rate, parameter_groups, train
-
-
-def _frames(n, seed, size=64, dim=16):
-    g = torch.Generator().manual_seed(seed)
-    masks = torch.zeros(n, size, size, dtype=torch.long)
-    for i in range(n):  # a square whose place the audio tells
-        x = int(torch.randint(0, size - 20, (1,), generator=g))
-        masks[i, 10:30, x:x + 20] = 1
-    audio = torch.randn(n, dim, generator=g)
-    images = (torch.rand(n, 3, size, size, generator=g) * 255).to(torch.uint8)
-    return FrameSet(images, masks, torch.ones(n, dtype=torch.bool), audio, [f"c{i // 4}" for i in range(n)],
-                    [i % 4 for i in range(n)], ["x"] * n)
-
-
-def _prepared():
-    return Prepared(_frames(16, 0), _frames(8, 1), _frames(8, 2), memory=None, num_classes=1)
+from avs_lib.core.config import load_config
+from avs_lib.training.loop import learning_rate, parameter_groups, train
 
 
 def _config(out, **kw):
-    base = dict(model="baseline", ablation=None, size="tiny", audio_dim=16, epochs=3, batch_size=4, lr=1e-3, min_lr=1e-4,
-                warmup_epochs=1, seed=3, device="cpu", out=str(out), progress=False, flip=True,
-                switches={"audio_dim": 16, "decoder_dropout": 0.0, "decoder_norm": "group"})
-    base.update(kw)
-    return TrainConfig(**base)
+    """A tiny baseline run on 64 px frames, read by the config loader as ``avs train`` reads it."""
+    values = dict(image_size=64, epochs=3, flip="true", tracking="tensorboard")
+    values.update({k: str(v).lower() if isinstance(v, bool) else v for k, v in kw.items()})
+    return load_config(None, tiny_run_overrides(out, **values))
 
 
 def test_resume_continues_exactly(tmp_path):
-    prepared = _prepared()
+    prepared = synthetic_prepared((16, 8, 8), size=64)
     straight = train(_config(tmp_path / "a"), prepared)
     stopped = train(_config(tmp_path / "b", stop_after_epoch=1), prepared)
     assert stopped == {"stopped_after_epoch": 1}
@@ -57,7 +39,7 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_same_seed_same_run_and_seed_matters(tmp_path):
-    prepared = _prepared()
+    prepared = synthetic_prepared((16, 8, 8), size=64)
     one = train(_config(tmp_path / "one", epochs=1), prepared)
     two = train(_config(tmp_path / "two", epochs=1), prepared)
     other = train(_config(tmp_path / "other", epochs=1, seed=4), prepared)
@@ -65,24 +47,18 @@ def test_same_seed_same_run_and_seed_matters(tmp_path):
     assert one["history"][0]["loss"] != other["history"][0]["loss"]
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     try:
-        train(_config(out, epochs=2), _prepared())
+        train(_config(out, epochs=2), synthetic_prepared((16, 8, 8), size=64))
     finally:
         torch.distributed.destroy_process_group()
 
 
 def test_ddp_two_processes_match_one(tmp_path):
-    train(_config(tmp_path / "single", epochs=2), _prepared())
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
+    train(_config(tmp_path / "single", epochs=2), synthetic_prepared((16, 8, 8), size=64))
+    mp.spawn(_ddp_worker, args=(2, free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
     losses_single = [json.loads(l)["losses"] for l in open(tmp_path / "single" / "log.jsonl")]
     losses_ddp = [json.loads(l)["losses"] for l in open(tmp_path / "ddp" / "log.jsonl")]
     np.testing.assert_allclose(np.array(losses_ddp), np.array(losses_single), rtol=1e-4)
@@ -134,7 +110,7 @@ def test_avs_train_and_eval_cli(training_world, tmp_path, capsys):
 def test_every_shipped_config_parses():
     from pathlib import Path
 
-    from avs_lib.config import load_config
+    from avs_lib.core.config import load_config
 
     configs = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
     assert len(configs) >= 7
@@ -146,9 +122,9 @@ def test_every_shipped_config_parses():
 
 def test_training_on_precomputed_embeddings(training_world, tmp_path):
     """HTS-AT-style embeddings computed elsewhere: one [frames, d] .npy per clip."""
+    from avs_lib.core.config import load_config
     from avs_lib.data.datasets import AVSDataset
-    from avs_lib.config import load_config
-    from avs_lib.features import prepare
+    from avs_lib.training.prepare import prepare
 
     folder = tmp_path / "embeddings"
     folder.mkdir()

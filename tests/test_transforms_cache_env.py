@@ -6,7 +6,7 @@ import numpy as np
 import yaml
 from hypothesis import given, settings, strategies as st
 
-from avs_lib.cache import EmbeddingCache
+from avs_lib.core.cache import EmbeddingCache
 from avs_lib.data.transforms import CenterCrop, Compose, RandomCrop, RandomHorizontalFlip, Resize
 
 ROOT = Path(__file__).resolve().parents[1]

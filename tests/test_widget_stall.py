@@ -44,7 +44,7 @@ def _widget_tree(widget):
 def test_clip_browser_builds_from_passive_widgets(small_world):
     import ipywidgets as widgets
 
-    from avs_lib.widgets import clip_browser
+    from avs_lib.viz.widgets import clip_browser
 
     _, _, root = small_world
     browser = clip_browser(root)
@@ -69,7 +69,7 @@ def test_widget_cells_never_stall_under_papermill(procedural_world, tmp_path):
     import papermill
 
     _, root = procedural_world
-    nb = new_notebook(cells=[new_code_cell(f"from avs_lib.widgets import clip_browser\nroot = {str(root)!r}"),
+    nb = new_notebook(cells=[new_code_cell(f"from avs_lib.viz.widgets import clip_browser\nroot = {str(root)!r}"),
                              new_code_cell("clip_browser(root)"),
                              new_code_cell("browser = clip_browser(root)\nbrowser.children[0].children[0].value = 'msmi'\n"
                                            "browser")])

@@ -15,8 +15,9 @@ import numpy as np
 import soundfile
 from PIL import Image
 
-from avs_lib.files import read_json
-from avs_lib.data.datasets import DataError, avss_records, read_audio_segment, read_image, read_mask
+from avs_lib.core.errors import DataError
+from avs_lib.core.files import read_json
+from avs_lib.data.datasets import avss_records, read_audio_segment, read_image, read_mask
 
 
 def avss_to_ddeseg(src: str | Path, dst: str | Path) -> int:

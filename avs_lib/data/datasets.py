@@ -22,6 +22,9 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from avs_lib.audio.frontends import resample
+from avs_lib.core.errors import BUILD_HINT, DataError
+from avs_lib.core.files import read_json
 from avs_lib.data.layouts import (METADATA, SOURCES, avss_files, ms3_files, s4_files, vpo_files, vpo_metadata,
                                   vpo_sources)
 from avs_lib.data.palette import colours_to_indices
@@ -29,10 +32,6 @@ from avs_lib.data.transforms import to_tensors
 
 LAYOUTS = ("s4", "ms3", "avss", "avss-ddeseg", "vpo")
 SPLITS = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    """A dataset root or file is not what its layout expects. The message names the file."""
 
 
 @dataclass
@@ -173,8 +172,6 @@ def vpo_records(root: Path, split: str | None = None, vpo_subset: str = "msmi") 
 def layout_records(root: str | Path, layout: str, split: str | None = None, **kwargs) -> list[FrameRecord]:
     root = Path(root)
     if not root.is_dir():
-        from avs_lib.paths import BUILD_HINT
-
         raise DataError(f"{root}: dataset root does not exist or is not a folder; {BUILD_HINT}")
     builders = {"s4": s4_records, "ms3": ms3_records, "avss": avss_records, "avss-ddeseg": avss_ddeseg_records, "vpo": vpo_records}
     if layout not in builders:
@@ -227,7 +224,6 @@ def read_audio_segment(record: FrameRecord, sample_rate: int | None) -> np.ndarr
     """The frame's audio as float32 mono at ``sample_rate`` (None: the file's own rate)."""
     import soundfile  # only where audio is read: a run on precomputed embeddings never needs it
 
-    from avs_lib.audio import resample
 
     try:
         info = soundfile.info(str(record.audio))
@@ -343,3 +339,20 @@ def check_data(root: str | Path, layout: str, split: str | None = None, progress
             problems.append(str(err))
     # A missing wav is named once, not once per frame that hears it.
     return list(dict.fromkeys(problems))
+
+
+def world_classes(root: str | Path) -> list[str]:
+    """Class names: a composed world's ``world.json``, else the sorted categories of the S4 training
+    clips under ``root`` (AVSBench)."""
+    path = Path(root) / "world.json"
+    if path.exists():
+        return read_json(path)["classes"]
+    return sorted({r.category for r in AVSDataset(root, "s4", "train").records})
+
+
+def world_frame_size(root: str | Path) -> int:
+    """The side in pixels of a composed world's frames (the size its sources' boxes are given in)."""
+    path = Path(root) / "world.json"
+    if not path.exists():
+        raise ValueError(f"{root} has no world.json: only a composed world records its frame size and sources")
+    return int(read_json(path)["config"]["size"])

@@ -101,7 +101,7 @@ def normalise_images(images: torch.Tensor) -> torch.Tensor:
 
 def resize_frame(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """A frame [H, W, 3] and its mask [H, W] resized to size x size (bilinear / nearest): the resize
-    of frames held as tensors (``avs_lib.features.load_frames``), the same one ``Resize`` applies."""
+    of frames held as tensors (``avs_lib.data.frames.load_frames``), the same one ``Resize`` applies."""
     out = _resize_pair({"image": image, "mask": mask}, size, size)
     return out["image"], out["mask"]
 

@@ -3,7 +3,7 @@ keys explicitly, load strictly, and return a report of what did not match (never
 
 Every weight file the workbench reads goes through ``load_weights``: MiT / PVT-v2 backbones
 (``avs_lib.models.mit``), EfficientNet-Lite0 (``avs_lib.models.efficientnet``), VGGish
-(``avs_lib.models.audio_encoders``) and the encoders added later. A caller states, per model,
+(``avs_lib.audio.encoders``) and the encoders added later. A caller states, per model,
 which prefixes to strip, which of the model's tensors are new by design (fusion blocks, an
 optional PCA) and which of the file's tensors are dropped on purpose (a classification head).
 """

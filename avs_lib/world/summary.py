@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from avs_lib.core.files import read_json
 from avs_lib.data.datasets import layout_records, load_sources
-from avs_lib.files import read_json
 from avs_lib.world.write import world_roots
 
 

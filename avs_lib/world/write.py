@@ -25,11 +25,12 @@ import soundfile
 from PIL import Image
 from tqdm.auto import tqdm
 
-from avs_lib.audio import per_second_vggish_examples
-from avs_lib.data.layouts import METADATA, SOURCES, avss_files, ms3_files, s4_files, vpo_files, vpo_metadata, vpo_sources
+from avs_lib.audio.frontends import per_second_vggish_examples
+from avs_lib.core.files import atomic_write_text, output_folder, writing_into
+from avs_lib.core.locks import LOCK_NAME, RunLock
+from avs_lib.data.layouts import (METADATA, SOURCES, avss_files, ms3_files, s4_files, vpo_files, vpo_metadata,
+                                  vpo_sources)
 from avs_lib.data.palette import voc_palette
-from avs_lib.files import atomic_write_text, output_folder, writing_into
-from avs_lib.locks import LOCK_NAME, RunLock
 from avs_lib.world.assets import AssetLibrary, load_library
 from avs_lib.world.compose import Clip, WorldConfig, compose_clip
 

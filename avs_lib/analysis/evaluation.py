@@ -1,0 +1,83 @@
+"""A trained model's evaluation table: every metric convention, and the two trivial baselines
+that say what a number is worth on this data.
+
+* all foreground: every pixel predicted as sounding (what a model scores without looking);
+* audio zeroed: the same model with its audio input replaced by zeros at test time (what it
+  scores without listening). A model that uses the sound beats both.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from avs_lib.analysis.metrics import CONVENTIONS, evaluate, jf_with_interval
+from avs_lib.training.loop import train_once
+from avs_lib.training.predict import evaluate_model, load_trained, predict
+from avs_lib.training.prepare import prepare
+from avs_lib.training.runs import shared_run_dir
+
+
+def all_foreground(frames, convention: str = "per_frame", batch_size: int = 5) -> dict:
+    """J, F, JF of predicting every pixel of every annotated frame as sounding."""
+    keep = frames.valid
+    return evaluate(torch.full(frames.masks[keep].shape, 20.0), frames.masks[keep], convention=convention,
+                    batch_size=batch_size)
+
+
+def evaluation_table(model, frames, config, device: torch.device | str = "cpu") -> list[dict]:
+    """Rows {"evaluation", "J", "F", "J&F"}: the model in every convention of ``avs_lib.analysis.metrics``,
+    then with its audio zeroed and the all-foreground prediction (both in ``config.convention``)."""
+    device = torch.device(device)
+    rows = []
+    for convention in CONVENTIONS:
+        r = evaluate_model(model, frames, device, replace(config, convention=convention))
+        rows.append({"evaluation": convention, "J": r["J"], "F": r["F"], "J&F": r["JF"]})
+    r = evaluate_model(model, frames, device, replace(config, zero_audio=True))
+    rows.append({"evaluation": f"{config.convention}, audio zeroed", "J": r["J"], "F": r["F"], "J&F": r["JF"]})
+    r = all_foreground(frames, config.convention, config.eval_batch_size)
+    rows.append({"evaluation": f"{config.convention}, all foreground", "J": r["J"], "F": r["F"], "J&F": r["JF"]})
+    return rows
+
+
+# ----------------------------------------------------------------------------- the window
+HEADROOM_ROWS = {"floor": "floor: zero audio (trained and tested without sound)",
+                 "model": "the model, its own audio encoder",
+                 "oracle-heard": "oracle, every heard class (perfect derivation, nothing eliminated)",
+                 "oracle": "ceiling: oracle, the classes sounding on screen"}
+
+
+def jf_interval_of(model, frames, config, device: torch.device | str = "cpu") -> dict:
+    """Per-frame test J&F of ``model`` on ``frames`` with its 95 % interval over clips."""
+    keep = frames.valid
+    logits = predict(model, frames, torch.device(device), bf16=config.bf16, zero_audio=config.zero_audio,
+                     cpu_bf16=config.cpu_bf16)
+    return jf_with_interval(logits[keep], frames.masks[keep], [c for c, k in zip(frames.clips, keep.tolist()) if k])
+
+
+def headroom(config, model, prepared, rows: tuple[str, ...] = ("floor", "oracle"), progress: bool = False) -> list[dict]:
+    """The window an experiment can see, as rows {"row", "what", "JF", "ci95", ...}: the floor (the
+    same training with the audio zeroed, ``zero_audio=true``), ``model`` itself (trained with
+    ``config``) and the oracles (the same training with ``audio_encoder=oracle`` / ``oracle-heard``,
+    ``avs_lib.audio.registry.OracleAudio``), each tested on the test split with a 95 % interval over clips.
+    Every extra row is trained once into the data's model store (``avs_lib.training.runs.shared_run_dir``)
+    and reused by a later call with the same settings (``train_once``). Headroom = ceiling - floor:
+    a comparison of settings inside a narrow window cannot come out any other way."""
+    from pathlib import Path
+
+
+    table = [{"row": "model", "what": HEADROOM_ROWS["model"], **jf_interval_of(model, prepared.test, config)}]
+    for row in rows:
+        if row == "floor":
+            variant, frames_for = replace(config, zero_audio=True), prepared
+        elif row in ("oracle", "oracle-heard"):
+            variant = replace(config, audio_encoder=row)
+            frames_for = prepare(variant, progress=progress)
+        else:
+            raise ValueError(f"headroom row {row!r}: choose from floor, oracle, oracle-heard")
+        variant = replace(variant, out=str(shared_run_dir(variant)))
+        train_once(variant, frames_for)
+        trained, _, _ = load_trained(Path(variant.out) / "best.pt", frames_for)
+        table.append({"row": row, "what": HEADROOM_ROWS[row], **jf_interval_of(trained, frames_for.test, variant)})
+    order = list(HEADROOM_ROWS)
+    return sorted(table, key=lambda r: order.index(r["row"]))

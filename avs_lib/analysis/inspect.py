@@ -1,0 +1,268 @@
+"""Analyses only a world with known sources allows.
+
+* ``derivation_recall``: do the K class centres that derivation picks (Eq. 5's neighbours) cover
+  the classes that truly sound in the frame (on screen or off)? It depends on the frozen audio
+  encoder, the memory and K, not on training.
+* ``elimination_auc``: do the elimination scores separate tokens whose class is a sounding on-screen
+  source from tokens whose class only sounds off-screen? ROC AUC over all such tokens, pooled
+  across frames (so it also rewards a per-frame gate that does not choose between tokens).
+* ``elimination_analysis``: per stage, the pooled AUC beside a within-frame paired AUC (every
+  on-screen token against every token of the same frame whose class is off screen only or silent)
+  with a bootstrap 95 % interval over clips, and the spread of the scores within a frame.
+* ``within_frame_auc``: that paired AUC on any scores and labels (tested on hand-made cases).
+* ``token_separation``: how far apart the K tokens derivation gives one frame are, against their
+  norm and against the distance between frames: tokens that are nearly one vector leave
+  elimination little to choose and the loss little reason to choose.
+The per-frame ground truth they use is ``avs_lib.analysis.truth``'s; their intervals are
+``avs_lib.analysis.stats``'s.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from avs_lib.analysis.stats import cluster_bootstrap
+from avs_lib.analysis.truth import token_categories, true_classes
+from avs_lib.data.frames import FrameSet
+from avs_lib.data.transforms import normalise_images
+from avs_lib.models.derivation import nearest_centres
+
+
+def tau_sweep(model, frames: FrameSet, taus: list[float], device: str = "cpu") -> dict[float, float | None]:
+    """{tau: pooled elimination AUC} with Eq. 13's temperature changed at evaluation only; the
+    model's own tau is restored afterwards, also when a tau fails."""
+    modules = [m for m in model.eliminations if hasattr(m, "tau")]
+    saved = [m.tau for m in modules]
+    result = {}
+    try:
+        for tau in taus:
+            for module in modules:
+                module.tau = tau
+            result[tau] = elimination_auc(model, frames, device)["auc"]
+    finally:
+        for module, tau in zip(modules, saved):
+            module.tau = tau
+    return result
+
+
+def derivation_recall(frames: FrameSet, centroids: torch.Tensor, k: int) -> dict:
+    """Mean over frames of |top-K classes & sounding classes| / |sounding classes|, overall and for
+    on-screen / off-screen sources separately."""
+    indices, _ = nearest_centres(frames.audio, centroids, k)
+    overall, on_recall, off_recall = [], [], []
+    for i in range(len(frames)):
+        on, off = true_classes(frames, i)
+        chosen = set(indices[i].tolist())
+        if on | off:
+            overall.append(len(chosen & (on | off)) / len(on | off))
+        if on:
+            on_recall.append(len(chosen & on) / len(on))
+        if off:
+            off_recall.append(len(chosen & off) / len(off))
+    return {"K": k, "recall": float(np.mean(overall)), "recall_on_screen": float(np.mean(on_recall)),
+            "recall_off_screen": float(np.mean(off_recall)) if off_recall else None, "frames": len(overall)}
+
+
+def token_scores(model, frames: FrameSet, device: str = "cpu", batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class indices [N, K], cumulative elimination scores [N, K]) of a DDESeg model in eval mode:
+    the "combined" scores of ``stage_token_scores``."""
+    classes, scores = stage_token_scores(model, frames, device, batch_size)
+    return classes, scores["combined"]
+
+
+def elimination_auc(model, frames: FrameSet, device: str = "cpu") -> dict:
+    """ROC AUC of the scores: positives are tokens of on-screen sounding classes, negatives tokens of
+    classes that sound only off screen. Tokens of silent classes are left out."""
+    classes, scores = token_scores(model, frames, device)
+    labels, values = [], []
+    for i in range(len(frames)):
+        on, off = true_classes(frames, i)
+        for c, s in zip(classes[i].tolist(), scores[i].tolist()):
+            if c in on or c in off:
+                labels.append(int(c in on))
+                values.append(s)
+    labels, values = np.array(labels), np.array(values)
+    auc = float(roc_auc_score(labels, values)) if 0 < labels.sum() < len(labels) else None
+    return {"auc": auc, "positives": int(labels.sum()), "negatives": int((1 - labels).sum()),
+            "labels": labels.tolist(), "scores": values.tolist()}
+
+
+@torch.no_grad()
+def _outputs(model, frames: FrameSet, device: str, batch_size: int):
+    """The model's outputs on ``frames`` in eval mode, one batch at a time."""
+    model.eval()
+    for start in range(0, len(frames), batch_size):
+        yield model(normalise_images(frames.images[start:start + batch_size].to(device)),
+                    frames.audio[start:start + batch_size].to(device))
+
+
+def stage_token_scores(model, frames: FrameSet, device: str = "cpu",
+                       batch_size: int = 32) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(class indices [N, K], {"stage 2": scores [N, K], ..., "combined": [N, K]}) of a DDESeg model in
+    eval mode. "combined" is ``DDESegOutput.scores``: the weight a token carries into the last stage."""
+    classes, scores = [], {}
+    for out in _outputs(model, frames, device, batch_size):
+        if out.derivation is None or out.scores is None:
+            raise ValueError("the model has no derivation or no elimination: nothing to score")
+        classes.append(out.derivation.class_indices.cpu())
+        for stage, values in out.stage_scores.items():
+            scores.setdefault(f"stage {stage}", []).append(values.float().cpu())
+        scores.setdefault("combined", []).append(out.scores.float().cpu())
+    return torch.cat(classes), {k: torch.cat(v) for k, v in scores.items()}
+
+
+def _pair_counts(scores: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
+    """(wins, pairs) of one frame: wins = #{s_pos > s_neg} + 0.5 #{s_pos = s_neg} over its pairs."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return 0.0, 0
+    diff = pos[:, None] - neg[None, :]
+    return float((diff > 0).sum() + 0.5 * (diff == 0).sum()), diff.size
+
+
+def within_frame_auc(scores: np.ndarray, labels: np.ndarray, groups: list, boot: int = 1000,
+                     seed: int = 0) -> dict:
+    """Within-frame paired AUC: the share of (positive, negative) token pairs of the same frame in
+    which the positive scores higher (ties count half), over all frames' pairs together; ``labels``
+    is 1 / 0 / -1 (left out) per token. ``scores`` and ``labels`` are [frames, K]; ``groups`` names
+    each frame's clip. The 95 % interval is the percentile bootstrap over clips (clips are resampled
+    with replacement, with all their frames), ``boot`` draws."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels)
+    per_clip: dict = {}
+    frames = 0
+    for values, label, clip in zip(scores, labels, groups):
+        wins, pairs = _pair_counts(values, label)
+        if pairs:
+            frames += 1
+            w, p = per_clip.get(clip, (0.0, 0))
+            per_clip[clip] = (w + wins, p + pairs)
+    if not per_clip:
+        return {"auc": None, "ci95": None, "frames": 0, "pairs": 0, "clips": 0}
+    wins, pairs = np.array(list(per_clip.values())).T
+    auc = float(wins.sum() / pairs.sum())
+    low, high = cluster_bootstrap(wins, pairs, boot, seed)
+    return {"auc": auc, "ci95": [low, high], "frames": frames, "pairs": int(pairs.sum()),
+            "clips": len(wins)}
+
+
+def score_spread(scores: torch.Tensor) -> dict:
+    """How much the scores of one frame's K tokens differ, averaged over frames: the standard
+    deviation across tokens, the range (max - min), and the standard deviation of log S (scale-free:
+    the spread of the log-bias the tokens get in fusion). A per-frame gate has all three near 0."""
+    s = scores.double()
+    return {"std": float(s.std(dim=1).mean()), "range": float((s.max(1).values - s.min(1).values).mean()),
+            "log_std": float(s.clamp_min(1e-30).log().std(dim=1).mean()), "mean": float(s.mean())}
+
+
+def separation_of_tokens(tokens: torch.Tensor) -> dict:
+    """For tokens [N, K, d] (N frames, K tokens each): ``within_frame``, the mean Euclidean distance
+    between two tokens of one frame (over its K(K-1)/2 pairs, then over frames); ``norm``, the mean
+    token norm; ``between_frames``, the mean distance between the mean tokens of two different
+    frames (over all pairs of frames); ``ratio`` = within_frame / between_frames."""
+    t = tokens.double()
+    n, k, _ = t.shape
+    pairs = torch.triu_indices(k, k, offset=1)
+    within = torch.cdist(t, t)[:, pairs[0], pairs[1]].mean() if k > 1 else torch.tensor(float("nan"))
+    means = t.mean(1)
+    frame_pairs = torch.triu_indices(n, n, offset=1)
+    between = torch.cdist(means, means)[frame_pairs[0], frame_pairs[1]].mean() if n > 1 else torch.tensor(float("nan"))
+    return {"within_frame": float(within), "norm": float(t.norm(dim=2).mean()), "between_frames": float(between),
+            "ratio": float(within / between), "frames": n, "tokens": k}
+
+
+def token_separation(model, frames: FrameSet, device: str = "cpu", batch_size: int = 32) -> dict:
+    """``separation_of_tokens`` of a DDESeg model's derived tokens on ``frames`` (eval mode): ``derived``
+    after Eq. 8, ``enhanced`` after Eq. 12 (the tokens that elimination scores and fusion reads)."""
+    derived, enhanced = [], []
+    for out in _outputs(model, frames, device, batch_size):
+        if out.derivation is None:
+            raise ValueError("the model has no derivation: it has no tokens to compare")
+        derived.append(out.derivation.derived.float().cpu())
+        enhanced.append(out.derivation.tokens.float().cpu())
+    return {"derived": separation_of_tokens(torch.cat(derived)), "enhanced": separation_of_tokens(torch.cat(enhanced))}
+
+
+def elimination_analysis(model, frames: FrameSet, device: str = "cpu", boot: int = 1000, seed: int = 0) -> dict:
+    """Per stage (and "combined"): ``pooled`` ROC AUC (on screen vs off screen only, tokens pooled
+    across frames, as ``elimination_auc``), ``within_frame`` paired AUC with its bootstrap 95 %
+    interval over clips and its frame and pair counts (on screen vs off screen only or silent), the
+    same split by the kind of negative (``within_frame_offscreen``: off screen only;
+    ``within_frame_silent``: silent or absent), and ``spread`` (``score_spread``)."""
+    classes, stage_scores = stage_token_scores(model, frames, device)
+    categories = token_categories(frames, classes)  # 0 on screen, 1 off screen only, 2 silent / absent
+    pooled_labels = np.where(categories == 0, 1, np.where(categories == 1, 0, -1))
+    paired_labels = (categories == 0).astype(int)
+    silent_labels = np.where(categories == 1, -1, paired_labels)  # on screen against silent / absent only
+    result = {}
+    for name, scores in stage_scores.items():
+        values = scores.numpy()
+        keep = pooled_labels >= 0
+        y, v = pooled_labels[keep], values[keep]
+        pooled = float(roc_auc_score(y, v)) if 0 < y.sum() < len(y) else None
+        result[name] = {"pooled": {"auc": pooled, "positives": int(y.sum()), "negatives": int((1 - y).sum())},
+                        "within_frame": within_frame_auc(values, paired_labels, frames.clips, boot, seed),
+                        # the two kinds of negative apart: off screen only (what elimination is for) and
+                        # silent or absent (a token derivation got wrong, which the audio alone can flag)
+                        "within_frame_offscreen": within_frame_auc(values, pooled_labels, frames.clips, boot, seed),
+                        "within_frame_silent": within_frame_auc(values, silent_labels, frames.clips, boot, seed),
+                        "spread": score_spread(scores)}
+    return result
+
+
+def object_regions(frames: FrameSet, index: int, source_size: int) -> dict[int, torch.Tensor]:
+    """{class: [S, S] bool} for each object sounding on screen in frame ``index``: the frame's
+    sounding mask inside that object's box (the world records a box per frame and source; the
+    binary mask alone does not say which object a pixel belongs to). ``source_size``: the side of
+    the world's frames, in which the boxes are given."""
+    record = frames.sources.get(frames.clips[index])
+    if record is None:
+        raise ValueError(f"clip {frames.clips[index]} has no sources record (real datasets do not know their sources)")
+    side = frames.masks.shape[-1]
+    scale = side / source_size
+    regions = {}
+    for source in record["sources"]:
+        if not (source["sounding"] and source["on_screen"]) or not source.get("bboxes"):
+            continue
+        x0, y0, x1, y1 = source["bboxes"][frames.frames[index]]
+        box = torch.zeros(side, side, dtype=torch.bool)
+        box[int(y0 * scale):max(int(y0 * scale) + 1, math.ceil(y1 * scale)),
+            int(x0 * scale):max(int(x0 * scale) + 1, math.ceil(x1 * scale))] = True
+        regions[source["class_index"]] = box & frames.masks[index].bool()
+    return regions
+
+
+def pointing_accuracy(model, frames: FrameSet, source_size: int, device: str = "cpu", batch_size: int = 32) -> dict:
+    """Does the fusion attend where the sound is? For each object sounding on screen, the last fusion
+    block's cross-attention map (mean over heads) of the token derived for its class is taken at
+    every stage; a hit is a map whose peak falls inside the object (``object_regions``). An object
+    whose class no token was derived for is a miss. Returns {"stage 1": accuracy, ...,
+    "derived": share of objects with a token of their class, "objects": n}."""
+    hits, objects, derived = {}, 0, 0
+    index = 0
+    for out in _outputs(model, frames, device, batch_size):
+        if out.derivation is None or not any(a is not None for a in out.attention):
+            raise ValueError("pointing needs a model with derived tokens and fusion cross-attention (DDESeg, "
+                             "variant='paper')")
+        classes = out.derivation.class_indices.cpu()
+        for b in range(classes.shape[0]):
+            for c, region in object_regions(frames, index + b, source_size).items():
+                objects += 1
+                tokens = (classes[b] == c).nonzero().flatten()
+                derived += int(len(tokens) > 0)
+                for stage, (attention, feature) in enumerate(zip(out.attention, out.features), 1):
+                    if attention is None:
+                        continue
+                    h, w = feature.shape[-2:]
+                    hit = False
+                    if len(tokens):
+                        peak = int(attention[b, :, tokens[0]].float().argmax())
+                        y = min(region.shape[0] - 1, int((peak // w + 0.5) * region.shape[0] / h))
+                        x = min(region.shape[1] - 1, int((peak % w + 0.5) * region.shape[1] / w))
+                        hit = bool(region[y, x])
+                    hits[f"stage {stage}"] = hits.get(f"stage {stage}", 0) + int(hit)
+        index += classes.shape[0]
+    result = {k: v / max(1, objects) for k, v in hits.items()}
+    return {**result, "derived": derived / max(1, objects), "objects": objects}

@@ -1,0 +1,69 @@
+"""A composed world's ground truth per frame, in one encoding: each source's and class's role (on screen, off screen, silent, absent).
+
+Every analysis, loss target and figure that asks what a class or a derived token truly is reads it
+here: ``source_role`` for one source of a clip's record (``*_sources.jsonl``), ``class_roles`` for
+every class of a clip, and the views built on them (``true_classes``, ``onscreen_labels`` for the
+capacity check, ``token_categories`` for the elimination analyses).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+ROLES = ("on screen", "off screen", "silent", "absent")  # a class's role, strongest first
+
+
+def source_role(source: dict) -> str:
+    """One source's role: ``on screen`` (seen and sounding), ``off screen`` (heard, not seen) or
+    ``silent`` (seen, not sounding)."""
+    return "on screen" if source["on_screen"] and source["sounding"] else "off screen" if source["sounding"] else "silent"
+
+
+def class_roles(record: dict | None, num_classes: int) -> list[str]:
+    """Each class's truth in a clip, in AVS words: ``on screen`` (seen and sounding), ``off screen``
+    (heard, not seen), ``silent`` (seen, not sounding) or ``absent`` (not in the clip)."""
+    roles = ["absent"] * num_classes
+    for s in (record or {}).get("sources", []):
+        c = s["class_index"]
+        role = source_role(s)
+        if ROLES.index(role) < ROLES.index(roles[c]):  # a sounding instance outranks a silent one of its class
+            roles[c] = role
+    return roles
+
+
+def frame_roles(frames, index: int) -> dict[int, str]:
+    """{class: role} for the classes of frame ``index``'s clip (absent classes left out); a clip
+    without a sources record (a real dataset) is an error."""
+    record = frames.sources.get(frames.clips[index])
+    if record is None:
+        raise ValueError(f"clip {frames.clips[index]} has no sources record (real datasets do not know their sources)")
+    num_classes = 1 + max((s["class_index"] for s in record["sources"]), default=-1)
+    return {c: role for c, role in enumerate(class_roles(record, num_classes)) if role != "absent"}
+
+
+def true_classes(frames, index: int) -> tuple[set[int], set[int]]:
+    """(classes sounding on screen, classes sounding only off screen) in frame ``index``."""
+    roles = frame_roles(frames, index)
+    return ({c for c, r in roles.items() if r == "on screen"}, {c for c, r in roles.items() if r == "off screen"})
+
+
+def onscreen_labels(frames, num_classes: int) -> torch.Tensor:
+    """[N, C] float: 1 where class c sounds on screen in frame n, else 0 (off screen only, silent or absent)."""
+    labels = torch.zeros(len(frames), num_classes)
+    for i in range(len(frames)):
+        on, _ = true_classes(frames, i)
+        labels[i, sorted(on)] = 1.0
+    return labels
+
+
+TOKEN_CATEGORY = {"on screen": 0, "off screen": 1}  # every other role (silent, absent) is 2
+
+
+def token_categories(frames, classes: torch.Tensor) -> np.ndarray:
+    """[N, K] per derived token: 0 its class sounds on screen, 1 it sounds only off screen, 2 silent or absent."""
+    out = np.full(tuple(classes.shape), 2)
+    for i in range(len(frames)):
+        roles = frame_roles(frames, i)
+        for j, c in enumerate(classes[i].tolist()):
+            out[i, j] = TOKEN_CATEGORY.get(roles.get(c), 2)
+    return out

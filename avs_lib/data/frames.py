@@ -1,0 +1,56 @@
+"""Frames in memory: every frame of a split, resized, with its mask and its audio embedding F_a.
+
+``load_frames`` reads a split into a ``FrameSet`` of tensors; the embeddings come from the audio
+encoder the registry built (``avs_lib.audio.registry.frame_embeddings``, through the embedding
+cache). ``prepare`` (``avs_lib.training.prepare``) calls it for the three splits of a run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from avs_lib.audio.registry import frame_embeddings
+from avs_lib.data.datasets import AVSDataset, load_sources, read_image, read_mask
+from avs_lib.data.transforms import resize_frame
+
+SEMANTIC_LAYOUTS = ("avss", "avss-ddeseg", "vpo")
+
+
+@dataclass
+class FrameSet:
+    images: torch.Tensor  # [N, 3, S, S] uint8
+    masks: torch.Tensor  # [N, S, S] int64
+    valid: torch.Tensor  # [N] bool: the frame has a ground truth
+    audio: torch.Tensor  # [N, d] F_a
+    clips: list[str]
+    frames: list[int]
+    categories: list[str]
+    sources: dict = field(default_factory=dict)  # clip -> true sources (composed worlds only)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+
+def load_frames(root: str | Path, layout: str, split: str, image_size: int, encoder: torch.nn.Module,
+                encoder_id: str, cache_dir: str | Path, progress: bool = False, **layout_kwargs) -> FrameSet:
+    dataset = AVSDataset(root, layout, split, **layout_kwargs)
+    images, masks, valid = [], [], []
+    for i in tqdm(range(len(dataset)), desc=f"frames {layout}/{split}", disable=not progress, leave=False):
+        rec = dataset.records[i]
+        image = read_image(rec.image)
+        mask = read_mask(rec, image.shape[:2])
+        image, mask = resize_frame(image, mask.astype(np.uint8), image_size)
+        images.append(image.transpose(2, 0, 1))
+        masks.append(mask)
+        valid.append(bool(rec.masks))
+    audio = frame_embeddings(dataset, encoder, encoder_id, cache_dir, progress)
+    return FrameSet(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks).astype(np.int64)),
+                    torch.tensor(valid), torch.from_numpy(np.asarray(audio, dtype=np.float32)),
+                    [r.clip for r in dataset.records], [r.frame for r in dataset.records],
+                    [r.category for r in dataset.records], load_sources(root, layout, **layout_kwargs))
+
+

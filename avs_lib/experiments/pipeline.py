@@ -1,0 +1,87 @@
+"""The main job (``avs pipeline``): notebooks 00-05 in order into one batch folder, their figures copied into ``figures/``, then the batch's run report.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from avs_lib.core.files import read_json
+from avs_lib.core.paths import repo_root
+from avs_lib.experiments.notebooks import run_notebook
+from avs_lib.experiments.readme import format_number, headline_numbers, readme_numbers
+from avs_lib.viz.plots import relink_plotlyjs
+
+
+# ----------------------------------------------------------------------------- the main job
+PIPELINE_NOTEBOOKS = ("00_data_tour", "01_semantic_memory", "02_derivation", "03_elimination", "04_tsne_probe",
+                      "05_training")
+
+
+def run_pipeline(world: Path, figures: Path, runs_dir: Path, notebooks: tuple[str, ...] = PIPELINE_NOTEBOOKS,
+                 parameters: dict | None = None, batch_name: str | None = None) -> Path:
+    """Notebooks 00-05 in order through papermill into ``<runs_dir>/main-<time>/``, their figures
+    copied into ``figures/<notebook>/``, then the run report ``index.md``. Returns the batch folder;
+    a failing notebook raises ``NotebookFailed`` after the report of what ran is written."""
+    import shutil
+    import time
+
+
+    batch = Path(runs_dir) / (batch_name or f"main-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    started = time.time()
+    try:
+        for name in notebooks:
+            t0 = time.time()
+            print(f"[{name}] running ...", flush=True)
+            run = run_notebook(repo_root() / "notebooks" / f"{name}.py", {"data_root": str(world), **(parameters or {})},
+                               name=name, runs_dir=batch, progress=False)
+            if (run / "figures").exists():
+                shutil.rmtree(Path(figures) / name, ignore_errors=True)
+                shutil.copytree(run / "figures", Path(figures) / name)
+                for html in (Path(figures) / name).glob("*.html"):
+                    relink_plotlyjs(html)
+            print(f"[{name}] done in {time.time() - t0:.0f} s", flush=True)
+    finally:
+        if batch.exists():
+            write_run_report(batch, readme=repo_root() / "README.md")
+    print(f"notebook pipeline: {time.time() - started:.0f} s", flush=True)
+    return batch
+
+
+def write_run_report(batch: Path, readme: Path | None = None) -> Path:
+    """``<batch>/index.md``: per notebook its status, its headline numbers (beside the README's,
+    where the README quotes one), thumbnails of its figures and a link to the executed notebook."""
+    quoted = readme_numbers(readme) if readme else {}
+    lines = [f"# Run report: {batch.name}", ""]
+    envs = [read_json(f) for f in sorted(batch.glob("*/environment.json"))]
+    if envs:
+        commits = sorted({str(e.get("git_commit")) for e in envs})
+        dirty = sorted({path for e in envs for path in (e.get("dirty_code") or [])})
+        state = (f"uncommitted code changes during the run: {', '.join(dirty)}" if dirty
+                 else "no uncommitted code changes")
+        lines += [f"Commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c}`' for c in commits)} ({state}); "
+                  f"{envs[0].get('device')}; torch {envs[0].get('packages', {}).get('torch')}; "
+                  f"started {envs[0].get('started')}.", ""]
+    for run in sorted(p for p in batch.iterdir() if p.is_dir()):
+        status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
+        lines += [f"## {run.name}", "",
+                  f"{status.get('status', 'unknown')}" + (f" in {status['seconds']} s" if "seconds" in status else "")
+                  + f" · [executed notebook]({run.name}/{run.name}.ipynb) · [parameters]({run.name}/params.json)", ""]
+        if status.get("error"):
+            lines += [f"Error: `{status['error'][:300]}`", ""]
+        if (run / "metrics.json").exists():
+            numbers = headline_numbers(read_json(run / "metrics.json"))
+            lines += ["| number | this run | README |", "| --- | --- | --- |"]
+            for key, value in numbers.items():
+                readme_value = quoted.get((run.name, key), "")
+                mark = "" if not readme_value or readme_value == format_number(value) else " (differs)"
+                lines.append(f"| `{key}` | {format_number(value)} | {readme_value}{mark} |")
+            lines.append("")
+        thumbs = [f'<a href="{f.relative_to(batch).as_posix()}"><img src="{f.relative_to(batch).as_posix()}" width="240"></a>'
+                  for f in sorted((run / "figures").glob("*.png"))]
+        thumbs += [f"[{f.name}]({f.relative_to(batch).as_posix()})" for f in sorted((run / "figures").glob("*.html"))]
+        if thumbs:
+            lines += [" ".join(thumbs), ""]
+    path = batch / "index.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,1 @@
+"""DDESeg's semantic memory: the algorithm (Eq. 2-4) and its files."""

@@ -1,0 +1,453 @@
+"""The training engine: one loop from a 2-core CPU to several GPUs.
+
+``train(TrainConfig(...))`` (or ``avs train --config FILE key=value ...``):
+
+* AdamW with no weight decay on norms, biases and other 1-D parameters; linear warm-up then a cosine
+  decay to ``min_lr``, stepped every iteration;
+* bf16 autocast on CUDA; gradient clipping;
+* reproducibility: the order of the training frames, the augmentation and every random draw in the
+  model (Gumbel noise, dropout) are seeded from (seed, epoch), so a CPU run is bit-reproducible and
+  ``resume`` continues exactly where it stopped;
+* validation every epoch, test once at the end with the best checkpoint;
+* ``last.pt`` and ``best.pt`` are written atomically (temporary file, then rename) with a format
+  header, the config and a checksum, and verified when read (``avs_lib.training.checkpoints``);
+* ``log.jsonl`` has one JSON line per epoch. The lines live inside the checkpoint and the file is
+  rewritten from it (atomically) right after the checkpoint: a line never exists without its
+  checkpoint, and a kill between the two is repaired by the resume, which rewrites log.jsonl from
+  ``last.pt``. ``metrics.json`` holds the final numbers;
+* the run folder is locked (``<out>/run.lock``: pid and host, ``avs_lib.core.locks``); ``resume=true``
+  refuses a config that differs from the run's in anything but ``epochs`` and leaves config.json
+  as it was (``avs_lib.training.runs``, whose ``run_state`` also lets ``train_once`` reuse a run);
+* tracking: TensorBoard events in ``<out>/tensorboard/`` by default, W&B offline as an option
+  (``tracking=``, ``avs_lib.training.tracking``);
+* several processes: launched by ``torchrun``, the engine initialises the process group (NCCL on
+  CUDA, gloo on CPU), wraps the model in DistributedDataParallel and gives each rank an equal slice
+  of every global batch. On CUDA, BatchNorm becomes SyncBatchNorm; on CPU (where SyncBatchNorm does
+  not run) use ``decoder_norm=group`` for results identical to one process. Several nodes: torchrun
+  on each with a c10d rendezvous and ``out`` on a shared file system; with ``--max-restarts`` pass
+  ``resume=true``, so that a restarted group continues from ``last.pt`` (README, "Running on a
+  cluster").
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from avs_lib.analysis.truth import onscreen_labels
+from avs_lib.core.config import TrainConfig, check_device
+from avs_lib.core.files import atomic_write, atomic_write_text, output_folder, read_json, writing_into
+from avs_lib.core.locks import RunLock
+from avs_lib.core.paths import workbench_path
+from avs_lib.data.transforms import flip_batch, normalise_images
+from avs_lib.training.checkpoints import read_checkpoint, save_checkpoint
+from avs_lib.training.losses import avsac_loss, capacity_loss, ddeseg_loss
+from avs_lib.training.predict import autocast, evaluate_model, load_trained, make_model
+from avs_lib.training.prepare import Prepared, prepare
+from avs_lib.training.runs import RunRefused, open_run_folder, run_state
+from avs_lib.training.tracking import Tracker, predicted_masks
+
+
+# ----------------------------------------------------------------------------- pieces
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def is_pretrained_backbone(name: str) -> bool:
+    """A parameter of the visual backbone proper (what a pretrained checkpoint fills): the CNN's own
+    layers, or the MiT's patch embeddings, self-attention, FFNs and norms; not the fusion blocks'
+    audio cross-attention, the elimination, derivation, projections or decoder."""
+    if name.startswith("encoder.cnn."):
+        return True
+    return name.startswith("encoder.") and not name.startswith(("encoder.fusion", "encoder.norms")) and "cross_" not in name
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict]:
+    """AdamW groups: no weight decay on norms, biases and other 1-D parameters; with
+    ``backbone_lr_scale`` != 1, the backbone's parameters (``is_pretrained_backbone``) in groups of
+    their own whose learning rate is scaled by it (each group's ``lr_scale``)."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            backbone = backbone_lr_scale != 1.0 and is_pretrained_backbone(name)
+            groups.setdefault((p.ndim <= 1 or name.endswith(".bias"), backbone), []).append(p)
+    return [{"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
+             "lr_scale": backbone_lr_scale if backbone else 1.0}
+            for (no_decay, backbone), params in sorted(groups.items())]
+
+
+def learning_rate(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float) -> float:
+    """Linear warm-up from lr/warmup to lr, then cosine from lr to min_lr at the last step."""
+    if warmup_steps and step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps - 1)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def atomic_save(obj, path: Path) -> None:
+    atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def _loss(config: TrainConfig, out, masks, valid, onscreen=None):
+    if config.model == "avsac":
+        return avsac_loss(out.logits.float(), masks, out.audio.float(), out.agv.float(), valid, config.avfs_weight)
+    loss = ddeseg_loss(out.logits.float(), masks, valid)
+    if config.capacity_check:  # outside the paper: the capacity check (avs_lib.training.losses.capacity_loss)
+        if out.derivation is None or not out.stage_scores:
+            raise ValueError("capacity_check needs a model with derivation and elimination (ablation=full)")
+        loss = loss + config.capacity_check * capacity_loss(list(out.stage_scores.values()),
+                                                            out.derivation.class_indices, onscreen)
+    return loss
+
+
+def _capacity_targets(config: TrainConfig, prepared: Prepared, indices: torch.Tensor):
+    """On-screen labels [B, C] of the training frames ``indices`` for the capacity check (None when off)."""
+    if not config.capacity_check:
+        return None
+
+    frames = prepared.train
+    if "_onscreen" not in frames.__dict__:  # computed once per frame set
+        frames.__dict__["_onscreen"] = onscreen_labels(frames, len(prepared.memory.class_names))
+    return frames.__dict__["_onscreen"][indices]
+
+
+def _distributed() -> tuple[int, int]:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        if (os.environ.get("RANK") == "0" and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+                and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0):
+            # Measured here (torch 2.13, c10d): the store torchrun shares across rendezvous rounds
+            # keeps the previous attempt's addresses, and a restarted group can read them and fail
+            # (or hang) in its first collective; a store per round avoids that.
+            print("note: torchrun --max-restarts with the shared rendezvous store: export "
+                  "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 before torchrun so that a restarted group does not read "
+                  "the previous attempt's addresses (README, 'Running on a cluster')", file=sys.stderr, flush=True)
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _fault_injection(out_dir: Path, epoch: int, step_in_epoch: int, rank: int) -> None:
+    """Test hook: ``AVS_FAULT_KILL=EPOCH:STEP[:RANK]`` SIGKILLs this worker at that step (epoch
+    1-based, step within the epoch 0-based, rank 0 by default), once per run folder (a marker file
+    ``.fault-injected`` keeps the restarted workers alive). The elastic-restart test uses it."""
+    spec = os.environ.get("AVS_FAULT_KILL")
+    if not spec:
+        return
+    parts = [int(p) for p in spec.split(":")]
+    at_epoch, at_step, at_rank = parts[0], parts[1], parts[2] if len(parts) > 2 else 0
+    if (epoch + 1, step_in_epoch, rank) != (at_epoch, at_step, at_rank):
+        return
+    try:
+        os.close(os.open(out_dir / ".fault-injected", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _agree(error: BaseException | None, world: int) -> None:
+    """Rank 0's verdict on the run folder, shared so that every rank stops with the same message
+    instead of waiting for rank 0 in a collective."""
+    if world > 1:
+        box = [None if error is None else str(error)]
+        dist.broadcast_object_list(box, src=0)
+        if error is None and box[0] is not None:
+            raise RunRefused(f"rank 0 refused the run: {box[0]}")
+    if error is not None:
+        raise error
+
+
+def _write_log(log_path: Path, records: list[dict]) -> None:
+    """log.jsonl rewritten whole from the checkpoint's records (atomic): it never holds a line
+    without a checkpoint, and a kill between the checkpoint and this write loses nothing (the next
+    resume rewrites it from the checkpoint)."""
+    atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _legacy_log(log_path: Path, epochs_done: int) -> list[dict]:
+    """The records of a checkpoint written before the log lived inside it: log.jsonl, cut to the
+    checkpoint's epoch."""
+    if not log_path.exists():
+        return []
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    return [r for r in records if r.get("epoch", 0) <= epochs_done]
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(config: TrainConfig, prepared: Prepared | None = None) -> dict:
+    """Train ``config`` into ``config.out`` (see the module docstring). The folder is locked for the
+    run (``avs_lib.core.locks``): a second run into it raises ``RunLocked`` naming the owner."""
+    check_device(config)  # before the process group, the run folder and any data work
+    rank, world = _distributed()
+    main = rank == 0
+    out_dir = Path(config.out)
+    lock, error, state = None, None, None
+    if main:
+        try:
+            output_folder(out_dir, "out=")
+            lock = RunLock(out_dir).acquire()
+            state = open_run_folder(config, out_dir)
+        except (ValueError, OSError) as err:
+            error = err
+    try:
+        _agree(error, world)
+        # a full disk is one message naming the folder and the checkpoint that is still good
+        with writing_into(out_dir, kept=lambda: _what_is_kept(out_dir)):
+            return _train(config, prepared, rank, world, out_dir, state)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _what_is_kept(out_dir: Path) -> str:
+    last = out_dir / "last.pt"
+    if not last.exists():
+        return "no epoch had been saved yet"
+    return f"{last}, the last good checkpoint, is kept: continue with resume=true once there is space"
+
+
+def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int, out_dir: Path,
+           state: dict | None) -> dict:
+    main = rank == 0
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    prepared = prepared or prepare(config, progress=config.progress and main)
+    torch.manual_seed(config.seed)
+    model = make_model(config, prepared).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if world > 1:
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    core = model.module if world > 1 else model
+    optimiser = torch.optim.AdamW(parameter_groups(core, config.weight_decay, config.backbone_lr_scale), lr=config.lr)
+    n_train = len(prepared.train)
+    steps_per_epoch = max(1, n_train // config.batch_size)  # drop the last partial batch: equal rank slices
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by the {world} processes")
+
+    # the last step of each of the first validations_per_epoch - 1 parts of an epoch (the epoch's end validates anyway)
+    inside_epoch = {steps_per_epoch * j // config.validations_per_epoch - 1 for j in range(1, config.validations_per_epoch)}
+    start_epoch, best, history, log = 0, -1.0, [], []
+    last_path, best_path, log_path = out_dir / "last.pt", out_dir / "best.pt", out_dir / "log.jsonl"
+    if config.resume and last_path.exists():
+        if state is None:  # ranks other than 0 read (and verify) the checkpoint themselves
+            state = read_checkpoint(last_path, map_location=device)
+        core.load_state_dict({k: v.to(device) for k, v in state["model"].items()})
+        optimiser.load_state_dict(state["optimiser"])
+        start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+        log = state["log"] if "log" in state else _legacy_log(log_path, state["epoch"] + 1)
+        if main:
+            _write_log(log_path, log)  # the lines of the checkpoint's epochs, no more, no fewer
+            print(f"resuming {out_dir} from last.pt after epoch {start_epoch} of {config.epochs}", flush=True)
+    tracker = Tracker(out_dir, config.tracking, asdict(config), purge_step=start_epoch * steps_per_epoch) if main else None
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            model.train()
+            generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+            torch.manual_seed(config.seed * 100_003 + epoch)  # Gumbel noise, dropout
+            order = torch.randperm(n_train, generator=generator)
+            t0, losses, curve = time.time(), [], []
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=not (config.progress and main), leave=False)
+            for step_in_epoch in bar:
+                _fault_injection(out_dir, epoch, step_in_epoch, rank)
+                step = epoch * steps_per_epoch + step_in_epoch
+                for group in optimiser.param_groups:
+                    group["lr"] = group.get("lr_scale", 1.0) * learning_rate(step, total_steps, warmup_steps, config.lr,
+                                                                             config.min_lr)
+                batch = order[step_in_epoch * config.batch_size:(step_in_epoch + 1) * config.batch_size]
+                images, masks = prepared.train.images[batch], prepared.train.masks[batch]
+                if config.flip:
+                    images, masks = flip_batch(images, masks, generator)
+                audio, valid = prepared.train.audio[batch], prepared.train.valid[batch]
+                if config.zero_audio:
+                    audio = torch.zeros_like(audio)
+                share = batch.numel() // world  # this rank's slice of the global batch
+                sl = slice(rank * share, (rank + 1) * share)
+                images, masks, audio, valid = (t[sl].to(device) for t in (images, masks, audio, valid))
+                if config.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with autocast(device, config.bf16, config.cpu_bf16):
+                    out = model(normalise_images(images), audio)
+                loss = _loss(config, out, masks, valid, _capacity_targets(config, prepared, batch[sl]))
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+                optimiser.step()
+                reduced = loss.detach().clone()
+                if world > 1:
+                    dist.all_reduce(reduced)
+                    reduced /= world
+                losses.append(reduced.item())
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+                if main and step_in_epoch in inside_epoch:
+                    since = losses[(curve[-1]["step_in_epoch"] + 1) if curve else 0:]
+                    curve.append({**_validate_inside_epoch(model, core, prepared, device, config, step),
+                                  "loss": sum(since) / len(since), "step_in_epoch": step_in_epoch})
+            record = {"epoch": epoch + 1, "loss": sum(losses) / len(losses), "losses": losses, "curve": curve,
+                      "frames_seen": (epoch + 1) * steps_per_epoch * config.batch_size,
+                      "lr": optimiser.param_groups[0]["lr"], "seconds": time.time() - t0,
+                      "frames_per_second": steps_per_epoch * config.batch_size / (time.time() - t0)}
+            if main:
+                record["val"] = evaluate_model(core, prepared.val, device, config)
+                improved = record["val"]["JF"] > best
+                best = max(best, record["val"]["JF"])
+                history.append({k: v for k, v in record.items() if k != "losses"})
+                log.append(record)
+                # The epoch's log line lives inside its checkpoint; log.jsonl is rewritten from it after
+                # the checkpoint is in place, so neither exists without the other (see _write_log).
+                state = {"model": core.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epoch,
+                         "best": best, "history": history, "log": log, "config": asdict(config)}
+                if improved:
+                    save_checkpoint(state, best_path)
+                save_checkpoint(state, last_path)
+                _write_log(log_path, log)
+                _track_epoch(tracker, core, prepared, device, config, record, epoch, steps_per_epoch, total_steps,
+                             warmup_steps)
+                if config.progress:
+                    v = record["val"]
+                    print(f"epoch {epoch + 1}: loss {record['loss']:.4f}  val J {v['J']:.3f} F {v['F']:.3f} "
+                          f"J&F {v['JF']:.3f}" + ("  (best)" if improved else ""), flush=True)
+            if world > 1:
+                dist.barrier()
+            if config.stop_after_epoch is not None and epoch + 1 >= config.stop_after_epoch and epoch + 1 < config.epochs:
+                return {"stopped_after_epoch": epoch + 1}
+    finally:
+        if tracker is not None:
+            tracker.close()
+
+    result = {}
+    if main:
+        state = read_checkpoint(best_path, map_location=device)
+        core.load_state_dict(state["model"])
+        result = {"test": evaluate_model(core, prepared.test, device, config), "best_val_JF": best,
+                  "epochs": config.epochs, "history": history, "config": asdict(config),
+                  "best_epoch": state["epoch"] + 1}
+        atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=1))
+    return result
+
+
+def _validate_inside_epoch(model, core, prepared: Prepared, device: torch.device, config: TrainConfig, step: int) -> dict:
+    """A point of the learning curve inside an epoch: {"frames_seen", "JF"} on the validation split.
+    The random state is put back afterwards, so a run validated more often trains the same weights."""
+    state = torch.get_rng_state()
+    point = {"frames_seen": (step + 1) * config.batch_size, "JF": evaluate_model(core, prepared.val, device, config)["JF"]}
+    torch.set_rng_state(state)
+    model.train()
+    return point
+
+
+def learning_curve(history: list[dict]) -> list[dict]:
+    """[{"frames_seen", "JF"}] of a run's history: the points inside each epoch (``validations_per_epoch``)
+    and each epoch's end, in order."""
+    points = []
+    for record in history:
+        points.extend(record.get("curve", []))
+        if "frames_seen" in record:
+            points.append({"frames_seen": record["frames_seen"], "JF": record["val"]["JF"]})
+    return points
+
+
+def late_gain(history: list[dict], fraction: float = 0.2) -> float | None:
+    """Validation J&F gained over the last ``fraction`` of the frames seen (best point in that part
+    minus the last point before it): under 0.01 says the curve is flat where training stops."""
+    points = learning_curve(history)
+    if len(points) < 2:
+        return None
+    cut = points[-1]["frames_seen"] * (1 - fraction)
+    before = [p for p in points if p["frames_seen"] <= cut]
+    late = [p for p in points if p["frames_seen"] > cut]
+    if not before or not late:
+        return None
+    return max(p["JF"] for p in late) - before[-1]["JF"]
+
+
+TRACKED_FRAMES = 4  # validation frames whose predicted masks go to TensorBoard / W&B each epoch
+
+
+def _track_epoch(tracker: Tracker | None, model, prepared: Prepared, device: torch.device, config: TrainConfig,
+                 record: dict, epoch: int, steps_per_epoch: int, total_steps: int, warmup_steps: int) -> None:
+    """Per step: the loss and the learning rate; per epoch (at its last step): the mean loss, the
+    validation metrics and a few predicted masks."""
+    if tracker is None or (tracker.tb is None and tracker.wandb_run is None):
+        return
+    first = epoch * steps_per_epoch
+    for i, loss in enumerate(record["losses"]):
+        tracker.scalars({"train/loss": loss,
+                         "train/lr": learning_rate(first + i, total_steps, warmup_steps, config.lr, config.min_lr)},
+                        first + i)
+    last = first + steps_per_epoch - 1
+    tracker.scalars({"train/epoch_loss": record["loss"],
+                     **{f"val/{k}": v for k, v in record["val"].items() if k in ("J", "F", "JF", "mIoU")}}, last)
+    frames = [i for i in range(len(prepared.val)) if prepared.val.valid[i]][:TRACKED_FRAMES]
+    if frames:
+        model.eval()
+        with torch.no_grad(), autocast(device, config.bf16, config.cpu_bf16):
+            images = prepared.val.images[frames].to(device)
+            audio = prepared.val.audio[frames].to(device)
+            logits = model(normalise_images(images), torch.zeros_like(audio) if config.zero_audio else audio).logits
+        tracker.masks("val/masks", prepared.val.masks[frames], predicted_masks(logits.float().cpu()), last)
+
+
+def train_once(config: TrainConfig, prepared: Prepared | None = None) -> dict:
+    """``train``, made safe to call again (a notebook's second Run All): a finished run in
+    ``config.out`` with the same settings is reused (its metrics are returned, nothing is trained),
+    an unfinished one is resumed, and a run with other settings is moved aside to
+    ``<out>-previous-<n>`` (said in one line) so that nothing is lost."""
+    from dataclasses import replace
+
+    out = Path(config.out)
+    state = run_state(out, config)
+    if state.kind == "finished":
+        print(f"reusing the model trained in {out} (same settings)", flush=True)
+        return read_json(out / "metrics.json", "run metrics")
+    if state.kind == "resumable":
+        print(f"resuming the unfinished run in {out}", flush=True)
+        return train(replace(config, resume=True), prepared)
+    if state.kind in ("other", "started"):
+        n = 1
+        while out.with_name(f"{out.name}-previous-{n}").exists():
+            n += 1
+        aside = out.with_name(f"{out.name}-previous-{n}")
+        out.rename(aside)
+        changed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in state.differences.items()) or "unfinished"
+        print(f"{out} held a run with other settings ({changed}); moved it to {aside}", flush=True)
+    return train(config, prepared)
+
+
+def train_or_load(checkpoint: str | Path | None, config: TrainConfig, out: str | Path | None = None):
+    """(model, config, prepared) for a notebook: load ``checkpoint`` when given, else train
+    ``config`` into ``out`` (default ``config.out``), or reuse the run a previous call trained there
+    with the same settings, and load its best checkpoint."""
+    from dataclasses import replace
+
+
+    if checkpoint:
+        return load_trained(workbench_path(checkpoint))
+    config = replace(config, out=str(out or config.out))
+    prepared = prepare(config)
+    train_once(config, prepared)
+    return load_trained(Path(config.out) / "best.pt", prepared)
+
+

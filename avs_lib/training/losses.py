@@ -1,0 +1,107 @@
+"""Segmentation losses: DDESeg's Eq. 18 (5 Dice + 5 BCE + 2 IoU), Focal, Dice, and AVSAC's AVFS (Eq. 4).
+
+Binary losses take logits [B, H, W] and masks [B, H, W] in {0, 1}; semantic losses take logits
+[B, C, H, W] and class-index masks [B, H, W]. ``valid`` [B] (optional) drops frames without a ground
+truth (AVSBench S4 trains on frame 1 only); every loss is a mean over the valid frames.
+
+Choices where the papers are silent (also in the README's notes):
+
+* Dice and IoU are "soft" (computed on probabilities), per frame, with smoothing 1.
+* For semantic masks, Eq. 18's BCE becomes cross-entropy (the paper gives Eq. 18 for binary masks only) and Dice/IoU are averaged over
+  the classes present in the frame's ground truth or prediction mass.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _frame_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    if valid is None:
+        return values.mean()
+    valid = valid.to(values.dtype)
+    return (values * valid).sum() / valid.sum().clamp_min(1)
+
+
+def dice_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None = None, smooth: float = 1.0) -> torch.Tensor:
+    """1 - (2|P.G| + s) / (|P| + |G| + s) per frame, P = sigmoid(logits)."""
+    p, g = torch.sigmoid(logits).flatten(1), masks.float().flatten(1)
+    dice = (2 * (p * g).sum(1) + smooth) / (p.sum(1) + g.sum(1) + smooth)
+    return _frame_mean(1 - dice, valid)
+
+
+def iou_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None = None, smooth: float = 1.0) -> torch.Tensor:
+    """1 - (|P.G| + s) / (|P| + |G| - |P.G| + s) per frame (soft IoU)."""
+    p, g = torch.sigmoid(logits).flatten(1), masks.float().flatten(1)
+    inter = (p * g).sum(1)
+    return _frame_mean(1 - (inter + smooth) / (p.sum(1) + g.sum(1) - inter + smooth), valid)
+
+
+def bce_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    per_frame = F.binary_cross_entropy_with_logits(logits, masks.float(), reduction="none").flatten(1).mean(1)
+    return _frame_mean(per_frame, valid)
+
+
+def focal_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None = None,
+               alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
+    """Lin et al.'s binary focal loss, mean over pixels, then over frames."""
+    g = masks.float()
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, g, reduction="none")
+    p_t = p * g + (1 - p) * (1 - g)
+    alpha_t = alpha * g + (1 - alpha) * (1 - g)
+    return _frame_mean((alpha_t * (1 - p_t) ** gamma * ce).flatten(1).mean(1), valid)
+
+
+def _semantic_overlap(logits: torch.Tensor, masks: torch.Tensor, smooth: float, kind: str) -> torch.Tensor:
+    probs = torch.softmax(logits, dim=1).flatten(2)  # [B, C, HW]
+    onehot = F.one_hot(masks.long(), logits.shape[1]).permute(0, 3, 1, 2).flatten(2).float()
+    inter, ps, gs = (probs * onehot).sum(2), probs.sum(2), onehot.sum(2)  # [B, C]
+    score = (2 * inter + smooth) / (ps + gs + smooth) if kind == "dice" else (inter + smooth) / (ps + gs - inter + smooth)
+    present = (gs > 0) | (ps > 0.5)
+    return ((1 - score) * present).sum(1) / present.sum(1).clamp_min(1)  # [B]
+
+
+def ddeseg_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None = None,
+                dice_weight: float = 5.0, bce_weight: float = 5.0, iou_weight: float = 2.0) -> torch.Tensor:
+    """Eq. 18: lambda_dice L_dice + lambda_bce L_bce + lambda_iou L_iou with weights 5, 5, 2."""
+    if logits.dim() == 3:
+        return (dice_weight * dice_loss(logits, masks, valid) + bce_weight * bce_loss(logits, masks, valid)
+                + iou_weight * iou_loss(logits, masks, valid))
+    ce = F.cross_entropy(logits, masks.long(), reduction="none").flatten(1).mean(1)
+    return (dice_weight * _frame_mean(_semantic_overlap(logits, masks, 1.0, "dice"), valid)
+            + bce_weight * _frame_mean(ce, valid)
+            + iou_weight * _frame_mean(_semantic_overlap(logits, masks, 1.0, "iou"), valid))
+
+
+def avfs_loss(audio: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+    """AVSAC Eq. 4: KL(P(F_a) || P(F_AGV)) per frame, averaged over frames.
+
+    audio [T, d] is repeated over the L visual positions of visual [T, L, d]; both are flattened to
+    [T, L*d] and turned into distributions with a softmax, as the paper describes.
+    """
+    t, n, d = visual.shape
+    log_p_audio = F.log_softmax(audio[:, None, :].expand(t, n, d).reshape(t, n * d), dim=1)
+    log_p_visual = F.log_softmax(visual.reshape(t, n * d), dim=1)
+    return (log_p_audio.exp() * (log_p_audio - log_p_visual)).sum(1).mean()
+
+
+def avsac_loss(logits: torch.Tensor, masks: torch.Tensor, audio: torch.Tensor, visual: torch.Tensor,
+               valid: torch.Tensor | None = None, avfs_weight: float = 1.0) -> torch.Tensor:
+    """AVSAC Eq. 5: Dice + Focal + AVFS (``avfs_weight=0`` for the ablation without it)."""
+    segmentation = dice_loss(logits, masks, valid) + focal_loss(logits, masks, valid)
+    return segmentation + avfs_weight * avfs_loss(audio, visual) if avfs_weight else segmentation
+
+
+def capacity_loss(stage_scores: list[torch.Tensor], classes: torch.Tensor, onscreen: torch.Tensor) -> torch.Tensor:
+    """The capacity check's auxiliary loss, OUTSIDE THE PAPER: binary cross-entropy between every
+    stage's elimination score S [B, K] and the world's truth for the token's class (1: the class
+    sounds on screen in the frame; 0: off screen only, silent or absent), averaged over stages.
+
+    ``classes`` [B, K] are the derived tokens' classes, ``onscreen`` [B, C] the labels
+    (``avs_lib.analysis.truth.onscreen_labels``). Trained with it, the module is told which tokens to keep:
+    a high within-frame AUC then says it can separate them, so an unsupervised failure is the
+    objective's, not the module's."""
+    targets = onscreen.to(classes.device).gather(1, classes).float()  # [B, K]
+    losses = [F.binary_cross_entropy(s.float().clamp(1e-6, 1 - 1e-6), targets) for s in stage_scores]
+    return torch.stack(losses).mean()

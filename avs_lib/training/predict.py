@@ -1,0 +1,88 @@
+"""Inference: a model built for a prepared run (``make_model``), its logits and metrics on a frame set, and a trained model loaded from its checkpoint (``load_trained``).
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from avs_lib.analysis.metrics import evaluate
+from avs_lib.core.config import TrainConfig, config_from_dict
+from avs_lib.core.errors import DataError
+from avs_lib.core.paths import workbench_path
+from avs_lib.data.frames import FrameSet
+from avs_lib.data.transforms import normalise_images
+from avs_lib.models import build_model
+from avs_lib.training.checkpoints import load_model_state, read_checkpoint
+from avs_lib.training.prepare import Prepared, prepare
+
+
+def autocast(device: torch.device, enabled: bool, cpu: bool = False):
+    """bf16 autocast on CUDA when ``enabled``; on CPU only when ``cpu`` too (``TrainConfig.cpu_bf16``)."""
+    if enabled and (device.type == "cuda" or (device.type == "cpu" and cpu)):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict(model, frames: FrameSet, device: torch.device, batch_size: int = 32, bf16: bool = True,
+            zero_audio: bool = False, cpu_bf16: bool = False) -> torch.Tensor:
+    """Logits of every frame, on CPU (float32)."""
+    model.eval()
+    outs = []
+    for start in range(0, len(frames), batch_size):
+        images = frames.images[start:start + batch_size].to(device)
+        audio = frames.audio[start:start + batch_size].to(device)
+        if zero_audio:
+            audio = torch.zeros_like(audio)
+        with autocast(device, bf16, cpu_bf16):
+            outs.append(model(normalise_images(images), audio).logits.float().cpu())
+    return torch.cat(outs)
+
+
+def evaluate_model(model, frames: FrameSet, device: torch.device, config: TrainConfig) -> dict:
+    logits = predict(model, frames, device, bf16=config.bf16, zero_audio=config.zero_audio, cpu_bf16=config.cpu_bf16)
+    keep = frames.valid
+    return evaluate(logits[keep], frames.masks[keep], convention=config.convention, batch_size=config.eval_batch_size)
+
+
+# ----------------------------------------------------------------------------- setup
+def make_model(config: TrainConfig, prepared: Prepared) -> torch.nn.Module:
+    switches = dict(config.switches)
+    switches.setdefault("num_classes", prepared.num_classes)
+    if config.model == "avsac":
+        return build_model("avsac", size=config.size, memory=prepared.memory, **switches)
+    model = build_model(config.model, size=config.size, variant=config.variant,
+                        ablation=config.ablation if config.model == "ddeseg" else None,
+                        memory=prepared.memory, **switches)
+    if getattr(model, "backbone_report", None) is not None and config.progress:
+        print(model.backbone_report, flush=True)
+    return model
+
+
+def load_trained(checkpoint: str | Path, prepared: Prepared | None = None, device: str = "cpu",
+                 data_root: str | Path | None = None):
+    """(model, config, prepared) from a best.pt/last.pt written by ``train``. The checkpoint is
+    verified (``avs_lib.training.checkpoints``) before any data work; a file that is not one, or whose
+    weights do not fit its config, is a ``CheckpointError`` naming it. ``data_root``: where the
+    run's dataset is now, when it has moved since training (its memory is built from there too,
+    unless the run named a memory_root of its own)."""
+    from dataclasses import replace
+
+
+    state = read_checkpoint(checkpoint)
+    config = config_from_dict(state["config"], f"the config inside checkpoint {checkpoint}")
+    if data_root is not None:
+        config = replace(config, data_root=str(data_root))
+    if prepared is None and data_root is not None and not workbench_path(data_root).is_dir():
+        raise DataError(f"--data-root {data_root} does not exist or is not a folder; pass the folder the checkpoint's "
+                        f"dataset ({state['config'].get('data_root')} when it was trained) is in now")
+    if prepared is None and not workbench_path(config.data_root).is_dir():
+        raise DataError(f"checkpoint {checkpoint} was trained on data_root={config.data_root}, which does not exist "
+                        f"here ({workbench_path(config.data_root)}): if the dataset has moved, point avs eval at it "
+                        "with --data-root DIR (load_trained(..., data_root=DIR))")
+    prepared = prepared or prepare(config)
+    model = make_model(config, prepared)
+    load_model_state(model, state["model"], checkpoint, state["config"])
+    return model.to(device).eval(), config, prepared

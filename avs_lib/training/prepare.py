@@ -1,0 +1,42 @@
+"""What a training run needs before its first step (``prepare``): the frozen audio encoder, the memory and the three frame sets, from the caches where they exist.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from avs_lib.audio.registry import audio_encoder_from_spec
+from avs_lib.core.paths import workbench_path
+from avs_lib.data.frames import SEMANTIC_LAYOUTS, FrameSet, load_frames
+from avs_lib.memory.build import SemanticMemory
+from avs_lib.memory.io import build_world_memory, load_memory, load_memory_file
+
+
+@dataclass
+class Prepared:
+    train: FrameSet
+    val: FrameSet
+    test: FrameSet
+    memory: SemanticMemory
+    num_classes: int
+
+
+def prepare(config, progress: bool = False) -> Prepared:
+    """The frozen audio encoder, the memory (config.k, config.m) and the three splits of
+    ``config.layout`` for a ``TrainConfig``, from the caches where they exist."""
+    data_root = workbench_path(config.data_root)
+    cache = workbench_path(config.cache_dir) if config.cache_dir else data_root / "cache"
+    memory_root = workbench_path(config.memory_root) if config.memory_root else data_root
+    memory_file = workbench_path(config.memory_file) if config.memory_file else None
+    given = load_memory_file(memory_file, config) if memory_file else None  # checked before the encoder's minutes
+    encoder, classes, encoder_id = audio_encoder_from_spec(config.audio_encoder, memory_root, cache, config.audio_dim,
+                                                           config.encoder_epochs, progress=progress)
+    if given is not None:  # read again, now with the data's classes (a memory file is small)
+        memory = load_memory(memory_file, class_names=classes, dim=config.audio_dim,
+                             drop_background="background" not in classes)
+    else:
+        memory = build_world_memory(memory_root, encoder, encoder_id, cache, config.k, config.m, seed=0,
+                                    progress=progress)
+    sets = [load_frames(data_root, config.layout, split, config.image_size, encoder, encoder_id, cache, progress)
+            for split in ("train", "val", "test")]
+    num_classes = len(classes) + 1 if config.layout in SEMANTIC_LAYOUTS else 1
+    return Prepared(*sets, memory=memory, num_classes=num_classes)
