@@ -54,6 +54,7 @@ import torch
 
 from IPython.display import Audio, display
 
+from avs_lib.analysis.findings import recall_finding
 from avs_lib.analysis.inspect import derivation_recall
 from avs_lib.audio.pretrain import prepare_audio_encoder
 from avs_lib.audio.pretrain import world_setup
@@ -158,6 +159,7 @@ recall_curve(recalls, Path(run_dir) / "figures" / "derivation_recall.png", ceili
 at_k = next(r for r in recalls if r["K"] == K)
 print(f"at K={K}: recall {at_k['recall']:.3f} (on screen {at_k['recall_on_screen']:.3f}), chance {K / len(classes):.3f}"
       + (f", encoder ceiling {ceiling[K - 1]:.3f}" if ceiling else ""))
+print(recall_finding(K, at_k["recall"], K / len(classes), ceiling[K - 1] if ceiling else None))
 
 # %% [markdown]
 # Where the nearest-centre curve follows the ceiling, the memory loses nothing the encoder knows;

@@ -47,14 +47,15 @@ run_dir = ""  # empty: runs/notebooks/03_elimination/ under the repository root
 
 # %%
 import pandas as pd
-import torch
 
-from avs_lib.analysis.inspect import (elimination_analysis, elimination_auc, stage_token_scores, tau_sweep, token_separation)
+from avs_lib.analysis.inspect import (INSPECTION_NAMES, elimination_analysis, elimination_auc, stage_token_scores,
+                                      tau_sweep, token_separation)
+from avs_lib.analysis.findings import elimination_finding, separation_finding, spread_finding, sweep_finding
 from avs_lib.analysis.truth import token_categories
 from avs_lib.core.config import load_config
 from avs_lib.core.paths import notebook_paths, workbench_path
-from avs_lib.data.transforms import normalise_images
 from avs_lib.experiments.notebooks import save_metrics
+from avs_lib.models.hooks import run_with_cache
 from avs_lib.training.loop import train_or_load
 from avs_lib.training.runs import shared_run_dir
 from avs_lib.viz.plots import assignment_overlay, roc_figure, stage_score_distributions
@@ -87,14 +88,13 @@ figures = run_dir / "figures"
 # Below: each centre's share $O_{:,k}$ over the frame, at the first stage that eliminates.
 
 # %%
-with torch.no_grad():
-    out = model(normalise_images(test.images[frame_index:frame_index + 1]), test.audio[frame_index:frame_index + 1])
-first = out.eliminations[0]
-assignment = first.assignment[0].numpy()
-side = int(round(assignment.shape[0] ** 0.5))
-assignment_overlay(test.images[frame_index].permute(1, 2, 0).numpy(), assignment, (side, side),
-                   test.masks[frame_index].numpy(), figures / "assignment_maps.png",
-                   title=f"stage {out.elimination_stages[0]}: soft assignment O (Eq. 13)");
+# every activation by name (avs_lib.models.hooks): the frame's assignments at every stage that eliminates
+one_frame = run_with_cache(model, test, names=["stage*.elimination.assignment"], indices=[frame_index])
+first_name = next(iter(one_frame))  # names come in forward order: the first stage that eliminates
+first_stage = int(first_name.split(".")[0][len("stage"):])
+assignment_overlay(test.images[frame_index].permute(1, 2, 0).numpy(), one_frame[first_name][0].numpy(),
+                   one_frame.hw(first_stage), test.masks[frame_index].numpy(), figures / "assignment_maps.png",
+                   title=f"stage {first_stage}: soft assignment O (Eq. 13)");
 
 # %% [markdown]
 # Centres that each take a different part of the frame (an object, the background) give Eq. 15
@@ -105,7 +105,8 @@ assignment_overlay(test.images[frame_index].permute(1, 2, 0).numpy(), assignment
 #
 # The audio tokens $\hat A$ attend to the centres (multi-head cross-attention, with the token added
 # back when `elimination_residual` is on) and an MLP scores each token
-# (`DynamicElimination.forward`, collected per stage by `avs_lib.analysis.inspect.stage_token_scores`):
+# (`DynamicElimination.forward`; hook points `stage{i}.elimination.scores`, collected per stage by
+# `avs_lib.analysis.inspect.stage_token_scores`):
 #
 # $$F_{av} = \mathrm{MCA}(\hat A, C_v) \tag{15}$$
 #
@@ -115,7 +116,9 @@ assignment_overlay(test.images[frame_index].permute(1, 2, 0).numpy(), assignment
 # scores of every test token, split by what the world says its class does in the frame.
 
 # %%
-classes, stage_scores = stage_token_scores(model, test)
+# one pass over the test split gives every activation the analyses below read
+cache = run_with_cache(model, test, names=INSPECTION_NAMES, strict=False)
+classes, stage_scores = stage_token_scores(cache, test)
 categories = token_categories(test, classes)
 stage_score_distributions({k: v.numpy() for k, v in stage_scores.items()}, categories,
                           figures / "score_distributions.png");
@@ -133,8 +136,9 @@ stage_score_distributions({k: v.numpy() for k, v in stage_scores.items()}, categ
 # log-bias the tokens get in fusion).
 
 # %%
-analysis = elimination_analysis(model, test, boot=boot, seed=seed)
+analysis = elimination_analysis(cache, test, boot=boot, seed=seed)
 spread = pd.DataFrame({stage: a["spread"] for stage, a in analysis.items()}).T
+print(spread_finding({stage: a["spread"] for stage, a in analysis.items()}))
 spread
 
 # %% [markdown]
@@ -151,7 +155,8 @@ spread
 # the tokens that elimination scores).
 
 # %%
-separation = token_separation(model, test)
+separation = token_separation(cache, test)
+print(separation_finding(separation))
 pd.DataFrame(separation).T
 
 # %% [markdown]
@@ -181,6 +186,8 @@ table = pd.DataFrame({stage: {"within-frame AUC": a["within_frame"]["auc"],
                               "vs off screen only": a["within_frame_offscreen"]["auc"],
                               "vs silent": a["within_frame_silent"]["auc"], "pooled AUC": a["pooled"]["auc"]}
                       for stage, a in analysis.items()}).T
+for stage, a in analysis.items():
+    print(elimination_finding(stage, a["within_frame"]))
 table
 
 # %% [markdown]
@@ -191,7 +198,7 @@ table
 # into the last stage):
 
 # %%
-result = elimination_auc(model, test)
+result = elimination_auc(cache, test)
 print(f"pooled AUC {result['auc']:.3f} over {result['positives']} on-screen and {result['negatives']} "
       "off-screen-only tokens")
 roc_figure(result["labels"], result["scores"], "elimination scores (pooled)", figures / "elimination_roc.png");
@@ -201,11 +208,13 @@ roc_figure(result["labels"], result["scores"], "elimination scores (pooled)", fi
 #
 # ## The temperature tau
 # $\tau$ in Eq. 13 sharpens (small) or flattens (large) the assignment. The model was trained at
-# its own $\tau$; `avs_lib.analysis.inspect.tau_sweep` changes it at evaluation only and restores it
-# afterwards.
+# its own $\tau$; `avs_lib.analysis.inspect.tau_sweep` changes it at evaluation only, with a hook
+# that scales $V C_v^\top$ (`stage{i}.elimination.logits`) by the model's $\tau$ over the new one: the
+# model itself is not modified.
 
 # %%
 tau_auc = tau_sweep(model, test, taus)
+print(sweep_finding("The pooled elimination AUC", tau_auc))
 tau_auc
 
 # %% [markdown]

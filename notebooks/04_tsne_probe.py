@@ -47,6 +47,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.express as px
 
+from avs_lib.analysis.findings import probe_finding
 from avs_lib.analysis.probe import class_labels, last_stage_representation, linear_probe_f1, maps_2d
 from avs_lib.core.config import load_config
 from avs_lib.core.paths import notebook_paths, workbench_path
@@ -84,6 +85,7 @@ for setting in settings:
     train_x = last_stage_representation(model, s4_sets.train)
     features[setting] = last_stage_representation(model, s4_sets.test)
     probe_f1[setting] = round(linear_probe_f1(train_x, train_y, features[setting], test_y), 4)
+print(probe_finding(probe_f1, 1 / len(classes)))
 pd.Series(probe_f1, name="probe macro-F1").to_frame()
 
 # %% [markdown]

@@ -40,15 +40,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from avs_lib.analysis.evaluation import evaluation_table, headroom
 from avs_lib.analysis.inspect import pointing_accuracy
 from avs_lib.core.config import load_config
 from avs_lib.core.paths import notebook_paths, workbench_path
 from avs_lib.data.datasets import world_frame_size
-from avs_lib.data.transforms import normalise_images
 from avs_lib.experiments.notebooks import save_metrics
+from avs_lib.models.hooks import run_with_cache
 from avs_lib.training.loop import late_gain, train_once
 from avs_lib.training.predict import load_trained
 from avs_lib.training.prepare import prepare
@@ -120,21 +119,23 @@ window
 # %%
 test = prepared.test
 pick = list(range(0, len(test), max(1, len(test) // 4)))[:4]
-with torch.no_grad():
-    out = model(normalise_images(test.images[pick]), test.audio[pick])
+# one pass over the test split: the tokens' classes, every fusion block's attention per head, the logits
+cache = run_with_cache(model, test, names=["derivation.classes", "stage*.block*.cross_attn.pattern", "logits"],
+                       strict=False)
+stage1_blocks = [n for n in cache if n.startswith("stage1.block")]
 attention, token_names, pointing = None, None, None
-if out.derivation is not None and out.attention and out.attention[0] is not None and config.variant == "paper":
-    h, w = out.features[0].shape[-2:]  # stage 1's grid
-    attention = out.attention[0][..., :out.derivation.class_indices.shape[1]]  # [B, N, K] (a null key left out)
-    attention = attention.transpose(1, 2).reshape(len(pick), -1, h, w).numpy()
-    token_names = [[prepared.memory.class_names[c] for c in row] for row in out.derivation.class_indices.tolist()]
-    pointing = pointing_accuracy(model, test, world_frame_size(data_root))
+if "derivation.classes" in cache and stage1_blocks:
+    h, w = cache.hw(1)  # stage 1's grid
+    # the last fusion block of stage 1, mean over heads: [4, HW, K] -> [4, K, h, w]
+    attention = cache[stage1_blocks[-1]][pick].mean(1).transpose(1, 2).reshape(len(pick), -1, h, w).numpy()
+    token_names = [[prepared.memory.class_names[c] for c in row] for row in cache["derivation.classes"][pick].tolist()]
+    pointing = pointing_accuracy(cache, test, world_frame_size(data_root))
     best_stage = max((k for k in pointing if k.startswith("stage")), key=pointing.get)
     print(f"Pointing accuracy over {pointing['objects']} sounding objects: "
           + ", ".join(f"{k} {v:.2f}" for k, v in pointing.items() if k.startswith("stage"))
           + f"; {pointing['derived']:.0%} of the objects had a token of their class. The best stage, "
           f"{best_stage}, points inside the sounding object {pointing[best_stage]:.0%} of the time.")
-qualitative(test.images[pick].permute(0, 2, 3, 1).numpy(), test.masks[pick].numpy(), out.logits.numpy(), attention,
+qualitative(test.images[pick].permute(0, 2, 3, 1).numpy(), test.masks[pick].numpy(), cache["logits"][pick].numpy(), attention,
             figures / "qualitative.png", token_names=token_names);
 
 # %% [markdown]

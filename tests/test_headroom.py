@@ -107,26 +107,19 @@ def test_object_regions_split_the_mask_by_box():
 
 
 def test_pointing_accuracy_counts_peaks_inside_objects():
-    import types
-
     import torch
 
     from avs_lib.analysis.inspect import pointing_accuracy
+    from avs_lib.models.hooks import ActivationCache
 
     frames = _one_frame_with_sources()
-
-    class Pointing(torch.nn.Module):
-        """Two tokens (classes 2 and 9) on a 2x2 grid: token 0 peaks top-left (class 2's object)."""
-
-        def forward(self, images, audio):
-            attention = torch.zeros(1, 4, 2)
-            attention[0, 0, 0] = 1.0  # cell (0, 0): inside class 2's object
-            attention[0, 3, 1] = 1.0
-            derivation = types.SimpleNamespace(class_indices=torch.tensor([[2, 9]]))
-            return types.SimpleNamespace(derivation=derivation, attention=[attention],
-                                         features=[torch.zeros(1, 1, 2, 2)])
-
-    result = pointing_accuracy(Pointing(), frames, source_size=16)
+    # two tokens (classes 2 and 9) on a 2x2 grid, one head: token 0 peaks top-left (class 2's object)
+    pattern = torch.zeros(1, 1, 4, 2)
+    pattern[0, 0, 0, 0] = 1.0  # cell (0, 0): inside class 2's object
+    pattern[0, 0, 3, 1] = 1.0
+    cache = ActivationCache({"derivation.classes": torch.tensor([[2, 9]]), "stage1.block0.cross_attn.pattern": pattern})
+    cache.stage_hw = {1: (2, 2)}
+    result = pointing_accuracy(cache, frames, source_size=16)
     assert result["objects"] == 2
     assert result["derived"] == 0.5  # class 5 has no token: a miss
     assert result["stage 1"] == 0.5
@@ -182,13 +175,15 @@ def test_learning_curve_and_late_gain():
 def test_validating_inside_epochs_trains_the_same_weights(tmp_path):
     import torch
 
-    from test_training import _config, _prepared
+    from conftest import synthetic_prepared
+    from test_training import _config
     from avs_lib.training.loop import train
 
     results = {}
     for n in (1, 3):
         out = tmp_path / f"v{n}"
-        metrics = train(_config(out, epochs=2, validations_per_epoch=n, tracking="none"), _prepared())
+        metrics = train(_config(out, epochs=2, validations_per_epoch=n, tracking="none"),
+                        synthetic_prepared((16, 8, 8), size=64))
         results[n] = (torch.load(out / "last.pt", weights_only=False)["model"], metrics["history"])
     for name, tensor in results[1][0].items():
         assert torch.equal(tensor, results[3][0][name]), name

@@ -27,25 +27,44 @@ from sklearn.metrics import roc_auc_score
 from avs_lib.analysis.stats import cluster_bootstrap
 from avs_lib.analysis.truth import token_categories, true_classes
 from avs_lib.data.frames import FrameSet
-from avs_lib.data.transforms import normalise_images
 from avs_lib.models.derivation import nearest_centres
+from avs_lib.models.hooks import ActivationCache, hook_points, run_with_cache
 
 
-def tau_sweep(model, frames: FrameSet, taus: list[float], device: str = "cpu") -> dict[float, float | None]:
-    """{tau: pooled elimination AUC} with Eq. 13's temperature changed at evaluation only; the
-    model's own tau is restored afterwards, also when a tau fails."""
-    modules = [m for m in model.eliminations if hasattr(m, "tau")]
-    saved = [m.tau for m in modules]
+def activations(source, frames: FrameSet, names: list[str], batch_size: int = 32) -> ActivationCache:
+    """The activations ``names`` of ``frames``: ``source`` is a model (one ``run_with_cache`` pass)
+    or a cache already taken, e.g. ``run_with_cache(model, frames, names=INSPECTION_NAMES)`` shared
+    by every analysis of a notebook."""
+    if isinstance(source, ActivationCache):
+        return source
+    return run_with_cache(source, frames, names=names, batch_size=batch_size, strict=False)
+
+
+def tau_sweep(model, frames: FrameSet, taus: list[float]) -> dict[float, float | None]:
+    """{tau: pooled elimination AUC} with Eq. 13's temperature changed at evaluation only: a hook
+    scales each stage's V C_v^T by (its tau) / tau, which is what dividing by tau instead of its own
+    tau does (``avs_lib.models.hooks``). The model is not modified; one pass per tau."""
+    stages = {name.split(".")[0]: module.tau for name, module in _elimination_modules(model)}
     result = {}
-    try:
-        for tau in taus:
-            for module in modules:
-                module.tau = tau
-            result[tau] = elimination_auc(model, frames, device)["auc"]
-    finally:
-        for module, tau in zip(modules, saved):
-            module.tau = tau
+    for tau in taus:
+        hooks = {f"{stage}.elimination.logits": (lambda logits, r=own / tau: logits * r)
+                 for stage, own in stages.items()}
+        cache = run_with_cache(model, frames, names=SCORE_NAMES, hooks=hooks, strict=False)
+        result[tau] = elimination_auc(cache, frames)["auc"]
     return result
+
+
+def _elimination_modules(model) -> list[tuple[str, torch.nn.Module]]:
+    """(hook name of the assignment logits, module) of every elimination that clusters (Eq. 13)."""
+    points = hook_points(model)
+    found = []
+    for name, point in points.items():
+        if name.endswith(".elimination.logits"):
+            owner = next(m for m in model.modules() if getattr(m, "hook_logits", None) is point)
+            found.append((name, owner))
+    if not found:
+        raise ValueError("the model's elimination does not cluster (scheme without Eq. 13): no tau to sweep")
+    return found
 
 
 def derivation_recall(frames: FrameSet, centroids: torch.Tensor, k: int) -> dict:
@@ -66,17 +85,23 @@ def derivation_recall(frames: FrameSet, centroids: torch.Tensor, k: int) -> dict
             "recall_off_screen": float(np.mean(off_recall)) if off_recall else None, "frames": len(overall)}
 
 
-def token_scores(model, frames: FrameSet, device: str = "cpu", batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """(class indices [N, K], cumulative elimination scores [N, K]) of a DDESeg model in eval mode:
-    the "combined" scores of ``stage_token_scores``."""
-    classes, scores = stage_token_scores(model, frames, device, batch_size)
+# what the elimination analyses read (stage_token_scores, elimination_auc, elimination_analysis)
+SCORE_NAMES = ["derivation.classes", "stage*.elimination.scores"]
+# and token_separation and pointing_accuracy: one cache serves every analysis of notebook 03 / 05
+INSPECTION_NAMES = SCORE_NAMES + ["derivation.derived", "derivation.tokens", "stage*.block*.cross_attn.pattern"]
+
+
+def token_scores(source, frames: FrameSet) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class indices [N, K], cumulative elimination scores [N, K]): the "combined" scores of
+    ``stage_token_scores``. ``source``: a model or a cache (``activations``)."""
+    classes, scores = stage_token_scores(source, frames)
     return classes, scores["combined"]
 
 
-def elimination_auc(model, frames: FrameSet, device: str = "cpu") -> dict:
+def elimination_auc(source, frames: FrameSet) -> dict:
     """ROC AUC of the scores: positives are tokens of on-screen sounding classes, negatives tokens of
     classes that sound only off screen. Tokens of silent classes are left out."""
-    classes, scores = token_scores(model, frames, device)
+    classes, scores = token_scores(source, frames)
     labels, values = [], []
     for i in range(len(frames)):
         on, off = true_classes(frames, i)
@@ -90,28 +115,19 @@ def elimination_auc(model, frames: FrameSet, device: str = "cpu") -> dict:
             "labels": labels.tolist(), "scores": values.tolist()}
 
 
-@torch.no_grad()
-def _outputs(model, frames: FrameSet, device: str, batch_size: int):
-    """The model's outputs on ``frames`` in eval mode, one batch at a time."""
-    model.eval()
-    for start in range(0, len(frames), batch_size):
-        yield model(normalise_images(frames.images[start:start + batch_size].to(device)),
-                    frames.audio[start:start + batch_size].to(device))
-
-
-def stage_token_scores(model, frames: FrameSet, device: str = "cpu",
-                       batch_size: int = 32) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def stage_token_scores(source, frames: FrameSet) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(class indices [N, K], {"stage 2": scores [N, K], ..., "combined": [N, K]}) of a DDESeg model in
-    eval mode. "combined" is ``DDESegOutput.scores``: the weight a token carries into the last stage."""
-    classes, scores = [], {}
-    for out in _outputs(model, frames, device, batch_size):
-        if out.derivation is None or out.scores is None:
-            raise ValueError("the model has no derivation or no elimination: nothing to score")
-        classes.append(out.derivation.class_indices.cpu())
-        for stage, values in out.stage_scores.items():
-            scores.setdefault(f"stage {stage}", []).append(values.float().cpu())
-        scores.setdefault("combined", []).append(out.scores.float().cpu())
-    return torch.cat(classes), {k: torch.cat(v) for k, v in scores.items()}
+    eval mode. "combined" is ``DDESegOutput.scores``, the weight a token carries into the last stage:
+    the product of the stages' scores in the paper's reading (elimination from stage 2), the last
+    stage's pooling weights in the released one (elimination at every stage, from stage 1)."""
+    cache = activations(source, frames, SCORE_NAMES)
+    stages = sorted(int(n.split(".")[0][len("stage"):]) for n in cache if n.endswith(".elimination.scores"))
+    if "derivation.classes" not in cache or not stages:
+        raise ValueError("the model has no derivation or no elimination: nothing to score")
+    scores = {f"stage {s}": cache[f"stage{s}.elimination.scores"].float() for s in stages}
+    values = list(scores.values())
+    scores["combined"] = values[-1] if stages[0] == 1 else torch.stack(values).prod(dim=0)
+    return cache["derivation.classes"], scores
 
 
 def _pair_counts(scores: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
@@ -173,25 +189,23 @@ def separation_of_tokens(tokens: torch.Tensor) -> dict:
             "ratio": float(within / between), "frames": n, "tokens": k}
 
 
-def token_separation(model, frames: FrameSet, device: str = "cpu", batch_size: int = 32) -> dict:
+def token_separation(source, frames: FrameSet) -> dict:
     """``separation_of_tokens`` of a DDESeg model's derived tokens on ``frames`` (eval mode): ``derived``
     after Eq. 8, ``enhanced`` after Eq. 12 (the tokens that elimination scores and fusion reads)."""
-    derived, enhanced = [], []
-    for out in _outputs(model, frames, device, batch_size):
-        if out.derivation is None:
-            raise ValueError("the model has no derivation: it has no tokens to compare")
-        derived.append(out.derivation.derived.float().cpu())
-        enhanced.append(out.derivation.tokens.float().cpu())
-    return {"derived": separation_of_tokens(torch.cat(derived)), "enhanced": separation_of_tokens(torch.cat(enhanced))}
+    cache = activations(source, frames, ["derivation.derived", "derivation.tokens"])
+    if "derivation.tokens" not in cache:
+        raise ValueError("the model has no derivation: it has no tokens to compare")
+    return {"derived": separation_of_tokens(cache["derivation.derived"].float()),
+            "enhanced": separation_of_tokens(cache["derivation.tokens"].float())}
 
 
-def elimination_analysis(model, frames: FrameSet, device: str = "cpu", boot: int = 1000, seed: int = 0) -> dict:
+def elimination_analysis(source, frames: FrameSet, boot: int = 1000, seed: int = 0) -> dict:
     """Per stage (and "combined"): ``pooled`` ROC AUC (on screen vs off screen only, tokens pooled
     across frames, as ``elimination_auc``), ``within_frame`` paired AUC with its bootstrap 95 %
     interval over clips and its frame and pair counts (on screen vs off screen only or silent), the
     same split by the kind of negative (``within_frame_offscreen``: off screen only;
     ``within_frame_silent``: silent or absent), and ``spread`` (``score_spread``)."""
-    classes, stage_scores = stage_token_scores(model, frames, device)
+    classes, stage_scores = stage_token_scores(source, frames)
     categories = token_categories(frames, classes)  # 0 on screen, 1 off screen only, 2 silent / absent
     pooled_labels = np.where(categories == 0, 1, np.where(categories == 1, 0, -1))
     paired_labels = (categories == 0).astype(int)
@@ -234,35 +248,36 @@ def object_regions(frames: FrameSet, index: int, source_size: int) -> dict[int, 
     return regions
 
 
-def pointing_accuracy(model, frames: FrameSet, source_size: int, device: str = "cpu", batch_size: int = 32) -> dict:
+def pointing_accuracy(source, frames: FrameSet, source_size: int) -> dict:
     """Does the fusion attend where the sound is? For each object sounding on screen, the last fusion
     block's cross-attention map (mean over heads) of the token derived for its class is taken at
     every stage; a hit is a map whose peak falls inside the object (``object_regions``). An object
     whose class no token was derived for is a miss. Returns {"stage 1": accuracy, ...,
     "derived": share of objects with a token of their class, "objects": n}."""
-    hits, objects, derived = {}, 0, 0
-    index = 0
-    for out in _outputs(model, frames, device, batch_size):
-        if out.derivation is None or not any(a is not None for a in out.attention):
-            raise ValueError("pointing needs a model with derived tokens and fusion cross-attention (DDESeg, "
-                             "variant='paper')")
-        classes = out.derivation.class_indices.cpu()
-        for b in range(classes.shape[0]):
-            for c, region in object_regions(frames, index + b, source_size).items():
-                objects += 1
-                tokens = (classes[b] == c).nonzero().flatten()
-                derived += int(len(tokens) > 0)
-                for stage, (attention, feature) in enumerate(zip(out.attention, out.features), 1):
-                    if attention is None:
-                        continue
-                    h, w = feature.shape[-2:]
-                    hit = False
-                    if len(tokens):
-                        peak = int(attention[b, :, tokens[0]].float().argmax())
-                        y = min(region.shape[0] - 1, int((peak // w + 0.5) * region.shape[0] / h))
-                        x = min(region.shape[1] - 1, int((peak % w + 0.5) * region.shape[1] / w))
-                        hit = bool(region[y, x])
-                    hits[f"stage {stage}"] = hits.get(f"stage {stage}", 0) + int(hit)
-        index += classes.shape[0]
+    cache = activations(source, frames, ["derivation.classes", "stage*.block*.cross_attn.pattern"])
+    last_block = {}  # stage -> the name of its last fusion block's pattern
+    for name in cache:
+        if name.endswith(".cross_attn.pattern"):
+            stage, block = name.split(".")[:2]
+            last_block[int(stage[len("stage"):])] = name  # names come in forward order
+    if "derivation.classes" not in cache or not last_block:
+        raise ValueError("pointing needs a model with derived tokens and fusion cross-attention (DDESeg, "
+                         "variant='paper')")
+    classes = cache["derivation.classes"]
+    maps = {stage: cache[name].float().mean(1) for stage, name in sorted(last_block.items())}  # [N, HW, K]
+    hits, objects, derived = {f"stage {stage}": 0 for stage in maps}, 0, 0
+    for index in range(len(classes)):
+        for c, region in object_regions(frames, index, source_size).items():
+            objects += 1
+            tokens = (classes[index] == c).nonzero().flatten()
+            derived += int(len(tokens) > 0)
+            if not len(tokens):
+                continue
+            for stage, attention in maps.items():
+                h, w = cache.hw(stage)
+                peak = int(attention[index, :, tokens[0]].argmax())
+                y = min(region.shape[0] - 1, int((peak // w + 0.5) * region.shape[0] / h))
+                x = min(region.shape[1] - 1, int((peak % w + 0.5) * region.shape[1] / w))
+                hits[f"stage {stage}"] += int(bool(region[y, x]))
     result = {k: v / max(1, objects) for k, v in hits.items()}
     return {**result, "derived": derived / max(1, objects), "objects": objects}

@@ -13,19 +13,14 @@ import warnings
 import numpy as np
 import torch
 
-from avs_lib.data.transforms import normalise_images
+from avs_lib.models.hooks import run_with_cache
 
 
-@torch.no_grad()
 def last_stage_representation(model, frames, batch_size: int = 64) -> np.ndarray:
-    """[N, d]: per frame, the mean of the audio tokens that enter the model's last stage."""
-    device = next(model.parameters()).device
-    parts = []
-    for start in range(0, len(frames), batch_size):
-        out = model(normalise_images(frames.images[start:start + batch_size].to(device)),
-                    frames.audio[start:start + batch_size].to(device))
-        parts.append(out.tokens[-1].mean(dim=1).float().cpu().numpy())
-    return np.concatenate(parts)
+    """[N, d]: per frame, the mean of the audio tokens that enter the model's last stage
+    (``stage4.audio``, one ``run_with_cache`` pass)."""
+    cache = run_with_cache(model, frames, names=["stage4.audio"], batch_size=batch_size)
+    return cache["stage4.audio"].mean(dim=1).float().numpy()
 
 
 def class_labels(frames, class_names: list[str]) -> np.ndarray:

@@ -110,18 +110,6 @@ def recall_curve(embeddings: torch.Tensor, logits: torch.Tensor | None, audio: F
     return [mixture_recall(embeddings, logits, audio, centroids, k) for k in range(1, centroids.shape[0] + 1)]
 
 
-def derive_at(derivation, audio: torch.Tensor, k: int):
-    """The derivation module's output (Eq. 5-12) with K = ``k`` tokens: a what-if on a model trained
-    at its own ``num_tokens`` (the learned weights do not depend on K, the fusion softmax does)."""
-    trained = derivation.num_tokens
-    try:
-        derivation.num_tokens = k
-        with torch.no_grad():
-            return derivation(audio)
-    finally:
-        derivation.num_tokens = trained
-
-
 def centre_basis(centroids: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(mean [d], axes [2, d]): the 2-D PCA of the class centres, fixed for an explorer."""
     x = centroids.double().numpy()
@@ -138,7 +126,8 @@ def token_view(derivation, frames, index: int, k: int, class_names: list[str], b
     mean, axes = basis if basis is not None else centre_basis(derivation.centroids)
     project = lambda t: (np.asarray(t, dtype=np.float64) - mean) @ axes.T  # noqa: E731
     audio = frames.audio[index:index + 1]
-    out = derive_at(derivation, audio, k)
+    with torch.no_grad():  # K is a what-if on a model trained at its own num_tokens (an argument, not a mutation)
+        out = derivation(audio, num_tokens=k)
     classes = out.class_indices[0].tolist()
     final = out.tokens[0]
     token_nearest = torch.cdist(final.float(), derivation.centroids.float()).argmin(1).tolist()

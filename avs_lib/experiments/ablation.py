@@ -27,11 +27,12 @@ import pandas as pd
 import torch
 
 from avs_lib.analysis.evaluation import all_foreground
-from avs_lib.analysis.inspect import derivation_recall, elimination_analysis, token_separation
+from avs_lib.analysis.inspect import SCORE_NAMES, derivation_recall, elimination_analysis, token_separation
 from avs_lib.analysis.stats import t_interval
 from avs_lib.core.files import read_json
 from avs_lib.experiments.report import markdown_table, summarise
 from avs_lib.models.ddeseg import FIRST_READING
+from avs_lib.models.hooks import run_with_cache
 from avs_lib.training.loop import train
 from avs_lib.training.predict import evaluate_model, load_trained
 from avs_lib.training.prepare import prepare
@@ -210,10 +211,13 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
         if setting in ("baseline", "avsac", *WINDOW):
             continue
         model, config, _ = load_trained(out / run_dir_name(setting, seed) / "best.pt", prepared)
-        separation.setdefault(setting, []).append({"seed": seed, **token_separation(model, test)})
-        if setting in ("+derivation", "+enhancement"):
+        # one pass over the test split per model serves both analyses
+        scored = setting not in ("+derivation", "+enhancement")
+        cache = run_with_cache(model, test, names=(SCORE_NAMES if scored else []) + ["derivation.*"], strict=False)
+        separation.setdefault(setting, []).append({"seed": seed, **token_separation(cache, test)})
+        if not scored:
             continue
-        elimination.setdefault(setting, []).append({"seed": seed, "stages": elimination_analysis(model, test, seed=seed)})
+        elimination.setdefault(setting, []).append({"seed": seed, "stages": elimination_analysis(cache, test, seed=seed)})
         if setting == "full":
             zero = evaluate_model(model, test, torch.device("cpu"), replace(config, zero_audio=True))
             rows.append({"setting": "trivial: full, audio zeroed", "seed": seed, **{k: zero[k] for k in METRICS}})

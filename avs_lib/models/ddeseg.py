@@ -82,7 +82,7 @@ class DDESegConfig:
     decoder_dropout: float = 0.1
     decoder_norm: str = "batch"  # "batch" (SegFormer) or "group"
 
-    # string choices, checked when a config file is read (avs_lib.config.check_values)
+    # string choices, checked when a config file is read (avs_lib.core.config.check_values)
     CHOICES: ClassVar[dict] = {
         "size": tuple(MIT_SIZES), "backbone": ("mit", "efficientnet_lite0"), "variant": ("paper", "released"),
         "elimination": SCHEMES, "centre_update": CENTRE_UPDATES, "centre_init": CENTRE_INITS,

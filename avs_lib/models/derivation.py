@@ -1,7 +1,7 @@
 """DDESeg's Dynamic Derivation Module: prototype derivation (Eq. 5-8) and discriminative
 enhancement (Eq. 9-12).
 
-Input: one audio feature F_a per frame ([B, d]) and a semantic memory (``avs_lib.memory``).
+Input: one audio feature F_a per frame ([B, d]) and a semantic memory (``avs_lib.memory.build``).
 Output: K derived audio tokens per frame ([B, K, d]) plus everything the notebooks show.
 
 Two readings, chosen with ``variant``:

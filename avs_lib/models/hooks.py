@@ -110,13 +110,17 @@ def hook_names(model: nn.Module) -> list[str]:
     return sorted(hook_points(model), key=_forward_order)
 
 
-def _resolve(model: nn.Module, patterns: Iterable[str]) -> dict[str, HookPoint]:
-    """Hook points whose names match ``patterns`` (exact names or ``fnmatch`` globs); an unknown
-    name is an error that lists the closest names."""
+def _resolve(model: nn.Module, patterns: Iterable[str], strict: bool = True) -> dict[str, HookPoint]:
+    """Hook points whose names match ``patterns`` (exact names or ``fnmatch`` globs); an exact name
+    that the model lacks is an error that lists the closest names (``strict``), a glob may match
+    nothing (a model without elimination has no ``stage*.elimination.*``)."""
     points = hook_points(model)
     chosen: dict[str, HookPoint] = {}
     for pattern in patterns:
         matches = [n for n in points if fnmatch.fnmatchcase(n, pattern)]
+        is_glob = any(ch in pattern for ch in "*?[")
+        if not matches and (is_glob or not strict):
+            continue
         if not matches:
             close = difflib.get_close_matches(pattern, list(points), n=5, cutoff=0.4)
             raise KeyError(f"no hook point named {pattern!r} in {type(model).__name__}; "
@@ -154,17 +158,19 @@ class ActivationCache(dict):
 
 def run_with_cache(model: nn.Module, frames, names: Iterable[str] | None = None, batch_size: int = 32,
                    indices=None, zero_audio: bool = False, hooks: dict[str, Callable] | None = None,
-                   to: str | torch.device = "cpu", bf16: bool = False, progress: bool = False) -> ActivationCache:
+                   to: str | torch.device = "cpu", bf16: bool = False, progress: bool = False,
+                   strict: bool = True) -> ActivationCache:
     """Run ``model`` in eval mode over ``frames`` (anything with ``images`` [N, 3, S, S] uint8 and
     ``audio`` [N, d], e.g. a ``FrameSet``) in one batched pass on the model's device, images
     normalised here, and return the named activations of every frame concatenated on ``to``.
 
-    ``names``: exact names or globs (default: every hook point; ask for fewer on large models).
+    ``names``: exact names or globs (default: every hook point; ask for fewer on large models); an
+    exact name the model lacks is an error unless ``strict=False``, a glob may match nothing.
     ``indices``: the frames to run (default all). ``hooks``: {name: fn} attached during the pass,
     so a cache can be taken of an intervened model. ``zero_audio``: F_a replaced by zeros. ``bf16``:
     under bf16 autocast (values are kept in the dtype they were computed in). ``cache.hw(stage)``
     gives each stage's (h, w) whatever names were asked for."""
-    selected = _resolve(model, names if names is not None else ["*"])
+    selected = _resolve(model, names if names is not None else ["*"], strict)
     device = next(model.parameters()).device
     order = torch.arange(len(frames.images)) if indices is None else torch.as_tensor(indices).reshape(-1)
     collected: dict[str, list[torch.Tensor]] = {}

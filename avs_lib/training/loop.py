@@ -51,7 +51,7 @@ from avs_lib.core.paths import workbench_path
 from avs_lib.data.transforms import flip_batch, normalise_images
 from avs_lib.training.checkpoints import read_checkpoint, save_checkpoint
 from avs_lib.training.losses import avsac_loss, capacity_loss, ddeseg_loss
-from avs_lib.training.predict import autocast, evaluate_model, load_trained, make_model
+from avs_lib.training.predict import autocast, evaluate_model, load_trained, make_model, predict
 from avs_lib.training.prepare import Prepared, prepare
 from avs_lib.training.runs import RunRefused, open_run_folder, run_state
 from avs_lib.training.tracking import Tracker, predicted_masks
@@ -402,12 +402,9 @@ def _track_epoch(tracker: Tracker | None, model, prepared: Prepared, device: tor
                      **{f"val/{k}": v for k, v in record["val"].items() if k in ("J", "F", "JF", "mIoU")}}, last)
     frames = [i for i in range(len(prepared.val)) if prepared.val.valid[i]][:TRACKED_FRAMES]
     if frames:
-        model.eval()
-        with torch.no_grad(), autocast(device, config.bf16, config.cpu_bf16):
-            images = prepared.val.images[frames].to(device)
-            audio = prepared.val.audio[frames].to(device)
-            logits = model(normalise_images(images), torch.zeros_like(audio) if config.zero_audio else audio).logits
-        tracker.masks("val/masks", prepared.val.masks[frames], predicted_masks(logits.float().cpu()), last)
+        logits = predict(model, prepared.val, device, bf16=config.bf16, zero_audio=config.zero_audio,
+                         cpu_bf16=config.cpu_bf16, indices=frames)
+        tracker.masks("val/masks", prepared.val.masks[frames], predicted_masks(logits), last)
 
 
 def train_once(config: TrainConfig, prepared: Prepared | None = None) -> dict:

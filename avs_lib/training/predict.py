@@ -12,33 +12,29 @@ from avs_lib.core.config import TrainConfig, config_from_dict
 from avs_lib.core.errors import DataError
 from avs_lib.core.paths import workbench_path
 from avs_lib.data.frames import FrameSet
-from avs_lib.data.transforms import normalise_images
 from avs_lib.models import build_model
+from avs_lib.models.hooks import run_with_cache
 from avs_lib.training.checkpoints import load_model_state, read_checkpoint
 from avs_lib.training.prepare import Prepared, prepare
 
 
-def autocast(device: torch.device, enabled: bool, cpu: bool = False):
+def uses_bf16(device: torch.device, enabled: bool, cpu: bool = False) -> bool:
     """bf16 autocast on CUDA when ``enabled``; on CPU only when ``cpu`` too (``TrainConfig.cpu_bf16``)."""
-    if enabled and (device.type == "cuda" or (device.type == "cpu" and cpu)):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return enabled and (device.type == "cuda" or (device.type == "cpu" and cpu))
 
 
-@torch.no_grad()
+def autocast(device: torch.device, enabled: bool, cpu: bool = False):
+    """The autocast context ``uses_bf16`` asks for (a null context otherwise)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if uses_bf16(device, enabled, cpu) else contextlib.nullcontext()
+
+
 def predict(model, frames: FrameSet, device: torch.device, batch_size: int = 32, bf16: bool = True,
-            zero_audio: bool = False, cpu_bf16: bool = False) -> torch.Tensor:
-    """Logits of every frame, on CPU (float32)."""
-    model.eval()
-    outs = []
-    for start in range(0, len(frames), batch_size):
-        images = frames.images[start:start + batch_size].to(device)
-        audio = frames.audio[start:start + batch_size].to(device)
-        if zero_audio:
-            audio = torch.zeros_like(audio)
-        with autocast(device, bf16, cpu_bf16):
-            outs.append(model(normalise_images(images), audio).logits.float().cpu())
-    return torch.cat(outs)
+            zero_audio: bool = False, cpu_bf16: bool = False, indices=None) -> torch.Tensor:
+    """Logits of every frame (or of ``indices``), on CPU (float32): ``run_with_cache`` asked for
+    ``logits`` alone, on the model's device, under bf16 autocast where ``uses_bf16`` says so."""
+    cache = run_with_cache(model, frames, names=["logits"], batch_size=batch_size, indices=indices,
+                           zero_audio=zero_audio, bf16=uses_bf16(device, bf16, cpu_bf16))
+    return cache["logits"].float()
 
 
 def evaluate_model(model, frames: FrameSet, device: torch.device, config: TrainConfig) -> dict:
