@@ -342,7 +342,8 @@ def prepare(config, progress: bool = False) -> Prepared:
     else:
         memory = build_world_memory(memory_root, encoder, encoder_id, cache, config.k, config.m, seed=0,
                                     progress=progress)
-    sets = [load_frames(data_root, config.layout, split, config.image_size, encoder, encoder_id, cache, progress)
-            for split in ("train", "val", "test")]
+    from avs_lib.data.loader import split_frames  # held in memory or streamed, by size (config.loader)
+
+    sets = [split_frames(config, data_root, split, encoder, encoder_id, cache, progress) for split in ("train", "val", "test")]
     num_classes = len(classes) + 1 if config.layout in SEMANTIC_LAYOUTS else 1
     return Prepared(*sets, memory=memory, num_classes=num_classes)

@@ -47,12 +47,14 @@ from tqdm.auto import tqdm
 
 from avs_lib.checkpoints import load_model_state, read_checkpoint, save_checkpoint
 from avs_lib.config import TrainConfig, check_device, config_from_dict, load_config
-from avs_lib.data.transforms import flip_batch, normalise_images
+from avs_lib.data.loader import epoch_batches
+from avs_lib.data.transforms import normalise_images
 from avs_lib.features import FrameSet, Prepared, prepare
 from avs_lib.files import atomic_write, atomic_write_text, output_folder, read_json, writing_into
 from avs_lib.locks import RunLock
 from avs_lib.losses import avsac_loss, capacity_loss, ddeseg_loss
 from avs_lib.metrics import evaluate
+from avs_lib.paths import workbench_path
 from avs_lib.models import build_model
 from avs_lib.tracking import Tracker, predicted_masks
 
@@ -323,6 +325,7 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
     prepared = prepared or prepare(config, progress=config.progress and main)
+    data_root = workbench_path(config.data_root)
     torch.manual_seed(config.seed)
     model = make_model(config, prepared).to(device)
     if config.channels_last:
@@ -358,9 +361,9 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
     try:
         for epoch in range(start_epoch, config.epochs):
             model.train()
-            generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
             torch.manual_seed(config.seed * 100_003 + epoch)  # Gumbel noise, dropout
-            order = torch.randperm(n_train, generator=generator)
+            # the epoch's order and augmentation, held or streamed frames (avs_lib.data.loader)
+            batches = epoch_batches(prepared.train, config, epoch, steps_per_epoch, rank, world, device, root=data_root)
             t0, losses, curve = time.time(), [], []
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not (config.progress and main), leave=False)
@@ -370,21 +373,14 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
                 for group in optimiser.param_groups:
                     group["lr"] = group.get("lr_scale", 1.0) * learning_rate(step, total_steps, warmup_steps, config.lr,
                                                                              config.min_lr)
-                batch = order[step_in_epoch * config.batch_size:(step_in_epoch + 1) * config.batch_size]
-                images, masks = prepared.train.images[batch], prepared.train.masks[batch]
-                if config.flip:
-                    images, masks = flip_batch(images, masks, generator)
-                audio, valid = prepared.train.audio[batch], prepared.train.valid[batch]
+                images, masks, audio, valid, indices = next(batches)  # this rank's slice of the global batch
                 if config.zero_audio:
                     audio = torch.zeros_like(audio)
-                share = batch.numel() // world  # this rank's slice of the global batch
-                sl = slice(rank * share, (rank + 1) * share)
-                images, masks, audio, valid = (t[sl].to(device) for t in (images, masks, audio, valid))
                 if config.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 with _autocast(device, config.bf16, config.cpu_bf16):
                     out = model(normalise_images(images), audio)
-                loss = _loss(config, out, masks, valid, _capacity_targets(config, prepared, batch[sl]))
+                loss = _loss(config, out, masks, valid, _capacity_targets(config, prepared, indices))
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip:
@@ -506,7 +502,10 @@ def _track_epoch(tracker: Tracker | None, model, prepared: Prepared, device: tor
 
 
 # Settings that do not change what a run computes: a run that differs only in these is the same run.
-RUN_IDENTITY_EXCLUDES = ("out", "resume", "progress", "threads", "stop_after_epoch", "tracking")
+RUN_IDENTITY_EXCLUDES = ("out", "resume", "progress", "threads", "stop_after_epoch", "tracking", "loader_workers")
+# Keys added after runs were recorded: left out of a run's identity at their default, so that a run
+# recorded before them is the same run (resume, train_once, shared_run_dir).
+IDENTITY_DEFAULTS = {"loader": "auto", "augment": "flip"}
 
 
 def run_identity(config: TrainConfig | dict) -> dict:
@@ -523,7 +522,8 @@ def run_identity(config: TrainConfig | dict) -> dict:
         defaults = {f.name: f.default for f in fields(model_config_class(values.get("model", TrainConfig.model)))
                     if f.default is not MISSING}
         values["switches"] = {k: v for k, v in switches.items() if k not in defaults or defaults[k] != v}
-    return {k: v for k, v in values.items() if k not in RUN_IDENTITY_EXCLUDES}
+    return {k: v for k, v in values.items()
+            if k not in RUN_IDENTITY_EXCLUDES and not (k in IDENTITY_DEFAULTS and IDENTITY_DEFAULTS[k] == v)}
 
 
 def config_differences(a: TrainConfig | dict, b: TrainConfig | dict) -> dict[str, tuple]:
