@@ -163,3 +163,30 @@ def test_new_keys_at_their_defaults_leave_a_run_identity_alone(tmp_path):
     recorded = {k: v for k, v in vars(_config(tmp_path)).items() if k not in ("augment", "loader", "loader_workers")}
     assert config_differences(recorded, _config(tmp_path)) == {}
     assert "augment" in config_differences(recorded, _config(tmp_path, augment="released"))
+
+
+# ----------------------------------------------------------------------------- the GPU benchmark's CPU path
+def test_bench_train_counts_flops_and_refuses_cuda_without_it():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from avs_lib.models import build_model
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo / "benchmarks"))
+    from bench_train import bf16_peak_tflops, training_step_flops
+
+    model = build_model("baseline", size="tiny", audio_dim=8, num_classes=3)
+    images, audio = torch.randn(2, 3, 32, 32), torch.randn(2, 8)
+    masks = torch.randint(0, 3, (2, 32, 32))
+    flops = training_step_flops(model, images, audio, masks, lambda: torch.autocast("cpu", enabled=False))
+    double = training_step_flops(model, images.repeat(2, 1, 1, 1), audio.repeat(2, 1), masks.repeat(2, 1, 1),
+                                 lambda: torch.autocast("cpu", enabled=False))
+    assert flops > 0 and double == 2 * flops  # a step's FLOPs grow with the batch
+    assert all(p.grad is None for p in model.parameters())
+    assert bf16_peak_tflops(torch.device("cpu")) is None
+    if not torch.cuda.is_available():
+        done = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_train.py"), "--suite", "gpu",
+                               "--device", "cuda"], capture_output=True, text=True)
+        assert done.returncode == 2 and "no CUDA" in done.stderr
