@@ -18,7 +18,7 @@ batch 4, 8 and 16, then at batch 8 fp32, bf16 + channels_last and bf16 + torch.c
 has frames/s, the FLOPs of one training step counted by ``torch.utils.flop_counter`` and the MFU
 against the card's bf16 dense peak (``--peak-tflops`` where the card is not in ``BF16_PEAK_TFLOPS``),
 and the peak GPU memory. With ``--loader-world`` it then trains DDESeg b5 (bf16, batch 8) on real
-frames decoded by the streaming loader (``avs_lib.data.loader``, 4 workers) and reports the share
+frames decoded by the streaming loader (``avs_lib.data.loader``, 8 workers) and reports the share
 of the time the step waited for its batch. ``--dry-run`` runs the same code on the CPU with the
 tiny models at 64 px and two steps (what the tests run).
 """
@@ -160,7 +160,7 @@ def run_suite(args) -> list[dict]:
         base = copy(args)
         base.model, base.backbone, base.count_flops = model, backbone, True
         base.size, base.image_size = ("tiny", 64) if dry else ("b5", 224)
-        base.audio_dim, base.num_classes, base.steps = (32, 71, 2) if dry else (768, 71, args.steps)
+        base.audio_dim, base.num_classes, base.steps = (32, 71, 2) if dry else (768, 71, min(args.steps, 5))
         settings = [(b, "bf16", False, False) for b in ((2,) if dry else (4, 8, 16))]
         batch = 2 if dry else 8
         settings += [(batch, "fp32", False, False), (batch, "bf16", True, False), (batch, "bf16", False, True)]
@@ -261,7 +261,7 @@ def main():
     parser.add_argument("--suite", choices=("gpu",), help="the GPU suite (see the module docstring)")
     parser.add_argument("--dry-run", action="store_true", help="the suite on the CPU at tiny shapes (tests)")
     parser.add_argument("--loader-world", default=None, help="a composed AVSS world for the loader-fed run")
-    parser.add_argument("--loader-workers", type=int, default=4)
+    parser.add_argument("--loader-workers", type=int, default=8)
     args = parser.parse_args()
     if args.dry_run:
         args.device = "cpu"
