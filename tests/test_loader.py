@@ -142,15 +142,14 @@ def test_held_frames_flip_resume_mid_epoch(streamed):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def test_training_streamed_is_reproducible_and_resumes_exactly(streamed, tmp_path):
+def test_training_streamed_resumes_exactly(streamed, tmp_path):
     root, stream, held = streamed
     prepared = Prepared(stream, held, held, memory=None, num_classes=1)
     dim = stream.audio.shape[1]  # the oracle's: one per class
     kw = dict(image_size=48, data_root=str(root), augment="released", loader="stream", loader_workers=1, epochs=2,
               batch_size=4, audio_dim=dim, switches={"audio_dim": dim, "decoder_dropout": 0.0, "decoder_norm": "group"})
-    straight = train(_config(tmp_path / "a", **kw), prepared)
-    again = train(_config(tmp_path / "b", **kw), prepared)
-    assert straight["history"][0]["loss"] == again["history"][0]["loss"]
+    # two runs: one straight through, one stopped after an epoch and resumed (the same batches, the same weights)
+    train(_config(tmp_path / "a", **kw), prepared)
     assert train(_config(tmp_path / "c", stop_after_epoch=1, **kw), prepared) == {"stopped_after_epoch": 1}
     train(_config(tmp_path / "c", resume=True, **kw), prepared)
     logs = [[json.loads(line)["losses"] for line in open(tmp_path / run / "log.jsonl")] for run in "ac"]
