@@ -60,7 +60,7 @@ class TrainConfig:
     capacity_check: float = 0.0  # OUTSIDE THE PAPER: weight of an auxiliary on/off-screen loss on the elimination scores (0: off)
     flip: bool = True
     augment: str = "flip"  # flip (a flip of the held frames, the composed worlds' setting), released (DDESeg's: box-guided crop, flip, colour jitter; the AVSBench configs), avsbench (resize and crop), none (avs_lib.data.augment)
-    loader: str = "auto"  # auto (stream a split whose decoded tensors pass 2 GiB, else hold it in memory), memory, stream (avs_lib.data.loader)
+    loader: str = "auto"  # auto (stream a dataset whose three splits, decoded, pass 2 GiB; else hold them in memory), memory, stream (avs_lib.data.loader)
     loader_workers: int = 2  # worker processes that decode streamed frames (0: in the training process)
     validations_per_epoch: int = 1  # >1: also validate inside each epoch, for a finer learning curve (val J&F against frames seen)
     # running

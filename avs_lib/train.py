@@ -54,8 +54,8 @@ from avs_lib.files import atomic_write, atomic_write_text, output_folder, read_j
 from avs_lib.locks import RunLock
 from avs_lib.losses import avsac_loss, capacity_loss, ddeseg_loss
 from avs_lib.metrics import evaluate
-from avs_lib.paths import workbench_path
 from avs_lib.models import build_model
+from avs_lib.paths import workbench_path
 from avs_lib.tracking import Tracker, predicted_masks
 
 
@@ -396,6 +396,7 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
                     since = losses[(curve[-1]["step_in_epoch"] + 1) if curve else 0:]
                     curve.append({**_validate_inside_epoch(model, core, prepared, device, config, step),
                                   "loss": sum(since) / len(since), "step_in_epoch": step_in_epoch})
+            batches.close()  # the epoch's loader workers stop before the validation
             record = {"epoch": epoch + 1, "loss": sum(losses) / len(losses), "losses": losses, "curve": curve,
                       "frames_seen": (epoch + 1) * steps_per_epoch * config.batch_size,
                       "lr": optimiser.param_groups[0]["lr"], "seconds": time.time() - t0,
