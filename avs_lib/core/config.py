@@ -59,6 +59,9 @@ class TrainConfig:
     avfs_weight: float = 1.0  # AVSAC only
     capacity_check: float = 0.0  # OUTSIDE THE PAPER: weight of an auxiliary on/off-screen loss on the elimination scores (0: off)
     flip: bool = True
+    augment: str = "flip"  # flip (a flip of the held frames, the composed worlds' setting), released (DDESeg's: box-guided crop, flip, colour jitter; the AVSBench configs), avsbench (resize and crop), none (avs_lib.data.augment)
+    loader: str = "auto"  # auto (stream a dataset whose three splits, decoded, pass 2 GiB; else hold them in memory), memory, stream (avs_lib.data.loader)
+    loader_workers: int = 2  # worker processes that decode streamed frames (0: in the training process)
     validations_per_epoch: int = 1  # >1: also validate inside each epoch, for a finer learning curve (val J&F against frames seen)
     # running
     seed: int = 0
@@ -84,6 +87,8 @@ class TrainConfig:
         "convention": ("per_frame", "avsbench", "dataset"),
         "device": ("auto", "cpu", "cuda", "cuda:N"),
         "tracking": ("tensorboard", "wandb", "both", "none"),
+        "augment": ("released", "avsbench", "flip", "none"),
+        "loader": ("auto", "memory", "stream"),
     }
     POSITIVE: typing.ClassVar[tuple] = ("image_size", "audio_dim", "encoder_epochs", "k", "m", "epochs", "batch_size",
                                         "lr", "eval_batch_size", "threads", "stop_after_epoch",
@@ -207,9 +212,9 @@ def config_from_dict(values: dict, sources: dict | str = "the config") -> TrainC
                               "top-level keys k, m and audio_dim instead (the memory is built with them)")
         checked["switches"] = check_values(model_config_class(model), switches, switch_sources, prefix="switches.")
     config = TrainConfig(**checked)
-    if config.warmup_epochs < 0 or config.min_lr < 0 or config.weight_decay < 0:
+    if config.warmup_epochs < 0 or config.min_lr < 0 or config.weight_decay < 0 or config.loader_workers < 0:
         raise ConfigError(f"{sources if isinstance(sources, str) else 'the config'}: warmup_epochs, min_lr and "
-                          "weight_decay must not be negative")
+                          "weight_decay and loader_workers must not be negative")
     return config
 
 

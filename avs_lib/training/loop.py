@@ -48,7 +48,8 @@ from avs_lib.core.config import TrainConfig, check_device
 from avs_lib.core.files import atomic_write, atomic_write_text, output_folder, read_json, writing_into
 from avs_lib.core.locks import RunLock
 from avs_lib.core.paths import workbench_path
-from avs_lib.data.transforms import flip_batch, normalise_images
+from avs_lib.data.loader import epoch_batches
+from avs_lib.data.transforms import normalise_images
 from avs_lib.training.checkpoints import read_checkpoint, save_checkpoint
 from avs_lib.training.losses import avsac_loss, capacity_loss, ddeseg_loss
 from avs_lib.training.predict import autocast, evaluate_model, load_trained, make_model, predict
@@ -228,6 +229,7 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
     prepared = prepared or prepare(config, progress=config.progress and main)
+    data_root = workbench_path(config.data_root)
     torch.manual_seed(config.seed)
     model = make_model(config, prepared).to(device)
     if config.channels_last:
@@ -263,9 +265,9 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
     try:
         for epoch in range(start_epoch, config.epochs):
             model.train()
-            generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
             torch.manual_seed(config.seed * 100_003 + epoch)  # Gumbel noise, dropout
-            order = torch.randperm(n_train, generator=generator)
+            # the epoch's order and augmentation, held or streamed frames (avs_lib.data.loader)
+            batches = epoch_batches(prepared.train, config, epoch, steps_per_epoch, rank, world, device, root=data_root)
             t0, losses, curve = time.time(), [], []
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not (config.progress and main), leave=False)
@@ -275,21 +277,14 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
                 for group in optimiser.param_groups:
                     group["lr"] = group.get("lr_scale", 1.0) * learning_rate(step, total_steps, warmup_steps, config.lr,
                                                                              config.min_lr)
-                batch = order[step_in_epoch * config.batch_size:(step_in_epoch + 1) * config.batch_size]
-                images, masks = prepared.train.images[batch], prepared.train.masks[batch]
-                if config.flip:
-                    images, masks = flip_batch(images, masks, generator)
-                audio, valid = prepared.train.audio[batch], prepared.train.valid[batch]
+                images, masks, audio, valid, indices = next(batches)  # this rank's slice of the global batch
                 if config.zero_audio:
                     audio = torch.zeros_like(audio)
-                share = batch.numel() // world  # this rank's slice of the global batch
-                sl = slice(rank * share, (rank + 1) * share)
-                images, masks, audio, valid = (t[sl].to(device) for t in (images, masks, audio, valid))
                 if config.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 with autocast(device, config.bf16, config.cpu_bf16):
                     out = model(normalise_images(images), audio)
-                loss = _loss(config, out, masks, valid, _capacity_targets(config, prepared, batch[sl]))
+                loss = _loss(config, out, masks, valid, _capacity_targets(config, prepared, indices))
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip:
@@ -305,6 +300,7 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
                     since = losses[(curve[-1]["step_in_epoch"] + 1) if curve else 0:]
                     curve.append({**_validate_inside_epoch(model, core, prepared, device, config, step),
                                   "loss": sum(since) / len(since), "step_in_epoch": step_in_epoch})
+            batches.close()  # the epoch's loader workers stop before the validation
             record = {"epoch": epoch + 1, "loss": sum(losses) / len(losses), "losses": losses, "curve": curve,
                       "frames_seen": (epoch + 1) * steps_per_epoch * config.batch_size,
                       "lr": optimiser.param_groups[0]["lr"], "seconds": time.time() - t0,

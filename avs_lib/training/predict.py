@@ -47,6 +47,8 @@ def evaluate_model(model, frames: FrameSet, device: torch.device, config: TrainC
 def make_model(config: TrainConfig, prepared: Prepared) -> torch.nn.Module:
     switches = dict(config.switches)
     switches.setdefault("num_classes", prepared.num_classes)
+    if prepared.memory is None:  # no memory to set the audio width from (a baseline on given features)
+        switches.setdefault("audio_dim", config.audio_dim)
     if config.model == "avsac":
         return build_model("avsac", size=config.size, memory=prepared.memory, **switches)
     model = build_model(config.model, size=config.size, variant=config.variant,

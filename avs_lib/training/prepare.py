@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from avs_lib.audio.registry import audio_encoder_from_spec
 from avs_lib.core.paths import workbench_path
-from avs_lib.data.frames import SEMANTIC_LAYOUTS, FrameSet, load_frames
+from avs_lib.data.frames import SEMANTIC_LAYOUTS, FrameSet
+from avs_lib.data.loader import split_frames
 from avs_lib.memory.build import SemanticMemory
 from avs_lib.memory.io import build_world_memory, load_memory, load_memory_file
 
@@ -36,7 +37,7 @@ def prepare(config, progress: bool = False) -> Prepared:
     else:
         memory = build_world_memory(memory_root, encoder, encoder_id, cache, config.k, config.m, seed=0,
                                     progress=progress)
-    sets = [load_frames(data_root, config.layout, split, config.image_size, encoder, encoder_id, cache, progress)
-            for split in ("train", "val", "test")]
+    # held in memory or streamed from disk, by size (config.loader; avs_lib.data.loader)
+    sets = [split_frames(config, data_root, split, encoder, encoder_id, cache, progress) for split in ("train", "val", "test")]
     num_classes = len(classes) + 1 if config.layout in SEMANTIC_LAYOUTS else 1
     return Prepared(*sets, memory=memory, num_classes=num_classes)

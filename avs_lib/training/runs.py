@@ -65,7 +65,10 @@ def open_run_folder(config: TrainConfig, out_dir: Path) -> dict | None:
 
 
 # Settings that do not change what a run computes: a run that differs only in these is the same run.
-RUN_IDENTITY_EXCLUDES = ("out", "resume", "progress", "threads", "stop_after_epoch", "tracking")
+RUN_IDENTITY_EXCLUDES = ("out", "resume", "progress", "threads", "stop_after_epoch", "tracking", "loader_workers")
+# Keys added after runs were recorded: left out of a run's identity at their default, so that a run
+# recorded before them is the same run (resume, train_once, shared_run_dir).
+IDENTITY_DEFAULTS = {"loader": "auto", "augment": "flip"}
 
 
 def run_identity(config: TrainConfig | dict) -> dict:
@@ -81,7 +84,8 @@ def run_identity(config: TrainConfig | dict) -> dict:
         defaults = {f.name: f.default for f in fields(model_config_class(values.get("model", TrainConfig.model)))
                     if f.default is not MISSING}
         values["switches"] = {k: v for k, v in switches.items() if k not in defaults or defaults[k] != v}
-    return {k: v for k, v in values.items() if k not in RUN_IDENTITY_EXCLUDES}
+    return {k: v for k, v in values.items()
+            if k not in RUN_IDENTITY_EXCLUDES and not (k in IDENTITY_DEFAULTS and IDENTITY_DEFAULTS[k] == v)}
 
 
 def config_differences(a: TrainConfig | dict, b: TrainConfig | dict) -> dict[str, tuple]:
