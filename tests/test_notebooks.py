@@ -26,6 +26,32 @@ CASES = {
 }
 
 
+def _elimination_values(metrics: dict, run: Path) -> None:
+    """Notebook 03's numbers agree with each other and its findings are stated."""
+    # the pooled AUC of the combined scores is elimination_auc's: two computations, one number
+    if metrics["auc"] is not None:
+        assert metrics["auc"] == pytest.approx(metrics["pooled_auc"]["combined"])
+    assert metrics["positives"] + metrics["negatives"] > 0
+    assert set(metrics["auc_by_tau"]) == {"0.25", "1.0", "4.0"}  # the notebook's default taus
+    for stage, paired in metrics["within_frame"].items():
+        if paired["auc"] is None:
+            continue
+        low, high = paired["ci95"]
+        assert 0 <= low <= high <= 1 and 0 <= paired["auc"] <= 1, (stage, paired)
+        assert paired["pairs"] >= paired["frames"] >= paired["clips"] > 0, (stage, paired)
+    for stage, spread in metrics["spread"].items():
+        assert 0 <= spread["std"] <= spread["range"] + 1e-12, (stage, spread)
+    for kind in ("derived", "enhanced"):
+        separation = metrics["token_separation"][kind]
+        assert separation["ratio"] == pytest.approx(separation["within_frame"] / separation["between_frames"])
+    executed = nbformat.read(run / "03_elimination.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "within-frame AUC" in printed and "The pooled elimination AUC" in printed, printed[-2000:]
+
+
+VALUE_CHECKS = {"03_elimination": _elimination_values}
+
+
 def test_every_notebook_has_a_case():
     assert sorted(p.stem for p in ALL) == sorted(CASES)
 
@@ -40,6 +66,8 @@ def test_notebook_executes(name, notebook_world, tmp_path):
     for figure in figures:
         assert (run / "figures" / figure).stat().st_size > 1000, figure
     assert json.loads((run / "status.json").read_text())["status"] == "done"
+    if name in VALUE_CHECKS:
+        VALUE_CHECKS[name](metrics, run)
     params = json.loads((run / "params.json").read_text())
     assert params["data_root"] == str(notebook_world) and "run_dir" in params
     env = json.loads((run / "environment.json").read_text())
