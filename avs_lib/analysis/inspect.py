@@ -28,7 +28,7 @@ from avs_lib.analysis.stats import cluster_bootstrap
 from avs_lib.analysis.truth import token_categories, true_classes
 from avs_lib.data.frames import FrameSet
 from avs_lib.models.derivation import nearest_centres
-from avs_lib.models.hooks import ActivationCache, hook_points, run_with_cache
+from avs_lib.models.hooks import ActivationCache, HookPoint, run_with_cache
 
 
 def activations(source, frames: FrameSet, names: list[str], batch_size: int = 32) -> ActivationCache:
@@ -56,12 +56,9 @@ def tau_sweep(model, frames: FrameSet, taus: list[float]) -> dict[float, float |
 
 def _elimination_modules(model) -> list[tuple[str, torch.nn.Module]]:
     """(hook name of the assignment logits, module) of every elimination that clusters (Eq. 13)."""
-    points = hook_points(model)
-    found = []
-    for name, point in points.items():
-        if name.endswith(".elimination.logits"):
-            owner = next(m for m in model.modules() if getattr(m, "hook_logits", None) is point)
-            found.append((name, owner))
+    found = [(m.hook_logits.name, m) for m in model.modules()
+             if isinstance(getattr(m, "hook_logits", None), HookPoint)
+             and (m.hook_logits.name or "").endswith(".elimination.logits")]
     if not found:
         raise ValueError("the model's elimination does not cluster (scheme without Eq. 13): no tau to sweep")
     return found
