@@ -256,6 +256,53 @@ time.sleep(seconds)
 '''
 
 
+class _Stopped(Exception):
+    pass
+
+
+def test_a_signal_during_a_checkpoint_write_waits_for_the_whole_file(tmp_path):
+    """A signal whose handler raises, arriving inside torch.save, used to surface as the zip writer's
+    RuntimeError ("unexpected pos"): now the file is finished first, then the handler's exception."""
+    def stop(signum, frame):
+        raise _Stopped(signum)
+
+    state = {"model": {f"w{i}": torch.full((64, 64), float(i)) for i in range(8)}, "config": {}, "epoch": 3}
+    real_save = torch.save
+
+    def save_and_signal(obj, fh, *args, **kwargs):
+        fh.write(b"")  # the file is open and being written: the signal comes now
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_save(obj, fh, *args, **kwargs)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        torch.save = save_and_signal
+        with pytest.raises(_Stopped):
+            save_checkpoint(state, tmp_path / "last.pt")
+    finally:
+        torch.save = real_save
+        signal.signal(signal.SIGTERM, previous)
+    assert read_checkpoint(tmp_path / "last.pt")["epoch"] == 3  # whole and readable
+    assert signal.getsignal(signal.SIGTERM) is previous
+    assert not list(tmp_path.glob(".last.pt.*"))  # no temporary left behind
+
+
+def test_signals_deferred_delivers_each_signal_once_after_the_block():
+    from avs_lib.core.files import signals_deferred
+
+    seen = []
+    previous = signal.signal(signal.SIGHUP, lambda signum, frame: seen.append(signum))
+    try:
+        with signals_deferred():
+            os.kill(os.getpid(), signal.SIGHUP)
+            os.kill(os.getpid(), signal.SIGHUP)
+            time.sleep(0.05)
+            inside = list(seen)
+        assert inside == [] and seen == [signal.SIGHUP]
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_avs_run_status_after_a_signal(tmp_path, how):
     from avs_lib.experiments.notebooks import run_status

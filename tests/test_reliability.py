@@ -256,7 +256,7 @@ def test_a_signal_to_avs_train_is_one_line(tmp_path, how):
         time.sleep(0.2)
     process.send_signal(getattr(signal, how))
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 128 + getattr(signal, how)
+    assert process.returncode == 128 + getattr(signal, how), err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert err.strip().startswith(f"avs train: stopped by {how}") and len(err.strip().splitlines()) == 1
     assert f"{out / 'last.pt'} holds epoch" in err and "resume=true" in err

@@ -8,6 +8,11 @@ in their own words (torch: ``unexpected pos``, numpy: ``N requested and M writte
 ``System error``), so the test is the error's chain and the free space left where it was writing.
 ``output_folder`` makes a command's output folder, with a path that names a file one message.
 ``read_json`` reads a JSON file, a broken one an error naming it.
+
+A signal that arrives while ``atomic_write`` writes (SIGTERM, SIGHUP, Ctrl-C) waits until the file
+is whole (``signals_deferred``): the commands turn these signals into an exception raised wherever
+the main thread is, and raised inside ``torch.save`` it leaves the zip writer's own RuntimeError
+("unexpected pos N") in its place, a traceback and exit status 1 instead of the stop's one line.
 """
 from __future__ import annotations
 
@@ -16,7 +21,9 @@ import errno
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
@@ -83,6 +90,32 @@ def writing_into(folder: str | Path, kept: Callable[[], str] | str = "") -> Iter
         raise
 
 
+DEFERRED_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def signals_deferred(signums: tuple = DEFERRED_SIGNALS) -> Iterator[None]:
+    """Hold ``signums`` back while the block runs, then deliver each one that came, once, to the
+    handler that was there before (which may raise, as ``avs``'s commands' handlers do). Only the
+    main thread can change handlers; elsewhere, and for a handler set outside Python, nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived: list[int] = []
+    previous = {}
+    for signum in signums:
+        handler = signal.getsignal(signum)
+        if handler is not None:  # None: set by C code, which Python could not put back
+            previous[signum] = signal.signal(signum, lambda number, frame: arrived.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(arrived):
+            signal.raise_signal(signum)
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     """Call ``write(fh)`` on a temporary binary file next to ``path``, then rename it to ``path``.
     A full disk is a ``DiskFull`` naming ``path``; the previous ``path``, if any, is left as it was."""
@@ -95,13 +128,14 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             raise disk_full(path) from None
         raise
     try:
-        # mkstemp makes the file private (0600); the file keeps the mode of the one it replaces
-        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with signals_deferred():
+            # mkstemp makes the file private (0600); the file keeps the mode of the one it replaces
+            os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
     except BaseException as error:
         full = isinstance(error, Exception) and out_of_space(error, path.parent)  # before the space is freed
         Path(tmp).unlink(missing_ok=True)

@@ -15,8 +15,10 @@ and anywidget's saved state embeds its JavaScript bundle (5 MB for one plotly Fi
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import hashlib
 import json
+import logging
 import os
 import platform
 import signal
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Callable
 
 from avs_lib.core.config import _type_name
 from avs_lib.core.errors import ConfigError
@@ -203,14 +206,16 @@ def run_status(run_dir: str | Path) -> dict:
     return status
 
 
-def signals_to_interrupt() -> dict:
+def signals_to_interrupt(on_signal: Callable[[], None] | None = None) -> dict:
     """Turn SIGTERM and SIGHUP into ``Interrupted`` (main thread only: Python delivers signals there;
-    runs started from sweep threads keep the default handlers). Returns the previous handlers, for
-    ``signal.signal`` to put back."""
+    runs started from sweep threads keep the default handlers), calling ``on_signal`` first. Returns
+    the previous handlers, for ``signal.signal`` to put back."""
     if threading.current_thread() is not threading.main_thread():
         return {}
 
     def handler(signum, frame):
+        if on_signal is not None:
+            on_signal()
         raise Interrupted(signum)
 
     previous = {}
@@ -253,7 +258,11 @@ def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str
               "started": started.isoformat(timespec="seconds"), "heartbeat_seconds": HEARTBEAT_SECONDS}
     output = run_dir / f"{notebook.stem}.ipynb"
     source = jupytext.read(notebook)
-    previous = signals_to_interrupt()
+    stopping = threading.Event()
+    previous = signals_to_interrupt(on_signal=stopping.set)
+    quiet = _QuietWhileStopping(stopping)
+    for logger in QUIETED_LOGGERS:
+        logging.getLogger(logger).addFilter(quiet)
     try:
         with _Heartbeat(run_dir / "status.json", status) as beat:
             try:
@@ -268,6 +277,11 @@ def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str
                 status.update(status="failed", error=f"{error.ename}: {error.evalue}"[-2000:], cell=error.exec_count)
                 raise NotebookFailed(describe_failure(error, output)) from error
             except (Interrupted, KeyboardInterrupt) as error:
+                stopping.set()
+                # The execute task the stop orphaned dies with its DeadKernelError once nothing holds it:
+                # free it now, while the filter is on, not when the process exits.
+                error.__traceback__ = None
+                gc.collect()
                 stopped_by = getattr(error, "signal", "SIGINT")
                 with beat.lock:
                     status.update(status="interrupted", error=f"stopped by {stopped_by}")
@@ -285,7 +299,26 @@ def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        for logger in QUIETED_LOGGERS:
+            logging.getLogger(logger).removeFilter(quiet)
     return run_dir
+
+
+# What a stopped run's kernel and client say as they are torn down: nbclient (through papermill's
+# logger) "Kernel died while waiting for execute reply", asyncio "Task exception was never retrieved"
+# for the execute task the stop left waiting. Both are the stop itself, already said in one line.
+QUIETED_LOGGERS = ("papermill", "asyncio")
+
+
+class _QuietWhileStopping(logging.Filter):
+    """Drops every record once ``stopping`` is set; lets all through before."""
+
+    def __init__(self, stopping: threading.Event):
+        super().__init__()
+        self.stopping = stopping
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not self.stopping.is_set()
 
 
 def kernel_logging_to(log_path: Path) -> type:
