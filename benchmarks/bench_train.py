@@ -44,6 +44,7 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
     switches = {"audio_dim": args.audio_dim, "backbone": args.backbone}
     if args.backbone == "efficientnet_lite0":
         switches["pretrained_backbone"] = True
+        switches["frozen_stages"] = args.frozen_stages
     if args.model != "avsac":
         switches["memory_classes"] = 71 if args.size == "b5" else 16
     else:
@@ -107,6 +108,7 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
     result = {"model": args.model, "size": args.size, "backbone": args.backbone, "device": str(device),
               "image_size": args.image_size, "batch_size": args.batch_size, "precision": precision,
               "channels_last": channels_last, "compile": compile_model,
+              **({"frozen_stages": args.frozen_stages} if args.backbone == "efficientnet_lite0" else {}),
               "parameters_trainable": count_parameters(model)["total"],
               "train_frames_per_second": round(train_fps, 2), "eval_frames_per_second": round(eval_fps, 2),
               "first_step_seconds": round(first_step, 2), "threads": torch.get_num_threads()}
@@ -252,6 +254,8 @@ def main():
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--frozen-stages", type=int, default=0,
+                        help="EfficientNet-Lite0: freeze the stem and this many backbone stages (the switch frozen_stages)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--matrix", action="store_true",
                         help="fp32 (before), then bf16, channels_last and torch.compile each added alone and together")

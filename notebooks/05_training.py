@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from avs_lib.analysis.evaluation import evaluation_table, headroom
+from avs_lib.analysis.evaluation import decoder_stride, evaluation_table, headroom, resolution_bound
 from avs_lib.analysis.inspect import pointing_accuracy
 from avs_lib.core.config import load_config
 from avs_lib.core.paths import notebook_paths, workbench_path
@@ -88,6 +88,12 @@ print(f"{len(prepared.train)} training frames, {config.epochs} epochs; validatio
 #   with nothing eliminated, which elimination has to clean up.
 #
 # Headroom = ceiling $-$ floor. Intervals are 95 % bootstrap intervals resampling whole test clips.
+#
+# Above the ceiling sits a bound no training reaches past: the **resolution bound**
+# (`avs_lib.analysis.evaluation.resolution_bound`), the truth itself seen at the decoder's
+# resolution (each mask averaged over the decoder's stride x stride cells, upsampled bilinearly as
+# the model's logits are, cut at 0.5). A ceiling close to it says the frame size, not the audio or
+# the training, is what limits the scores.
 
 # %%
 model, config, _ = load_trained(Path(config.out) / "best.pt", prepared)
@@ -101,6 +107,10 @@ if "floor" in by_row and "oracle" in by_row:
     print(f"Headroom {ceiling - floor:.3f} (ceiling {ceiling:.3f}, floor {floor:.3f}); the model reaches {ours:.3f} "
           f"[{by_row['model']['ci95'][0]:.3f}, {by_row['model']['ci95'][1]:.3f}], "
           f"{(ours - floor) / max(1e-9, ceiling - floor):.0%} of the way from the floor to the ceiling.")
+stride = decoder_stride(model, config.image_size)
+bound = resolution_bound(prepared.test, stride)
+print(f"Resolution bound at {config.image_size} px, decoder stride {stride}: J&F {bound['JF']:.3f} "
+      f"(J {bound['J']:.3f}, F {bound['F']:.3f}).")
 window
 
 # %% [markdown]
@@ -155,4 +165,5 @@ table
 # %%
 save_metrics(run_dir, {"test": result["test"], "best_epoch": result["best_epoch"], "table": rows_all,
                        "headroom": {r["row"]: {"JF": r["JF"], "ci95": list(r["ci95"])} for r in rows},
-                       "late_gain": gain, "pointing": pointing})["test"]
+                       "late_gain": gain, "pointing": pointing,
+                       "resolution_bound": {"stride": stride, "JF": bound["JF"], "J": bound["J"], "F": bound["F"]}})["test"]

@@ -215,3 +215,37 @@ def test_shared_run_dir_keys_on_settings_and_data(notebook_world, tmp_path):
     assert shared_run_dir(moved) == shared_run_dir(base)  # the same data elsewhere is the same data
     (copy / "world.json").write_text((copy / "world.json").read_text().replace('"seed": 0', '"seed": 5'))
     assert shared_run_dir(moved) != shared_run_dir(base)  # another world: another model
+
+
+def test_resolution_bound_is_exact_on_cell_aligned_masks_and_low_on_fine_ones():
+    import torch
+    from types import SimpleNamespace
+
+    from avs_lib.analysis.evaluation import resolution_bound
+
+    def frames(masks):
+        return SimpleNamespace(masks=masks, valid=torch.ones(len(masks), dtype=torch.bool))
+
+    blocks = torch.zeros(3, 32, 32)
+    blocks[0, 8:24, 4:16] = 1  # rectangles on the 4 x 4 grid: bilinear upsampling keeps their edges
+    blocks[1, :4, :] = 1  # and loses one pixel at each inner corner (0.625 x 0.625 < 0.5)
+    blocks[2, 12:20, 12:28] = 1
+    corners_lost = [(192 - 4) / 192, 1.0, (128 - 4) / 128]  # the strip's corners lie on the frame's border
+    assert resolution_bound(frames(blocks), 4)["J"] == pytest.approx(sum(corners_lost) / 3)
+    stripes = torch.zeros(2, 32, 32)
+    stripes[:, :, ::2] = 1  # one-pixel stripes: every 4 x 4 cell is half on, nothing survives at stride 4
+    fine = resolution_bound(frames(stripes), 4)
+    assert fine["J"] < 0.05
+    assert resolution_bound(frames(stripes), 1)["J"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="divide"):
+        resolution_bound(frames(blocks), 5)
+
+
+def test_decoder_stride_of_the_backbones():
+    from avs_lib.analysis.evaluation import decoder_stride
+    from avs_lib.models import build_model
+    from conftest import small_memory
+
+    assert decoder_stride(build_model("ddeseg", memory=small_memory()), 64) == 4
+    assert decoder_stride(build_model("ddeseg", memory=small_memory(), variant="released"), 64) == 2
+    assert decoder_stride(build_model("ddeseg", backbone="efficientnet_lite0", memory=small_memory()), 64) == 4

@@ -50,6 +50,29 @@ def test_ddeseg_with_efficientnet_backbone():
     _assert_all_gradients(model, ddeseg_loss(out.logits, masks))
 
 
+@pytest.mark.parametrize("frozen_stages", [1, 3])
+def test_frozen_stages_keep_their_weights_and_statistics(frozen_stages):
+    image, audio, masks = _inputs()
+    model = build_model("ddeseg", backbone="efficientnet_lite0", memory=small_memory(), frozen_stages=frozen_stages)
+    cnn = model.encoder.cnn
+    last_frozen = model.encoder.bounds[frozen_stages]  # blocks [0, last_frozen) are frozen, the rest train
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimiser = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    assert not cnn._bn0.training and not cnn._blocks[last_frozen - 1].training and cnn._blocks[last_frozen].training
+    ddeseg_loss(model(image, audio).logits, masks).backward()
+    optimiser.step()
+    after = model.state_dict()
+    frozen = [f"encoder.cnn._conv_stem.", "encoder.cnn._bn0."] + [f"encoder.cnn._blocks.{i}." for i in range(last_frozen)]
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert not [k for k in changed if k.startswith(tuple(frozen))]  # weights and running statistics alike
+    assert f"encoder.cnn._blocks.{last_frozen}._bn1.running_mean" in changed  # the next block trains
+    assert any(k.startswith("encoder.fusion.0.") for k in changed)  # stage 1's fusion trains
+    assert set(after) == set(before)  # no new state-dict names
+    with pytest.raises(ValueError, match="efficientnet_lite0"):
+        build_model("ddeseg", memory=small_memory(), frozen_stages=1)  # a MiT's fusion is inside its blocks
+
+
 def test_avsac_trains_every_parameter_and_uses_audio():
     image, audio, masks = _inputs()
     model = build_model("avsac", audio_dim=16).train()

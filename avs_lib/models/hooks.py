@@ -213,20 +213,30 @@ def run_with_cache(model: nn.Module, frames, names: Iterable[str] | None = None,
 
 
 def attend(attention: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-           pattern: HookPoint, need_weights: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+           pattern: HookPoint, need_weights: bool, bias: torch.Tensor | None = None,
+           null_key: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``attention(query, key, value)`` (batch first), with its per-head pattern [B, heads, Nq, Nk]
-    passed through ``pattern``. Without a hook the module runs as it always did (its fused kernel
-    when ``need_weights`` is False); with one, the attention is computed head by head so that a
-    replaced pattern changes the output. Returns (output, head-mean weights or None)."""
-    if not pattern.active:
+    passed through ``pattern``. ``bias`` [B, Nk] is added to every query's logit for key k, and
+    ``null_key`` [C] is one more key (split over the heads) whose value is 0, its column dropped from
+    the pattern (``mit.AudioCrossAttention`` says why). Without a hook, a bias or a null key the
+    module runs as it always did (its fused kernel when ``need_weights`` is False); otherwise the
+    attention is computed head by head, so that a replaced pattern changes the output. Returns
+    (output, head-mean weights or None)."""
+    if not pattern.active and bias is None and null_key is None:
         out, weights = attention(query, key, value, need_weights=need_weights)
         return out, weights
     b, n, c = query.shape
-    heads = attention.num_heads
+    heads, keys = attention.num_heads, key.shape[1]
     w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
     b_q, b_k, b_v = attention.in_proj_bias.chunk(3)
     split = lambda x: x.reshape(b, x.shape[1], heads, c // heads).transpose(1, 2)  # noqa: E731
     q, k, v = split(F.linear(query, w_q, b_q)), split(F.linear(key, w_k, b_k)), split(F.linear(value, w_v, b_v))
-    weights = pattern(torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(c // heads), dim=-1))  # [B, h, Nq, Nk]
+    logits = q @ k.transpose(-2, -1) / math.sqrt(c // heads)  # [B, h, Nq, Nk]
+    if bias is not None:
+        logits = logits + bias[:, None, None, :].to(logits.dtype)
+    if null_key is not None:
+        null = null_key.reshape(heads, 1, c // heads).to(q.dtype)  # [h, 1, c/h]
+        logits = torch.cat([logits, q @ null.transpose(-2, -1) / math.sqrt(c // heads)], dim=-1)  # [B, h, Nq, Nk+1]
+    weights = pattern(torch.softmax(logits, dim=-1)[..., :keys])  # [B, h, Nq, Nk]; the null column's value is 0
     out = attention.out_proj((weights @ v).transpose(1, 2).reshape(b, n, c))
     return out, weights.mean(1) if need_weights else None

@@ -21,7 +21,6 @@ loads into the backbone part with no renaming; the fusion parameters (``cross_no
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -151,24 +150,9 @@ class AudioCrossAttention(nn.Module):
 
     def forward(self, visual: torch.Tensor, audio: torch.Tensor,
                 bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if bias is None and self.null_key is None:
-            out, weights = attend(self.attn, visual, audio, audio, self.hook_pattern, need_weights=True)
-            return out, weights  # [B, N, C], [B, N, K]
-        b, n, c = visual.shape
-        k_tokens, heads = audio.shape[1], self.attn.num_heads
-        w_q, w_k, w_v = self.attn.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = self.attn.in_proj_bias.chunk(3)
-        split = lambda x: x.reshape(b, x.shape[1], heads, c // heads).transpose(1, 2)  # noqa: E731
-        q, k, v = split(F.linear(visual, w_q, b_q)), split(F.linear(audio, w_k, b_k)), split(F.linear(audio, w_v, b_v))
-        logits = q @ k.transpose(-2, -1) / math.sqrt(c // heads)  # [B, h, N, K]
-        if bias is not None:
-            logits = logits + bias[:, None, None, :].to(logits.dtype)
-        if self.null_key is not None:
-            null = self.null_key.reshape(heads, 1, c // heads).to(q.dtype)  # [h, 1, c/h]
-            logits = torch.cat([logits, q @ null.transpose(-2, -1) / math.sqrt(c // heads)], dim=-1)  # [B, h, N, K+1]
-        weights = self.hook_pattern(torch.softmax(logits, dim=-1)[..., :k_tokens])  # the null column's value is 0
-        out = (weights @ v).transpose(1, 2).reshape(b, n, c)
-        return self.attn.out_proj(out), weights.mean(1)  # [B, N, C], [B, N, K] (head mean, as nn.MultiheadAttention)
+        # [B, N, C], [B, N, K] (the head mean, as nn.MultiheadAttention returns it)
+        return attend(self.attn, visual, audio, audio, self.hook_pattern, need_weights=True, bias=bias,
+                      null_key=self.null_key)
 
 
 class FusionBlock(nn.Module):
