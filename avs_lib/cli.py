@@ -28,6 +28,15 @@ def clip_counts(text: str) -> tuple[int, dict[str, int]]:
     return default, per_subset
 
 
+def inclusive_range(text: str) -> tuple[int, int]:
+    """``"2-3"`` -> (2, 3); ``"2"`` -> (2, 2)."""
+    try:
+        low, _, high = text.partition("-")
+        return int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a range: give LOW-HIGH, e.g. 2-3") from None
+
+
 def _cmd_world(args: argparse.Namespace) -> int:
     from avs_lib.world.assets import load_library
     from avs_lib.world.compose import WorldConfig
@@ -36,7 +45,8 @@ def _cmd_world(args: argparse.Namespace) -> int:
     clips, subset_clips = args.clips if isinstance(args.clips, tuple) else clip_counts(args.clips)
     cfg = WorldConfig(kind=args.kind, subsets=tuple(s.strip() for s in args.subsets.split(",") if s.strip()),
                       clips=clips, subset_clips=subset_clips, size=args.size, seed=args.seed,
-                      s4_offscreen=getattr(args, "s4_offscreen", False), holdout_members=getattr(args, "holdout_members", 0))
+                      s4_offscreen=getattr(args, "s4_offscreen", False), holdout_members=getattr(args, "holdout_members", 0),
+                      ms3_silent=getattr(args, "ms3_silent", (1, 2)))
     library = load_library(cfg.kind, cfg.sample_rate, warn_on_fallback=False)  # the note below says it once
     if library.kind != cfg.kind:
         print(f"note: asset library '{cfg.kind}' is not installed here; writing a '{library.kind}' world instead "
@@ -335,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "included, and write this world (default: refuse; the same world is left as it is)")
     w.add_argument("--s4-offscreen", action="store_true",
                    help="let s4 clips carry an off-screen source too (the old behaviour; default: s4 is single-source)")
+    w.add_argument("--ms3-silent", type=inclusive_range, default=(1, 2), metavar="LOW-HIGH",
+                   help="silent distractors per ms3 clip, e.g. 2-3 (default: 1-2); more lower the zero-audio floor")
     w.add_argument("--holdout-members", type=int, default=0, metavar="N",
                    help="hold N members of each class with >= 3 members out of every train clip and of the audio "
                         "pretraining (default: 0)")

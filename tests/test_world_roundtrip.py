@@ -111,3 +111,29 @@ def test_written_s4_is_single_source_and_memory_reads_only_single_source_clips(s
     # the world records the options it was written with, so readers know what s4 holds
     written = json.loads((root / "world.json").read_text())["config"]
     assert written["s4_offscreen"] is False and written["holdout_members"] == cfg.holdout_members
+
+
+def test_ms3_silent_sets_the_distractors_and_only_a_changed_knob_enters_world_json(tmp_path):
+    import pytest
+
+    from avs_lib.cli import main
+    from avs_lib.world.assets import load_library
+    from avs_lib.world.compose import WorldConfig
+
+    library = load_library("procedural", 16000, warn_on_fallback=False)
+    for silent in [(0, 0), (3, 3), (2, 4)]:
+        cfg = WorldConfig(kind="procedural", subsets=("ms3",), clips=12, size=32, ms3_silent=silent)
+        counts = [sum(not s.sounding for s in compose_clip(library, "ms3", i, cfg).sources) for i in range(12)]
+        assert silent[0] <= min(counts) and max(counts) <= silent[1], (silent, counts)
+    # the default draws what worlds written before the knob drew: the same clips, the same world.json
+    default = WorldConfig(kind="procedural", subsets=("ms3",), clips=12, size=32)
+    assert [compose_clip(library, "ms3", i, default).sources for i in range(12)] == \
+           [compose_clip(library, "ms3", i, WorldConfig(kind="procedural", subsets=("ms3",), clips=12, size=32,
+                                                        ms3_silent=(1, 2))).sources for i in range(12)]
+    for option, recorded in [([], None), (["--ms3-silent", "2-3"], [2, 3])]:
+        out = tmp_path / f"w{len(option)}"
+        assert main(["world", "--kind", "procedural", "--subsets", "ms3", "--clips", "4", "--size", "32", "--quiet",
+                     "--out", str(out), *option]) == 0
+        assert json.loads((out / "world.json").read_text())["config"].get("ms3_silent") == recorded
+    with pytest.raises(ValueError, match="ms3_silent"):
+        WorldConfig(ms3_silent=(3, 2))

@@ -22,6 +22,11 @@ SUBSETS = ("s4", "ms3", "avss", "msmi")
 SUBSET_IDS = {name: i for i, name in enumerate(SUBSETS)}
 
 
+# Knobs added after worlds were first written: world.json leaves each out while it has this default
+# value, so a world written before the knob existed is still the same world (the same world.json).
+LATER_KNOB_DEFAULTS = {"ms3_silent": (1, 2)}
+
+
 @dataclass
 class WorldConfig:
     """Knobs of a composed world. The defaults are the embedded default world."""
@@ -46,6 +51,7 @@ class WorldConfig:
     drift: float = 0.03  # largest move per frame, as a fraction of the frame side
     msmi_pulse: float = 0.35  # how much a sounding MSMI instance grows with its loudness
     splits: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, val, test
+    ms3_silent: tuple[int, int] = (1, 2)  # silent distractors per ms3 clip, an inclusive range (lowers the floor)
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.subsets if s not in SUBSETS]
@@ -58,6 +64,10 @@ class WorldConfig:
             raise ValueError("a world needs at least 1 clip per subset and frames of at least 16 px")
         if abs(sum(self.splits) - 1) > 1e-6:
             raise ValueError(f"split fractions {self.splits} must sum to 1")
+        low, high = self.ms3_silent
+        if not 0 <= low <= high or high + 3 > 16:
+            raise ValueError(f"ms3_silent={tuple(self.ms3_silent)}: give LOW <= HIGH, from 0, with HIGH + 3 sounding "
+                             "objects at most 16 (the stamps library's classes; each object has its own class)")
         if self.holdout_members < 0:
             raise ValueError(f"holdout_members={self.holdout_members} must be 0 (none) or more")
 
@@ -270,7 +280,7 @@ def compose_clip(library: AssetLibrary, subset: str, index: int, cfg: WorldConfi
     if subset == "s4":
         n_sounding, n_silent = 1, int(rng.random() < 0.3)
     elif subset == "ms3":
-        n_sounding, n_silent = int(rng.integers(2, 4)), int(rng.integers(1, 3))
+        n_sounding, n_silent = int(rng.integers(2, 4)), int(rng.integers(cfg.ms3_silent[0], cfg.ms3_silent[1] + 1))
     elif subset == "avss":
         if rng.random() < cfg.v2_fraction:
             label, frames = "v2", cfg.frames_v2
