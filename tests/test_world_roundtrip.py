@@ -137,3 +137,6 @@ def test_ms3_silent_sets_the_distractors_and_only_a_changed_knob_enters_world_js
         assert json.loads((out / "world.json").read_text())["config"].get("ms3_silent") == recorded
     with pytest.raises(ValueError, match="ms3_silent"):
         WorldConfig(ms3_silent=(3, 2))
+    # procedural has 12 classes: 3 sounding + 10 silent objects cannot each have their own class
+    assert main(["world", "--kind", "procedural", "--subsets", "ms3", "--clips", "4", "--size", "32", "--quiet",
+                 "--out", str(tmp_path / "crowded"), "--ms3-silent", "2-10"]) == 2

@@ -65,9 +65,8 @@ class WorldConfig:
         if abs(sum(self.splits) - 1) > 1e-6:
             raise ValueError(f"split fractions {self.splits} must sum to 1")
         low, high = self.ms3_silent
-        if not 0 <= low <= high or high + 3 > 16:
-            raise ValueError(f"ms3_silent={tuple(self.ms3_silent)}: give LOW <= HIGH, from 0, with HIGH + 3 sounding "
-                             "objects at most 16 (the stamps library's classes; each object has its own class)")
+        if not 0 <= low <= high:  # the bound by the library's classes is checked where the library is known
+            raise ValueError(f"ms3_silent={tuple(self.ms3_silent)}: give LOW <= HIGH, from 0")
         if self.holdout_members < 0:
             raise ValueError(f"holdout_members={self.holdout_members} must be 0 (none) or more")
 
@@ -255,6 +254,16 @@ def heldout_member_names(library: AssetLibrary, cfg: WorldConfig) -> dict[str, l
     """{class name: held-out member names}, for reports and world.json readers."""
     return {library.classes[c].name: sorted(library.classes[c].members[i].name for i in members)
             for c, members in heldout_members(library, cfg).items()}
+
+
+def check_fits(library: AssetLibrary, cfg: WorldConfig) -> None:
+    """Each on-screen object of a clip has its own class: an ms3 clip's 3 sounding objects and
+    ``ms3_silent``'s most distractors must fit in the library's classes."""
+    most = 3 + cfg.ms3_silent[1]
+    if "ms3" in cfg.subsets and most > len(library.classes):
+        raise ValueError(f"ms3_silent={tuple(cfg.ms3_silent)}: an ms3 clip could show {most} objects, each of its own "
+                         f"class, but the '{library.kind}' library has {len(library.classes)} classes; give "
+                         f"--ms3-silent with HIGH at most {len(library.classes) - 3}")
 
 
 def compose_clip(library: AssetLibrary, subset: str, index: int, cfg: WorldConfig) -> Clip:

@@ -32,7 +32,7 @@ from avs_lib.data.layouts import (METADATA, SOURCES, avss_files, ms3_files, s4_f
                                   vpo_sources)
 from avs_lib.data.palette import voc_palette
 from avs_lib.world.assets import AssetLibrary, load_library
-from avs_lib.world.compose import LATER_KNOB_DEFAULTS, Clip, WorldConfig, compose_clip
+from avs_lib.world.compose import LATER_KNOB_DEFAULTS, Clip, WorldConfig, check_fits, compose_clip
 
 WORLD_FORMAT_VERSION = 1
 JPEG_QUALITY = 92
@@ -201,6 +201,7 @@ def write_world(cfg: WorldConfig, out: str | Path, progress: bool = True, librar
     """
     out = Path(out)
     library = library or load_library(cfg.kind, cfg.sample_rate)
+    check_fits(library, cfg)
     config = {k: v for k, v in asdict(cfg).items()
               if k not in LATER_KNOB_DEFAULTS or tuple(v) != LATER_KNOB_DEFAULTS[k]}
     meta = {"format_version": WORLD_FORMAT_VERSION, "config": config, "library": library.kind,
