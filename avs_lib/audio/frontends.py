@@ -10,6 +10,8 @@
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 VGGISH_SAMPLE_RATE = 16000
@@ -41,8 +43,10 @@ def htk_mel(hz: np.ndarray | float) -> np.ndarray:
     return 1127.0 * np.log1p(np.asarray(hz, dtype=np.float64) / 700.0)
 
 
+@lru_cache(maxsize=1)
 def vggish_mel_matrix() -> np.ndarray:
-    """[257, 64] weights from FFT bins to VGGish mel bands (triangles in the mel domain)."""
+    """[257, 64] weights from FFT bins to VGGish mel bands (triangles in the mel domain). Computed
+    once (it took most of a log-mel's time) and read-only, since every caller shares it."""
     n_bins = VGGISH_FFT // 2 + 1
     bins_mel = htk_mel(np.linspace(0.0, VGGISH_SAMPLE_RATE / 2, n_bins))
     edges = np.linspace(htk_mel(VGGISH_FMIN), htk_mel(VGGISH_FMAX), VGGISH_MELS + 2)
@@ -51,6 +55,7 @@ def vggish_mel_matrix() -> np.ndarray:
     falling = (upper[None, :] - bins_mel[:, None]) / (upper - centre)[None, :]
     weights = np.maximum(0.0, np.minimum(rising, falling))
     weights[0, :] = 0.0  # VGGish ignores the DC bin
+    weights.setflags(write=False)
     return weights
 
 

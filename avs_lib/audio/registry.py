@@ -105,13 +105,19 @@ class OracleAudio:
         if not sources:
             raise ConfigError(f"audio_encoder={self.spec}: {dataset.root} records no true sources for layout "
                               f"{dataset.layout!r}; the oracle needs them (composed worlds write them)")
-        rows = np.zeros((len(dataset.records), len(self.classes)), np.float32)
-        for i, record in enumerate(dataset.records):
+        for record in dataset.records:
             if record.clip not in sources:
                 raise ConfigError(f"audio_encoder={self.spec}: clip {record.clip} has no line in the sources of "
                                   f"{dataset.root} ({dataset.layout}); rebuild the world")
-            rows[i, self.classes_of(sources[record.clip])] = 1.0
-            seed = int.from_bytes(hashlib.sha256(f"{record.clip}/{record.frame}".encode()).digest()[:8], "little")
+        return self.rows([(r.clip, r.frame, sources[r.clip]) for r in dataset.records])
+
+    def rows(self, frames: list[tuple[str, int, dict]]) -> np.ndarray:
+        """[N, C] float32 for (clip name, frame, the clip's source record) triples: the multi-hot of
+        ``classes_of`` plus the jitter seeded by clip name and frame."""
+        rows = np.zeros((len(frames), len(self.classes)), np.float32)
+        for i, (clip, frame, record) in enumerate(frames):
+            rows[i, self.classes_of(record)] = 1.0
+            seed = int.from_bytes(hashlib.sha256(f"{clip}/{frame}".encode()).digest()[:8], "little")
             rows[i] += self.jitter * np.random.default_rng(seed).standard_normal(len(self.classes)).astype(np.float32)
         return rows
 

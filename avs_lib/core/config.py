@@ -60,6 +60,7 @@ class TrainConfig:
     capacity_check: float = 0.0  # OUTSIDE THE PAPER: weight of an auxiliary on/off-screen loss on the elimination scores (0: off)
     flip: bool = True
     augment: str = "flip"  # flip (a flip of the held frames, the composed worlds' setting), released (DDESeg's: box-guided crop, flip, colour jitter; the AVSBench configs), avsbench (resize and crop), none (avs_lib.data.augment)
+    train_clips: str = "files"  # files (the world's written training split, every epoch), fresh (composed worlds, ms3/s4: each epoch composes new training clips from the world's recipe; val/test stay the files; avs_lib.data.fresh)
     loader: str = "auto"  # auto (stream a dataset whose three splits, decoded, pass 2 GiB; else hold them in memory), memory, stream (avs_lib.data.loader)
     loader_workers: int = 2  # worker processes that decode streamed frames (0: in the training process)
     validations_per_epoch: int = 1  # >1: also validate inside each epoch, for a finer learning curve (val J&F against frames seen)
@@ -89,6 +90,7 @@ class TrainConfig:
         "tracking": ("tensorboard", "wandb", "both", "none"),
         "augment": ("released", "avsbench", "flip", "none"),
         "loader": ("auto", "memory", "stream"),
+        "train_clips": ("files", "fresh"),
     }
     POSITIVE: typing.ClassVar[tuple] = ("image_size", "audio_dim", "encoder_epochs", "k", "m", "epochs", "batch_size",
                                         "lr", "eval_batch_size", "threads", "stop_after_epoch",

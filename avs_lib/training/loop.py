@@ -8,6 +8,8 @@
 * reproducibility: the order of the training frames, the augmentation and every random draw in the
   model (Gumbel noise, dropout) are seeded from (seed, epoch), so a CPU run is bit-reproducible and
   ``resume`` continues exactly where it stopped;
+* the training frames: the world's written training split every epoch, or (``train_clips=fresh``)
+  new clips composed each epoch from a composed world's recipe (``avs_lib.data.fresh``);
 * validation every epoch, test once at the end with the best checkpoint;
 * ``last.pt`` and ``best.pt`` are written atomically (temporary file, then rename) with a format
   header, the config and a checksum, and verified when read (``avs_lib.training.checkpoints``);
@@ -48,6 +50,7 @@ from avs_lib.core.config import TrainConfig, check_device
 from avs_lib.core.files import atomic_write, atomic_write_text, output_folder, read_json, writing_into
 from avs_lib.core.locks import RunLock
 from avs_lib.core.paths import workbench_path
+from avs_lib.data.fresh import check_fresh, fresh_train_frames
 from avs_lib.data.loader import epoch_batches
 from avs_lib.data.transforms import normalise_images
 from avs_lib.training.checkpoints import read_checkpoint, save_checkpoint
@@ -112,15 +115,25 @@ def _loss(config: TrainConfig, out, masks, valid, onscreen=None):
     return loss
 
 
-def _capacity_targets(config: TrainConfig, prepared: Prepared, indices: torch.Tensor):
-    """On-screen labels [B, C] of the training frames ``indices`` for the capacity check (None when off)."""
+def _capacity_targets(config: TrainConfig, prepared: Prepared, frames, indices: torch.Tensor):
+    """On-screen labels [B, C] of the training frames ``indices`` (of the epoch's ``frames``) for the
+    capacity check (None when off)."""
     if not config.capacity_check:
         return None
 
-    frames = prepared.train
     if "_onscreen" not in frames.__dict__:  # computed once per frame set
         frames.__dict__["_onscreen"] = onscreen_labels(frames, len(prepared.memory.class_names))
     return frames.__dict__["_onscreen"][indices]
+
+
+def _epoch_train_frames(config: TrainConfig, prepared: Prepared, epoch: int, data_root: Path, main: bool):
+    """The training frames of epoch ``epoch``: the prepared split, or (``train_clips=fresh``) as
+    many clips composed afresh for this epoch (``avs_lib.data.fresh``; every rank composes the same
+    ones, so the batches do not depend on the number of ranks)."""
+    if config.train_clips != "fresh":
+        return prepared.train
+    return fresh_train_frames(data_root, config.layout, epoch, config.image_size, prepared.audio_encoder,
+                              progress=config.progress and main)
 
 
 def _distributed() -> tuple[int, int]:
@@ -239,6 +252,8 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     core = model.module if world > 1 else model
+    if config.train_clips == "fresh":  # refused here, before the first step, if it cannot work
+        check_fresh(data_root, config.layout, prepared.audio_encoder)
     optimiser = torch.optim.AdamW(parameter_groups(core, config.weight_decay, config.backbone_lr_scale), lr=config.lr)
     n_train = len(prepared.train)
     steps_per_epoch = max(1, n_train // config.batch_size)  # drop the last partial batch: equal rank slices
@@ -267,7 +282,8 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
             model.train()
             torch.manual_seed(config.seed * 100_003 + epoch)  # Gumbel noise, dropout
             # the epoch's order and augmentation, held or streamed frames (avs_lib.data.loader)
-            batches = epoch_batches(prepared.train, config, epoch, steps_per_epoch, rank, world, device, root=data_root)
+            train_frames = _epoch_train_frames(config, prepared, epoch, data_root, main)
+            batches = epoch_batches(train_frames, config, epoch, steps_per_epoch, rank, world, device, root=data_root)
             t0, losses, curve = time.time(), [], []
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not (config.progress and main), leave=False)
@@ -284,7 +300,7 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
                     images = images.contiguous(memory_format=torch.channels_last)
                 with autocast(device, config.bf16, config.cpu_bf16):
                     out = model(normalise_images(images), audio)
-                loss = _loss(config, out, masks, valid, _capacity_targets(config, prepared, indices))
+                loss = _loss(config, out, masks, valid, _capacity_targets(config, prepared, train_frames, indices))
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip:

@@ -19,6 +19,7 @@ class Prepared:
     test: FrameSet
     memory: SemanticMemory
     num_classes: int
+    audio_encoder: object = None  # what embedded the frames (train_clips=fresh embeds each epoch's new clips with it)
 
 
 def prepare(config, progress: bool = False) -> Prepared:
@@ -40,4 +41,4 @@ def prepare(config, progress: bool = False) -> Prepared:
     # held in memory or streamed from disk, by size (config.loader; avs_lib.data.loader)
     sets = [split_frames(config, data_root, split, encoder, encoder_id, cache, progress) for split in ("train", "val", "test")]
     num_classes = len(classes) + 1 if config.layout in SEMANTIC_LAYOUTS else 1
-    return Prepared(*sets, memory=memory, num_classes=num_classes)
+    return Prepared(*sets, memory=memory, num_classes=num_classes, audio_encoder=encoder)

@@ -82,7 +82,7 @@ def _mask255(mask: np.ndarray) -> np.ndarray:
     return (mask > 0).astype(np.uint8) * 255
 
 
-def _sidecar_record(clip: Clip, **extra) -> dict:
+def sidecar_record(clip: Clip, **extra) -> dict:
     return {"name": clip.name, "subset": clip.subset, "split": clip.split, "label": clip.label,
             "frames": int(clip.frames.shape[0]), "background": clip.background,
             "sources": [s.to_dict() for s in clip.sources], **extra}
@@ -172,9 +172,9 @@ _CLIP_WRITERS = {"s4": _write_s4, "ms3": _write_ms3, "avss": _write_avss}
 def _write_clip(subset: str, index: int, cfg: WorldConfig, out: Path, library: AssetLibrary) -> tuple[str, list, dict]:
     clip = compose_clip(library, subset, index, cfg)
     if subset in _CLIP_WRITERS:
-        return clip.split, [_CLIP_WRITERS[subset](clip, out, cfg.sample_rate)], _sidecar_record(clip)
+        return clip.split, [_CLIP_WRITERS[subset](clip, out, cfg.sample_rate)], sidecar_record(clip)
     frame_rows, ids = _write_msmi(clip, out, cfg.sample_rate, index + 1)
-    return clip.split, frame_rows, _sidecar_record(clip, vpo=ids)
+    return clip.split, frame_rows, sidecar_record(clip, vpo=ids)
 
 
 def _write_clip_in_worker(job: tuple[str, int]) -> tuple[str, list, dict]:
