@@ -105,3 +105,4 @@ def test_run_identity_names_train_clips_only_when_fresh():
 
     assert "train_clips" not in run_identity(TrainConfig())
     assert config_differences(TrainConfig(), TrainConfig(train_clips="fresh")) == {"train_clips": (None, "fresh")}  # absent at its default
+

@@ -192,3 +192,15 @@ def test_bench_train_counts_flops_and_refuses_cuda_without_it():
         done = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_train.py"), "--suite", "gpu",
                                "--device", "cuda"], capture_output=True, text=True)
         assert done.returncode == 2 and "no CUDA" in done.stderr
+
+
+def test_a_relative_and_an_absolute_data_root_are_the_same_run():
+    """`avs train` records data_root as typed, the notebooks as an absolute path: the same run."""
+    from avs_lib.core.config import TrainConfig
+    from avs_lib.core.paths import workbench_path
+    from avs_lib.training.runs import config_differences
+
+    relative = TrainConfig(data_root="data/default_world")
+    absolute = TrainConfig(data_root=str(workbench_path("data/default_world")))
+    assert config_differences(relative, absolute) == {}
+    assert config_differences(relative, TrainConfig(data_root="data/other_world")) != {}

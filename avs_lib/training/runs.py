@@ -71,6 +71,11 @@ RUN_IDENTITY_EXCLUDES = ("out", "resume", "progress", "threads", "stop_after_epo
 IDENTITY_DEFAULTS = {"loader": "auto", "augment": "flip", "train_clips": "files"}
 
 
+# Paths compared as the folders they name (relative ones are read from the repository root, as
+# ``workbench_path`` reads them): `avs train` gives them as typed, the notebooks absolute.
+PATH_KEYS = ("data_root", "cache_dir", "memory_root", "memory_file")
+
+
 def run_identity(config: TrainConfig | dict) -> dict:
     """What a run computes, as plain JSON values: the config without ``RUN_IDENTITY_EXCLUDES``, and
     its model switches without those set to the model's own default (``num_tokens=5`` given or not
@@ -84,6 +89,9 @@ def run_identity(config: TrainConfig | dict) -> dict:
         defaults = {f.name: f.default for f in fields(model_config_class(values.get("model", TrainConfig.model)))
                     if f.default is not MISSING}
         values["switches"] = {k: v for k, v in switches.items() if k not in defaults or defaults[k] != v}
+    for key in PATH_KEYS:  # data/default_world and its absolute path are the same data
+        if values.get(key):
+            values[key] = str(workbench_path(values[key]))
     return {k: v for k, v in values.items()
             if k not in RUN_IDENTITY_EXCLUDES and not (k in IDENTITY_DEFAULTS and IDENTITY_DEFAULTS[k] == v)}
 
