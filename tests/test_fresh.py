@@ -25,6 +25,7 @@ class _LogMelProbe(torch.nn.Module):
 
 def _assert_same(fresh, written):
     assert fresh.clips == written.clips and fresh.frames == written.frames
+    assert fresh.categories == written.categories
     assert torch.equal(fresh.images, written.images)
     assert torch.equal(fresh.masks, written.masks)
     assert torch.equal(fresh.valid, written.valid)

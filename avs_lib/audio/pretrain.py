@@ -79,7 +79,7 @@ def torch_log_mel(waves: torch.Tensor) -> torch.Tensor:
     if key not in _MEL_CACHE:
         n = torch.arange(VGGISH_WINDOW, dtype=torch.float64)
         window = (0.5 - 0.5 * torch.cos(2 * torch.pi * n / VGGISH_WINDOW)).to(waves.device, waves.dtype)
-        mel = torch.from_numpy(vggish_mel_matrix()).to(waves.device, waves.dtype)
+        mel = torch.tensor(vggish_mel_matrix(), dtype=waves.dtype, device=waves.device)  # a copy: the matrix is read-only
         _MEL_CACHE[key] = (window, mel)
     window, mel = _MEL_CACHE[key]
     frames = waves.unfold(-1, VGGISH_WINDOW, VGGISH_HOP) * window  # [B, n, 400]
