@@ -74,7 +74,10 @@ def pcm16(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 def train_clip_count(root: str | Path, layout: str) -> int:
     """How many clips the world's training split of ``layout`` holds (what each fresh epoch composes)."""
     _, world = world_setup(root)
-    subset = _fresh_subset(root, layout)
+    return _train_clips(world, _fresh_subset(root, layout))
+
+
+def _train_clips(world, subset: str) -> int:
     clips = world.clips_of(subset)
     return sum(_split_of(i, clips, world.splits) == "train" for i in range(clips))
 
@@ -114,15 +117,15 @@ def _audio_features(encoder, names: list[str], frames: list[int], waves: list[np
 
 
 def fresh_train_frames(root: str | Path, layout: str, epoch: int, image_size: int, encoder,
-                       progress: bool = False, seed: int | None = None) -> FrameSet:
+                       progress: bool = False, seed: int | None = None, clips: int | None = None) -> FrameSet:
     """Epoch ``epoch``'s training frames, composed afresh (see the module docstring). ``seed``
     overrides ``epoch_seed(world seed, epoch)`` (a test passes the world's own seed to redraw the
-    written split)."""
+    written split); ``clips`` composes only the first that many (a benchmark's sample)."""
     check_fresh(root, layout, encoder)
     subset = _fresh_subset(root, layout)
-    library, world = world_setup(root)
+    library, world = world_setup(root)  # the asset library is read once per epoch
     draw = replace(world, seed=epoch_seed(world.seed, epoch) if seed is None else seed)
-    count = train_clip_count(root, layout)
+    count = _train_clips(world, subset) if clips is None else clips
     sr = world.sample_rate
     images, masks, valid, waves, names, frames, categories, records = [], [], [], [], [], [], [], {}
     for index in tqdm(range(count), desc=f"fresh {subset} clips, epoch {epoch + 1}", disable=not progress,
@@ -136,11 +139,9 @@ def fresh_train_frames(root: str | Path, layout: str, epoch: int, image_size: in
         for t in range(len(clip.frames)):
             image, mask = resize_frame(clip.frames[t], binary[t], image_size)
             images.append(image.transpose(2, 0, 1))
-            masks.append(mask)
             has_mask = subset != "s4" or t == 0  # s4 training clips keep frame 1's mask only
+            masks.append(mask if has_mask else np.zeros_like(mask))
             valid.append(has_mask)
-            if not has_mask:
-                masks[-1] = np.zeros_like(mask)
             waves.append(audio[t * sr:(t + 1) * sr])
             names.append(name)
             frames.append(t)
