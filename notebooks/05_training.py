@@ -40,9 +40,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+from IPython.display import display
 
-from avs_lib.analysis.evaluation import decoder_stride, evaluation_table, headroom, resolution_bound
-from avs_lib.analysis.inspect import pointing_accuracy
+from avs_lib.analysis.evaluation import (attention_interventions, decoder_stride, evaluation_table, headroom,
+                                         resolution_bound)
+from avs_lib.analysis.inspect import attention_anatomy, pointing_accuracy
 from avs_lib.core.config import load_config
 from avs_lib.core.paths import notebook_paths, workbench_path
 from avs_lib.data.datasets import world_frame_size
@@ -52,7 +54,7 @@ from avs_lib.training.loop import late_gain, train_once
 from avs_lib.training.predict import load_trained
 from avs_lib.training.prepare import prepare
 from avs_lib.training.runs import shared_run_dir
-from avs_lib.viz.plots import headroom_figure, qualitative, training_curves
+from avs_lib.viz.plots import attention_anatomy_figure, headroom_figure, qualitative, training_curves
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "05_training")
 
@@ -144,9 +146,39 @@ if "derivation.classes" in cache and stage1_blocks:
     print(f"Pointing accuracy over {pointing['objects']} sounding objects: "
           + ", ".join(f"{k} {v:.2f}" for k, v in pointing.items() if k.startswith("stage"))
           + f"; {pointing['derived']:.0%} of the objects had a token of their class. The best stage, "
-          f"{best_stage}, points inside the sounding object {pointing[best_stage]:.0%} of the time.")
+          f"{best_stage}, points inside the sounding object {pointing[best_stage]:.0%} of the time; a peak "
+          f"placed at random would land inside {pointing['chance']:.0%} of the time.")
 qualitative(test.images[pick].permute(0, 2, 3, 1).numpy(), test.masks[pick].numpy(), cache["logits"][pick].numpy(), attention,
             figures / "qualitative.png", token_names=token_names);
+
+# %% [markdown]
+# ## What the attention marks: where, or which?
+# Pointing asks one thing of a map: does its peak land inside its own object? Two measurements say
+# what the fusion's attention does when it does not.
+#
+# **Anatomy** (`avs_lib.analysis.inspect.attention_anatomy`): around each sounding object, per stage,
+# the mean weight a grid cell gives the object's own token (inside the object and elsewhere in the
+# frame), each of the frame's other tokens (inside the object), and the **null key**, a learned key
+# whose value is zero: weight on it means "take nothing from the audio here". Attention that points
+# puts the red bar far above the orange and grey ones. Attention that marks only *where* sound is
+# gives the object's cells the same share of every token (red close to orange) and separates the
+# object from the background through the null key (the two blue bars apart).
+#
+# **Interventions** (`avs_lib.analysis.evaluation.attention_interventions`, hooks on
+# `stage*.block*.cross_attn.pattern`): test J&F with every fusion pattern **spread over the frame**
+# (each cell gets the frame's mean mixture of tokens: how much each token is used stays, where it is
+# used goes) and **zeroed** (the visual tokens take nothing from the audio tokens). If spreading
+# costs more than zeroing, the model has built its segmentation on the shape of the attention.
+
+# %%
+anatomy, interventions = None, None
+if pointing is not None:
+    anatomy = attention_anatomy(cache, test, world_frame_size(data_root))
+    attention_anatomy_figure(anatomy, figures / "attention_anatomy.png")
+    display(pd.DataFrame([{"stage": stage, **values} for stage, values in anatomy.items()]).round(3))
+    interventions = attention_interventions(model, test, config)
+    display(pd.DataFrame([{"intervention": r["intervention"], "test J&F": r["JF"], "95 % low": r["ci95"][0],
+                           "95 % high": r["ci95"][1]} for r in interventions]).round(3))
 
 # %% [markdown]
 # ## Evaluation in every convention, and what a number is worth
@@ -165,5 +197,7 @@ table
 # %%
 save_metrics(run_dir, {"test": result["test"], "best_epoch": result["best_epoch"], "table": rows_all,
                        "headroom": {r["row"]: {"JF": r["JF"], "ci95": list(r["ci95"])} for r in rows},
-                       "late_gain": gain, "pointing": pointing,
+                       "late_gain": gain, "pointing": pointing, "attention_anatomy": anatomy,
+                       "attention_interventions": ({r["intervention"]: {"JF": r["JF"], "ci95": list(r["ci95"])}
+                                                    for r in interventions} if interventions else None),
                        "resolution_bound": {"stride": stride, "JF": bound["JF"], "J": bound["J"], "F": bound["F"]}})["test"]

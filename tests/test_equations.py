@@ -30,10 +30,11 @@ def test_nearest_centres_match_brute_force():
 
 
 @pytest.mark.parametrize("variant", ["paper", "released"])
-def test_prototype_derivation_eq5_to_8(variant):
+@pytest.mark.parametrize("anchor", ["audio", "centre"])
+def test_prototype_derivation_eq5_to_8(variant, anchor):
     torch.manual_seed(0)
     d, k = 6, 3
-    module = PrototypeDerivation(d, variant).double()
+    module = PrototypeDerivation(d, variant, anchor).double()
     audio, centres = torch.randn(2, d, dtype=torch.float64), torch.randn(2, k, d, dtype=torch.float64)
     derived, weights, compensation = module(audio, centres)
     for b in range(2):
@@ -42,7 +43,8 @@ def test_prototype_derivation_eq5_to_8(variant):
         w = softmax(np.array([linear(module.fusion, e)[0] for e in edges]))  # Eq. 6
         for i in range(k):
             delta = np.tanh(linear(module.compensation, f_a + w[i] * edges[i]))  # Eq. 7
-            expected = f_a + delta if variant == "paper" else f_a * (1 + delta)  # Eq. 8
+            start = f_a if anchor == "audio" else to_numpy(centres[b, i])  # Eq. 8 as printed starts from F_a
+            expected = start + delta if variant == "paper" else start * (1 + delta)  # Eq. 8
             np.testing.assert_allclose(to_numpy(compensation[b, i]), delta, atol=1e-10)
             np.testing.assert_allclose(to_numpy(derived[b, i]), expected, atol=1e-10)
         np.testing.assert_allclose(to_numpy(weights[b]), w, atol=1e-10)

@@ -125,6 +125,38 @@ def test_pointing_accuracy_counts_peaks_inside_objects():
     assert result["stage 1"] == 0.5
 
 
+def test_pointing_chance_is_the_mean_object_share():
+    import torch
+
+    from avs_lib.analysis.inspect import pointing_accuracy
+    from avs_lib.models.hooks import ActivationCache
+
+    cache = ActivationCache({"derivation.classes": torch.tensor([[2, 9]]),
+                             "stage1.block0.cross_attn.pattern": torch.full((1, 1, 4, 2), 0.25)})
+    cache.stage_hw = {1: (2, 2)}
+    assert pointing_accuracy(cache, _one_frame_with_sources(), source_size=16)["chance"] == 0.25  # 16 of 64 px each
+
+
+def test_attention_anatomy_splits_own_other_and_null_weights():
+    import pytest
+    import torch
+
+    from avs_lib.analysis.inspect import attention_anatomy
+    from avs_lib.models.hooks import ActivationCache
+
+    # 2x2 grid; class 2's object fills cell (0, 0), class 5 has no token (left out), token 1 is class 9
+    pattern = torch.tensor([[0.6, 0.3], [0.2, 0.5], [0.1, 0.4], [0.1, 0.0]])[None, None]  # [1, 1, 4 cells, 2 tokens]
+    cache = ActivationCache({"derivation.classes": torch.tensor([[2, 9]]), "stage1.block0.cross_attn.pattern": pattern})
+    cache.stage_hw = {1: (2, 2)}
+    stage = attention_anatomy(cache, _one_frame_with_sources(), source_size=16)["stage 1"]
+    assert stage["objects"] == 1
+    assert stage["own_inside"] == pytest.approx(0.6)
+    assert stage["own_outside"] == pytest.approx((0.2 + 0.1 + 0.1) / 3)
+    assert stage["other_inside"] == pytest.approx(0.3)
+    assert stage["null_inside"] == pytest.approx(0.1)
+    assert stage["null_outside"] == pytest.approx((0.3 + 0.5 + 0.9) / 3)
+
+
 def test_backbone_groups_take_the_scaled_learning_rate():
     import torch
 

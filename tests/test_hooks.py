@@ -5,6 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from avs_lib.data.transforms import normalise_images
 from avs_lib.models import build_model, hook_names, run_with_cache, run_with_hooks
@@ -123,6 +125,35 @@ def test_a_replaced_attention_pattern_reaches_the_output(switches):
     assert torch.equal(cache["stage1.block0.cross_attn.pattern"][..., 0],
                        torch.ones_like(cache["stage1.block0.cross_attn.pattern"][..., 0]))
     assert (cache["logits"] - before).abs().max() > 1e-4
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 2), st.integers(1, 6), st.integers(1, 4), st.integers(0, 10_000))
+def test_spreading_attention_keeps_each_tokens_share_and_drops_its_place(b, heads, n, k, seed):
+    from avs_lib.analysis.evaluation import spread_over_frame
+
+    pattern = torch.rand(b, heads, n, k, generator=torch.Generator().manual_seed(seed))
+    spread = spread_over_frame(pattern)
+    assert spread.shape == pattern.shape
+    assert torch.allclose(spread, spread[:, :, :1].expand_as(spread))  # the same at every cell
+    assert torch.allclose(spread.mean(2), pattern.mean(2))  # each token's mean weight kept
+
+
+@pytest.mark.parametrize("switches", [{}, {"backbone": "efficientnet_lite0"}])
+def test_spread_attention_reaches_the_output(switches):
+    from avs_lib.analysis.evaluation import ATTENTION_INTERVENTIONS
+
+    model = _model(**switches)
+    frames = _frames()
+    before = _forward(model, frames).logits
+    for name, edit in ATTENTION_INTERVENTIONS.items():
+        if edit is None:
+            continue
+        with run_with_hooks(model, {"stage*.block*.cross_attn.pattern": edit}):
+            cache = run_with_cache(model, frames, names=["stage1.block0.cross_attn.pattern", "logits"])
+        pattern = cache["stage1.block0.cross_attn.pattern"]
+        assert torch.allclose(pattern, pattern[:, :, :1].expand_as(pattern)), name
+        assert (cache["logits"] - before).abs().max() > 1e-4, name
 
 
 def test_scaling_the_assignment_logits_is_changing_tau():

@@ -21,8 +21,9 @@ CASES = {
     "03_elimination": ({"train_epochs": 1, **TINY}, {"auc", "auc_by_tau"}, ["assignment_maps.png", "elimination_roc.png"]),
     "04_tsne_probe": ({"train_epochs": 1, "perplexity": 5, **TINY}, {"probe_f1"}, ["tsne.png", "umap.png", "tsne.html"]),
     "05_training": ({"epochs": 1, **TINY}, {"test", "table", "headroom", "pointing", "late_gain",
-                                                     "resolution_bound"},
-                    ["training_curves.png", "qualitative.png", "headroom.png"]),
+                                                     "resolution_bound", "attention_anatomy",
+                                                     "attention_interventions"},
+                    ["training_curves.png", "qualitative.png", "headroom.png", "attention_anatomy.png"]),
     "06_avsac": ({"epochs": 1, **TINY}, {"table"}, []),
 }
 
@@ -87,6 +88,13 @@ def test_notebook_executes(name, notebook_world, tmp_path):
         # the window's model row is the test evaluation of the same checkpoint
         assert metrics["headroom"]["model"]["JF"] == pytest.approx(metrics["test"]["JF"], abs=1e-6)
         assert 0 <= metrics["pointing"]["stage 1"] <= 1 and metrics["pointing"]["objects"] > 0
+        assert 0 < metrics["pointing"]["chance"] < 1
+        for stage in metrics["attention_anatomy"].values():  # weights of a softmax with a null key
+            assert all(0 <= stage[k] <= 1 for k in ("own_inside", "own_outside", "other_inside", "null_inside"))
+        # the unedited row is the test evaluation of the same checkpoint
+        interventions = metrics["attention_interventions"]
+        assert interventions["as trained"]["JF"] == pytest.approx(metrics["test"]["JF"], abs=1e-6)
+        assert len(interventions) == 3
         # the truth at the decoder's resolution (EfficientNet-Lite0: stride 4) bounds the ceiling from above
         bound = metrics["resolution_bound"]
         assert bound["stride"] == 4 and metrics["headroom"]["oracle"]["JF"] < bound["JF"] <= 1

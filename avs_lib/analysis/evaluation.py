@@ -84,6 +84,37 @@ def jf_interval_of(model, frames, config, device: torch.device | str = "cpu") ->
     return jf_with_interval(logits[keep], frames.masks[keep], [c for c, k in zip(frames.clips, keep.tolist()) if k])
 
 
+def spread_over_frame(pattern: torch.Tensor) -> torch.Tensor:
+    """A cross-attention pattern [B, heads, N, K] with each key's weights replaced by their mean over
+    the N visual queries: every cell of the frame then takes the same mixture of tokens, so the
+    pattern keeps how much each token is used and loses where."""
+    return pattern.mean(2, keepdim=True).expand_as(pattern).contiguous()
+
+
+ATTENTION_INTERVENTIONS = {
+    "as trained": None,
+    "attention spread over the frame": spread_over_frame,
+    "attention zeroed (fusion hears nothing)": torch.zeros_like,
+}
+
+
+def attention_interventions(model, frames, config, device: torch.device | str = "cpu") -> list[dict]:
+    """Does the model use *where* its fusion attention goes? Rows {"intervention", "JF", "ci95", ...}:
+    test J&F with every fusion block's cross-attention pattern (``stage*.block*.cross_attn.pattern``)
+    left as trained, replaced by ``spread_over_frame`` (the same token mixture at every cell), and
+    zeroed (the visual tokens get nothing from the audio tokens; elimination still runs). A large
+    drop under spreading says the spatial layout of the attention carries the segmentation, whether
+    or not each token's map peaks on its own object (``avs_lib.analysis.inspect.attention_anatomy``)."""
+    from avs_lib.models.hooks import run_with_hooks
+
+    rows = []
+    for name, edit in ATTENTION_INTERVENTIONS.items():
+        hooks = {"stage*.block*.cross_attn.pattern": edit} if edit is not None else {}
+        with run_with_hooks(model, hooks):
+            rows.append({"intervention": name, **jf_interval_of(model, frames, config, device)})
+    return rows
+
+
 def headroom(config, model, prepared, rows: tuple[str, ...] = ("floor", "oracle"), progress: bool = False) -> list[dict]:
     """The window an experiment can see, as rows {"row", "what", "JF", "ci95", ...}: the floor (the
     same training with the audio zeroed, ``zero_audio=true``), ``model`` itself (trained with

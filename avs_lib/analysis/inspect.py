@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from avs_lib.analysis.stats import cluster_bootstrap
@@ -245,36 +246,91 @@ def object_regions(frames: FrameSet, index: int, source_size: int) -> dict[int, 
     return regions
 
 
+def _last_fusion_patterns(cache: ActivationCache) -> dict[int, str]:
+    """{stage: the hook name of its last fusion block's cross-attention pattern}."""
+    last_block = {}
+    for name in cache:
+        if name.endswith(".cross_attn.pattern"):
+            stage = name.split(".")[0]
+            last_block[int(stage[len("stage"):])] = name  # names come in forward order
+    if "derivation.classes" not in cache or not last_block:
+        raise ValueError("this analysis needs a model with derived tokens and fusion cross-attention (DDESeg, "
+                         "variant='paper')")
+    return dict(sorted(last_block.items()))
+
+
+def _objects_and_tokens(classes: torch.Tensor, frames: FrameSet, source_size: int):
+    """(frame index, class, region [S, S] bool, index of the first token derived for the class or
+    None) for every object sounding on screen (``object_regions``)."""
+    for index in range(len(classes)):
+        for c, region in object_regions(frames, index, source_size).items():
+            tokens = (classes[index] == c).nonzero().flatten()
+            yield index, c, region, (int(tokens[0]) if len(tokens) else None)
+
+
 def pointing_accuracy(source, frames: FrameSet, source_size: int) -> dict:
     """Does the fusion attend where the sound is? For each object sounding on screen, the last fusion
     block's cross-attention map (mean over heads) of the token derived for its class is taken at
     every stage; a hit is a map whose peak falls inside the object (``object_regions``). An object
     whose class no token was derived for is a miss. Returns {"stage 1": accuracy, ...,
-    "derived": share of objects with a token of their class, "objects": n}."""
+    "derived": share of objects with a token of their class, "objects": n, "chance": the mean share
+    of the frame an object covers (a peak placed at random lands inside it that often)}."""
     cache = activations(source, frames, ["derivation.classes", "stage*.block*.cross_attn.pattern"])
-    last_block = {}  # stage -> the name of its last fusion block's pattern
-    for name in cache:
-        if name.endswith(".cross_attn.pattern"):
-            stage, block = name.split(".")[:2]
-            last_block[int(stage[len("stage"):])] = name  # names come in forward order
-    if "derivation.classes" not in cache or not last_block:
-        raise ValueError("pointing needs a model with derived tokens and fusion cross-attention (DDESeg, "
-                         "variant='paper')")
-    classes = cache["derivation.classes"]
-    maps = {stage: cache[name].float().mean(1) for stage, name in sorted(last_block.items())}  # [N, HW, K]
-    hits, objects, derived = {f"stage {stage}": 0 for stage in maps}, 0, 0
-    for index in range(len(classes)):
-        for c, region in object_regions(frames, index, source_size).items():
-            objects += 1
-            tokens = (classes[index] == c).nonzero().flatten()
-            derived += int(len(tokens) > 0)
-            if not len(tokens):
-                continue
-            for stage, attention in maps.items():
-                h, w = cache.hw(stage)
-                peak = int(attention[index, :, tokens[0]].argmax())
-                y = min(region.shape[0] - 1, int((peak // w + 0.5) * region.shape[0] / h))
-                x = min(region.shape[1] - 1, int((peak % w + 0.5) * region.shape[1] / w))
-                hits[f"stage {stage}"] += int(bool(region[y, x]))
+    patterns = _last_fusion_patterns(cache)
+    maps = {stage: cache[name].float().mean(1) for stage, name in patterns.items()}  # [N, HW, K]
+    hits, objects, derived, area = {f"stage {stage}": 0 for stage in maps}, 0, 0, 0.0
+    for index, _, region, token in _objects_and_tokens(cache["derivation.classes"], frames, source_size):
+        objects += 1
+        area += float(region.float().mean())
+        if token is None:
+            continue
+        derived += 1
+        for stage, attention in maps.items():
+            h, w = cache.hw(stage)
+            peak = int(attention[index, :, token].argmax())
+            y = min(region.shape[0] - 1, int((peak // w + 0.5) * region.shape[0] / h))
+            x = min(region.shape[1] - 1, int((peak % w + 0.5) * region.shape[1] / w))
+            hits[f"stage {stage}"] += int(bool(region[y, x]))
     result = {k: v / max(1, objects) for k, v in hits.items()}
-    return {**result, "derived": derived / max(1, objects), "objects": objects}
+    return {**result, "derived": derived / max(1, objects), "objects": objects, "chance": area / max(1, objects)}
+
+
+def attention_anatomy(source, frames: FrameSet, source_size: int) -> dict:
+    """Where the fusion's attention goes, around each object sounding on screen whose class has a
+    token: per stage (the last fusion block, mean over heads), the mean weight a grid cell gives
+
+    * ``own_inside`` / ``own_outside``: the token of the object's class, in cells inside the object
+      (the object's share of the cell > 1/2) and in the other cells of the frame;
+    * ``other_inside``: each of the frame's other tokens, in cells inside the object;
+    * ``null_inside`` / ``null_outside``: the null key (1 - the sum over tokens; 0 for a model
+      without one, ``fusion_null_key``).
+
+    Attention that points has ``own_inside`` well above both ``own_outside`` and ``other_inside``.
+    Attention that marks *where* sound is but not *which* token has ``own_inside`` close to
+    ``other_inside``, and the null weight apart inside and outside. Objects covering no cell or
+    every cell of a stage's grid are left out of that stage (``objects``)."""
+    cache = activations(source, frames, ["derivation.classes", "stage*.block*.cross_attn.pattern"])
+    patterns = _last_fusion_patterns(cache)
+    result = {}
+    for stage, name in patterns.items():
+        h, w = cache.hw(stage)
+        attention = cache[name].float().mean(1)  # [N, HW, K]
+        sums = {key: 0.0 for key in ("own_inside", "own_outside", "other_inside", "null_inside", "null_outside")}
+        objects = 0
+        for index, _, region, token in _objects_and_tokens(cache["derivation.classes"], frames, source_size):
+            if token is None:
+                continue
+            inside = F.interpolate(region[None, None].float(), size=(h, w), mode="area").flatten() > 0.5  # [HW]
+            if not inside.any() or inside.all():
+                continue
+            weights = attention[index]  # [HW, K]
+            null = 1 - weights.sum(-1)  # [HW]
+            others = torch.cat([weights[:, :token], weights[:, token + 1:]], 1)  # [HW, K-1]
+            objects += 1
+            sums["own_inside"] += float(weights[inside, token].mean())
+            sums["own_outside"] += float(weights[~inside, token].mean())
+            sums["other_inside"] += float(others[inside].mean()) if others.shape[1] else float("nan")
+            sums["null_inside"] += float(null[inside].mean())
+            sums["null_outside"] += float(null[~inside].mean())
+        result[f"stage {stage}"] = {**{k: v / max(1, objects) for k, v in sums.items()}, "objects": objects}
+    return result

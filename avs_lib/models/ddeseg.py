@@ -67,6 +67,7 @@ class DDESegConfig:
     enhancement: bool = True
     elimination: str = "gumbel_ca_fc"
     enhancement_pooling: str = "all"
+    derivation_anchor: str = "audio"  # Eq. 8 starts token i from F_a ("audio", as printed) or its class centre ("centre")
     num_centres: int = 5
     tau: float = 1.0
     centre_update: str = "printed"  # Eq. 14: "printed" (O C_v) or "assigned_mean"
@@ -90,7 +91,7 @@ class DDESegConfig:
         "size": tuple(MIT_SIZES), "backbone": ("mit", "efficientnet_lite0"), "variant": ("paper", "released"),
         "elimination": SCHEMES, "centre_update": CENTRE_UPDATES, "centre_init": CENTRE_INITS,
         "elimination_apply": ("log_bias", "scale"), "decoder_norm": ("batch", "group"),
-        "enhancement_pooling": ("all", "per_subcluster"),
+        "enhancement_pooling": ("all", "per_subcluster"), "derivation_anchor": ("audio", "centre"),
     }
 
     def __post_init__(self):
@@ -210,7 +211,8 @@ class DDESeg(nn.Module):
         dims = self.encoder.dims
         self.derivation = (DynamicDerivation(config.audio_dim, config.memory_classes, config.k, config.m,
                                              config.num_tokens, config.variant, config.enhancement,
-                                             config.enhancement_pooling) if config.derivation else None)
+                                             config.enhancement_pooling, config.derivation_anchor)
+                           if config.derivation else None)
         if released:
             # the authors' per-stage audio MLP (768 -> 3072 -> C_l there), Xavier-uniform weights
             self.audio_projections = nn.ModuleList(

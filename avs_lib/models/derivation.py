@@ -21,6 +21,13 @@ Where the paper is ambiguous (also in the README's notes):
   ``enhancement_pooling="per_subcluster"`` instead computes one offset per sub-cluster (softmax
   over its m features) and averages the k offsets.
 * The class used for token i in Step 3 is the class of the i-th nearest centre from Step 2.
+
+Not a reading of the paper but a what-if for the look inside (``anchor``): Eq. 8 starts every token
+from the frame's own feature F_a, so the K tokens of a frame share that vector and differ only by
+their bounded compensations (measured in the README's "What the attention marks": cosine 0.999
+between a frame's tokens). ``anchor="centre"`` starts token i from its class centre c_{u_i}
+instead, a_i = c_{u_i} + delta_i (the compensation still reads F_a, Eq. 7), so each token carries
+its own class. The default, ``"audio"``, is Eq. 8 as printed.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ from torch import nn
 from .hooks import HookPoint, name_hook_points
 
 VARIANTS = ("paper", "released")
+ANCHORS = ("audio", "centre")
 
 
 @dataclass
@@ -57,11 +65,14 @@ def nearest_centres(audio: torch.Tensor, centroids: torch.Tensor, k: int) -> tup
 class PrototypeDerivation(nn.Module):
     """Step 2 (Eq. 5-8): derive K tokens from F_a and its K nearest class centres."""
 
-    def __init__(self, dim: int, variant: str = "paper"):
+    def __init__(self, dim: int, variant: str = "paper", anchor: str = "audio"):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if anchor not in ANCHORS:
+            raise ValueError(f"anchor must be one of {ANCHORS}, got {anchor!r}")
         self.variant = variant
+        self.anchor = anchor
         self.edge = nn.Linear(dim, dim)  # W_e, b_e (Eq. 5)
         self.fusion = nn.Linear(dim, 1, bias=False)  # W_f1 (Eq. 6)
         self.compensation = nn.Linear(dim, dim)  # W_o1, b_o1 (Eq. 7)
@@ -75,10 +86,11 @@ class PrototypeDerivation(nn.Module):
         weights = self.hook_fusion_weights(torch.softmax(self.fusion(edges).squeeze(-1), dim=1))  # Eq. 6   [B, K]
         weighted_edges = weights[..., None] * edges  # [B, K, d]
         compensation = torch.tanh(self.compensation(f_a + weighted_edges))  # Eq. 7   [B, K, d]
+        start = f_a if self.anchor == "audio" else centres  # [B, 1 or K, d]; "centre": see the module's notes
         if self.variant == "paper":
-            derived = f_a + compensation  # Eq. 8
+            derived = start + compensation  # Eq. 8
         else:
-            derived = f_a * (1 + compensation)  # released code: multiplicative
+            derived = start * (1 + compensation)  # released code: multiplicative
         return self.hook_derived(derived), weights, compensation
 
 
@@ -121,12 +133,13 @@ class DynamicDerivation(nn.Module):
     """
 
     def __init__(self, dim: int, num_classes: int, k: int, m: int, num_tokens: int = 5,
-                 variant: str = "paper", enhancement: bool = True, enhancement_pooling: str = "all"):
+                 variant: str = "paper", enhancement: bool = True, enhancement_pooling: str = "all",
+                 anchor: str = "audio"):
         super().__init__()
         if num_tokens > num_classes:
             raise ValueError(f"num_tokens K={num_tokens} exceeds the memory's {num_classes} classes")
         self.num_tokens = num_tokens
-        self.derivation = PrototypeDerivation(dim, variant)
+        self.derivation = PrototypeDerivation(dim, variant, anchor)
         self.enhancement = DiscriminativeEnhancement(dim, enhancement_pooling) if enhancement else None
         self.register_buffer("centroids", torch.zeros(num_classes, dim))
         self.register_buffer("features", torch.zeros(num_classes, k, m, dim))

@@ -352,6 +352,33 @@ def headroom_figure(rows: list[dict], path=None):
     return fig
 
 
+ANATOMY_BARS = {"own_inside": ("its token, inside the object", "tab:red"),
+                "other_inside": ("each other token, inside the object", "tab:orange"),
+                "own_outside": ("its token, outside the object", "tab:gray"),
+                "null_inside": ("null key, inside the object", "tab:blue"),
+                "null_outside": ("null key, outside the object", "lightsteelblue")}
+
+
+def attention_anatomy_figure(anatomy: dict, path=None):
+    """``avs_lib.analysis.inspect.attention_anatomy`` as grouped bars: per stage, the mean attention
+    weight a cell gives the sounding object's own token (inside and outside the object), each other
+    token (inside) and the null key (inside and outside). Pointing attention has the red bar far
+    above the orange and grey ones."""
+    plt = _pyplot()
+    stages = list(anatomy)
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    width = 0.8 / len(ANATOMY_BARS)
+    for j, (key, (label, colour)) in enumerate(ANATOMY_BARS.items()):
+        ax.bar(np.arange(len(stages)) + (j - (len(ANATOMY_BARS) - 1) / 2) * width,
+               [anatomy[s][key] for s in stages], width, label=label, color=colour)
+    ax.set_xticks(range(len(stages)), [f"{s}\n({anatomy[s]['objects']} objects)" for s in stages], fontsize=8)
+    ax.set_ylabel("mean attention weight of a cell")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.01), ncols=3, frameon=False)
+    save(fig, path)
+    return fig
+
+
 ERROR_COLOURS = {"true positive": (46, 204, 113), "false positive": (231, 76, 60), "false negative": (52, 152, 219)}
 
 
