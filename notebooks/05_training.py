@@ -167,8 +167,11 @@ qualitative(test.images[pick].permute(0, 2, 3, 1).numpy(), test.masks[pick].nump
 # **Interventions** (`avs_lib.analysis.evaluation.attention_interventions`, hooks on
 # `stage*.block*.cross_attn.pattern`): test J&F with every fusion pattern **spread over the frame**
 # (each cell gets the frame's mean mixture of tokens: how much each token is used stays, where it is
-# used goes) and **zeroed** (the visual tokens take nothing from the audio tokens). If spreading
-# costs more than zeroing, the model has built its segmentation on the shape of the attention.
+# used goes) and **zeroed** (the visual tokens take nothing from the audio tokens; the audio reaches
+# the masks through this attention alone, elimination's scores included, so the prediction no
+# longer depends on the audio). If spreading costs more than zeroing, the model has built its
+# segmentation on the shape of the attention. A stage's anatomy counts only the objects that fill
+# at least half of one of its cells, so the coarse stages 3 and 4 speak for the larger objects.
 
 # %%
 anatomy, interventions = None, None

@@ -222,6 +222,8 @@ def test_token_separation_by_hand():
     mean0 = np.array([1.0, 4.0])
     assert result["between_frames"] == pytest.approx(np.linalg.norm(mean0 - [6.0, 8.0]))
     assert result["ratio"] == pytest.approx(result["within_frame"] / result["between_frames"])
+    # cosines: frame 0's zero token has none with anything (0), (3,4)·(0,8) = 32 / 40; frame 1 all 1
+    assert result["cosine"] == pytest.approx((0 + 0 + 0.8 + 1 + 1 + 1) / 6)
     same = separation_of_tokens(tokens[1:].repeat(2, 1, 1))  # identical tokens: nothing apart
     assert same["within_frame"] == 0 and same["between_frames"] == 0
 

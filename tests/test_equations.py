@@ -50,6 +50,14 @@ def test_prototype_derivation_eq5_to_8(variant, anchor):
         np.testing.assert_allclose(to_numpy(weights[b]), w, atol=1e-10)
 
 
+def test_the_anchor_switch_reaches_the_derivation():
+    from avs_lib.models import build_model
+
+    for anchor in ("audio", "centre"):
+        model = build_model("ddeseg", audio_dim=8, memory_classes=6, derivation_anchor=anchor)
+        assert model.derivation.derivation.anchor == anchor
+
+
 @pytest.mark.parametrize("pooling", ["all", "per_subcluster"])
 def test_discriminative_enhancement_eq9_to_12(pooling):
     torch.manual_seed(1)

@@ -126,15 +126,20 @@ def test_pointing_accuracy_counts_peaks_inside_objects():
 
 
 def test_pointing_chance_is_the_mean_object_share():
+    import pytest
     import torch
 
     from avs_lib.analysis.inspect import pointing_accuracy
     from avs_lib.models.hooks import ActivationCache
 
-    cache = ActivationCache({"derivation.classes": torch.tensor([[2, 9]]),
-                             "stage1.block0.cross_attn.pattern": torch.full((1, 1, 4, 2), 0.25)})
-    cache.stage_hw = {1: (2, 2)}
-    assert pointing_accuracy(cache, _one_frame_with_sources(), source_size=16)["chance"] == 0.25  # 16 of 64 px each
+    frames = _one_frame_with_sources()
+    frames.masks[0, 4:8, 4:6] = 0  # class 5's object now covers 8 of the 64 px, class 2's 16
+    uniform = torch.full((1, 1, 4, 2), 0.25)
+    for classes, chance in (([2, 5], (16 + 8) / 64 / 2), ([2, 9], 16 / 64 / 2), ([5, 9], 8 / 64 / 2)):
+        # an object without a token is a miss, whatever the maps do: it adds nothing to chance
+        cache = ActivationCache({"derivation.classes": torch.tensor([classes]), "stage1.block0.cross_attn.pattern": uniform})
+        cache.stage_hw = {1: (2, 2)}
+        assert pointing_accuracy(cache, frames, source_size=16)["chance"] == pytest.approx(chance)
 
 
 def test_attention_anatomy_splits_own_other_and_null_weights():
@@ -155,6 +160,29 @@ def test_attention_anatomy_splits_own_other_and_null_weights():
     assert stage["other_inside"] == pytest.approx(0.3)
     assert stage["null_inside"] == pytest.approx(0.1)
     assert stage["null_outside"] == pytest.approx((0.3 + 0.5 + 0.9) / 3)
+
+
+def test_attention_anatomy_with_one_token_and_objects_filling_every_cell():
+    import torch
+
+    from avs_lib.analysis.inspect import attention_anatomy
+    from avs_lib.models.hooks import ActivationCache
+
+    frames = _one_frame_with_sources()
+    # one token (class 2) on a 1x1 grid: the object fills no cell by half (16 of 64 px), so it is left out
+    cache = ActivationCache({"derivation.classes": torch.tensor([[2]]),
+                             "stage1.block0.cross_attn.pattern": torch.full((1, 1, 1, 1), 0.7)})
+    cache.stage_hw = {1: (1, 1)}
+    assert attention_anatomy(cache, frames, source_size=16)["stage 1"] == {
+        "own_inside": None, "own_outside": None, "other_inside": None, "null_inside": None, "null_outside": None,
+        "objects": 0}
+    # a 2x2 grid and K = 1: no other token to compare with; no null key: weights sum to 1, null 0
+    cache = ActivationCache({"derivation.classes": torch.tensor([[2]]),
+                             "stage1.block0.cross_attn.pattern": torch.ones(1, 1, 4, 1)})
+    cache.stage_hw = {1: (2, 2)}
+    stage = attention_anatomy(cache, frames, source_size=16)["stage 1"]
+    assert stage["objects"] == 1 and stage["other_inside"] is None
+    assert stage["own_inside"] == 1 and stage["null_inside"] == 0 and stage["null_outside"] == 0
 
 
 def test_backbone_groups_take_the_scaled_learning_rate():

@@ -156,6 +156,13 @@ def test_spread_attention_reaches_the_output(switches):
         assert (cache["logits"] - before).abs().max() > 1e-4, name
 
 
+def test_attention_interventions_refuse_a_model_without_fusion_attention():
+    from avs_lib.analysis.evaluation import attention_interventions
+
+    with pytest.raises(ValueError, match="no fusion cross-attention"):
+        attention_interventions(_model(variant="released"), _frames(), config=None)
+
+
 def test_scaling_the_assignment_logits_is_changing_tau():
     # Eq. 13 divides V C_v^T by tau: a hook that multiplies the logits by tau / tau' must give what
     # a model built with tau' gives

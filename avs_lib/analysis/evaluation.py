@@ -7,6 +7,7 @@ that say what a number is worth on this data.
 """
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import replace
 
 import torch
@@ -102,11 +103,17 @@ def attention_interventions(model, frames, config, device: torch.device | str = 
     """Does the model use *where* its fusion attention goes? Rows {"intervention", "JF", "ci95", ...}:
     test J&F with every fusion block's cross-attention pattern (``stage*.block*.cross_attn.pattern``)
     left as trained, replaced by ``spread_over_frame`` (the same token mixture at every cell), and
-    zeroed (the visual tokens get nothing from the audio tokens; elimination still runs). A large
-    drop under spreading says the spatial layout of the attention carries the segmentation, whether
-    or not each token's map peaks on its own object (``avs_lib.analysis.inspect.attention_anatomy``)."""
-    from avs_lib.models.hooks import run_with_hooks
+    zeroed (each fusion block adds only its output projection's bias: in DDESeg's paper reading the
+    audio reaches the masks through this attention alone, elimination's scores included, so the
+    prediction no longer depends on the audio). A large drop under spreading says the spatial
+    layout of the attention carries the segmentation, whether or not each token's map peaks on its
+    own object (``avs_lib.analysis.inspect.attention_anatomy``). A model without fusion
+    cross-attention (DDESeg's ``variant="released"``, AVSAC) is refused."""
+    from avs_lib.models.hooks import hook_names, run_with_hooks
 
+    if not any(fnmatch.fnmatchcase(name, "stage*.block*.cross_attn.pattern") for name in hook_names(model)):
+        raise ValueError(f"{type(model).__name__} has no fusion cross-attention (stage*.block*.cross_attn.pattern) "
+                         "to intervene on: use DDESeg with variant='paper'")
     rows = []
     for name, edit in ATTENTION_INTERVENTIONS.items():
         hooks = {"stage*.block*.cross_attn.pattern": edit} if edit is not None else {}

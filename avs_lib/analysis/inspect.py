@@ -175,16 +175,19 @@ def separation_of_tokens(tokens: torch.Tensor) -> dict:
     """For tokens [N, K, d] (N frames, K tokens each): ``within_frame``, the mean Euclidean distance
     between two tokens of one frame (over its K(K-1)/2 pairs, then over frames); ``norm``, the mean
     token norm; ``between_frames``, the mean distance between the mean tokens of two different
-    frames (over all pairs of frames); ``ratio`` = within_frame / between_frames."""
+    frames (over all pairs of frames); ``ratio`` = within_frame / between_frames; ``cosine``, the
+    mean cosine similarity between two tokens of one frame (1: the K tokens point one way)."""
     t = tokens.double()
     n, k, _ = t.shape
     pairs = torch.triu_indices(k, k, offset=1)
     within = torch.cdist(t, t)[:, pairs[0], pairs[1]].mean() if k > 1 else torch.tensor(float("nan"))
+    unit = F.normalize(t, dim=2)
+    cosine = (unit @ unit.transpose(1, 2))[:, pairs[0], pairs[1]].mean() if k > 1 else torch.tensor(float("nan"))
     means = t.mean(1)
     frame_pairs = torch.triu_indices(n, n, offset=1)
     between = torch.cdist(means, means)[frame_pairs[0], frame_pairs[1]].mean() if n > 1 else torch.tensor(float("nan"))
     return {"within_frame": float(within), "norm": float(t.norm(dim=2).mean()), "between_frames": float(between),
-            "ratio": float(within / between), "frames": n, "tokens": k}
+            "ratio": float(within / between), "cosine": float(cosine), "frames": n, "tokens": k}
 
 
 def token_separation(source, frames: FrameSet) -> dict:
@@ -273,18 +276,19 @@ def pointing_accuracy(source, frames: FrameSet, source_size: int) -> dict:
     block's cross-attention map (mean over heads) of the token derived for its class is taken at
     every stage; a hit is a map whose peak falls inside the object (``object_regions``). An object
     whose class no token was derived for is a miss. Returns {"stage 1": accuracy, ...,
-    "derived": share of objects with a token of their class, "objects": n, "chance": the mean share
-    of the frame an object covers (a peak placed at random lands inside it that often)}."""
+    "derived": share of objects with a token of their class, "objects": n, "chance": the accuracy of
+    maps whose peaks fall at random (the share of the frame each object with a token covers,
+    summed, over all n objects)}."""
     cache = activations(source, frames, ["derivation.classes", "stage*.block*.cross_attn.pattern"])
     patterns = _last_fusion_patterns(cache)
     maps = {stage: cache[name].float().mean(1) for stage, name in patterns.items()}  # [N, HW, K]
     hits, objects, derived, area = {f"stage {stage}": 0 for stage in maps}, 0, 0, 0.0
     for index, _, region, token in _objects_and_tokens(cache["derivation.classes"], frames, source_size):
         objects += 1
-        area += float(region.float().mean())
         if token is None:
-            continue
+            continue  # a miss whatever the map does: it adds nothing to chance either
         derived += 1
+        area += float(region.float().mean())
         for stage, attention in maps.items():
             h, w = cache.hw(stage)
             peak = int(attention[index, :, token].argmax())
@@ -308,7 +312,9 @@ def attention_anatomy(source, frames: FrameSet, source_size: int) -> dict:
     Attention that points has ``own_inside`` well above both ``own_outside`` and ``other_inside``.
     Attention that marks *where* sound is but not *which* token has ``own_inside`` close to
     ``other_inside``, and the null weight apart inside and outside. Objects covering no cell or
-    every cell of a stage's grid are left out of that stage (``objects``)."""
+    every cell of a stage's grid are left out of that stage (``objects`` counts the rest, so the
+    stages compare different sets of objects: coarse grids keep only the large ones); a stage left
+    with no object has None for every mean, and ``other_inside`` is None when K = 1."""
     cache = activations(source, frames, ["derivation.classes", "stage*.block*.cross_attn.pattern"])
     patterns = _last_fusion_patterns(cache)
     result = {}
@@ -316,7 +322,7 @@ def attention_anatomy(source, frames: FrameSet, source_size: int) -> dict:
         h, w = cache.hw(stage)
         attention = cache[name].float().mean(1)  # [N, HW, K]
         sums = {key: 0.0 for key in ("own_inside", "own_outside", "other_inside", "null_inside", "null_outside")}
-        objects = 0
+        objects, with_others = 0, 0
         for index, _, region, token in _objects_and_tokens(cache["derivation.classes"], frames, source_size):
             if token is None:
                 continue
@@ -324,13 +330,17 @@ def attention_anatomy(source, frames: FrameSet, source_size: int) -> dict:
             if not inside.any() or inside.all():
                 continue
             weights = attention[index]  # [HW, K]
-            null = 1 - weights.sum(-1)  # [HW]
+            null = (1 - weights.sum(-1)).clamp_min(0)  # [HW]; rounding leaves -1e-7 without a null key
             others = torch.cat([weights[:, :token], weights[:, token + 1:]], 1)  # [HW, K-1]
             objects += 1
             sums["own_inside"] += float(weights[inside, token].mean())
             sums["own_outside"] += float(weights[~inside, token].mean())
-            sums["other_inside"] += float(others[inside].mean()) if others.shape[1] else float("nan")
+            if others.shape[1]:  # K = 1 has no other token
+                with_others += 1
+                sums["other_inside"] += float(others[inside].mean())
             sums["null_inside"] += float(null[inside].mean())
             sums["null_outside"] += float(null[~inside].mean())
-        result[f"stage {stage}"] = {**{k: v / max(1, objects) for k, v in sums.items()}, "objects": objects}
+        means = {k: (v / with_others if with_others else None) if k == "other_inside" else (v / objects if objects else None)
+                 for k, v in sums.items()}
+        result[f"stage {stage}"] = {**means, "objects": objects}
     return result

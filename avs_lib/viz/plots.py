@@ -365,16 +365,17 @@ def attention_anatomy_figure(anatomy: dict, path=None):
     token (inside) and the null key (inside and outside). Pointing attention has the red bar far
     above the orange and grey ones."""
     plt = _pyplot()
-    stages = list(anatomy)
+    stages = list(anatomy)  # a stage with no object (means None) keeps its label and gets no bars
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     width = 0.8 / len(ANATOMY_BARS)
     for j, (key, (label, colour)) in enumerate(ANATOMY_BARS.items()):
         ax.bar(np.arange(len(stages)) + (j - (len(ANATOMY_BARS) - 1) / 2) * width,
-               [anatomy[s][key] for s in stages], width, label=label, color=colour)
+               [np.nan if anatomy[s][key] is None else anatomy[s][key] for s in stages], width, label=label,
+               color=colour)
     ax.set_xticks(range(len(stages)), [f"{s}\n({anatomy[s]['objects']} objects)" for s in stages], fontsize=8)
     ax.set_ylabel("mean attention weight of a cell")
     ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.01), ncols=3, frameon=False)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.01), ncol=3, frameon=False)
     save(fig, path)
     return fig
 
