@@ -109,14 +109,15 @@ def attention_interventions(model, frames, config, device: torch.device | str = 
     layout of the attention carries the segmentation, whether or not each token's map peaks on its
     own object (``avs_lib.analysis.inspect.attention_anatomy``). A model without fusion
     cross-attention (DDESeg's ``variant="released"``, AVSAC) is refused."""
+    from avs_lib.analysis.inspect import FUSION_ATTENTION
     from avs_lib.models.hooks import hook_names, run_with_hooks
 
-    if not any(fnmatch.fnmatchcase(name, "stage*.block*.cross_attn.pattern") for name in hook_names(model)):
-        raise ValueError(f"{type(model).__name__} has no fusion cross-attention (stage*.block*.cross_attn.pattern) "
+    if not any(fnmatch.fnmatchcase(name, FUSION_ATTENTION) for name in hook_names(model)):
+        raise ValueError(f"{type(model).__name__} has no fusion cross-attention ({FUSION_ATTENTION}) "
                          "to intervene on: use DDESeg with variant='paper'")
     rows = []
     for name, edit in ATTENTION_INTERVENTIONS.items():
-        hooks = {"stage*.block*.cross_attn.pattern": edit} if edit is not None else {}
+        hooks = {FUSION_ATTENTION: edit} if edit is not None else {}
         with run_with_hooks(model, hooks):
             rows.append({"intervention": name, **jf_interval_of(model, frames, config, device)})
     return rows

@@ -86,7 +86,8 @@ def derivation_recall(frames: FrameSet, centroids: torch.Tensor, k: int) -> dict
 # what the elimination analyses read (stage_token_scores, elimination_auc, elimination_analysis)
 SCORE_NAMES = ["derivation.classes", "stage*.elimination.scores"]
 # and token_separation and pointing_accuracy: one cache serves every analysis of notebook 03 / 05
-INSPECTION_NAMES = SCORE_NAMES + ["derivation.derived", "derivation.tokens", "stage*.block*.cross_attn.pattern"]
+FUSION_ATTENTION = "stage*.block*.cross_attn.pattern"  # every fusion block's cross-attention [B, heads, N, K]
+INSPECTION_NAMES = SCORE_NAMES + ["derivation.derived", "derivation.tokens", FUSION_ATTENTION]
 
 
 def token_scores(source, frames: FrameSet) -> tuple[torch.Tensor, torch.Tensor]:
@@ -279,9 +280,8 @@ def pointing_accuracy(source, frames: FrameSet, source_size: int) -> dict:
     "derived": share of objects with a token of their class, "objects": n, "chance": the accuracy of
     maps whose peaks fall at random (the share of the frame each object with a token covers,
     summed, over all n objects)}."""
-    cache = activations(source, frames, ["derivation.classes", "stage*.block*.cross_attn.pattern"])
-    patterns = _last_fusion_patterns(cache)
-    maps = {stage: cache[name].float().mean(1) for stage, name in patterns.items()}  # [N, HW, K]
+    cache = activations(source, frames, ["derivation.classes", FUSION_ATTENTION])
+    maps = {stage: cache[name].float().mean(1) for stage, name in _last_fusion_patterns(cache).items()}  # [N, HW, K]
     hits, objects, derived, area = {f"stage {stage}": 0 for stage in maps}, 0, 0, 0.0
     for index, _, region, token in _objects_and_tokens(cache["derivation.classes"], frames, source_size):
         objects += 1
@@ -315,32 +315,33 @@ def attention_anatomy(source, frames: FrameSet, source_size: int) -> dict:
     every cell of a stage's grid are left out of that stage (``objects`` counts the rest, so the
     stages compare different sets of objects: coarse grids keep only the large ones); a stage left
     with no object has None for every mean, and ``other_inside`` is None when K = 1."""
-    cache = activations(source, frames, ["derivation.classes", "stage*.block*.cross_attn.pattern"])
-    patterns = _last_fusion_patterns(cache)
-    result = {}
-    for stage, name in patterns.items():
-        h, w = cache.hw(stage)
-        attention = cache[name].float().mean(1)  # [N, HW, K]
-        sums = {key: 0.0 for key in ("own_inside", "own_outside", "other_inside", "null_inside", "null_outside")}
-        objects, with_others = 0, 0
-        for index, _, region, token in _objects_and_tokens(cache["derivation.classes"], frames, source_size):
-            if token is None:
-                continue
-            inside = F.interpolate(region[None, None].float(), size=(h, w), mode="area").flatten() > 0.5  # [HW]
+    cache = activations(source, frames, ["derivation.classes", FUSION_ATTENTION])
+    maps = {stage: cache[name].float().mean(1) for stage, name in _last_fusion_patterns(cache).items()}  # [N, HW, K]
+    sums = {stage: {key: 0.0 for key in ("own_inside", "own_outside", "other_inside", "null_inside", "null_outside")}
+            for stage in maps}
+    objects, with_others = dict.fromkeys(maps, 0), dict.fromkeys(maps, 0)
+    for index, _, region, token in _objects_and_tokens(cache["derivation.classes"], frames, source_size):
+        if token is None:
+            continue
+        for stage, attention in maps.items():
+            inside = F.interpolate(region[None, None].float(), size=cache.hw(stage), mode="area").flatten() > 0.5  # [HW]
             if not inside.any() or inside.all():
                 continue
             weights = attention[index]  # [HW, K]
             null = (1 - weights.sum(-1)).clamp_min(0)  # [HW]; rounding leaves -1e-7 without a null key
             others = torch.cat([weights[:, :token], weights[:, token + 1:]], 1)  # [HW, K-1]
-            objects += 1
-            sums["own_inside"] += float(weights[inside, token].mean())
-            sums["own_outside"] += float(weights[~inside, token].mean())
+            total = sums[stage]
+            objects[stage] += 1
+            total["own_inside"] += float(weights[inside, token].mean())
+            total["own_outside"] += float(weights[~inside, token].mean())
             if others.shape[1]:  # K = 1 has no other token
-                with_others += 1
-                sums["other_inside"] += float(others[inside].mean())
-            sums["null_inside"] += float(null[inside].mean())
-            sums["null_outside"] += float(null[~inside].mean())
-        means = {k: (v / with_others if with_others else None) if k == "other_inside" else (v / objects if objects else None)
-                 for k, v in sums.items()}
-        result[f"stage {stage}"] = {**means, "objects": objects}
+                with_others[stage] += 1
+                total["other_inside"] += float(others[inside].mean())
+            total["null_inside"] += float(null[inside].mean())
+            total["null_outside"] += float(null[~inside].mean())
+    result = {}
+    for stage, total in sums.items():
+        counts = {k: with_others[stage] if k == "other_inside" else objects[stage] for k in total}
+        result[f"stage {stage}"] = {**{k: v / counts[k] if counts[k] else None for k, v in total.items()},
+                                    "objects": objects[stage]}
     return result
