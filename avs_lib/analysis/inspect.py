@@ -18,15 +18,13 @@ The per-frame ground truth they use is ``avs_lib.analysis.truth``'s; their inter
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from avs_lib.analysis.stats import cluster_bootstrap
-from avs_lib.analysis.truth import token_categories, true_classes
+from avs_lib.analysis.truth import object_regions, token_categories, true_classes
 from avs_lib.data.frames import FrameSet
 from avs_lib.models.derivation import nearest_centres
 from avs_lib.models.hooks import ActivationCache, HookPoint, run_with_cache
@@ -226,28 +224,6 @@ def elimination_analysis(source, frames: FrameSet, boot: int = 1000, seed: int =
                         "within_frame_silent": within_frame_auc(values, silent_labels, frames.clips, boot, seed),
                         "spread": score_spread(scores)}
     return result
-
-
-def object_regions(frames: FrameSet, index: int, source_size: int) -> dict[int, torch.Tensor]:
-    """{class: [S, S] bool} for each object sounding on screen in frame ``index``: the frame's
-    sounding mask inside that object's box (the world records a box per frame and source; the
-    binary mask alone does not say which object a pixel belongs to). ``source_size``: the side of
-    the world's frames, in which the boxes are given."""
-    record = frames.sources.get(frames.clips[index])
-    if record is None:
-        raise ValueError(f"clip {frames.clips[index]} has no sources record (real datasets do not know their sources)")
-    side = frames.masks.shape[-1]
-    scale = side / source_size
-    regions = {}
-    for source in record["sources"]:
-        if not (source["sounding"] and source["on_screen"]) or not source.get("bboxes"):
-            continue
-        x0, y0, x1, y1 = source["bboxes"][frames.frames[index]]
-        box = torch.zeros(side, side, dtype=torch.bool)
-        box[int(y0 * scale):max(int(y0 * scale) + 1, math.ceil(y1 * scale)),
-            int(x0 * scale):max(int(x0 * scale) + 1, math.ceil(x1 * scale))] = True
-        regions[source["class_index"]] = box & frames.masks[index].bool()
-    return regions
 
 
 def _last_fusion_patterns(cache: ActivationCache) -> dict[int, str]:

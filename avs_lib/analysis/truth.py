@@ -3,9 +3,12 @@
 Every analysis, loss target and figure that asks what a class or a derived token truly is reads it
 here: ``source_role`` for one source of a clip's record (``*_sources.jsonl``), ``class_roles`` for
 every class of a clip, and the views built on them (``true_classes``, ``onscreen_labels`` for the
-capacity check, ``token_categories`` for the elimination analyses).
+capacity check, ``token_categories`` for the elimination analyses), and where each sounding object
+is in a frame (``object_regions``, ``object_class_map``).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -66,4 +69,41 @@ def token_categories(frames, classes: torch.Tensor) -> np.ndarray:
         roles = frame_roles(frames, i)
         for j, c in enumerate(classes[i].tolist()):
             out[i, j] = TOKEN_CATEGORY.get(roles.get(c), 2)
+    return out
+
+
+def object_regions(frames: FrameSet, index: int, source_size: int) -> dict[int, torch.Tensor]:
+    """{class: [S, S] bool} for each object sounding on screen in frame ``index``: the frame's
+    sounding mask inside that object's box (the world records a box per frame and source; the
+    binary mask alone does not say which object a pixel belongs to). ``source_size``: the side of
+    the world's frames, in which the boxes are given."""
+    record = frames.sources.get(frames.clips[index])
+    if record is None:
+        raise ValueError(f"clip {frames.clips[index]} has no sources record (real datasets do not know their sources)")
+    side = frames.masks.shape[-1]
+    scale = side / source_size
+    regions = {}
+    for source in record["sources"]:
+        if not (source["sounding"] and source["on_screen"]) or not source.get("bboxes"):
+            continue
+        x0, y0, x1, y1 = source["bboxes"][frames.frames[index]]
+        box = torch.zeros(side, side, dtype=torch.bool)
+        box[int(y0 * scale):max(int(y0 * scale) + 1, math.ceil(y1 * scale)),
+            int(x0 * scale):max(int(x0 * scale) + 1, math.ceil(x1 * scale))] = True
+        regions[source["class_index"]] = box & frames.masks[index].bool()
+    return regions
+
+
+UNKNOWN_OBJECT = 255  # a sounding pixel no object's box claims (class maps travel as uint8 through the augmentation)
+
+
+def object_class_map(frames, index: int, source_size: int) -> torch.Tensor:
+    """[S, S] int64, which object sounds where in frame ``index``: 0 where nothing sounds, c + 1 on
+    the object of class c sounding on screen (its ``object_regions`` region), ``UNKNOWN_OBJECT`` on
+    a sounding pixel that no object's region claims. Where two regions overlap, the source that
+    comes later in the clip's record wins. ``map > 0`` is the frame's binary mask, unchanged."""
+    sounding = frames.masks[index] > 0
+    out = torch.where(sounding, UNKNOWN_OBJECT, 0).long()
+    for c, region in object_regions(frames, index, source_size).items():
+        out[region] = c + 1
     return out

@@ -58,6 +58,7 @@ class TrainConfig:
     backbone_lr_scale: float = 1.0  # the pretrained backbone's learning rate as a fraction of lr (fine-tuning practice: 0.1)
     avfs_weight: float = 1.0  # AVSAC only
     capacity_check: float = 0.0  # OUTSIDE THE PAPER: weight of an auxiliary on/off-screen loss on the elimination scores (0: off)
+    attention_supervision: float = 0.0  # OUTSIDE THE PAPER: weight of an auxiliary loss that shows the fusion's cross-attention where each token's object is (composed worlds; 0: off)
     flip: bool = True
     augment: str = "flip"  # flip (a flip of the held frames, the composed worlds' setting), released (DDESeg's: box-guided crop, flip, colour jitter; the AVSBench configs), avsbench (resize and crop), none (avs_lib.data.augment)
     train_clips: str = "files"  # files (the world's written training split, every epoch), fresh (composed worlds, ms3/s4: each epoch composes new training clips from the world's recipe; val/test stay the files; avs_lib.data.fresh)

@@ -38,23 +38,24 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from avs_lib.analysis.truth import onscreen_labels
+from avs_lib.analysis.truth import object_class_map, onscreen_labels
 from avs_lib.core.config import TrainConfig, check_device
 from avs_lib.core.files import atomic_write, atomic_write_text, output_folder, read_json, writing_into
 from avs_lib.core.locks import RunLock
 from avs_lib.core.paths import workbench_path
 from avs_lib.data.fresh import check_fresh, fresh_train_frames
-from avs_lib.data.loader import epoch_batches
+from avs_lib.data.datasets import world_frame_size
+from avs_lib.data.loader import epoch_batches, is_streamed
 from avs_lib.data.transforms import normalise_images
 from avs_lib.training.checkpoints import read_checkpoint, save_checkpoint
-from avs_lib.training.losses import avsac_loss, capacity_loss, ddeseg_loss
+from avs_lib.training.losses import attention_supervision_loss, avsac_loss, capacity_loss, ddeseg_loss
 from avs_lib.training.predict import autocast, evaluate_model, load_trained, make_model, predict
 from avs_lib.training.prepare import Prepared, prepare
 from avs_lib.training.runs import RunRefused, open_run_folder, run_state
@@ -103,10 +104,15 @@ def atomic_save(obj, path: Path) -> None:
     atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
-def _loss(config: TrainConfig, out, masks, valid, onscreen=None):
+def _loss(config: TrainConfig, out, masks, valid, onscreen=None, object_maps=None):
     if config.model == "avsac":
         return avsac_loss(out.logits.float(), masks, out.audio.float(), out.agv.float(), valid, config.avfs_weight)
     loss = ddeseg_loss(out.logits.float(), masks, valid)
+    if config.attention_supervision:  # outside the paper (avs_lib.training.losses.attention_supervision_loss)
+        grids = [tuple(f.shape[-2:]) for f in out.features]
+        loss = loss + config.attention_supervision * attention_supervision_loss(
+            out.attention, grids, out.derivation.class_indices, object_maps, valid,
+            null_key=config.switches.get("fusion_null_key", True))
     if config.capacity_check:  # outside the paper: the capacity check (avs_lib.training.losses.capacity_loss)
         if out.derivation is None or not out.stage_scores:
             raise ValueError("capacity_check needs a model with derivation and elimination (ablation=full)")
@@ -124,6 +130,36 @@ def _capacity_targets(config: TrainConfig, prepared: Prepared, frames, indices: 
     if "_onscreen" not in frames.__dict__:  # computed once per frame set
         frames.__dict__["_onscreen"] = onscreen_labels(frames, len(prepared.memory.class_names))
     return frames.__dict__["_onscreen"][indices]
+
+
+def _check_attention_supervision(config: TrainConfig, data_root: Path) -> None:
+    """Refuse ``attention_supervision`` before the first step where it cannot work."""
+    if not config.attention_supervision:
+        return
+    switches = config.switches or {}
+    if (config.model != "ddeseg" or config.ablation == "baseline" or switches.get("variant", "paper") != "paper"
+            or switches.get("num_classes", 1) != 1):
+        raise ValueError("attention_supervision needs DDESeg with derived tokens and fusion cross-attention on binary "
+                         "masks (model=ddeseg, an ablation other than baseline, the paper's variant, an ms3 or s4 layout)")
+    if not (data_root / "world.json").exists():
+        raise ValueError(f"attention_supervision needs a composed world: {data_root} has no world.json, and only a "
+                         "composed world records where each sounding object is")
+
+
+def _with_object_maps(config: TrainConfig, frames, data_root: Path):
+    """The training frames to batch: ``frames`` itself, or (``attention_supervision``) the same frames
+    whose masks say which object sounds where (``object_class_map``; ``> 0`` is the binary mask),
+    so that every augmentation moves them as it moves the masks. Computed once per frame set."""
+    if not config.attention_supervision:
+        return frames
+    if is_streamed(frames):
+        raise ValueError("attention_supervision needs the training frames held in memory (loader=memory): streamed "
+                         "frames are decoded from their mask files, which do not say which object a pixel belongs to")
+    if "_object_maps" not in frames.__dict__:
+        size = world_frame_size(data_root)
+        maps = torch.stack([object_class_map(frames, i, size) for i in range(len(frames))])
+        frames.__dict__["_object_maps"] = replace(frames, masks=maps)
+    return frames.__dict__["_object_maps"]
 
 
 def _epoch_train_frames(config: TrainConfig, prepared: Prepared, epoch: int, data_root: Path, main: bool):
@@ -254,6 +290,7 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
     core = model.module if world > 1 else model
     if config.train_clips == "fresh":  # refused here, before the first step, if it cannot work
         check_fresh(data_root, config.layout, prepared.audio_encoder)
+    _check_attention_supervision(config, data_root)
     optimiser = torch.optim.AdamW(parameter_groups(core, config.weight_decay, config.backbone_lr_scale), lr=config.lr)
     n_train = len(prepared.train)
     steps_per_epoch = max(1, n_train // config.batch_size)  # drop the last partial batch: equal rank slices
@@ -283,7 +320,8 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
             torch.manual_seed(config.seed * 100_003 + epoch)  # Gumbel noise, dropout
             # the epoch's order and augmentation, held or streamed frames (avs_lib.data.loader)
             train_frames = _epoch_train_frames(config, prepared, epoch, data_root, main)
-            batches = epoch_batches(train_frames, config, epoch, steps_per_epoch, rank, world, device, root=data_root)
+            batches = epoch_batches(_with_object_maps(config, train_frames, data_root), config, epoch, steps_per_epoch,
+                                    rank, world, device, root=data_root)
             t0, losses, curve = time.time(), [], []
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}",
                        disable=not (config.progress and main), leave=False)
@@ -296,11 +334,15 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
                 images, masks, audio, valid, indices = next(batches)  # this rank's slice of the global batch
                 if config.zero_audio:
                     audio = torch.zeros_like(audio)
+                object_maps = None
+                if config.attention_supervision:  # the masks came as object maps (_with_object_maps)
+                    object_maps, masks = masks, (masks > 0).long()
                 if config.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 with autocast(device, config.bf16, config.cpu_bf16):
                     out = model(normalise_images(images), audio)
-                loss = _loss(config, out, masks, valid, _capacity_targets(config, prepared, train_frames, indices))
+                loss = _loss(config, out, masks, valid, _capacity_targets(config, prepared, train_frames, indices),
+                             object_maps)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.grad_clip:

@@ -105,3 +105,51 @@ def capacity_loss(stage_scores: list[torch.Tensor], classes: torch.Tensor, onscr
     targets = onscreen.to(classes.device).gather(1, classes).float()  # [B, K]
     losses = [F.binary_cross_entropy(s.float().clamp(1e-6, 1 - 1e-6), targets) for s in stage_scores]
     return torch.stack(losses).mean()
+
+
+def cell_labels(object_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[B, h, w] int64: the label of ``object_maps`` [B, H, W] that covers more than half of each
+    cell of an h x w grid laid over the frame, -1 where no label does."""
+    values = object_maps.unique()
+    shares = torch.stack([F.interpolate((object_maps == v).float()[:, None], size=size, mode="area")[:, 0]
+                          for v in values], 1)  # [B, U, h, w]
+    share, which = shares.max(1)
+    return torch.where(share > 0.5, values[which], torch.full_like(which, -1))
+
+
+def attention_supervision_loss(attentions: list[torch.Tensor], grids: list[tuple[int, int]],
+                               token_classes: torch.Tensor, object_maps: torch.Tensor,
+                               valid: torch.Tensor | None = None, null_key: bool = True,
+                               unknown: int = 255) -> torch.Tensor:
+    """An auxiliary loss OUTSIDE THE PAPER: it tells the fusion's cross-attention where each derived
+    token's object is, so that the pointing accuracy (``avs_lib.analysis.inspect``) has a model
+    that was asked to point. The paper trains the attention through the masks alone.
+
+    ``attentions``: per stage, the last fusion block's weights [B, N_l, K] on the K tokens (the
+    null key, ``fusion_null_key``, has the rest of each row) on the grid ``grids[l]`` (h_l w_l =
+    N_l). ``token_classes`` [B, K]: each token's class. ``object_maps`` [B, H, W]:
+    ``avs_lib.analysis.truth.object_class_map`` (0 nothing sounds, c + 1 the object of class c,
+    ``unknown`` a sounding pixel of no known object). A cell takes the label covering more than half
+    of it (``cell_labels``); its target is
+
+    * an object of class c: the tokens derived for c, in equal shares;
+    * nothing sounding: the null key (without one, ``null_key=False``, such cells count for nothing);
+
+    and cells without a majority label, on an unknown object, on an object of a class no token
+    was derived for, or in a frame without a ground truth (``valid``) count for nothing. The loss
+    is the cross-entropy -sum_j t_j log a_j over the K + 1 keys, a mean over the counted cells of
+    the batch, then over the stages."""
+    losses = []
+    for attention, grid in zip(attentions, grids):
+        weights = attention.float()  # [B, N, K]
+        labels = cell_labels(object_maps, grid).flatten(1)  # [B, N]
+        own = (token_classes[:, None, :] == (labels - 1)[..., None]) & (labels > 0)[..., None]  # [B, N, K]
+        background = (labels == 0) & null_key
+        counted = (background | own.any(-1)) & (labels != unknown)
+        if valid is not None:
+            counted &= valid.bool()[:, None]
+        target = own.float() / own.sum(-1, keepdim=True).clamp_min(1)
+        null = (1 - weights.sum(-1)).clamp_min(1e-6)  # [B, N]
+        per_cell = -(target * weights.clamp_min(1e-6).log()).sum(-1) - background.float() * null.log()
+        losses.append((per_cell * counted).sum() / counted.sum().clamp_min(1))
+    return torch.stack(losses).mean()
