@@ -39,6 +39,15 @@ def test_object_class_map_names_each_sounding_object():
     assert torch.equal(labels > 0, frames.masks[0] > 0)
 
 
+def test_pixels_two_boxes_claim_are_unknown():
+    frames = _frame_with_two_objects()
+    frames.sources["c"]["sources"][1]["bboxes"] = [[4, 4, 16, 16]]  # class 5's box now reaches into class 2's
+    labels = object_class_map(frames, 0, source_size=16)
+    assert (labels[2:4, 2:4] == UNKNOWN_OBJECT).all()  # sounding, in both boxes: whose is not known
+    assert (labels[:2, :4] == 3).all() and (labels[4:, 4:] == 6).all()
+    assert torch.equal(labels > 0, frames.masks[0] > 0)
+
+
 def test_cell_labels_take_the_majority_or_nothing():
     maps = torch.zeros(1, 4, 4, dtype=torch.long)
     maps[0, :2, :2] = 3  # fills cell (0, 0)
@@ -58,12 +67,12 @@ def test_attention_supervision_loss_by_hand():
     # cell 0: -log 0.5 (its own token); cell 1 (background): -log(1 - 0.4), the null key
     expected = (math.log(2) - math.log(0.6)) / 2
     loss = attention_supervision_loss([weights], [(2, 2)], classes, maps)
-    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
     without_null = attention_supervision_loss([weights], [(2, 2)], classes, maps, null_key=False)
-    assert without_null.item() == pytest.approx(math.log(2), rel=1e-6)
+    assert without_null.item() == pytest.approx(math.log(2), rel=1e-5)
     two_stages = attention_supervision_loss([weights, weights[:, :1]], [(2, 2), (1, 1)], classes, maps)
     # the 1 x 1 grid has no majority label (each covers a quarter of it): it counts nothing, loss 0
-    assert two_stages.item() == pytest.approx(expected / 2, rel=1e-6)
+    assert two_stages.item() == pytest.approx(expected / 2, rel=1e-5)
     assert attention_supervision_loss([weights], [(2, 2)], classes, maps, valid=torch.tensor([False])).item() == 0
 
 
@@ -71,7 +80,7 @@ def test_two_tokens_of_one_class_share_the_target():
     maps = torch.full((1, 1, 1), 3, dtype=torch.long)
     weights = torch.tensor([[[0.25, 0.25, 0.5]]])
     loss = attention_supervision_loss([weights], [(1, 1)], torch.tensor([[2, 2, 4]]), maps)
-    assert loss.item() == pytest.approx(math.log(4), rel=1e-6)  # -(1/2 log 1/4 + 1/2 log 1/4)
+    assert loss.item() == pytest.approx(math.log(4), rel=1e-5)  # -(1/2 log 1/4 + 1/2 log 1/4)
 
 
 @settings(max_examples=30, deadline=None)
@@ -89,7 +98,7 @@ def test_the_loss_is_least_at_its_target(seed):
     logits = torch.randn(2, 16, 4, generator=g)
     other = torch.softmax(logits, -1)[..., :3]  # any attention over the 3 tokens and the null key
     at_target = attention_supervision_loss([target], [(4, 4)], classes, maps)
-    assert at_target.item() < 1e-4  # log of the 1e-6 floor on the null weight is never taken at a 1
+    assert at_target.item() < 1e-4  # only the 1e-6 inside the logs is left
     assert attention_supervision_loss([other], [(4, 4)], classes, maps).item() > at_target.item()
 
 
@@ -116,8 +125,9 @@ def test_attention_supervision_is_refused_where_it_cannot_work(notebook_world, t
     from avs_lib.training.loop import _check_attention_supervision
 
     base = [f"data_root={notebook_world}", "layout=ms3", "attention_supervision=1.0"]
-    with pytest.raises(ValueError, match="derived tokens"):
-        _check_attention_supervision(load_config(None, base + ["ablation=baseline"]), notebook_world)
+    for refused in (["ablation=baseline"], ["variant=released"], ["switches.derivation=false"], ["layout=avss"]):
+        with pytest.raises(ValueError, match="derived tokens"):
+            _check_attention_supervision(load_config(None, base + refused), notebook_world)
     with pytest.raises(ValueError, match="no world.json"):
         _check_attention_supervision(load_config(None, base), tmp_path)
     _check_attention_supervision(load_config(None, base), notebook_world)  # the composed world's full DDESeg

@@ -100,10 +100,14 @@ UNKNOWN_OBJECT = 255  # a sounding pixel no object's box claims (class maps trav
 def object_class_map(frames, index: int, source_size: int) -> torch.Tensor:
     """[S, S] int64, which object sounds where in frame ``index``: 0 where nothing sounds, c + 1 on
     the object of class c sounding on screen (its ``object_regions`` region), ``UNKNOWN_OBJECT`` on
-    a sounding pixel that no object's region claims. Where two regions overlap, the source that
-    comes later in the clip's record wins. ``map > 0`` is the frame's binary mask, unchanged."""
+    a sounding pixel that no region or more than one region claims (the world records boxes, not
+    outlines: where two boxes overlap, the box alone does not say whose the pixel is).
+    ``map > 0`` is the frame's binary mask, unchanged."""
     sounding = frames.masks[index] > 0
     out = torch.where(sounding, UNKNOWN_OBJECT, 0).long()
+    claims = torch.zeros_like(out)
     for c, region in object_regions(frames, index, source_size).items():
         out[region] = c + 1
+        claims += region.long()
+    out[claims > 1] = UNKNOWN_OBJECT
     return out

@@ -45,13 +45,14 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from avs_lib.analysis.truth import object_class_map, onscreen_labels
+from avs_lib.analysis.truth import UNKNOWN_OBJECT, object_class_map, onscreen_labels
 from avs_lib.core.config import TrainConfig, check_device
 from avs_lib.core.files import atomic_write, atomic_write_text, output_folder, read_json, writing_into
 from avs_lib.core.locks import RunLock
 from avs_lib.core.paths import workbench_path
 from avs_lib.data.fresh import check_fresh, fresh_train_frames
 from avs_lib.data.datasets import world_frame_size
+from avs_lib.data.frames import SEMANTIC_LAYOUTS
 from avs_lib.data.loader import epoch_batches, is_streamed
 from avs_lib.data.transforms import normalise_images
 from avs_lib.training.checkpoints import read_checkpoint, save_checkpoint
@@ -137,10 +138,10 @@ def _check_attention_supervision(config: TrainConfig, data_root: Path) -> None:
     if not config.attention_supervision:
         return
     switches = config.switches or {}
-    if (config.model != "ddeseg" or config.ablation == "baseline" or switches.get("variant", "paper") != "paper"
-            or switches.get("num_classes", 1) != 1):
+    if (config.model != "ddeseg" or config.ablation == "baseline" or not switches.get("derivation", True)
+            or config.variant != "paper" or config.layout in SEMANTIC_LAYOUTS):
         raise ValueError("attention_supervision needs DDESeg with derived tokens and fusion cross-attention on binary "
-                         "masks (model=ddeseg, an ablation other than baseline, the paper's variant, an ms3 or s4 layout)")
+                         "masks (model=ddeseg, an ablation other than baseline, variant=paper, an ms3 or s4 layout)")
     if not (data_root / "world.json").exists():
         raise ValueError(f"attention_supervision needs a composed world: {data_root} has no world.json, and only a "
                          "composed world records where each sounding object is")
@@ -157,6 +158,10 @@ def _with_object_maps(config: TrainConfig, frames, data_root: Path):
                          "frames are decoded from their mask files, which do not say which object a pixel belongs to")
     if "_object_maps" not in frames.__dict__:
         size = world_frame_size(data_root)
+        classes = [s["class_index"] for record in frames.sources.values() for s in record.get("sources", [])]
+        if classes and max(classes) + 1 >= UNKNOWN_OBJECT:  # the maps travel as uint8 through the augmentation
+            raise ValueError(f"attention_supervision: the world has {max(classes) + 1} classes; object maps hold "
+                             f"at most {UNKNOWN_OBJECT - 1}")
         maps = torch.stack([object_class_map(frames, i, size) for i in range(len(frames))])
         frames.__dict__["_object_maps"] = replace(frames, masks=maps)
     return frames.__dict__["_object_maps"]

@@ -138,7 +138,8 @@ def attention_supervision_loss(attentions: list[torch.Tensor], grids: list[tuple
     and cells without a majority label, on an unknown object, on an object of a class no token
     was derived for, or in a frame without a ground truth (``valid``) count for nothing. The loss
     is the cross-entropy -sum_j t_j log a_j over the K + 1 keys, a mean over the counted cells of
-    the batch, then over the stages."""
+    the batch, then over the stages. Under several processes each averages its own cells (as Eq.
+    18 averages each process's frames), so the term is not exactly the one-process loss."""
     losses = []
     for attention, grid in zip(attentions, grids):
         weights = attention.float()  # [B, N, K]
@@ -149,7 +150,8 @@ def attention_supervision_loss(attentions: list[torch.Tensor], grids: list[tuple
         if valid is not None:
             counted &= valid.bool()[:, None]
         target = own.float() / own.sum(-1, keepdim=True).clamp_min(1)
-        null = (1 - weights.sum(-1)).clamp_min(1e-6)  # [B, N]
-        per_cell = -(target * weights.clamp_min(1e-6).log()).sum(-1) - background.float() * null.log()
+        null = (1 - weights.sum(-1)).clamp_min(0)  # [B, N]
+        # log(w + eps), not log(max(w, eps)): a confidently wrong cell still gets a gradient
+        per_cell = -(target * (weights + 1e-6).log()).sum(-1) - background.float() * (null + 1e-6).log()
         losses.append((per_cell * counted).sum() / counted.sum().clamp_min(1))
     return torch.stack(losses).mean()
