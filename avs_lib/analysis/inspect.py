@@ -239,6 +239,12 @@ def _last_fusion_patterns(cache: ActivationCache) -> dict[int, str]:
     return dict(sorted(last_block.items()))
 
 
+def _last_fusion_maps(source, frames: FrameSet) -> tuple[ActivationCache, dict[int, torch.Tensor]]:
+    """(the cache, {stage: its last fusion block's attention, mean over heads [N, HW, K]})."""
+    cache = activations(source, frames, ["derivation.classes", FUSION_ATTENTION])
+    return cache, {stage: cache[name].float().mean(1) for stage, name in _last_fusion_patterns(cache).items()}
+
+
 def _objects_and_tokens(classes: torch.Tensor, frames: FrameSet, source_size: int):
     """(frame index, class, region [S, S] bool, index of the first token derived for the class or
     None) for every object sounding on screen (``object_regions``)."""
@@ -256,8 +262,7 @@ def pointing_accuracy(source, frames: FrameSet, source_size: int) -> dict:
     "derived": share of objects with a token of their class, "objects": n, "chance": the accuracy of
     maps whose peaks fall at random (the share of the frame each object with a token covers,
     summed, over all n objects)}."""
-    cache = activations(source, frames, ["derivation.classes", FUSION_ATTENTION])
-    maps = {stage: cache[name].float().mean(1) for stage, name in _last_fusion_patterns(cache).items()}  # [N, HW, K]
+    cache, maps = _last_fusion_maps(source, frames)
     hits, objects, derived, area = {f"stage {stage}": 0 for stage in maps}, 0, 0, 0.0
     for index, _, region, token in _objects_and_tokens(cache["derivation.classes"], frames, source_size):
         objects += 1
@@ -291,8 +296,7 @@ def attention_anatomy(source, frames: FrameSet, source_size: int) -> dict:
     every cell of a stage's grid are left out of that stage (``objects`` counts the rest, so the
     stages compare different sets of objects: coarse grids keep only the large ones); a stage left
     with no object has None for every mean, and ``other_inside`` is None when K = 1."""
-    cache = activations(source, frames, ["derivation.classes", FUSION_ATTENTION])
-    maps = {stage: cache[name].float().mean(1) for stage, name in _last_fusion_patterns(cache).items()}  # [N, HW, K]
+    cache, maps = _last_fusion_maps(source, frames)
     sums = {stage: {key: 0.0 for key in ("own_inside", "own_outside", "other_inside", "null_inside", "null_outside")}
             for stage in maps}
     objects, with_others = dict.fromkeys(maps, 0), dict.fromkeys(maps, 0)

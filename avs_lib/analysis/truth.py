@@ -94,7 +94,7 @@ def object_regions(frames: FrameSet, index: int, source_size: int) -> dict[int, 
     return regions
 
 
-UNKNOWN_OBJECT = 255  # a sounding pixel no object's box claims (class maps travel as uint8 through the augmentation)
+UNKNOWN_OBJECT = 255  # a sounding pixel of no known object (class maps travel as uint8 through the augmentation)
 
 
 def object_class_map(frames, index: int, source_size: int) -> torch.Tensor:

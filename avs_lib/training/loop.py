@@ -113,7 +113,7 @@ def _loss(config: TrainConfig, out, masks, valid, onscreen=None, object_maps=Non
         grids = [tuple(f.shape[-2:]) for f in out.features]
         loss = loss + config.attention_supervision * attention_supervision_loss(
             out.attention, grids, out.derivation.class_indices, object_maps, valid,
-            null_key=config.switches.get("fusion_null_key", True))
+            null_key=(config.switches or {}).get("fusion_null_key", True))
     if config.capacity_check:  # outside the paper: the capacity check (avs_lib.training.losses.capacity_loss)
         if out.derivation is None or not out.stage_scores:
             raise ValueError("capacity_check needs a model with derivation and elimination (ablation=full)")

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from avs_lib.analysis.truth import UNKNOWN_OBJECT
+
 
 def _frame_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     if valid is None:
@@ -120,7 +122,7 @@ def cell_labels(object_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
 def attention_supervision_loss(attentions: list[torch.Tensor], grids: list[tuple[int, int]],
                                token_classes: torch.Tensor, object_maps: torch.Tensor,
                                valid: torch.Tensor | None = None, null_key: bool = True,
-                               unknown: int = 255) -> torch.Tensor:
+                               unknown: int = UNKNOWN_OBJECT) -> torch.Tensor:
     """An auxiliary loss OUTSIDE THE PAPER: it tells the fusion's cross-attention where each derived
     token's object is, so that the pointing accuracy (``avs_lib.analysis.inspect``) has a model
     that was asked to point. The paper trains the attention through the masks alone.
