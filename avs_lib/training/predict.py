@@ -14,6 +14,7 @@ from avs_lib.core.paths import workbench_path
 from avs_lib.data.frames import FrameSet
 from avs_lib.models import build_model
 from avs_lib.models.hooks import run_with_cache
+from avs_lib.models.visual_pretrain import WORLD_WEIGHTS
 from avs_lib.training.checkpoints import load_model_state, read_checkpoint
 from avs_lib.training.prepare import Prepared, prepare
 
@@ -46,6 +47,11 @@ def evaluate_model(model, frames: FrameSet, device: torch.device, config: TrainC
 # ----------------------------------------------------------------------------- setup
 def make_model(config: TrainConfig, prepared: Prepared) -> torch.nn.Module:
     switches = dict(config.switches)
+    if switches.get("pretrained_backbone") == WORLD_WEIGHTS:  # the world's cached file, found by prepare()
+        if not prepared.backbone_weights:
+            raise ValueError("switches.pretrained_backbone=world: the prepared data carry no world-pretrained "
+                             "backbone; prepare() with this config finds or pretrains it")
+        switches["pretrained_backbone"] = prepared.backbone_weights
     switches.setdefault("num_classes", prepared.num_classes)
     if prepared.memory is None:  # no memory to set the audio width from (a baseline on given features)
         switches.setdefault("audio_dim", config.audio_dim)

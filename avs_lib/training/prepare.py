@@ -1,4 +1,5 @@
-"""What a training run needs before its first step (``prepare``): the frozen audio encoder, the memory and the three frame sets, from the caches where they exist.
+"""What a training run needs before its first step (``prepare``): the frozen audio encoder, the memory, the
+world-pretrained visual backbone when the config asks for it, and the three frame sets, from the caches where they exist.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from avs_lib.data.frames import SEMANTIC_LAYOUTS, FrameSet
 from avs_lib.data.loader import split_frames
 from avs_lib.memory.build import SemanticMemory
 from avs_lib.memory.io import build_world_memory, load_memory, load_memory_file
+from avs_lib.models.visual_pretrain import resolve_backbone_weights
 
 
 @dataclass
@@ -20,6 +22,7 @@ class Prepared:
     memory: SemanticMemory
     num_classes: int
     audio_encoder: object = None  # what embedded the frames (train_clips=fresh embeds each epoch's new clips with it)
+    backbone_weights: str | None = None  # switches.pretrained_backbone=world: the world's pretrained Lite0 file
 
 
 def prepare(config, progress: bool = False) -> Prepared:
@@ -38,7 +41,11 @@ def prepare(config, progress: bool = False) -> Prepared:
     else:
         memory = build_world_memory(memory_root, encoder, encoder_id, cache, config.k, config.m, seed=0,
                                     progress=progress)
+    # switches.pretrained_backbone=world: the world's pretrained Lite0 (avs_lib.models.visual_pretrain), cached
+    backbone_weights = resolve_backbone_weights(config.switches or {}, data_root, cache, config.image_size,
+                                                config.visual_pretrain_steps, progress=progress).get("pretrained_backbone")
     # held in memory or streamed from disk, by size (config.loader; avs_lib.data.loader)
     sets = [split_frames(config, data_root, split, encoder, encoder_id, cache, progress) for split in ("train", "val", "test")]
     num_classes = len(classes) + 1 if config.layout in SEMANTIC_LAYOUTS else 1
-    return Prepared(*sets, memory=memory, num_classes=num_classes, audio_encoder=encoder)
+    return Prepared(*sets, memory=memory, num_classes=num_classes, audio_encoder=encoder,
+                    backbone_weights=backbone_weights if isinstance(backbone_weights, str) else None)

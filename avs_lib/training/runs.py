@@ -68,7 +68,8 @@ def open_run_folder(config: TrainConfig, out_dir: Path) -> dict | None:
 RUN_IDENTITY_EXCLUDES = ("out", "resume", "progress", "threads", "stop_after_epoch", "tracking", "loader_workers")
 # Keys added after runs were recorded: left out of a run's identity at their default, so that a run
 # recorded before them is the same run (resume, train_once, shared_run_dir).
-IDENTITY_DEFAULTS = {"loader": "auto", "augment": "flip", "train_clips": "files", "attention_supervision": 0.0}
+IDENTITY_DEFAULTS = {"loader": "auto", "augment": "flip", "train_clips": "files", "attention_supervision": 0.0,
+                     "visual_pretrain_steps": 600}
 
 
 # Paths compared as the folders they name (relative ones are read from the repository root, as
