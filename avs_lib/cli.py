@@ -159,8 +159,9 @@ def _cmd_pretrain_visual(args: argparse.Namespace) -> int:
     path, record = pretrained_backbone_file(root, cache, config, progress=not args.quiet)
     print(json.dumps({"file": str(path), "steps": record["config"]["steps"], "seconds": record["seconds"],
                       "final_loss": record["history"][-1]["loss"], "held_frames": record["scores"]}, indent=1))
-    print("use it with switches.pretrained_backbone=world (this image_size, default settings) or "
-          f"switches.pretrained_backbone={path}", file=sys.stderr)
+    print(f"a training uses it with switches.backbone=efficientnet_lite0 and switches.pretrained_backbone={path}; "
+          f"switches.pretrained_backbone=world finds it when image_size={config.image_size} and "
+          f"visual_pretrain_steps={config.steps} (--seed 0 and --init imagenet only)", file=sys.stderr)
     return 0
 
 
@@ -412,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "segmenting every object by class (cached)")
     pv.add_argument("--world", default=str(DEFAULT_WORLD_DIR), help="a world written by `avs world`")
     pv.add_argument("--cache", default=None, help="cache folder (default: <world>/cache, where `avs train` looks)")
-    pv.add_argument("--steps", type=int, default=None, help="batches of 32 frames (default: 600, about 8 min on 2 cores)")
+    pv.add_argument("--steps", type=int, default=None, help="batches of 32 frames, as TrainConfig.visual_pretrain_steps (default: 600, about 7 min on 2 cores)")
     pv.add_argument("--image-size", type=int, default=None,
                     help="frame side in pixels, as TrainConfig.image_size (default: 96)")
     pv.add_argument("--init", choices=("imagenet", "scratch"), default="imagenet",

@@ -36,6 +36,7 @@ data_root = "data/default_world"  # relative paths are read from the repository 
 layout = "ms3"
 image_size = 0  # 0: the config's
 train_epochs = 0  # 0: the config's
+visual_pretrain_steps = 0  # 0: the config's (batches of the world's visual pretraining, cached per world)
 checkpoint = ""
 variant = "paper"  # "paper" or "released"
 capacity_check = 0.0  # > 0: auxiliary on/off-screen loss (outside the paper)
@@ -64,7 +65,8 @@ data_root, run_dir = notebook_paths(data_root, run_dir, '03_elimination')
 
 # a given checkpoint is loaded; otherwise the config's model is trained once into the data's cache
 # (shared_run_dir: notebooks 02-05 asking for the same training share one model)
-overrides = {k: v for k, v in {"image_size": image_size, "epochs": train_epochs}.items() if v}
+overrides = {k: v for k, v in {"image_size": image_size, "epochs": train_epochs,
+                               "visual_pretrain_steps": visual_pretrain_steps}.items() if v}
 config = load_config(workbench_path(config_file), data_root=data_root, layout=layout, seed=seed, variant=variant,
                      capacity_check=capacity_check, progress=False, **overrides)
 model, config, prepared = train_or_load(checkpoint, config, out=shared_run_dir(config))

@@ -36,6 +36,7 @@ data_root = "data/default_world"  # relative paths are read from the repository 
 settings = ["baseline", "full"]  # any of baseline, derivation, enhancement, full
 image_size = 0  # 0: the config's
 train_epochs = 0  # 0: the config's
+visual_pretrain_steps = 0  # 0: the config's (batches of the world's visual pretraining, cached per world)
 perplexity = 20
 seed = 0
 run_dir = ""  # empty: runs/notebooks/04_tsne_probe/ under the repository root
@@ -61,7 +62,8 @@ from avs_lib.viz.plots import embedding_figure, write_interactive_html
 data_root, run_dir = notebook_paths(data_root, run_dir, "04_tsne_probe")
 
 figures = run_dir / "figures"
-overrides = {k: v for k, v in {"image_size": image_size, "epochs": train_epochs}.items() if v}
+overrides = {k: v for k, v in {"image_size": image_size, "epochs": train_epochs,
+                               "visual_pretrain_steps": visual_pretrain_steps}.items() if v}
 base = load_config(workbench_path(config_file), data_root=data_root, layout="ms3", seed=seed, progress=False,
                    **overrides)
 prepared = prepare(base)  # the models train on MS3 (mixtures), as in the other notebooks

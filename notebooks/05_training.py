@@ -32,6 +32,7 @@ data_root = "data/default_world"  # relative paths are read from the repository 
 epochs = 0  # 0: the config's
 seed = 0
 image_size = 0  # 0: the config's
+visual_pretrain_steps = 0  # 0: the config's (batches of the world's visual pretraining, cached per world)
 attention_supervision = 0.0  # OUTSIDE THE PAPER: > 0 asks the fusion attention to point (README, "The window")
 headroom_rows = ["floor", "oracle"]  # trained beside the model: "floor", "oracle", "oracle-heard"
 run_dir = ""  # empty: runs/notebooks/05_training/ under the repository root
@@ -60,7 +61,7 @@ from avs_lib.viz.plots import attention_anatomy_figure, headroom_figure, qualita
 data_root, run_dir = notebook_paths(data_root, run_dir, "05_training")
 
 figures = run_dir / "figures"
-overrides = {k: v for k, v in {"epochs": epochs, "image_size": image_size,
+overrides = {k: v for k, v in {"epochs": epochs, "image_size": image_size, "visual_pretrain_steps": visual_pretrain_steps,
                                "attention_supervision": attention_supervision}.items() if v}
 config = load_config(workbench_path(config_file), data_root=data_root, seed=seed, progress=False, **overrides)
 config = replace(config, out=str(shared_run_dir(config)))

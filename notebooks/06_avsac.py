@@ -26,6 +26,7 @@ data_root = "data/default_world"  # relative paths are read from the repository 
 epochs = 3
 seed = 0
 image_size = 96
+visual_pretrain_steps = 0  # 0: the config's (batches of the world's visual pretraining, cached per world)
 avfs_weights = [1.0, 0.0]
 run_dir = ""  # empty: runs/notebooks/06_avsac/ under the repository root
 
@@ -43,7 +44,8 @@ from avs_lib.training.prepare import prepare
 data_root, run_dir = notebook_paths(data_root, run_dir, "06_avsac")
 
 base = load_config(workbench_path("configs/tiny_world.yaml"), data_root=data_root, epochs=epochs, seed=seed,
-                   image_size=image_size, progress=False)
+                   image_size=image_size, progress=False,
+                   **({"visual_pretrain_steps": visual_pretrain_steps} if visual_pretrain_steps else {}))
 prepared = prepare(base)
 
 # %% [markdown]

@@ -32,6 +32,9 @@ def lab(tmp_path, notebook_world):
     shutil.copy(ROOT / "notebooks" / "02_derivation.ipynb", work / "notebooks")
     shutil.copy(ROOT / "pyproject.toml", work)
     shutil.copytree(ROOT / "configs", work / "configs")
+    # the world's visual pretraining, 600 batches by default, takes minutes: 4 exercise the same path
+    with open(work / "configs" / "tiny_world.yaml", "a") as config:
+        config.write("visual_pretrain_steps: 4\n")
     (work / "data" / "default_world").symlink_to(notebook_world, target_is_directory=True)
     # no autosave: the test's run must not depend on when the lab saves (jupytext would write the pair)
     docmanager = tmp_path / "settings" / "@jupyterlab" / "docmanager-extension"

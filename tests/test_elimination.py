@@ -253,22 +253,24 @@ def test_paired_differences_and_intervals():
     assert rows.loc["full", "diff_high"] - rows.loc["full", "diff_low"] < rows.loc["full", "high"] - rows.loc["full", "low"]
     jobs = plan(seeds=range(5), table4_seeds=range(3))
     assert sum(s == "full" for s, _ in jobs) == 5 and sum(s == "FC+sigmoid" for s, _ in jobs) == 3
-    assert len(jobs) == 2 * 5 + 6 * 5 + 4 * 3 + 1  # floor and ceiling; Table 3 + released + AVSAC; 3 own Table 4 rows, first reading; capacity once
+    # floor and ceiling; Table 3 + released + AVSAC; 3 own Table 4 rows, first reading; the two capacity checks once
+    assert len(jobs) == 2 * 5 + 6 * 5 + 4 * 3 + 2
     assert {s for s, _ in plan(seeds=range(2), table4_seeds=range(1), settings=["full"])} == {
         "floor: zero audio", "ceiling: oracle audio", "baseline", "full"}  # the window is always measured
 
 
 def test_run_ablation_writes_every_row_with_intervals(notebook_world, tmp_path):
     from avs_lib.core.config import load_config
-    from avs_lib.experiments.ablation import CAPACITY, run_ablation
+    from avs_lib.experiments.ablation import CAPACITY, POINTING, run_ablation
 
     config = load_config(None, [f"data_root={notebook_world}", "image_size=32", "epochs=1", "encoder_epochs=1",
                                 "device=cpu", f"cache_dir={tmp_path / 'cache'}", "progress=false"])
-    run_ablation(tmp_path / "runs", config, seeds=(0, 1), table4_seeds=(0,), settings=["full", "full (released)", CAPACITY],
+    run_ablation(tmp_path / "runs", config, seeds=(0, 1), table4_seeds=(0,), settings=["full", "full (released)", CAPACITY,
+                                                                                   POINTING],
                  figure=tmp_path / "report" / "ablation.png", report_dir=tmp_path / "report", progress=False)
     text = (tmp_path / "report" / "ablation.md").read_text()
     assert "below the 100" in text  # the small world is flagged as too small to rank settings
-    for row in ("| baseline | 2 |", "| full | 2 |", "| full (released) | 2 |", f"| {CAPACITY} | 1 |", "pairs)",
+    for row in ("| baseline | 2 |", "| full | 2 |", "| full (released) | 2 |", f"| {CAPACITY} | 1 |", f"| {POINTING} | 1 |", "pairs)",
                 "| floor: zero audio | 2 |", "| ceiling: oracle audio | 2 |", "**The window**"):
         assert row in text, row
     analyses = json.loads((tmp_path / "report" / "analyses.json").read_text())
@@ -278,7 +280,7 @@ def test_run_ablation_writes_every_row_with_intervals(notebook_world, tmp_path):
                                                                            "combined"}
     assert run["combined"]["within_frame"]["pairs"] > 0 and (tmp_path / "report" / "ablation.png").stat().st_size > 1000
     separation = analyses["token_separation"]
-    assert set(separation) == {"full", "full (released)", CAPACITY} and len(separation["full"]) == 2
+    assert set(separation) == {"full", "full (released)", CAPACITY, POINTING} and len(separation["full"]) == 2
     assert all(0 <= r[kind]["within_frame"] and 0 < r[kind]["between_frames"] for runs in separation.values()
                for r in runs for kind in ("derived", "enhanced"))
     assert "How far apart a frame's derived tokens are" in text and "| full | 2 | enhanced |" in text

@@ -107,3 +107,20 @@ def test_run_identity_names_train_clips_only_when_fresh():
     assert "train_clips" not in run_identity(TrainConfig())
     assert config_differences(TrainConfig(), TrainConfig(train_clips="fresh")) == {"train_clips": (None, "fresh")}  # absent at its default
 
+
+
+def test_fresh_epochs_keep_the_worlds_held_out_members_out(tmp_path):
+    from avs_lib.world.assets import load_library
+    from avs_lib.world.compose import WorldConfig, heldout_member_names
+    from avs_lib.world.write import write_world
+
+    cfg = WorldConfig(kind="procedural", subsets=("s4", "ms3"), clips=20, size=32, holdout_members=1)
+    write_world(cfg, tmp_path, progress=False)
+    held = {(c, m) for c, members in heldout_member_names(load_library("procedural", cfg.sample_rate), cfg).items()
+            for m in members}
+    encoder = OracleAudio("oracle", tmp_path)
+    shown = set()
+    for epoch in range(4):  # an epoch's own seed would hold out other members than the world's
+        frames = fresh_train_frames(tmp_path, "ms3", epoch, 32, encoder)
+        shown |= {(s["class_name"], s["member"]) for record in frames.sources.values() for s in record["sources"]}
+    assert held and len(shown) > 20 and not held & shown

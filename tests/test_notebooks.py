@@ -13,7 +13,7 @@ NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 ALL = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
 
 
-TINY = {"image_size": 64}
+TINY = {"image_size": 64, "visual_pretrain_steps": 4}  # the default 600 batches take minutes; 4 exercise them
 CASES = {
     "00_data_tour": ({}, {"clips", "frames"}, ["clip_masks.png", "clip_spectrogram.png"]),
     "01_semantic_memory": ({"k": 2, "m": 2}, {"nearest_centroid_accuracy", "classes"}, ["memory_map.png"]),
@@ -156,7 +156,7 @@ def test_sweep_and_report(tmp_path, capsys):
 
 
 def test_same_parameters_give_identical_metrics(notebook_world, tmp_path):
-    parameters = {"data_root": str(notebook_world), "train_epochs": 1, "image_size": 64}
+    parameters = {"data_root": str(notebook_world), "train_epochs": 1, **TINY}
     first = run_notebook(NOTEBOOKS / "02_derivation.py", parameters, name="a", runs_dir=tmp_path, progress=False)
     second = run_notebook(NOTEBOOKS / "02_derivation.py", parameters, name="b", runs_dir=tmp_path, progress=False)
     assert json.loads((first / "metrics.json").read_text()) == json.loads((second / "metrics.json").read_text())

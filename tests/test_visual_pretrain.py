@@ -1,6 +1,7 @@
 """The world's visual pretraining: the stream's labels and draws, a short pretraining whose file
 loads strictly into Lite0, the cache, and a training that asks for it with
 switches.pretrained_backbone=world."""
+import copy
 import json
 
 import numpy as np
@@ -11,7 +12,7 @@ from avs_lib.core.config import load_config
 from avs_lib.core.errors import ConfigError
 from avs_lib.models import visual_pretrain as vp
 from avs_lib.models.efficientnet import efficientnet_lite0
-from avs_lib.world.compose import WorldConfig, compose_clip
+from avs_lib.world.compose import WorldConfig, compose_clip, heldout_member_names
 
 TINY = dict(steps=3, batch_size=4, image_size=32, warmup_steps=1, log_every=1)
 
@@ -39,12 +40,15 @@ def test_stream_is_a_function_of_the_step_and_draws_training_clips_only(procedur
 
     library = load_library(cfg.kind, cfg.sample_rate, warn_on_fallback=False)
     world = WorldConfig(**{**cfg.__dict__, "holdout_members": 1})
-    splits = []
+    held = {(c, m) for c, members in heldout_member_names(library, world).items() for m in members}
+    assert held, "the procedural library holds members out"
+    splits, shown = [], []
     real = vp.compose_clip
 
     def recording(*args):
         clip = real(*args)
         splits.append(clip.split)
+        shown.extend((s.class_name, s.member) for s in clip.sources)
         return clip
 
     monkeypatch.setattr(vp, "compose_clip", recording)
@@ -56,8 +60,27 @@ def test_stream_is_a_function_of_the_step_and_draws_training_clips_only(procedur
     assert torch.equal(pixels, again_pixels) and torch.equal(labels, again_labels)
     assert not torch.equal(pixels, other_pixels)
     assert int(labels.max()) <= len(library.classes) and int(labels.min()) >= 0
-    # training-split draws are the ones compose_clip keeps held-out members out of
     assert splits and set(splits) == {"train"}
+    for step in range(7, 12):
+        stream.batch(step)
+    assert len(shown) > 60 and not held & set(shown)  # the world's held-out members, not the draws' own
+
+
+def test_the_cache_key_follows_what_the_weights_depend_on(procedural_world):
+    cfg, _ = procedural_world
+    from avs_lib.world.assets import load_library
+
+    library = load_library(cfg.kind, cfg.sample_rate, warn_on_fallback=False)
+    base = vp.pretrain_key(library, cfg, vp.VisualPretrainConfig())
+    assert base == vp.pretrain_key(library, cfg, vp.VisualPretrainConfig())
+    changed = [vp.pretrain_key(library, cfg, vp.VisualPretrainConfig(image_size=64)),
+               vp.pretrain_key(library, cfg, vp.VisualPretrainConfig(steps=10)),
+               vp.pretrain_key(library, WorldConfig(**{**cfg.__dict__, "seed": cfg.seed + 1}), vp.VisualPretrainConfig())]
+    quieter = copy.deepcopy(library)
+    member = quieter.classes[0].members[0]
+    member.sounds = [sound[: len(sound) // 2] for sound in member.sounds]  # draws depend on the recordings' lengths
+    changed.append(vp.pretrain_key(quieter, cfg, vp.VisualPretrainConfig()))
+    assert len({base, *changed}) == 1 + len(changed)
 
 
 def test_short_pretraining_saves_a_strictly_loadable_lite0_and_is_cached(small_world, tmp_path, monkeypatch, capsys):
@@ -99,8 +122,15 @@ def test_pretraining_is_deterministic_for_a_seed(procedural_world):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_world_weights_are_refused_where_they_cannot_exist(procedural_world, tmp_path):
+def test_world_weights_are_refused_where_they_cannot_exist(procedural_world, tmp_path, monkeypatch):
+    from avs_lib.training import prepare as preparing
+
     _, root = procedural_world
+    monkeypatch.setattr(preparing, "audio_encoder_from_spec", lambda *a, **k: pytest.fail("refused after the encoder"))
+    config = load_config(None, [f"data_root={tmp_path}", "switches.backbone=efficientnet_lite0",
+                                "switches.pretrained_backbone=world"])
+    with pytest.raises(ConfigError, match="no world.json"):
+        preparing.prepare(config)
     with pytest.raises(ConfigError, match="efficientnet_lite0"):
         vp.resolve_backbone_weights({"pretrained_backbone": "world"}, root, tmp_path, 32)
     with pytest.raises(ConfigError, match="no world.json"):
@@ -129,3 +159,10 @@ def test_training_with_world_weights_starts_from_the_cached_file(notebook_world,
     model = make_model(config, prepared)
     weight = "_blocks.3._depthwise_conv.weight"
     assert torch.equal(model.encoder.cnn.state_dict()[weight], file_state[weight])
+    # a checkpoint holds every weight: loading one reads no pretrained start, nor pretrains one
+    def no_pretraining(*args, **kwargs):
+        raise AssertionError("loading a checkpoint must not pretrain")
+
+    monkeypatch.setattr(vp, "pretrained_backbone_file", no_pretraining)
+    assert prepare(config, backbone=False).backbone_weights is None
+    assert make_model(config, prepared, pretrained=False) is not None

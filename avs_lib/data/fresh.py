@@ -16,7 +16,9 @@ in the draw only:
 * each frame is resized with ``resize_frame``; its audio feature is the encoder over the first
   0.96 s log-mel example of its second (``vggish_examples``), or the oracle's multi-hot vector read
   from the clip's true sources;
-* an s4 training clip keeps the mask of its first frame only, as AVSBench and the written worlds do.
+* an s4 training clip keeps the mask of its first frame only, as AVSBench and the written worlds do;
+* the world's held-out members stay out (``compose_clip``'s ``held_out``: the epoch's own seed would
+  hold out others).
 
 A test composes with the world's own seed and checks that the result equals the written training
 split read through ``load_frames``. The validation and test splits are never composed afresh: they
@@ -44,7 +46,7 @@ from avs_lib.audio.registry import OnDemandEmbeddings, OracleAudio, PrecomputedE
 from avs_lib.core.errors import ConfigError
 from avs_lib.data.frames import FrameSet
 from avs_lib.data.transforms import resize_frame
-from avs_lib.world.compose import _split_of, compose_clip
+from avs_lib.world.compose import _split_of, compose_clip, heldout_members
 from avs_lib.world.write import sidecar_record
 
 # the layouts whose training split is one subset's clips, and that subset
@@ -125,12 +127,13 @@ def fresh_train_frames(root: str | Path, layout: str, epoch: int, image_size: in
     subset = _fresh_subset(root, layout)
     library, world = world_setup(root)  # the asset library is read once per epoch
     draw = replace(world, seed=epoch_seed(world.seed, epoch) if seed is None else seed)
+    held_out = heldout_members(library, world)  # the world's, which the epoch's own seed would not give
     count = _train_clips(world, subset) if clips is None else clips
     sr = world.sample_rate
     images, masks, valid, waves, names, frames, categories, records = [], [], [], [], [], [], [], {}
     for index in tqdm(range(count), desc=f"fresh {subset} clips, epoch {epoch + 1}", disable=not progress,
                       leave=False):
-        clip = compose_clip(library, subset, index, draw)
+        clip = compose_clip(library, subset, index, draw, held_out)
         name = clip.name if seed is not None else f"{clip.name}~e{epoch + 1}"
         records[name] = sidecar_record(clip)
         audio = pcm16(clip.audio, sr)

@@ -1,6 +1,6 @@
 """DDESeg's ablations on a world (``avs ablation``): Table 3 (baseline, +derivation, +enhancement,
-full) plus full in the released reading and AVSAC, Table 4's elimination schemes, and a capacity
-check that is OUTSIDE THE PAPER (labelled so in every table), with the two trivial baselines
+full) plus full in the released reading and AVSAC, Table 4's elimination schemes, and two capacity
+checks that are OUTSIDE THE PAPER (labelled so in every table), with the two trivial baselines
 (``avs_lib.analysis.evaluation``) and the source-aware analyses (``avs_lib.analysis.inspect``).
 
 What it reports, so that a 2-point J&F gap can be told from seed noise:
@@ -40,6 +40,7 @@ from avs_lib.training.runs import run_state
 from avs_lib.viz.plots import _pyplot
 
 CAPACITY = "capacity check (outside the paper)"
+POINTING = "attention supervision (outside the paper)"
 FLOOR, CEILING = "floor: zero audio", "ceiling: oracle audio"
 SETTINGS = {
     # the window (avs_lib.analysis.evaluation.headroom): full DDESeg trained without sound, and with the classes
@@ -57,12 +58,15 @@ SETTINGS = {
     "SK+CA+FC+sigmoid": dict(model="ddeseg", ablation="full", switches={"elimination": "softkmeans_ca_fc"}),
     "full (first reading)": dict(model="ddeseg", ablation="full", first_reading=True),
     CAPACITY: dict(model="ddeseg", ablation="full", capacity_check=1.0),
+    # the pointing accuracy's capacity check: full with the fusion attention told where each token's object is
+    POINTING: dict(model="ddeseg", ablation="full", attention_supervision=1.0),
 }
 TABLE3 = ["baseline", "+derivation", "+enhancement", "full", "full (released)", "avsac"]
 WINDOW = [FLOOR, CEILING]  # run with Table 3's seeds
 TABLE4 = {"none": "+enhancement", "FC+sigmoid": "FC+sigmoid", "CA+FC+sigmoid": "CA+FC+sigmoid",
           "SK+CA+FC+sigmoid": "SK+CA+FC+sigmoid", "GS+CA+FC+sigmoid": "full"}
-EXTRA = ["full (first reading)", CAPACITY]  # run with Table 4's seeds
+EXTRA = ["full (first reading)", CAPACITY, POINTING]  # run with Table 4's seeds
+ONCE = (CAPACITY, POINTING)  # the capacity checks: trained with the first of Table 4's seeds only
 METRICS = ["J", "F", "JF"]
 
 
@@ -72,11 +76,11 @@ def run_dir_name(setting: str, seed: int) -> str:
 
 def plan(seeds=(0, 1, 2, 3, 4), table4_seeds=(0, 1, 2), settings: list[str] | None = None) -> list[tuple[str, int]]:
     """(setting, seed) for every run: the window's floor and ceiling and Table 3 rows with ``seeds``, Table 4's own rows and the first
-    reading with ``table4_seeds``, the capacity check once (the first of ``table4_seeds``);
+    reading with ``table4_seeds``, the two capacity checks once (the first of ``table4_seeds``);
     ``settings`` keeps only the rows named (the baseline, floor and ceiling are always run)."""
     jobs = [(s, seed) for s in WINDOW + TABLE3 for seed in seeds]
     jobs += [(s, seed) for s in [*TABLE4.values(), *EXTRA] if s not in TABLE3
-             for seed in (table4_seeds[:1] if s == CAPACITY else table4_seeds)]  # the capacity check: trained once
+             for seed in (table4_seeds[:1] if s in ONCE else table4_seeds)]
     jobs += [(s, seed) for s in [*TABLE4.values()] if s in TABLE3 for seed in table4_seeds if (s, seed) not in jobs]
     if settings is not None:
         unknown = sorted(set(settings) - set(SETTINGS))
@@ -254,10 +258,12 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
             f"## Table 4, elimination schemes (seeds {list(table4_seeds)}; 'none' is +enhancement, "
             "'GS+CA+FC+sigmoid' is full)", "",
             interval_markdown(table4, {v: k for k, v in TABLE4.items()}), "",
-            "## Other readings and the capacity check (OUTSIDE THE PAPER)", "",
+            "## Other readings and the capacity checks (OUTSIDE THE PAPER)", "",
             "'full (first reading)' is the workbench's earlier reading of Eq. 13-17 (switches FIRST_READING); the "
-            "capacity check trains full with an auxiliary loss on the world's on/off-screen labels: it is not "
-            "DDESeg and is not a Table 3 row.", "", interval_markdown(extra), "",
+            "capacity check trains full with an auxiliary loss on the world's on/off-screen labels, and the "
+            "attention supervision with an auxiliary loss that shows every stage's fusion attention where each "
+            "token's object is (attention_supervision=1): neither is DDESeg nor a Table 3 row.", "",
+            interval_markdown(extra), "",
             "## Elimination scores against the truth", "",
             "Within-frame AUC: in each frame, every token whose class sounds on screen against every token whose "
             "class is off screen only or silent (0.5: the scores do not choose between a frame's tokens); 95 % "
@@ -331,7 +337,7 @@ def plot_ablation(intervals: pd.DataFrame, elimination: dict[str, list[dict]], p
     ax.set_title("settings")
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color="#3b75af", label="Tables 3 and 4"), Patch(color="#c0504d", label="other readings, capacity check"),
+    ax.legend(handles=[Patch(color="#3b75af", label="Tables 3 and 4"), Patch(color="#c0504d", label="other readings, capacity checks"),
                        Patch(color="#999999", label="trivial baselines")], fontsize=7, loc="upper center",
               bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
     ax = axes[1]

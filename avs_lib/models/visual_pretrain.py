@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -40,13 +39,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avs_lib.core.errors import ConfigError
-from avs_lib.data.transforms import resize_frame
+from avs_lib.core.errors import CheckpointError, ConfigError
+from avs_lib.core.files import atomic_write
+from avs_lib.data.transforms import normalise_images, resize_frame
 from avs_lib.models.efficientnet import EfficientNetLite0, efficientnet_lite0, lite0_weights_path
 from avs_lib.world.assets import AssetLibrary
-from avs_lib.world.compose import WorldConfig, _split_of, compose_clip
+from avs_lib.world.compose import WorldConfig, _split_of, compose_clip, heldout_members
 
-VISUAL_PRETRAIN_VERSION = 1  # bump when the stream or the objective changes: it is part of the cache key
+# bump when the stream or the objective changes: it is part of the cache key and of a run's identity
+# (2: frames normalised as the AVS training normalises them; the world's held-out members kept out)
+VISUAL_PRETRAIN_VERSION = 2
 STREAM_SALT = 0x0B5E_12FE  # separates the stream's draws from any world's and any fresh epoch's seed
 WORLD_WEIGHTS = "world"  # the value of switches.pretrained_backbone that asks for this module's weights
 
@@ -90,11 +92,13 @@ def semantic_map(instance_map: np.ndarray, sources) -> np.ndarray:
 class FrameStream:
     """Composed frames with their semantic maps; ``batch(step)`` is a function of (world seed,
     config seed, step) only. A batch's clips are ``compose_clip`` draws of training-split indices
-    with a seed of their own, so held-out members are redrawn exactly as in a training clip."""
+    with a seed of their own, given the world's held-out members (``heldout_members`` of the
+    world's seed), which ``compose_clip`` then keeps out as it does from a written training clip."""
 
     def __init__(self, library: AssetLibrary, world: WorldConfig, config: VisualPretrainConfig):
         self.library, self.world, self.config = library, world, config
         self.num_classes = len(library.classes) + 1  # with the background
+        self.held_out = heldout_members(library, world)
         self.train_clips = {}
         for subset in ("s4", "ms3"):
             count = world.clips_of(subset)
@@ -111,7 +115,7 @@ class FrameStream:
         images, labels = [], []
         for _ in range(cfg.batch_size // 2):
             subset = "s4" if rng.random() < cfg.s4_share else "ms3"
-            clip = compose_clip(self.library, subset, int(rng.integers(self.train_clips[subset])), draw)
+            clip = compose_clip(self.library, subset, int(rng.integers(self.train_clips[subset])), draw, self.held_out)
             semantic = semantic_map(clip.instance_map, clip.sources)
             for t in (0, len(clip.frames) - 1):
                 image, label = resize_frame(clip.frames[t], semantic[t], cfg.image_size)
@@ -141,8 +145,9 @@ class SegmentationHead(nn.Module):
 
 
 def segment(backbone: EfficientNetLite0, head: SegmentationHead, pixels: torch.Tensor) -> torch.Tensor:
-    """Logits [B, classes, S, S] for pixels [B, 3, S, S] in 0..255."""
-    logits = head(backbone.features(backbone.normalise(pixels)))
+    """Logits [B, classes, S, S] for pixels [B, 3, S, S] in 0..255, normalised as the AVS training
+    normalises its frames (``normalise_images``), so that the BatchNorm statistics carry over."""
+    logits = head(backbone.features(normalise_images(pixels)))
     return F.interpolate(logits, size=pixels.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -189,6 +194,11 @@ def pretrain_backbone(library: AssetLibrary, world: WorldConfig, config: VisualP
     Returns the backbone (eval mode), the history (every ``log_every`` steps the mean loss over those
     steps and the seconds so far) and the scores of ``segmentation_scores`` on ``held_frames``
     before and after."""
+    with torch.random.fork_rng(devices=[]):  # the caller's generator is left as it was
+        return _pretrain(library, world, config, progress, device)
+
+
+def _pretrain(library: AssetLibrary, world: WorldConfig, config: VisualPretrainConfig, progress: bool, device: str):
     from tqdm.auto import tqdm
 
     stream = FrameStream(library, world, config)
@@ -226,12 +236,25 @@ def pretrain_backbone(library: AssetLibrary, world: WorldConfig, config: VisualP
 
 
 # ----------------------------------------------------------------------------- cache for a written world
-def pretrain_key(library_fingerprint: str, world: WorldConfig, config: VisualPretrainConfig) -> str:
-    """What the stream draws depends on: the library's pictures, the world's seed and recipe, the settings."""
-    recipe = {k: v for k, v in asdict(world).items() if k not in ("kind", "subsets", "sample_rate")}
-    text = json.dumps({"version": VISUAL_PRETRAIN_VERSION, "library": library_fingerprint, "recipe": recipe,
+def pretrain_key(library: AssetLibrary, world: WorldConfig, config: VisualPretrainConfig) -> str:
+    """A hash of what the pretrained weights depend on: the library's pictures and its sounds (a
+    composition spends random draws on the recordings before it places the next object), the
+    world's seed and recipe, the starting weights' file and the settings."""
+    from avs_lib.audio.pretrain import library_fingerprint
+
+    start = _file_digest(lite0_weights_path()) if config.init == "imagenet" else None
+    text = json.dumps({"version": VISUAL_PRETRAIN_VERSION, "pictures": image_fingerprint(library),
+                       "sounds": library_fingerprint(library), "recipe": asdict(world), "start": start,
                        "config": asdict(config)}, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def image_fingerprint(library: AssetLibrary) -> str:
@@ -255,22 +278,34 @@ def pretrained_backbone_file(root: str | Path, cache_dir: str | Path, config: Vi
     from avs_lib.audio.pretrain import world_setup
 
     config = config or VisualPretrainConfig()
+    if not (Path(root) / "world.json").exists():
+        raise ConfigError(f"{root} has no world.json: the visual pretraining composes frames from a world written by "
+                          "`avs world --out DIR`; on AVSBench start from ImageNet (switches.pretrained_backbone=true)")
     library, world = world_setup(root)
-    key = pretrain_key(image_fingerprint(library), world, config)
+    key = pretrain_key(library, world, config)
     path = Path(cache_dir) / f"pretrained_visual_{key}.pt"
     if path.exists():
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        return path, blob["meta"]
+        return path, read_pretrained_visual(path)["meta"]
     started = time.perf_counter()
     backbone, history, scores = pretrain_backbone(library, world, config, progress=progress, device=device)
     record = {"key": key, "config": asdict(config), "history": history, "scores": scores,
               "seconds": round(time.perf_counter() - started, 1), "imagenet_weights": str(lite0_weights_path())
               if config.init == "imagenet" else None}
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")  # ranks that pretrain at once never share a file
-    torch.save({"state_dict": backbone.cpu().state_dict(), "meta": record}, partial)
-    partial.replace(path)  # a run stopped while saving never leaves a file that looks finished
+    blob = {"state_dict": backbone.cpu().state_dict(), "meta": record}
+    atomic_write(path, lambda fh: torch.save(blob, fh))  # a stopped run never leaves a file that looks finished
     return path, record
+
+
+def read_pretrained_visual(path: str | Path) -> dict:
+    """The blob of a cached pretraining file; a damaged one is a ``CheckpointError`` that names it."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(blob, dict) or not {"state_dict", "meta"} <= set(blob):
+            raise ValueError("not a visual pretraining file")
+    except Exception as error:  # torch raises RuntimeError, EOFError, UnpicklingError for broken files
+        raise CheckpointError(f"{path} cannot be read as a visual pretraining file ({type(error).__name__}: {error}); "
+                              "delete it and the next run pretrains it again") from error
+    return blob
 
 
 def default_pretrain_config(image_size: int, steps: int) -> VisualPretrainConfig:
@@ -285,12 +320,18 @@ def resolve_backbone_weights(switches: dict, data_root: str | Path, cache_dir: s
     pretrained Lite0 (pretrained first when absent); other switches are returned unchanged."""
     if switches.get("pretrained_backbone") != WORLD_WEIGHTS:
         return switches
+    check_world_weights(switches, data_root)
+    path, _ = pretrained_backbone_file(data_root, cache_dir, default_pretrain_config(image_size, steps),
+                                       progress=progress)
+    return {**switches, "pretrained_backbone": str(path)}
+
+
+def check_world_weights(switches: dict, data_root: str | Path) -> None:
+    """Raise ``ConfigError`` (saying what works) unless ``pretrained_backbone=world`` can be met:
+    a Lite0 backbone and a composed world at ``data_root``."""
     if switches.get("backbone", "mit") != "efficientnet_lite0":
         raise ConfigError("switches.pretrained_backbone=world pretrains EfficientNet-Lite0 on the world's frames; "
                           "set switches.backbone=efficientnet_lite0")
     if not (Path(data_root) / "world.json").exists():
         raise ConfigError(f"switches.pretrained_backbone=world: {data_root} has no world.json, so no recipe to compose "
                           "frames from; on AVSBench use switches.pretrained_backbone=true (ImageNet) or a path")
-    path, _ = pretrained_backbone_file(data_root, cache_dir, default_pretrain_config(image_size, steps),
-                                       progress=progress)
-    return {**switches, "pretrained_backbone": str(path)}

@@ -45,9 +45,13 @@ def evaluate_model(model, frames: FrameSet, device: torch.device, config: TrainC
 
 
 # ----------------------------------------------------------------------------- setup
-def make_model(config: TrainConfig, prepared: Prepared) -> torch.nn.Module:
+def make_model(config: TrainConfig, prepared: Prepared, pretrained: bool = True) -> torch.nn.Module:
+    """The configured model; ``pretrained=False`` leaves the backbone's start out (a checkpoint's
+    weights replace it all)."""
     switches = dict(config.switches)
-    if switches.get("pretrained_backbone") == WORLD_WEIGHTS:  # the world's cached file, found by prepare()
+    if not pretrained:
+        switches.pop("pretrained_backbone", None)
+    elif switches.get("pretrained_backbone") == WORLD_WEIGHTS:  # the world's cached file, found by prepare()
         if not prepared.backbone_weights:
             raise ValueError("switches.pretrained_backbone=world: the prepared data carry no world-pretrained "
                              "backbone; prepare() with this config finds or pretrains it")
@@ -86,7 +90,8 @@ def load_trained(checkpoint: str | Path, prepared: Prepared | None = None, devic
         raise DataError(f"checkpoint {checkpoint} was trained on data_root={config.data_root}, which does not exist "
                         f"here ({workbench_path(config.data_root)}): if the dataset has moved, point avs eval at it "
                         "with --data-root DIR (load_trained(..., data_root=DIR))")
-    prepared = prepared or prepare(config)
-    model = make_model(config, prepared)
+    # the checkpoint holds every weight: no pretrained start is read, nor pretrained when absent
+    prepared = prepared or prepare(config, backbone=False)
+    model = make_model(config, prepared, pretrained=False)
     load_model_state(model, state["model"], checkpoint, state["config"])
     return model.to(device).eval(), config, prepared

@@ -11,7 +11,7 @@ from avs_lib.data.frames import SEMANTIC_LAYOUTS, FrameSet
 from avs_lib.data.loader import split_frames
 from avs_lib.memory.build import SemanticMemory
 from avs_lib.memory.io import build_world_memory, load_memory, load_memory_file
-from avs_lib.models.visual_pretrain import resolve_backbone_weights
+from avs_lib.models.visual_pretrain import WORLD_WEIGHTS, check_world_weights, resolve_backbone_weights
 
 
 @dataclass
@@ -25,14 +25,19 @@ class Prepared:
     backbone_weights: str | None = None  # switches.pretrained_backbone=world: the world's pretrained Lite0 file
 
 
-def prepare(config, progress: bool = False) -> Prepared:
+def prepare(config, progress: bool = False, backbone: bool = True) -> Prepared:
     """The frozen audio encoder, the memory (config.k, config.m) and the three splits of
-    ``config.layout`` for a ``TrainConfig``, from the caches where they exist."""
+    ``config.layout`` for a ``TrainConfig``, from the caches where they exist; with ``backbone``,
+    also the world's pretrained Lite0 when ``switches.pretrained_backbone`` is ``world``
+    (``backbone=False``: a checkpoint will give every weight)."""
     data_root = workbench_path(config.data_root)
     cache = workbench_path(config.cache_dir) if config.cache_dir else data_root / "cache"
     memory_root = workbench_path(config.memory_root) if config.memory_root else data_root
     memory_file = workbench_path(config.memory_file) if config.memory_file else None
     given = load_memory_file(memory_file, config) if memory_file else None  # checked before the encoder's minutes
+    world_weights = backbone and (config.switches or {}).get("pretrained_backbone") == WORLD_WEIGHTS
+    if world_weights:  # refused before the encoder's minutes where it cannot work
+        check_world_weights(config.switches, data_root)
     encoder, classes, encoder_id = audio_encoder_from_spec(config.audio_encoder, memory_root, cache, config.audio_dim,
                                                            config.encoder_epochs, progress=progress)
     if given is not None:  # read again, now with the data's classes (a memory file is small)
@@ -42,10 +47,11 @@ def prepare(config, progress: bool = False) -> Prepared:
         memory = build_world_memory(memory_root, encoder, encoder_id, cache, config.k, config.m, seed=0,
                                     progress=progress)
     # switches.pretrained_backbone=world: the world's pretrained Lite0 (avs_lib.models.visual_pretrain), cached
-    backbone_weights = resolve_backbone_weights(config.switches or {}, data_root, cache, config.image_size,
-                                                config.visual_pretrain_steps, progress=progress).get("pretrained_backbone")
+    backbone_weights = (resolve_backbone_weights(config.switches, data_root, cache, config.image_size,
+                                                 config.visual_pretrain_steps, progress=progress)["pretrained_backbone"]
+                        if world_weights else None)
     # held in memory or streamed from disk, by size (config.loader; avs_lib.data.loader)
     sets = [split_frames(config, data_root, split, encoder, encoder_id, cache, progress) for split in ("train", "val", "test")]
     num_classes = len(classes) + 1 if config.layout in SEMANTIC_LAYOUTS else 1
     return Prepared(*sets, memory=memory, num_classes=num_classes, audio_encoder=encoder,
-                    backbone_weights=backbone_weights if isinstance(backbone_weights, str) else None)
+                    backbone_weights=backbone_weights)

@@ -11,6 +11,7 @@ from avs_lib.core.cache import data_identity
 from avs_lib.core.config import TrainConfig, model_config_class
 from avs_lib.core.files import atomic_write_text, read_json
 from avs_lib.core.paths import workbench_path
+from avs_lib.models.visual_pretrain import VISUAL_PRETRAIN_VERSION, WORLD_WEIGHTS
 from avs_lib.training.checkpoints import read_checkpoint
 
 
@@ -90,6 +91,10 @@ def run_identity(config: TrainConfig | dict) -> dict:
         defaults = {f.name: f.default for f in fields(model_config_class(values.get("model", TrainConfig.model)))
                     if f.default is not MISSING}
         values["switches"] = {k: v for k, v in switches.items() if k not in defaults or defaults[k] != v}
+    if values.get("switches", {}).get("pretrained_backbone") == WORLD_WEIGHTS:
+        # the world's pretrained start is a function of the data (in shared_run_dir's key), the
+        # settings above and the pretraining's code, whose version stands in for it here
+        values["visual_pretrain_version"] = VISUAL_PRETRAIN_VERSION
     for key in PATH_KEYS:  # data/default_world and its absolute path are the same data
         if values.get(key):
             values[key] = str(workbench_path(values[key]))

@@ -266,14 +266,19 @@ def check_fits(library: AssetLibrary, cfg: WorldConfig) -> None:
                          f"--ms3-silent with HIGH at most {len(library.classes) - 3}")
 
 
-def compose_clip(library: AssetLibrary, subset: str, index: int, cfg: WorldConfig) -> Clip:
-    """Compose clip ``index`` of ``subset``; the same arguments always give the same clip."""
+def compose_clip(library: AssetLibrary, subset: str, index: int, cfg: WorldConfig,
+                 held_out: dict[int, set[int]] | None = None) -> Clip:
+    """Compose clip ``index`` of ``subset``; the same arguments always give the same clip.
+
+    A training-split clip never shows or plays a held-out member: those of ``cfg``'s own seed, or
+    ``held_out`` when given. A stream that draws with a seed of its own (fresh epochs, the visual
+    pretraining) passes the world's set here, which its own seed would not reproduce."""
     rng = np.random.default_rng([cfg.seed, SUBSET_IDS[subset], index])
     size, sr = cfg.size, cfg.sample_rate
     n_classes = len(library.classes)
     frames, label = cfg.frames, ""
     split = _split_of(index, cfg.clips_of(subset), cfg.splits)
-    held = heldout_members(library, cfg) if split == "train" else {}
+    held = (heldout_members(library, cfg) if held_out is None else held_out) if split == "train" else {}
 
     def pick_member(class_index: int) -> int:
         """A uniform member draw; in train clips a held-out draw is redrawn among the others. The
