@@ -413,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "segmenting every object by class (cached)")
     pv.add_argument("--world", default=str(DEFAULT_WORLD_DIR), help="a world written by `avs world`")
     pv.add_argument("--cache", default=None, help="cache folder (default: <world>/cache, where `avs train` looks)")
-    pv.add_argument("--steps", type=int, default=None, help="batches of 32 frames, as TrainConfig.visual_pretrain_steps (default: 600, about 7 min on 2 cores)")
+    pv.add_argument("--steps", type=int, default=None, help="batches of 32 frames, as TrainConfig.visual_pretrain_steps (default: 600, about 6 min on 2 cores)")
     pv.add_argument("--image-size", type=int, default=None,
                     help="frame side in pixels, as TrainConfig.image_size (default: 96)")
     pv.add_argument("--init", choices=("imagenet", "scratch"), default="imagenet",
