@@ -187,6 +187,17 @@ def test_names_state_dict_and_errors():
         run_with_cache(model, _frames(), names=["stage2.elimination.score"])
 
 
+def test_hook_names_filtered_by_a_glob():
+    model = _model()
+    every = hook_names(model)
+    fusion = hook_names(model, "stage*.block*.cross_attn.pattern")
+    assert fusion and all(n.startswith("stage") and n.endswith(".cross_attn.pattern") for n in fusion)
+    assert fusion == [n for n in every if n in set(fusion)]  # the forward order is kept
+    assert hook_names(model, "logits") == ["logits"]
+    assert hook_names(model, "no.such.point") == []
+    assert hook_names(_model(variant="released"), "stage*.block*.cross_attn.pattern") == []
+
+
 def test_cache_of_chosen_frames_and_zero_audio():
     model = _model()
     frames = _frames(n=6)

@@ -7,7 +7,6 @@ that say what a number is worth on this data.
 """
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import replace
 
 import torch
@@ -112,7 +111,7 @@ def attention_interventions(model, frames, config, device: torch.device | str = 
     from avs_lib.analysis.inspect import FUSION_ATTENTION
     from avs_lib.models.hooks import hook_names, run_with_hooks
 
-    if not any(fnmatch.fnmatchcase(name, FUSION_ATTENTION) for name in hook_names(model)):
+    if not hook_names(model, FUSION_ATTENTION):
         raise ValueError(f"{type(model).__name__} has no fusion cross-attention ({FUSION_ATTENTION}) "
                          "to intervene on: use DDESeg with variant='paper'")
     rows = []

@@ -105,9 +105,11 @@ def _forward_order(name: str) -> tuple:
     return tuple(key)
 
 
-def hook_names(model: nn.Module) -> list[str]:
-    """Every hook point's name, in the order the forward pass meets them."""
-    return sorted(hook_points(model), key=_forward_order)
+def hook_names(model: nn.Module, pattern: str = "*") -> list[str]:
+    """The hook points' names that match ``pattern`` (an exact name or an ``fnmatch`` glob; by
+    default every one), in the order the forward pass meets them. An empty list says the model has
+    no such point: ``hook_names(model, "stage*.block*.cross_attn.pattern")`` is empty for AVSAC."""
+    return sorted((n for n in hook_points(model) if fnmatch.fnmatchcase(n, pattern)), key=_forward_order)
 
 
 def _resolve(model: nn.Module, patterns: Iterable[str], strict: bool = True) -> dict[str, HookPoint]:
@@ -186,7 +188,7 @@ def run_with_cache(model: nn.Module, frames, names: Iterable[str] | None = None,
             stage_hw[int(name.split(".")[0][len("stage"):])] = tuple(value.shape[-2:])
         return record
 
-    shapes = {n: shape_of(n) for n in hook_points(model) if fnmatch.fnmatchcase(n, "stage*.features")}
+    shapes = {n: shape_of(n) for n in hook_names(model, "stage*.features")}
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     was_training = model.training
     model.eval()
