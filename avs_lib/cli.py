@@ -236,7 +236,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         except json.JSONDecodeError:
             parameters[key] = value  # a bare string; run_notebook checks it against the parameter's type
     try:
-        run_dir = run_notebook(args.notebook, parameters, args.name, args.runs_dir, progress=not args.quiet)
+        run_dir = run_notebook(args.notebook, parameters, args.name, args.runs_dir, progress=not args.quiet,
+                               cell_timeout=args.cell_timeout)
     except RunExists as err:
         print(f"avs run: error: {err}", file=sys.stderr)
         return 2
@@ -444,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--name", default=None, help="run name (default: notebook name + hash of the parameters)")
     r.add_argument("--runs-dir", default="papermill_runs")
     r.add_argument("--quiet", action="store_true")
+    r.add_argument("--cell-timeout", type=float, default=None, metavar="SECONDS",
+                   help="stop and fail a cell that runs longer (default: no limit; a long test bed's training cell "
+                        "takes most of an hour on 2 cores)")
     r.set_defaults(func=_cmd_run)
 
     rs = sub.add_parser("runs", help="list notebook runs and their status (running, done, failed, interrupted, killed, lost)")

@@ -135,6 +135,23 @@ def test_runs_are_never_overwritten_and_failures_are_kept(tmp_path):
         run_notebook(notebook, {"nope": 1}, name="third", runs_dir=tmp_path / "runs", progress=False)
 
 
+def test_a_cell_timeout_is_asked_for_and_fails_the_run_by_name(tmp_path, capsys):
+    from avs_lib.cli import main
+
+    notebook = tmp_path / "slow.py"
+    notebook.write_text('# %% tags=["parameters"]\nseconds = 4.0\nrun_dir = "."\n\n# %%\nimport time\n'
+                        'time.sleep(seconds)\nprint("slept")\n')
+    runs = tmp_path / "runs"
+    assert main(["run", str(notebook), "--name", "limited", "--runs-dir", str(runs), "--quiet",
+                 "--cell-timeout", "1"]) == 1
+    assert "cell timeout of 1.0 s" in capsys.readouterr().err
+    status = json.loads((runs / "limited" / "status.json").read_text())
+    assert status["status"] == "failed" and "cell timeout" in status["error"]
+    # without the option a cell longer than that limit finishes
+    assert main(["run", str(notebook), "--name", "free", "--runs-dir", str(runs), "--quiet"]) == 0
+    assert json.loads((runs / "free" / "status.json").read_text())["status"] == "done"
+
+
 def test_sweep_and_report(tmp_path, capsys):
     from avs_lib.cli import main
 

@@ -226,12 +226,19 @@ def signals_to_interrupt(on_signal: Callable[[], None] | None = None) -> dict:
 
 def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str | None = None,
                  runs_dir: str | Path = RUNS_DIR, progress: bool = True, cwd: str | Path = ".",
-                 cell_timeout: int = 1800) -> Path:
+                 cell_timeout: float | None = None) -> Path:
     """Execute ``notebook`` with ``parameters``; return the run folder. A failing cell raises
     ``NotebookFailed`` naming the cell, the exception and the partial notebook (the run folder is
-    kept, marked failed). ``cell_timeout`` (seconds) bounds a cell that never finishes. The
-    workbench's widgets never use ``widgets.Output``, whose messages can leave nbclient waiting
-    until this timeout although the cell has finished (jupyter/nbclient#312)."""
+    kept, marked failed).
+
+    ``cell_timeout`` (seconds, ``avs run --cell-timeout``) is off by default: a cell of notebook 05
+    on the long test bed trains two models for most of an hour on 2 cores, and a fixed limit turned
+    that work into a failure. A cell past the limit fails like any other (``NotebookFailed``). A
+    run is stopped at any time with Ctrl-C or SIGTERM (marked interrupted). The workbench's
+    widgets never use ``widgets.Output``, whose messages can leave nbclient waiting although the
+    cell has finished (jupyter/nbclient#312), so no limit is needed to guard against that hang."""
+    from nbclient.exceptions import CellTimeoutError
+
     import jupytext
     import papermill
 
@@ -276,6 +283,12 @@ def run_notebook(notebook: str | Path, parameters: dict | None = None, name: str
             except papermill.PapermillExecutionError as error:
                 status.update(status="failed", error=f"{error.ename}: {error.evalue}"[-2000:], cell=error.exec_count)
                 raise NotebookFailed(describe_failure(error, output)) from error
+            except CellTimeoutError as error:
+                with beat.lock:
+                    status.update(status="failed", error=f"a cell ran past the cell timeout of {cell_timeout} s")
+                raise NotebookFailed(f"a cell of {notebook.name} ran past the cell timeout of {cell_timeout} s and was "
+                                     f"stopped; rerun with a larger --cell-timeout, or without one (no limit); the "
+                                     f"partial notebook is {output}") from error
             except (Interrupted, KeyboardInterrupt) as error:
                 stopping.set()
                 # The execute task the stop orphaned dies with its DeadKernelError once nothing holds it:
