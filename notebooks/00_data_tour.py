@@ -56,6 +56,8 @@ clip = list(clip_frames(dataset, sources))[clip_index]
 # ## One clip: frames and masks
 # Each frame is tinted where the ground truth says an object sounds. In `ms3` several objects may
 # sound at once, some objects are silent, and half of the clips also carry an off-screen source.
+# In the default world a sounding object also pauses in some frames (`avs world --ms3-pause`): it
+# stays in the picture, but for that second it is silent, so it leaves the mask and the audio.
 
 # %%
 samples = [dataset.load_raw(i) for i in clip_frames(dataset, sources)[clip]]

@@ -41,3 +41,17 @@ def test_console_script_is_installed():
     avs = Path(sys.executable).parent / "avs"
     result = subprocess.run([str(avs), "check-data", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--layout" in result.stdout
+
+
+def test_pipeline_refuses_a_folder_that_holds_another_world(tmp_path, capsys):
+    """An older default world (other options) is not run on as if it were the default one."""
+    out = tmp_path / "w"
+    assert main(["world", "--kind", "procedural", "--subsets", "ms3", "--clips", "3", "--size", "32",
+                 "--out", str(out), "--quiet"]) == 0
+    before = (out / "world.json").read_text()
+    capsys.readouterr()
+    assert main(["pipeline", "--out", str(out), "--no-notebooks", "--figures", str(tmp_path / "figures")]) == 2
+    err = capsys.readouterr().err
+    assert "another world" in err and "--rebuild" in err
+    assert (out / "world.json").read_text() == before  # left as it was
+    assert not (tmp_path / "figures").exists()

@@ -16,19 +16,32 @@ import torch
 ROLES = ("on screen", "off screen", "silent", "absent")  # a class's role, strongest first
 
 
-def source_role(source: dict) -> str:
-    """One source's role: ``on screen`` (seen and sounding), ``off screen`` (heard, not seen) or
-    ``silent`` (seen, not sounding)."""
-    return "on screen" if source["on_screen"] and source["sounding"] else "off screen" if source["sounding"] else "silent"
+def sounds_in(source: dict, frame: int | None = None) -> bool:
+    """Whether a source sounds in frame ``frame`` of its clip (``None``: in any frame). A source of a
+    world with pauses (``avs world --ms3-pause``) records ``active``, one flag per frame; a source
+    without it sounds in every frame or in none."""
+    if not source["sounding"]:
+        return False
+    active = source.get("active")
+    return True if frame is None or active is None else bool(active[frame])
 
 
-def class_roles(record: dict | None, num_classes: int) -> list[str]:
-    """Each class's truth in a clip, in AVS words: ``on screen`` (seen and sounding), ``off screen``
-    (heard, not seen), ``silent`` (seen, not sounding) or ``absent`` (not in the clip)."""
+def source_role(source: dict, frame: int | None = None) -> str:
+    """One source's role in frame ``frame`` (``None``: in the clip as a whole): ``on screen`` (seen
+    and sounding), ``off screen`` (heard, not seen) or ``silent`` (seen, not sounding; an object
+    that pauses in this frame is silent in it)."""
+    sounding = sounds_in(source, frame)
+    return "on screen" if source["on_screen"] and sounding else "off screen" if sounding else "silent"
+
+
+def class_roles(record: dict | None, num_classes: int, frame: int | None = None) -> list[str]:
+    """Each class's truth in frame ``frame`` of a clip (``None``: anywhere in the clip), in AVS
+    words: ``on screen`` (seen and sounding), ``off screen`` (heard, not seen), ``silent`` (seen,
+    not sounding) or ``absent`` (not in the clip)."""
     roles = ["absent"] * num_classes
     for s in (record or {}).get("sources", []):
         c = s["class_index"]
-        role = source_role(s)
+        role = source_role(s, frame)
         if ROLES.index(role) < ROLES.index(roles[c]):  # a sounding instance outranks a silent one of its class
             roles[c] = role
     return roles
@@ -41,7 +54,8 @@ def frame_roles(frames, index: int) -> dict[int, str]:
     if record is None:
         raise ValueError(f"clip {frames.clips[index]} has no sources record (real datasets do not know their sources)")
     num_classes = 1 + max((s["class_index"] for s in record["sources"]), default=-1)
-    return {c: role for c, role in enumerate(class_roles(record, num_classes)) if role != "absent"}
+    return {c: role for c, role in enumerate(class_roles(record, num_classes, frames.frames[index]))
+            if role != "absent"}
 
 
 def true_classes(frames, index: int) -> tuple[set[int], set[int]]:
@@ -84,7 +98,7 @@ def object_regions(frames: FrameSet, index: int, source_size: int) -> dict[int, 
     scale = side / source_size
     regions = {}
     for source in record["sources"]:
-        if not (source["sounding"] and source["on_screen"]) or not source.get("bboxes"):
+        if not (source["on_screen"] and sounds_in(source, frames.frames[index])) or not source.get("bboxes"):
             continue
         x0, y0, x1, y1 = source["bboxes"][frames.frames[index]]
         box = torch.zeros(side, side, dtype=torch.bool)

@@ -38,7 +38,7 @@ from avs_lib.core.cache import data_identity, note_rebuild
 from avs_lib.core.files import read_json
 from avs_lib.data.datasets import AVSDataset, world_classes
 from avs_lib.world.assets import AssetLibrary, load_library
-from avs_lib.world.compose import _loop_sound, WorldConfig, heldout_members, mix_sources
+from avs_lib.world.compose import LATER_KNOB_DEFAULTS, _loop_sound, WorldConfig, heldout_members, mix_sources
 
 PRETRAIN_VERSION = 1  # bump when the stream or the objective changes: it is part of the cache key
 STEPS_PER_EPOCH = 40  # TrainConfig.encoder_epochs counts "epochs" of this many stream batches
@@ -233,6 +233,8 @@ def world_setup(root: str | Path) -> tuple[AssetLibrary, WorldConfig]:
     config = dict(meta["config"])
     config.setdefault("holdout_members", 0)
     config.setdefault("s4_offscreen", True)
+    for knob, value in LATER_KNOB_DEFAULTS.items():  # world.json leaves these out at their old value
+        config.setdefault(knob, value)
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
     world = WorldConfig(**config)
     library = load_library(meta.get("library", world.kind), world.sample_rate, warn_on_fallback=False)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from avs_lib.analysis.stats import bootstrap_ci
-from avs_lib.analysis.truth import class_roles
+from avs_lib.analysis.truth import class_roles, sounds_in
 from avs_lib.audio.clips import frame_log_mels
 from avs_lib.audio.embed import HEADER
 from avs_lib.audio.encoders import PrecomputedEmbeddings
@@ -41,7 +41,7 @@ def frame_audio(root: str | Path, layout: str, split: str, progress: bool = Fals
 
     dataset = AVSDataset(root, layout, split)
     sources = load_sources(root, layout)
-    sounding = [[(s["class_index"], s["member"]) for s in sources[r.clip]["sources"] if s["sounding"]]
+    sounding = [[(s["class_index"], s["member"]) for s in sources[r.clip]["sources"] if sounds_in(s, r.frame)]
                 for r in dataset.records]
     return FrameAudio(frame_log_mels(dataset, progress), [r.clip for r in dataset.records],
                       [r.frame for r in dataset.records], sounding, dataset)
@@ -131,7 +131,7 @@ def token_view(derivation, frames, index: int, k: int, class_names: list[str], b
     classes = out.class_indices[0].tolist()
     final = out.tokens[0]
     token_nearest = torch.cdist(final.float(), derivation.centroids.float()).argmin(1).tolist()
-    roles = class_roles(frames.sources.get(frames.clips[index]), len(class_names))
+    roles = class_roles(frames.sources.get(frames.clips[index]), len(class_names), frames.frames[index])
     all_distances = torch.cdist(audio.float(), derivation.centroids.float())[0]
     missed = [(c, float(all_distances[c])) for c, r in enumerate(roles)
               if r in ("on screen", "off screen") and c not in classes]
@@ -147,8 +147,8 @@ def logit_recall_curve(logits: torch.Tensor, frames) -> list[float]:
     """For K = 1..C: mean over frames of the share of sounding classes among the K highest logits
     (the encoder's own ceiling for derivation recall; ``frames`` is a ``FrameSet``)."""
     order = logits.argsort(dim=1, descending=True).tolist()
-    truths = [{c for c, r in enumerate(class_roles(frames.sources.get(clip), logits.shape[1]))
-               if r in ("on screen", "off screen")} for clip in frames.clips]
+    truths = [{c for c, r in enumerate(class_roles(frames.sources.get(clip), logits.shape[1], frame))
+               if r in ("on screen", "off screen")} for clip, frame in zip(frames.clips, frames.frames)]
     curve = []
     for k in range(1, logits.shape[1] + 1):
         values = [len(t & set(o[:k])) / len(t) for t, o in zip(truths, order) if t]
@@ -175,7 +175,7 @@ def encoder_quality(root: str | Path, folder: str | Path, k: int = 5) -> dict:
         if not sources:
             raise DataError(f"{root}: no sources sidecar for {layout}; encoder_quality needs a composed world")
         rows = torch.from_numpy(np.stack([embeddings(r.clip)[r.frame] for r in dataset.records]))
-        sounding = [[(s["class_index"], s["member"]) for s in sources[r.clip]["sources"] if s["sounding"]]
+        sounding = [[(s["class_index"], s["member"]) for s in sources[r.clip]["sources"] if sounds_in(s, r.frame)]
                     for r in dataset.records]
         return rows, FrameAudio(np.empty(0), [r.clip for r in dataset.records], [r.frame for r in dataset.records],
                                 sounding, dataset)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avs_lib.analysis.truth import sounds_in
 from avs_lib.audio.birdnet import BirdNETEncoder
 from avs_lib.audio.clips import clip_records, clip_segments, frame_log_mels, present_layouts
 from avs_lib.audio.embed import forget_other_data
@@ -93,10 +94,11 @@ class OracleAudio:
             digest.update(path.read_bytes())
         self.identifier = f"{spec}-{digest.hexdigest()[:16]}"
 
-    def classes_of(self, record: dict) -> list[int]:
-        """Class indices the oracle reports for one clip's source record."""
+    def classes_of(self, record: dict, frame: int | None = None) -> list[int]:
+        """Class indices the oracle reports for frame ``frame`` of one clip's source record (a source
+        that pauses in that frame is not reported; ``None``: every frame's)."""
         heard = self.spec == "oracle-heard"
-        return sorted({s["class_index"] for s in record["sources"] if s["sounding"] and (heard or s["on_screen"])})
+        return sorted({s["class_index"] for s in record["sources"] if sounds_in(s, frame) and (heard or s["on_screen"])})
 
     def embed(self, dataset: AVSDataset) -> np.ndarray:
         """[N, C] float32: one row per record of ``dataset``."""
@@ -116,7 +118,7 @@ class OracleAudio:
         ``classes_of`` plus the jitter seeded by clip name and frame."""
         rows = np.zeros((len(frames), len(self.classes)), np.float32)
         for i, (clip, frame, record) in enumerate(frames):
-            rows[i, self.classes_of(record)] = 1.0
+            rows[i, self.classes_of(record, frame)] = 1.0
             seed = int.from_bytes(hashlib.sha256(f"{clip}/{frame}".encode()).digest()[:8], "little")
             rows[i] += self.jitter * np.random.default_rng(seed).standard_normal(len(self.classes)).astype(np.float32)
         return rows

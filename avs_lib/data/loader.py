@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avs_lib.analysis.truth import sounds_in
 from avs_lib.data.augment import augment_frame, frame_rng, scale_boxes
 from avs_lib.data.datasets import AVSDataset, FrameRecord, layout_records, load_sources, read_image, read_mask
 from avs_lib.data.transforms import flip_batch, resize_frame
@@ -150,7 +151,7 @@ def frame_boxes(sources: dict, clip: str, frame: int) -> list[list[int]]:
     boxes = []
     for source in record.get("sources", []):
         per_frame = source.get("bboxes")
-        if source.get("on_screen") and source.get("sounding") and per_frame and frame < len(per_frame):
+        if source.get("on_screen") and sounds_in(source, frame) and per_frame and frame < len(per_frame):
             x0, y0, x1, y1 = per_frame[frame]
             if x1 > x0 and y1 > y0:
                 boxes.append([x0, y0, x1, y1])

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avs_lib.analysis.truth import sounds_in
 from avs_lib.audio.registry import frame_embeddings
 from avs_lib.core.cache import data_identity, note_rebuild
 from avs_lib.core.errors import ConfigError, MemoryFileError
@@ -243,7 +244,7 @@ def build_world_memory(root: str | Path, encoder: torch.nn.Module, encoder_id: s
     features = frame_embeddings(s4, encoder, encoder_id, cache_dir, progress)
     records, sources = s4.records, load_sources(root, "s4")
     if sources:
-        single = np.array([sum(s["sounding"] for s in sources[r.clip]["sources"]) == 1 for r in records])
+        single = np.array([sum(sounds_in(s, r.frame) for s in sources[r.clip]["sources"]) == 1 for r in records])
         features = np.asarray(features)[single]
         records = [r for r, keep in zip(records, single) if keep]
     labels = torch.tensor([classes.index(r.category) for r in records])

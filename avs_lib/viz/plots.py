@@ -76,7 +76,7 @@ def world_overview(root: str | Path, out_png: str | Path, clips_per_subset: int 
             frame_ax.set_title(f"{subset} · {name}", fontsize=10, loc="left")
             off_screen = []
             for s in (record or {}).get("sources", []):
-                role = source_role(s)
+                role = source_role(s, 0)  # the first frame is the one drawn
                 if role == "off screen":
                     off_screen.append(s["class_name"])
                     continue

@@ -175,6 +175,12 @@ def _wav(wave: np.ndarray, sample_rate: int) -> bytes:
     return buffer.getvalue()
 
 
+def _pauses(source: dict) -> str:
+    """``, pauses in frames 2, 4`` for a source that pauses (``avs world --ms3-pause``), else nothing."""
+    quiet = [str(t + 1) for t, on in enumerate(source.get("active") or []) if not on]
+    return f", pauses in frame{'s' if len(quiet) > 1 else ''} {', '.join(quiet)}" if quiet else ""
+
+
 def clip_view(dataset, sources: dict, name: str, indices: list[int]) -> tuple[bytes, str, bytes]:
     """(PNG of the clip's frames with their masks, HTML of its true sources and notes, WAV of its
     audio): what the clip browser shows for one clip, usable without widgets."""
@@ -192,7 +198,7 @@ def clip_view(dataset, sources: dict, name: str, indices: list[int]) -> tuple[by
     record = sources.get(name, {})
     rows = "".join(
         f"<tr><td>{html.escape(s['class_name'])}</td><td>{html.escape(str(s['member']))}</td>"
-        f"<td>{SOURCE_ROLES[(bool(s['on_screen']), bool(s['sounding']))]}</td><td>{s['gain']:.2f}</td></tr>"
+        f"<td>{SOURCE_ROLES[(bool(s['on_screen']), bool(s['sounding']))]}{_pauses(s)}</td><td>{s['gain']:.2f}</td></tr>"
         for s in record.get("sources", []))
     table = ("<table><tr><th>class</th><th>member</th><th>role</th><th>gain</th></tr>" + rows + "</table>"
              if rows else "<p>no source record (a real dataset has none)</p>")

@@ -11,7 +11,7 @@ clip does not depend on which other clips were made or in which order.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from PIL import Image
@@ -24,7 +24,7 @@ SUBSET_IDS = {name: i for i, name in enumerate(SUBSETS)}
 
 # Knobs added after worlds were first written: world.json leaves each out while it has this default
 # value, so a world written before the knob existed is still the same world (the same world.json).
-LATER_KNOB_DEFAULTS = {"ms3_silent": (1, 2)}
+LATER_KNOB_DEFAULTS = {"ms3_silent": (1, 2), "ms3_pause": 0.0}
 
 
 @dataclass
@@ -52,6 +52,10 @@ class WorldConfig:
     msmi_pulse: float = 0.35  # how much a sounding MSMI instance grows with its loudness
     splits: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, val, test
     ms3_silent: tuple[int, int] = (1, 2)  # silent distractors per ms3 clip, an inclusive range (lowers the floor)
+    # Chance that a sounding on-screen object of an ms3 clip pauses in a frame (0: every one sounds in
+    # every frame). A pausing object is silent in that frame: off its mask, out of the oracle, quiet in
+    # its second of audio. It lowers the floor without adding objects to the frame (see compose_clip).
+    ms3_pause: float = 0.0
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.subsets if s not in SUBSETS]
@@ -67,12 +71,22 @@ class WorldConfig:
         low, high = self.ms3_silent
         if not 0 <= low <= high:  # the bound by the library's classes is checked where the library is known
             raise ValueError(f"ms3_silent={tuple(self.ms3_silent)}: give LOW <= HIGH, from 0")
+        if not 0.0 <= self.ms3_pause < 1.0:
+            raise ValueError(f"ms3_pause={self.ms3_pause}: give a chance in [0, 1)")
         if self.holdout_members < 0:
             raise ValueError(f"holdout_members={self.holdout_members} must be 0 (none) or more")
 
     def clips_of(self, subset: str) -> int:
         """How many clips ``subset`` has."""
         return int(self.subset_clips.get(subset, self.clips))
+
+
+def recipe(cfg: WorldConfig) -> dict:
+    """``cfg`` as world.json and the caches' keys record it: a later knob at its default is left out,
+    so a world written before the knob existed keeps its world.json and its cached pretrainings."""
+    plain = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return {k: v for k, v in asdict(cfg).items()
+            if k not in LATER_KNOB_DEFAULTS or plain(v) != LATER_KNOB_DEFAULTS[k]}
 
 
 @dataclass
@@ -88,9 +102,14 @@ class Source:
     sounding: bool
     gain: float
     bboxes: list[list[int]] | None = None  # per frame [x0, y0, x1, y1] of its visible pixels, None off screen
+    active: list[bool] | None = None  # per frame: does it sound? None: as `sounding` says, in every frame
+
+    def sounds_in(self, frame: int) -> bool:
+        return self.sounding and (self.active is None or self.active[frame])
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        # `active` only where a source pauses, so a world without pauses writes what it always wrote
+        return {k: v for k, v in self.__dict__.items() if k != "active" or v is not None}
 
 
 @dataclass
@@ -111,15 +130,17 @@ class Clip:
         return [s.instance for s in self.sources if s.on_screen and s.sounding]
 
     def binary_masks(self) -> np.ndarray:
-        """[T, H, W] uint8 in {0, 1}: pixels of sounding objects."""
-        return np.isin(self.instance_map, self.sounding_instances).astype(np.uint8)
+        """[T, H, W] uint8 in {0, 1}: pixels of the objects sounding in each frame."""
+        return (self.semantic_masks() > 0).astype(np.uint8)
 
     def semantic_masks(self) -> np.ndarray:
-        """[T, H, W] uint8: class index + 1 on sounding objects, 0 elsewhere."""
+        """[T, H, W] uint8: class index + 1 on the objects sounding in each frame, 0 elsewhere."""
         out = np.zeros(self.instance_map.shape, np.uint8)
         for s in self.sources:
             if s.on_screen and s.sounding:
-                out[self.instance_map == s.instance] = s.class_index + 1
+                for t in range(len(out)):
+                    if s.sounds_in(t):
+                        out[t][self.instance_map[t] == s.instance] = s.class_index + 1
         return out
 
     def instance_mask(self, instance: int) -> np.ndarray:
@@ -153,6 +174,39 @@ def mix_sources(waves: list[np.ndarray], gains: list[float], rng: np.random.Gene
     noise = rng.standard_normal(len(mix)).astype(np.float32) * np.sqrt(signal_power / 10 ** (noise_snr_db / 10))
     mix = mix + noise
     return (mix * (0.9 / max(float(np.abs(mix).max()), 1e-6))).astype(np.float32)
+
+
+PAUSE_RAMP_S = 0.02  # a pause fades out and in over 20 ms inside the quiet second, so it does not click
+
+
+def _pause_sources(sounding: list[Source], waves: list[np.ndarray], frames: int, chance: float,
+                   rng: np.random.Generator, sample_rate: int) -> None:
+    """Let each sounding on-screen object pause in some frames (``WorldConfig.ms3_pause``): it stays
+    on screen, and in a frame where it pauses it is silent (its second of audio is quiet, its pixels
+    leave the mask). ``waves[i]`` is ``sounding[i]``'s recording; both are changed in place.
+
+    Every object sounds in at least one frame (else it would be a silent distractor) and every frame
+    has at least one sounding object (an AVSBench MS3 frame always has one): where a draw breaks
+    either, one of its pauses is lifted at random. So a deaf model cannot tell from a frame which of
+    the objects it shows sound in it, while the second of audio that goes with the frame can."""
+    active = rng.random((len(sounding), frames)) >= chance
+    for i in range(len(sounding)):
+        if not active[i].any():
+            active[i, int(rng.integers(frames))] = True
+    for t in range(frames):
+        if not active[:, t].any():
+            active[int(rng.integers(len(sounding))), t] = True
+    ramp = max(1, int(PAUSE_RAMP_S * sample_rate))
+    for i, source in enumerate(sounding):
+        source.active = [bool(a) for a in active[i]]
+        envelope = np.repeat(active[i].astype(np.float32), sample_rate)
+        for t in np.flatnonzero(~active[i]):
+            start, end = t * sample_rate, (t + 1) * sample_rate
+            if t > 0 and active[i, t - 1]:
+                envelope[start:start + ramp] = np.linspace(1, 0, ramp, dtype=np.float32)
+            if t + 1 < frames and active[i, t + 1]:
+                envelope[end - ramp:end] = np.linspace(0, 1, ramp, dtype=np.float32)
+        waves[i] *= envelope
 
 
 # ----------------------------------------------------------------------------- vision
@@ -361,6 +415,9 @@ def compose_clip(library: AssetLibrary, subset: str, index: int, cfg: WorldConfi
             cls_index = int(chosen[k])
             new_object(cls_index, pick_member(cls_index), sounding_flags[k], height, x)
         on_screen_classes = {int(c) for c in chosen}
+
+    if subset == "ms3" and cfg.ms3_pause > 0:
+        _pause_sources([s for s in sources if s.sounding], waves, frames, cfg.ms3_pause, rng, sr)
 
     # Off-screen source: a class that is not on screen, heard only. Not in s4 by default: s4 is the
     # single-source subset the encoder and the memory (Eq. 2-4) learn from.

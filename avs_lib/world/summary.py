@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from avs_lib.core.files import read_json
 from avs_lib.data.datasets import layout_records, load_sources
 from avs_lib.world.write import world_roots
@@ -27,7 +29,10 @@ def describe_world(root: Path) -> str:
             splits[rec["split"]] = splits.get(rec["split"], 0) + 1
         offscreen = sum(any(not s["on_screen"] for s in rec["sources"]) for rec in sources.values())
         sounding = sum(sum(s["on_screen"] and s["sounding"] for s in rec["sources"]) for rec in sources.values())
+        flags = [on for rec in sources.values() for s in rec["sources"]
+                 if s["on_screen"] and s["sounding"] for on in s.get("active") or []]
+        pauses = f", sounding in {np.mean(flags):.0%} of their frames (pauses)" if flags else ""
         lines.append(f"  {subset:5s} ({layout}): {len(sources)} clips {splits}, {len(records)} frames, "
-                     f"{sounding / max(len(sources), 1):.2f} sounding objects per clip, "
+                     f"{sounding / max(len(sources), 1):.2f} sounding objects per clip{pauses}, "
                      f"{offscreen / max(len(sources), 1):.0%} of clips with an off-screen source")
     return "\n".join(lines)

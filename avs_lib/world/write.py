@@ -17,7 +17,6 @@ import csv
 import json
 import pickle
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from avs_lib.data.layouts import (METADATA, SOURCES, avss_files, ms3_files, s4_f
                                   vpo_sources)
 from avs_lib.data.palette import voc_palette
 from avs_lib.world.assets import AssetLibrary, load_library
-from avs_lib.world.compose import LATER_KNOB_DEFAULTS, Clip, WorldConfig, check_fits, compose_clip
+from avs_lib.world.compose import Clip, WorldConfig, check_fits, compose_clip, recipe
 
 WORLD_FORMAT_VERSION = 1
 JPEG_QUALITY = 92
@@ -202,8 +201,7 @@ def write_world(cfg: WorldConfig, out: str | Path, progress: bool = True, librar
     out = Path(out)
     library = library or load_library(cfg.kind, cfg.sample_rate)
     check_fits(library, cfg)
-    config = {k: v for k, v in asdict(cfg).items()
-              if k not in LATER_KNOB_DEFAULTS or tuple(v) != LATER_KNOB_DEFAULTS[k]}
+    config = recipe(cfg)
     meta = {"format_version": WORLD_FORMAT_VERSION, "config": config, "library": library.kind,
             "classes": library.class_names, "members": {c.name: [m.name for m in c.members] for c in library.classes}}
     world_json = json.dumps(meta, indent=1, sort_keys=True) + "\n"
