@@ -20,7 +20,7 @@ def sounds_in(source: dict, frame: int | None = None) -> bool:
     """Whether a source sounds in frame ``frame`` of its clip (``None``: in any frame). A source of a
     world with pauses (``avs world --ms3-pause``) records ``active``, one flag per frame; a source
     without it sounds in every frame or in none."""
-    if not source["sounding"]:
+    if not source.get("sounding"):
         return False
     active = source.get("active")
     return True if frame is None or active is None else bool(active[frame])

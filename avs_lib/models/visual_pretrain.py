@@ -44,7 +44,7 @@ from avs_lib.core.files import atomic_write
 from avs_lib.data.transforms import normalise_images, resize_frame
 from avs_lib.models.efficientnet import EfficientNetLite0, efficientnet_lite0, lite0_weights_path
 from avs_lib.world.assets import AssetLibrary
-from avs_lib.world.compose import WorldConfig, _split_of, compose_clip, heldout_members
+from avs_lib.world.compose import WorldConfig, _split_of, compose_clip, heldout_members, recipe
 
 # bump when the stream or the objective changes: it is part of the cache key and of a run's identity
 # (2: frames normalised as the AVS training normalises them; the world's held-out members kept out)
@@ -243,9 +243,9 @@ def pretrain_key(library: AssetLibrary, world: WorldConfig, config: VisualPretra
     from avs_lib.audio.pretrain import library_fingerprint
 
     start = _file_digest(lite0_weights_path()) if config.init == "imagenet" else None
-    world_recipe = asdict(world)
-    if world.ms3_pause == 0.0:  # a knob newer than this key: left out at its default, so cached weights stay valid
-        del world_recipe["ms3_pause"]
+    # ms3_silent was part of this key before it became a later knob; only knobs newer than the key
+    # are left out at their default, so cached weights stay valid
+    world_recipe = recipe(world, later=("ms3_pause",))
     text = json.dumps({"version": VISUAL_PRETRAIN_VERSION, "pictures": image_fingerprint(library),
                        "sounds": library_fingerprint(library), "recipe": world_recipe, "start": start,
                        "config": asdict(config)}, sort_keys=True, default=list)

@@ -81,12 +81,12 @@ class WorldConfig:
         return int(self.subset_clips.get(subset, self.clips))
 
 
-def recipe(cfg: WorldConfig) -> dict:
-    """``cfg`` as world.json and the caches' keys record it: a later knob at its default is left out,
-    so a world written before the knob existed keeps its world.json and its cached pretrainings."""
+def recipe(cfg: WorldConfig, later: tuple[str, ...] = tuple(LATER_KNOB_DEFAULTS)) -> dict:
+    """``cfg`` as a record of it (world.json, a cache key) writes it: each knob of ``later`` is left
+    out while at its ``LATER_KNOB_DEFAULTS`` value, so what was written before the knob existed is
+    still what is written. ``later``: the knobs newer than the record (world.json: all of them)."""
     plain = lambda v: tuple(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
-    return {k: v for k, v in asdict(cfg).items()
-            if k not in LATER_KNOB_DEFAULTS or plain(v) != LATER_KNOB_DEFAULTS[k]}
+    return {k: v for k, v in asdict(cfg).items() if k not in later or plain(v) != LATER_KNOB_DEFAULTS[k]}
 
 
 @dataclass
