@@ -313,7 +313,7 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
     from avs_lib.core.errors import DataError
     from avs_lib.core.errors import BUILD_HINT
     from avs_lib.core.paths import workbench_path
-    from avs_lib.experiments.ablation import run_ablation
+    from avs_lib.experiments.ablation import AblationRunsFailed, run_ablation
 
     overrides = list(args.overrides)
     seeds = tuple(int(s) for s in args.seeds.split(","))
@@ -325,8 +325,16 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
     root = workbench_path(config.data_root)
     if not root.is_dir():
         raise DataError(f"{root}: the ablation's world does not exist; {BUILD_HINT}")
-    run_ablation(args.out, config, seeds=seeds, table4_seeds=table4_seeds, settings=settings,
-                 figure=Path(args.figures) / "ablation.png", report_dir=args.figures)
+    if args.parallel < 1:
+        raise ValueError(f"--parallel {args.parallel}: give 1 or more runs at once")
+    try:
+        run_ablation(args.out, config, seeds=seeds, table4_seeds=table4_seeds, settings=settings,
+                     figure=Path(args.figures) / "ablation.png", report_dir=args.figures, parallel=args.parallel,
+                     time_budget=None if args.time_budget is None else 60 * args.time_budget)
+    except AblationRunsFailed as err:
+        print((Path(args.figures) / "ablation.md").read_text())
+        print(f"avs ablation: {err}", file=sys.stderr)
+        return 1
     print((Path(args.figures) / "ablation.md").read_text())
     return 0
 
@@ -491,6 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--settings", default=None,
                    help="';'-separated rows to run (default: all; the baseline always runs), see avs_lib.experiments.ablation.SETTINGS")
     a.add_argument("--quick", action="store_true", help="one seed, one epoch: check that every row runs")
+    a.add_argument("--parallel", type=int, default=1,
+                   help="runs trained at once, each in its own process on the config's device (default 1; on one GPU "
+                        "several share it: this model leaves it mostly idle)")
+    a.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="start no run after this many minutes; report over the runs that finished (a rerun continues)")
     a.add_argument("--out", default="runs/ablation", help="training runs (reused when finished)")
     a.add_argument("--figures", default="figures/ablation", help="where the report and figure go")
     a.set_defaults(func=_cmd_ablation)

@@ -284,3 +284,34 @@ def test_run_ablation_writes_every_row_with_intervals(notebook_world, tmp_path):
     assert all(0 <= r[kind]["within_frame"] and 0 < r[kind]["between_frames"] for runs in separation.values()
                for r in runs for kind in ("derived", "enhanced"))
     assert "How far apart a frame's derived tokens are" in text and "| full | 2 | enhanced |" in text
+
+
+def test_parallel_ablation_reports_what_finished_and_continues(notebook_world, tmp_path, monkeypatch):
+    """Two runs at once in spawned processes; a worker killed mid-run and a time budget that has run out
+    leave a report over the finished runs that names the others, and the same call continues them."""
+    from avs_lib.core.config import load_config
+    from avs_lib.experiments.ablation import AblationRunsFailed, run_ablation
+
+    config = load_config(None, [f"data_root={notebook_world}", "image_size=32", "epochs=1", "encoder_epochs=1",
+                                "device=cpu", f"cache_dir={tmp_path / 'cache'}", "progress=false"])
+    runs, report = tmp_path / "runs", tmp_path / "report"
+    kwargs = dict(table4_seeds=(0,), settings=["+derivation"], report_dir=report, progress=False, parallel=2)
+    # every run's first step kills its worker process once (a marker in the run folder spares the rerun)
+    monkeypatch.setenv("AVS_FAULT_KILL", "1:0")
+    with pytest.raises(AblationRunsFailed, match="worker process"):
+        run_ablation(runs, config, seeds=(0,), **kwargs)
+    text = (report / "ablation.md").read_text()
+    assert "**Not run:" in text and "+derivation seed 0" in text
+    monkeypatch.delenv("AVS_FAULT_KILL")
+    run_ablation(runs, config, seeds=(0,), **kwargs)
+    text = (report / "ablation.md").read_text()
+    assert "Not run" not in text and "| +derivation | 1 |" in text and "| ceiling: oracle audio | 1 |" in text
+    # the per-run analyses were taken in the worker and are what the report used
+    cached = json.loads((runs / "derivation_seed0" / "analyses.json").read_text())
+    analyses = json.loads((report / "analyses.json").read_text())
+    assert analyses["token_separation"]["+derivation"][0] == cached["separation"] and analyses["parallel"] == 2
+    # a budget already spent: seed 1's four runs do not start, seed 0's rows stay in the report
+    run_ablation(runs, config, seeds=(0, 1), time_budget=0, **kwargs)
+    text = (report / "ablation.md").read_text()
+    assert "**Not run: 4 of the 8 planned runs**" in text and "baseline seed 1" in text
+    assert "| baseline | 1 |" in text and not (runs / "baseline_seed1" / "metrics.json").exists()

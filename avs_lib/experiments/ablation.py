@@ -17,23 +17,26 @@ stopped. ``SETTINGS`` lists every row; ``TABLE3`` and ``TABLE4`` say which rows 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from avs_lib.analysis.evaluation import all_foreground
 from avs_lib.analysis.inspect import SCORE_NAMES, derivation_recall, elimination_analysis, token_separation
 from avs_lib.analysis.stats import t_interval
-from avs_lib.core.files import read_json
+from avs_lib.core.files import atomic_write_text, read_json
 from avs_lib.experiments.report import markdown_table, summarise
 from avs_lib.models.ddeseg import FIRST_READING
 from avs_lib.models.hooks import run_with_cache
-from avs_lib.training.loop import train
+from avs_lib.training.loop import resolve_device, train
 from avs_lib.training.predict import evaluate_model, load_trained
 from avs_lib.training.prepare import prepare
 from avs_lib.training.runs import run_state
@@ -70,6 +73,10 @@ ONCE = (CAPACITY, POINTING)  # the capacity checks: trained with the first of Ta
 METRICS = ["J", "F", "JF"]
 
 
+class AblationRunsFailed(RuntimeError):
+    """Some runs failed; the report over the others was written first."""
+
+
 def run_dir_name(setting: str, seed: int) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", setting).strip("_").lower() + f"_seed{seed}"
 
@@ -78,9 +85,10 @@ def plan(seeds=(0, 1, 2, 3, 4), table4_seeds=(0, 1, 2), settings: list[str] | No
     """(setting, seed) for every run: the window's floor and ceiling and Table 3 rows with ``seeds``, Table 4's own rows and the first
     reading with ``table4_seeds``, the two capacity checks once (the first of ``table4_seeds``);
     ``settings`` keeps only the rows named (the baseline, floor and ceiling are always run)."""
-    jobs = [(s, seed) for s in WINDOW + TABLE3 for seed in seeds]
-    jobs += [(s, seed) for s in [*TABLE4.values(), *EXTRA] if s not in TABLE3
-             for seed in (table4_seeds[:1] if s in ONCE else table4_seeds)]
+    # seed by seed, so that runs cut short by a time budget leave every row with the same seeds
+    jobs = [(s, seed) for seed in seeds for s in WINDOW + TABLE3]
+    jobs += [(s, seed) for seed in table4_seeds for s in [*TABLE4.values(), *EXTRA]
+             if s not in TABLE3 and (s not in ONCE or seed == table4_seeds[0])]
     jobs += [(s, seed) for s in [*TABLE4.values()] if s in TABLE3 for seed in table4_seeds if (s, seed) not in jobs]
     if settings is not None:
         unknown = sorted(set(settings) - set(SETTINGS))
@@ -166,18 +174,145 @@ def analyses_markdown(elimination: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def run_analyses(run_dir: Path, setting: str, seed: int, prepared, device: torch.device | str = "cpu") -> dict:
+    """One finished run's source-aware analyses on the test split, cached in ``run_dir/analyses.json``
+    (reused while the run's ``metrics.json`` is the one they were taken from): how far apart a frame's
+    tokens are; for the settings that score tokens, elimination against the truth; for ``full``, its
+    test J&F with the audio zeroed. Empty for the rows that have no tokens to look at."""
+    if setting in ("baseline", "avsac", *WINDOW):
+        return {}
+    run_dir = Path(run_dir)
+    taken_from = hashlib.sha256((run_dir / "metrics.json").read_bytes()).hexdigest()
+    cached = run_dir / "analyses.json"
+    if cached.exists():
+        found = read_json(cached, "a run's analyses")
+        if found.get("metrics_sha256") == taken_from:
+            return found
+    device = torch.device(device)
+    model, config, _ = load_trained(run_dir / "best.pt", prepared, device=device)
+    test = prepared.test
+    # one pass over the test split per model serves both analyses
+    scored = setting not in ("+derivation", "+enhancement")
+    cache = run_with_cache(model, test, names=(SCORE_NAMES if scored else []) + ["derivation.*"], strict=False)
+    result = {"metrics_sha256": taken_from, "separation": {"seed": seed, **token_separation(cache, test)}}
+    if scored:
+        result["elimination"] = {"seed": seed, "stages": elimination_analysis(cache, test, seed=seed)}
+    if setting == "full":
+        zero = evaluate_model(model, test, device, replace(config, zero_audio=True))
+        result["zero_audio"] = {k: zero[k] for k in METRICS}
+    atomic_write_text(cached, json.dumps(result, indent=1))
+    return result
+
+
+def _train_jobs(jobs, out: Path, base_config, prepared_for, deadline: float | None, device, progress: bool,
+                on_finished=None) -> list[tuple[str, int, str]]:
+    """Train (and analyse) ``jobs`` in order in this process, skipping finished runs; none starts after
+    ``deadline`` (time.time()). Returns the runs that failed, with their error, after trying the rest."""
+    failed = []
+    for setting, seed in tqdm(jobs, desc="ablation runs", disable=not progress):
+        run_dir = out / run_dir_name(setting, seed)
+        config = setting_config(base_config, setting, seed, run_dir)
+        if run_state(run_dir, config).kind != "finished":
+            if deadline is not None and time.time() > deadline:
+                continue
+            try:
+                train(config, prepared_for(config))
+                run_analyses(run_dir, setting, seed, prepared_for(base_config), device)
+            except Exception as err:  # the other runs go on; the caller reports every failure
+                failed.append((setting, seed, f"{type(err).__name__}: {err}"))
+                continue
+        if on_finished is not None:
+            on_finished(setting, seed)
+    return failed
+
+
+def _worker(queue, results, out: str, base_config, deadline: float | None, threads: int) -> None:
+    """A process of ``run_ablation(parallel=N)``: takes jobs off ``queue`` until it is empty or the
+    deadline has passed, each trained and analysed as ``_train_jobs`` does; reports (setting, seed,
+    error or None) on ``results``. Its data are prepared from the caches the parent filled."""
+    import queue as queue_module
+
+    torch.set_num_threads(threads)
+    by_audio = {}
+
+    def prepared_for(config):
+        if config.audio_encoder not in by_audio:
+            by_audio[config.audio_encoder] = prepare(config)
+        return by_audio[config.audio_encoder]
+
+    device = resolve_device(base_config.device)
+    while True:
+        try:
+            setting, seed = queue.get_nowait()
+        except queue_module.Empty:
+            return
+        failed = _train_jobs([(setting, seed)], Path(out), base_config, prepared_for, deadline, device, False)
+        results.put((setting, seed, failed[0][2] if failed else None))
+
+
+def _train_in_parallel(jobs, out: Path, base_config, prepared_for, deadline: float | None, parallel: int,
+                       progress: bool) -> list[tuple[str, int, str]]:
+    """``_train_jobs`` spread over ``parallel`` processes (spawned: CUDA cannot be forked), in the order of
+    ``jobs``. The parent first fills every cache the runs read (audio embeddings, the memory, the
+    oracle's inputs, the world-pretrained backbone), so the workers only read them."""
+    import multiprocessing
+    import os
+    import queue as queue_module
+
+    for setting, seed in jobs:
+        prepared_for(setting_config(base_config, setting, seed, out / run_dir_name(setting, seed)))
+    context = multiprocessing.get_context("spawn")
+    queue, results = context.Queue(), context.Queue()
+    todo = [job for job in jobs
+            if run_state(out / run_dir_name(*job), setting_config(base_config, *job, out / run_dir_name(*job))).kind
+            != "finished"]
+    for job in todo:
+        queue.put(job)
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    workers = [context.Process(target=_worker, args=(queue, results, str(out), base_config, deadline, threads))
+               for _ in range(min(parallel, len(todo)))]
+    for w in workers:
+        w.start()
+    failed, reported = [], 0
+    with tqdm(total=len(todo), desc=f"ablation runs ({len(workers)} at once)", disable=not progress) as bar:
+        while reported < len(todo):
+            try:
+                setting, seed, error = results.get(timeout=5)
+            except queue_module.Empty:
+                if any(w.is_alive() for w in workers):
+                    continue
+                try:  # every worker has ended: what they reported last may still be in transit
+                    setting, seed, error = results.get(timeout=5)
+                except queue_module.Empty:
+                    break
+            reported += 1
+            bar.update()
+            if error is not None:
+                failed.append((setting, seed, error))
+    for w in workers:
+        w.join()
+        if w.exitcode:  # a worker that died outside a run (out of memory, a signal)
+            failed.append(("worker process", w.pid, f"exit code {w.exitcode}"))
+    return failed
+
+
 def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_seeds=(0, 1, 2),
                  settings: list[str] | None = None, figure: str | Path | None = None, report_dir: str | Path | None = None,
-                 progress: bool = True, min_test_clips: int = 100) -> pd.DataFrame:
+                 progress: bool = True, min_test_clips: int = 100, parallel: int = 1,
+                 time_budget: float | None = None) -> pd.DataFrame:
     """Train every planned run (skipping finished ones), then write ``ablation.md``, ``ablation.csv``,
-    ``intervals.csv``, ``analyses.json`` (to ``report_dir``, default ``out``) and the figure."""
-    from tqdm.auto import tqdm
+    ``intervals.csv``, ``analyses.json`` (to ``report_dir``, default ``out``) and the figure.
 
-
+    ``parallel``: runs trained at once, each in its own process on ``base_config.device`` (a model of
+    this size leaves a GPU mostly idle, so several share one; on a CPU keep 1). ``time_budget``:
+    seconds after which no run starts; the report then covers the runs that finished, lists the rest
+    as not run, and a rerun continues with them. A run that fails does not stop the others: the report
+    is written over the finished runs, then the failures are raised together."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report_dir = Path(report_dir or out)
     report_dir.mkdir(parents=True, exist_ok=True)
+    deadline = None if time_budget is None else time.time() + time_budget
     prepared = prepare(base_config, progress=progress)
     by_audio = {base_config.audio_encoder: prepared}  # the ceiling's oracle inputs are prepared once
 
@@ -187,44 +322,41 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
         return by_audio[config.audio_encoder]
 
     jobs = plan(seeds, table4_seeds, settings)
-    test = prepared.test
-    test_clips = len(set(test.clips))
-    for setting, seed in tqdm(jobs, desc="ablation runs", disable=not progress):
+    for setting, seed in jobs:  # refused before any training: a folder holding a run of other settings
         run_dir = out / run_dir_name(setting, seed)
-        config = setting_config(base_config, setting, seed, run_dir)
-        state = run_state(run_dir, config)
+        state = run_state(run_dir, setting_config(base_config, setting, seed, run_dir))
         if state.kind == "other":  # a run with other settings is never reused or resumed
             changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in state.differences.items())
             raise ValueError(f"{run_dir} holds a run with other settings ({changed}); pass another --out "
                              "or remove that folder")
-        if state.kind == "finished":
-            continue
-        train(config, prepared_for(config))
+    device = resolve_device(base_config.device)
+    if parallel <= 1:
+        failed = _train_jobs(jobs, out, base_config, prepared_for, deadline, device, progress)
+    else:
+        failed = _train_in_parallel(jobs, out, base_config, prepared_for, deadline, parallel, progress)
+    finished = [(s, seed) for s, seed in jobs if (out / run_dir_name(s, seed) / "metrics.json").exists()]
+    not_run = [job for job in jobs if job not in finished]
     rows, seconds = [], {}
-    for setting, seed in jobs:
+    for setting, seed in finished:
         metrics = read_json(out / run_dir_name(setting, seed) / "metrics.json")
         rows.append({"setting": setting, "seed": seed, **{k: metrics["test"][k] for k in METRICS}})
         # the run's own record of its training epochs (validation and test not included), kept by reused runs
         seconds[f"{setting} seed {seed}"] = sum(epoch["seconds"] for epoch in metrics["history"])
     # trivial baselines: every pixel foreground; the full model with its audio zeroed at test time
+    test = prepared.test
+    test_clips = len(set(test.clips))
     foreground = all_foreground(test, base_config.convention, base_config.eval_batch_size)
     rows.append({"setting": "trivial: all foreground", "seed": -1, **{k: foreground[k] for k in METRICS}})
     elimination: dict[str, list[dict]] = {}
     separation: dict[str, list[dict]] = {}
-    for setting, seed in tqdm(jobs, desc="analyses", disable=not progress):
-        if setting in ("baseline", "avsac", *WINDOW):
-            continue
-        model, config, _ = load_trained(out / run_dir_name(setting, seed) / "best.pt", prepared)
-        # one pass over the test split per model serves both analyses
-        scored = setting not in ("+derivation", "+enhancement")
-        cache = run_with_cache(model, test, names=(SCORE_NAMES if scored else []) + ["derivation.*"], strict=False)
-        separation.setdefault(setting, []).append({"seed": seed, **token_separation(cache, test)})
-        if not scored:
-            continue
-        elimination.setdefault(setting, []).append({"seed": seed, "stages": elimination_analysis(cache, test, seed=seed)})
-        if setting == "full":
-            zero = evaluate_model(model, test, torch.device("cpu"), replace(config, zero_audio=True))
-            rows.append({"setting": "trivial: full, audio zeroed", "seed": seed, **{k: zero[k] for k in METRICS}})
+    for setting, seed in tqdm(finished, desc="analyses", disable=not progress):
+        found = run_analyses(out / run_dir_name(setting, seed), setting, seed, prepared, device)
+        if "separation" in found:
+            separation.setdefault(setting, []).append(found["separation"])
+        if "elimination" in found:
+            elimination.setdefault(setting, []).append(found["elimination"])
+        if "zero_audio" in found:
+            rows.append({"setting": "trivial: full, audio zeroed", "seed": seed, **found["zero_audio"]})
     table = pd.DataFrame(rows)
     summary = summarise(table, "setting", METRICS)
     intervals = interval_table(table)
@@ -233,7 +365,9 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
                 "convention": base_config.convention,
                 "test_frames": int(test.valid.sum()), "test_clips": test_clips, "train_frames": len(prepared.train),
                 "epochs": base_config.epochs, "image_size": base_config.image_size, "train_seconds": seconds,
-                "seeds": list(seeds), "table4_seeds": list(table4_seeds)}
+                "seeds": list(seeds), "table4_seeds": list(table4_seeds), "parallel": parallel,
+                "device": str(device), "not_run": [list(job) for job in not_run],
+                "failed": [list(f) for f in failed]}
     table.to_csv(report_dir / "ablation.csv", index=False)
     intervals.to_csv(report_dir / "intervals.csv", index=False)
     (report_dir / "analyses.json").write_text(json.dumps(analyses, indent=1))
@@ -249,10 +383,17 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     extra = intervals[intervals.setting.isin(EXTRA)]
     warning = ([f"**Only {test_clips} test clips: below the 100 that a 2-point J&F gap needs; build a larger world "
                 f"before reading an ordering from these rows.**", ""] if test_clips < min_test_clips else [])
+    missing = ([f"**Not run: {len(not_run)} of the {len(jobs)} planned runs** ("
+                + ", ".join(f"{s} seed {seed}" for s, seed in not_run) + "): "
+                + (f"{len(failed)} failed ({'; '.join(f'{a} {b}: {c}' for a, b, c in failed)}), " if failed else "")
+                + "the rest did not start within the time budget. The rows below are over the runs that finished; "
+                "the same command continues with the rest.", ""] if not_run else [])
     text = [f"# Ablation on {base_config.data_root} ({base_config.layout}, test split: {test_clips} clips, "
-            f"{int(test.valid.sum())} frames)", "", *warning,
+            f"{int(test.valid.sum())} frames)", "", *warning, *missing,
             f"J&F in % ({base_config.convention} convention), {base_config.epochs} epochs at {base_config.image_size} px, "
-            f"{len(prepared.train)} training frames. 95 % intervals are Student-t intervals of the mean over seeds; "
+            f"{len(prepared.train)} training frames, trained on {device}"
+            f"{' in bf16 autocast' if base_config.bf16 and device.type == 'cuda' else ''}"
+            f"{f', {parallel} runs at once' if parallel > 1 else ''}. 95 % intervals are Student-t intervals of the mean over seeds; "
             "Δ is the paired difference against the baseline trained with the same seed.", "", *window,
             f"## Table 3 (seeds {list(seeds)})", "", interval_markdown(table3), "",
             f"## Table 4, elimination schemes (seeds {list(table4_seeds)}; 'none' is +enhancement, "
@@ -279,6 +420,9 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     (report_dir / "ablation.md").write_text("\n".join(text) + "\n")
     if figure is not None:
         plot_ablation(intervals, elimination, figure)
+    if failed:
+        raise AblationRunsFailed(f"{len(failed)} ablation runs failed (the report over the others is in {report_dir}): "
+                           + "; ".join(f"{a} seed {b}: {c}" for a, b, c in failed))
     return intervals
 
 
