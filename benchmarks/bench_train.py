@@ -60,7 +60,7 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
     images = images.contiguous(memory_format=memory_format)
     audio = torch.randn(args.batch_size, args.audio_dim, device=device)
     masks = torch.randint(0, max(2, args.num_classes), (args.batch_size, args.image_size, args.image_size), device=device)
-    forward = torch.compile(model) if compile_model else model
+    forward = torch.compile(model, mode=args.compile_mode) if compile_model else model
 
     def autocast():
         return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
@@ -107,7 +107,7 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
     eval_fps = args.steps * args.batch_size / (time.perf_counter() - t0)
     result = {"model": args.model, "size": args.size, "backbone": args.backbone, "device": str(device),
               "image_size": args.image_size, "batch_size": args.batch_size, "precision": precision,
-              "channels_last": channels_last, "compile": compile_model,
+              "channels_last": channels_last, "compile": compile_model and args.compile_mode,
               **({"frozen_stages": args.frozen_stages} if args.backbone == "efficientnet_lite0" else {}),
               "parameters_trainable": count_parameters(model)["total"],
               "train_frames_per_second": round(train_fps, 2), "eval_frames_per_second": round(eval_fps, 2),
@@ -175,7 +175,7 @@ def run_suite(args) -> list[dict]:
                 line = measure(run, precision, channels_last, compile_model)
             except Exception as error:  # noqa: BLE001  out of memory at batch 16 is a result, not a failure
                 line = {"model": model, "batch_size": batch_size, "precision": precision,
-                        "channels_last": channels_last, "compile": compile_model,
+                        "channels_last": channels_last, "compile": compile_model and args.compile_mode,
                         "error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
             if run.device == "cuda":
                 torch.cuda.empty_cache()
@@ -254,6 +254,8 @@ def main():
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"),
+                        help="torch.compile's mode: reduce-overhead replays CUDA graphs (launch-bound small models)")
     parser.add_argument("--frozen-stages", type=int, default=0,
                         help="EfficientNet-Lite0: freeze the stem and this many backbone stages (the switch frozen_stages)")
     parser.add_argument("--threads", type=int, default=None)
@@ -289,7 +291,7 @@ def main():
         try:
             print(json.dumps(measure(args, precision, channels_last, compile_model)), flush=True)
         except Exception as error:  # noqa: BLE001  a setting this machine cannot run is reported, not fatal
-            print(json.dumps({"precision": precision, "channels_last": channels_last, "compile": compile_model,
+            print(json.dumps({"precision": precision, "channels_last": channels_last, "compile": compile_model and args.compile_mode,
                               "error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}), flush=True)
 
 

@@ -421,7 +421,7 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     if figure is not None:
         plot_ablation(intervals, elimination, figure)
     if failed:
-        raise AblationRunsFailed(f"{len(failed)} ablation runs failed (the report over the others is in {report_dir}): "
+        raise AblationRunsFailed(f"{len(failed)} ablation run{'' if len(failed) == 1 else 's'} failed (the report over the others is in {report_dir}): "
                            + "; ".join(f"{a} seed {b}: {c}" for a, b, c in failed))
     return intervals
 

