@@ -81,7 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--world", default=None, help="a composed world (default: a procedural one, built here)")
-    parser.add_argument("--clips", type=int, default=200, help="clips per subset of the built world (ms3: 70 % train)")
+    parser.add_argument("--clips", type=int, default=200, help="clips per subset of the built world (70 per cent of them train)")
     parser.add_argument("--workers", type=int, default=1, help="processes that build the world")
     parser.add_argument("--bare-steps", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None)

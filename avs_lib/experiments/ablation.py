@@ -204,8 +204,8 @@ def run_analyses(run_dir: Path, setting: str, seed: int, prepared, device: torch
     return result
 
 
-def _train_jobs(jobs, out: Path, base_config, prepared_for, deadline: float | None, device, progress: bool,
-                on_finished=None) -> list[tuple[str, int, str]]:
+def _train_jobs(jobs, out: Path, base_config, prepared_for, deadline: float | None, device,
+                progress: bool) -> list[tuple[str, int, str]]:
     """Train (and analyse) ``jobs`` in order in this process, skipping finished runs; none starts after
     ``deadline`` (time.time()). Returns the runs that failed, with their error, after trying the rest."""
     failed = []
@@ -220,18 +220,14 @@ def _train_jobs(jobs, out: Path, base_config, prepared_for, deadline: float | No
                 run_analyses(run_dir, setting, seed, prepared_for(base_config), device)
             except Exception as err:  # the other runs go on; the caller reports every failure
                 failed.append((setting, seed, f"{type(err).__name__}: {err}"))
-                continue
-        if on_finished is not None:
-            on_finished(setting, seed)
     return failed
 
 
 def _worker(queue, results, out: str, base_config, deadline: float | None, threads: int) -> None:
-    """A process of ``run_ablation(parallel=N)``: takes jobs off ``queue`` until it is empty or the
-    deadline has passed, each trained and analysed as ``_train_jobs`` does; reports (setting, seed,
-    error or None) on ``results``. Its data are prepared from the caches the parent filled."""
-    import queue as queue_module
-
+    """A process of ``run_ablation(parallel=N)``: takes jobs off ``queue`` until it meets the end mark
+    (None), each trained and analysed as ``_train_jobs`` does (none started after the deadline);
+    reports (setting, seed, error or None) on ``results``. Its data are prepared from the caches the
+    parent filled."""
     torch.set_num_threads(threads)
     by_audio = {}
 
@@ -241,11 +237,8 @@ def _worker(queue, results, out: str, base_config, deadline: float | None, threa
         return by_audio[config.audio_encoder]
 
     device = resolve_device(base_config.device)
-    while True:
-        try:
-            setting, seed = queue.get_nowait()
-        except queue_module.Empty:
-            return
+    while (job := queue.get()) is not None:
+        setting, seed = job
         failed = _train_jobs([(setting, seed)], Path(out), base_config, prepared_for, deadline, device, False)
         results.put((setting, seed, failed[0][2] if failed else None))
 
@@ -266,11 +259,11 @@ def _train_in_parallel(jobs, out: Path, base_config, prepared_for, deadline: flo
     todo = [job for job in jobs
             if run_state(out / run_dir_name(*job), setting_config(base_config, *job, out / run_dir_name(*job))).kind
             != "finished"]
-    for job in todo:
-        queue.put(job)
-    threads = max(1, (os.cpu_count() or 1) // parallel)
-    workers = [context.Process(target=_worker, args=(queue, results, str(out), base_config, deadline, threads))
+    workers = [context.Process(target=_worker, args=(queue, results, str(out), base_config, deadline,
+                                                     max(1, (os.cpu_count() or 1) // parallel)))
                for _ in range(min(parallel, len(todo)))]
+    for job in [*todo, *[None] * len(workers)]:  # one end mark per worker
+        queue.put(job)
     for w in workers:
         w.start()
     failed, reported = [], 0
