@@ -4,8 +4,9 @@
     python benchmarks/bench_loop.py --device cuda --profile
 
 On one H200 the default model's bare training step (``bench_train.py``: synthetic tensors already on
-the GPU) ran at 247 frames/s per process with 12 processes at once, while ``avs train``'s loop on the
-default world reached 38-40 (README, "On a GPU"). This benchmark measures that gap in one process:
+the GPU) ran at 389 frames/s in one process, while two runs of ``avs train``'s loop on the default
+world reached 38-40, though beside ten processes still decoding their data (README, "On a GPU"), so
+the loop's own rate is unknown. This benchmark measures it against the bare step in one process:
 one epoch of ``avs_lib.training.loop.train`` (tiny_world.yaml's model at 96 px, batch 16, fp32,
 channels_last, no validation inside the epoch) on a composed world, the epoch's frames/s as the
 engine records it (training steps only), then the bare step of the same model on the same device.

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Why the ablation's runs are slow on a GPU. First the engine's own loop against its bare step, with the host
+# How fast the ablation's runs can be on a GPU. First the engine's own loop against its bare step, with the host
 # synchronisations per step counted (bench_loop.py, on a procedural world built there); then the default
 # model's bare training step (bench_train.py's synthetic inputs: tiny_world.yaml's Lite0 DDESeg at 96 px,
 # batch 16, channels_last) in fp32 and bf16, with torch.compile's CUDA graphs, and as 4 and 12 processes at
