@@ -310,6 +310,7 @@ def test_parallel_ablation_reports_what_finished_and_continues(notebook_world, t
     cached = json.loads((runs / "derivation_seed0" / "analyses.json").read_text())
     analyses = json.loads((report / "analyses.json").read_text())
     assert analyses["token_separation"]["+derivation"][0] == cached["separation"] and analyses["parallel"] == 2
+    assert analyses["workers_shared_data"]  # the workers were handed the parent's frames, not left to decode them
     # a budget already spent: seed 1's four runs do not start, seed 0's rows stay in the report
     run_ablation(runs, config, seeds=(0, 1), time_budget=0, **kwargs)
     text = (report / "ablation.md").read_text()

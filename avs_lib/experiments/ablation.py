@@ -223,13 +223,47 @@ def _train_jobs(jobs, out: Path, base_config, prepared_for, deadline: float | No
     return failed
 
 
-def _worker(queue, results, out: str, base_config, deadline: float | None, threads: int) -> None:
+def _tensor_bytes(value, seen: set | None = None) -> int:
+    """Bytes of the tensors inside ``value`` (dataclasses, modules, dicts, lists), each storage once."""
+    seen = set() if seen is None else seen
+    if isinstance(value, torch.Tensor):
+        key = value.untyped_storage().data_ptr()
+        if key in seen:
+            return 0
+        seen.add(key)
+        return value.untyped_storage().nbytes()
+    if isinstance(value, torch.nn.Module):
+        return sum(_tensor_bytes(t, seen) for t in value.state_dict().values())
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v, seen) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v, seen) for v in value) if value and isinstance(value[0], torch.Tensor) else 0
+    if hasattr(value, "__dataclass_fields__"):
+        return sum(_tensor_bytes(getattr(value, f), seen) for f in value.__dataclass_fields__)
+    return 0
+
+
+def _shareable(prepared: dict) -> bool:
+    """Whether the parent's prepared data can go to the workers through shared memory: it must fit
+    twice into what /dev/shm has free (a container's small /dev/shm would otherwise fail mid-copy)."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+    except OSError:  # no /dev/shm (not Linux): each worker prepares its own
+        return False
+    return 2 * _tensor_bytes(prepared) < free
+
+
+def _worker(queue, results, out: str, base_config, deadline: float | None, threads: int,
+            shared: dict | None) -> None:
     """A process of ``run_ablation(parallel=N)``: takes jobs off ``queue`` until it meets the end mark
     (None), each trained and analysed as ``_train_jobs`` does (none started after the deadline);
-    reports (setting, seed, error or None) on ``results``. Its data are prepared from the caches the
-    parent filled."""
+    reports (setting, seed, error or None) on ``results``. ``shared``: the parent's prepared data by
+    audio encoder, its tensors in shared memory; where absent, the worker prepares its own from the
+    caches the parent filled (decoding the splits again: 40 s of one core for the default world)."""
     torch.set_num_threads(threads)
-    by_audio = {}
+    by_audio = dict(shared or {})
 
     def prepared_for(config):
         if config.audio_encoder not in by_audio:
@@ -259,8 +293,12 @@ def _train_in_parallel(jobs, out: Path, base_config, prepared_for, deadline: flo
     todo = [job for job in jobs
             if run_state(out / run_dir_name(*job), setting_config(base_config, *job, out / run_dir_name(*job))).kind
             != "finished"]
+    # the prepared frames go to the workers through shared memory (torch's pickling of tensors), instead
+    # of each worker decoding the world again: on an H200, ten workers doing that had not started their
+    # runs after 5.5 min
+    shared = prepared_for.cache if _shareable(prepared_for.cache) else None
     workers = [context.Process(target=_worker, args=(queue, results, str(out), base_config, deadline,
-                                                     max(1, (os.cpu_count() or 1) // parallel)))
+                                                     max(1, (os.cpu_count() or 1) // parallel), shared))
                for _ in range(min(parallel, len(todo)))]
     for job in [*todo, *[None] * len(workers)]:  # one end mark per worker
         queue.put(job)
@@ -314,6 +352,7 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
             by_audio[config.audio_encoder] = prepare(config, progress=progress)
         return by_audio[config.audio_encoder]
 
+    prepared_for.cache = by_audio  # what the parallel workers are handed
     jobs = plan(seeds, table4_seeds, settings)
     for setting, seed in jobs:  # refused before any training: a folder holding a run of other settings
         run_dir = out / run_dir_name(setting, seed)
@@ -359,6 +398,7 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
                 "test_frames": int(test.valid.sum()), "test_clips": test_clips, "train_frames": len(prepared.train),
                 "epochs": base_config.epochs, "image_size": base_config.image_size, "train_seconds": seconds,
                 "seeds": list(seeds), "table4_seeds": list(table4_seeds), "parallel": parallel,
+                "workers_shared_data": parallel > 1 and _shareable(by_audio),
                 "device": str(device), "not_run": [list(job) for job in not_run],
                 "failed": [list(f) for f in failed]}
     table.to_csv(report_dir / "ablation.csv", index=False)
