@@ -327,15 +327,17 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
         raise DataError(f"{root}: the ablation's world does not exist; {BUILD_HINT}")
     if args.parallel < 1:
         raise ValueError(f"--parallel {args.parallel}: give 1 or more runs at once")
+    failure = None  # the report over the finished runs is written even then
     try:
         run_ablation(args.out, config, seeds=seeds, table4_seeds=table4_seeds, settings=settings,
                      figure=Path(args.figures) / "ablation.png", report_dir=args.figures, parallel=args.parallel,
                      time_budget=None if args.time_budget is None else 60 * args.time_budget)
     except AblationRunsFailed as err:
-        print((Path(args.figures) / "ablation.md").read_text())
-        print(f"avs ablation: {err}", file=sys.stderr)
-        return 1
+        failure = err
     print((Path(args.figures) / "ablation.md").read_text())
+    if failure is not None:
+        print(f"avs ablation: {failure}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -204,22 +204,21 @@ def run_analyses(run_dir: Path, setting: str, seed: int, prepared, device: torch
     return result
 
 
-def _train_jobs(jobs, out: Path, base_config, prepared_for, deadline: float | None, device,
+def _train_jobs(todo, out: Path, base_config, prepared_for, deadline: float | None, device,
                 progress: bool) -> list[tuple[str, int, str]]:
-    """Train (and analyse) ``jobs`` in order in this process, skipping finished runs; none starts after
+    """Train (and analyse) the unfinished runs ``todo`` in order in this process; none starts after
     ``deadline`` (time.time()). Returns the runs that failed, with their error, after trying the rest."""
     failed = []
-    for setting, seed in tqdm(jobs, desc="ablation runs", disable=not progress):
+    for setting, seed in tqdm(todo, desc="ablation runs", disable=not progress):
+        if deadline is not None and time.time() > deadline:
+            continue
         run_dir = out / run_dir_name(setting, seed)
         config = setting_config(base_config, setting, seed, run_dir)
-        if run_state(run_dir, config).kind != "finished":
-            if deadline is not None and time.time() > deadline:
-                continue
-            try:
-                train(config, prepared_for(config))
-                run_analyses(run_dir, setting, seed, prepared_for(base_config), device)
-            except Exception as err:  # the other runs go on; the caller reports every failure
-                failed.append((setting, seed, f"{type(err).__name__}: {err}"))
+        try:
+            train(config, prepared_for(config))
+            run_analyses(run_dir, setting, seed, prepared_for(base_config), device)
+        except Exception as err:  # the other runs go on; the caller reports every failure
+            failed.append((setting, seed, f"{type(err).__name__}: {err}"))
     return failed
 
 
@@ -277,28 +276,26 @@ def _worker(queue, results, out: str, base_config, deadline: float | None, threa
         results.put((setting, seed, failed[0][2] if failed else None))
 
 
-def _train_in_parallel(jobs, out: Path, base_config, prepared_for, deadline: float | None, parallel: int,
-                       progress: bool) -> list[tuple[str, int, str]]:
+def _train_in_parallel(todo, out: Path, base_config, prepared_for, prepared: dict, deadline: float | None,
+                       parallel: int, progress: bool) -> tuple[list[tuple[str, int, str]], bool]:
     """``_train_jobs`` spread over ``parallel`` processes (spawned: CUDA cannot be forked), in the order of
-    ``jobs``. The parent first fills every cache the runs read (audio embeddings, the memory, the
-    oracle's inputs, the world-pretrained backbone), so the workers only read them."""
+    ``todo``. The parent first prepares the data of every run (``prepared_for`` fills ``prepared``, by
+    audio encoder, and the caches the runs read) and hands it to the workers through shared memory
+    (torch's pickling of tensors) where ``_shareable``, instead of each worker decoding the world again:
+    on an H200, ten workers doing that had not started their runs after 5.5 min. Returns the failures
+    and whether the data were shared."""
     import multiprocessing
     import os
     import queue as queue_module
 
-    for setting, seed in jobs:
+    for setting, seed in todo:
         prepared_for(setting_config(base_config, setting, seed, out / run_dir_name(setting, seed)))
+    shared = _shareable(prepared)
     context = multiprocessing.get_context("spawn")
     queue, results = context.Queue(), context.Queue()
-    todo = [job for job in jobs
-            if run_state(out / run_dir_name(*job), setting_config(base_config, *job, out / run_dir_name(*job))).kind
-            != "finished"]
-    # the prepared frames go to the workers through shared memory (torch's pickling of tensors), instead
-    # of each worker decoding the world again: on an H200, ten workers doing that had not started their
-    # runs after 5.5 min
-    shared = prepared_for.cache if _shareable(prepared_for.cache) else None
     workers = [context.Process(target=_worker, args=(queue, results, str(out), base_config, deadline,
-                                                     max(1, (os.cpu_count() or 1) // parallel), shared))
+                                                     max(1, (os.cpu_count() or 1) // parallel),
+                                                     prepared if shared else None))
                for _ in range(min(parallel, len(todo)))]
     for job in [*todo, *[None] * len(workers)]:  # one end mark per worker
         queue.put(job)
@@ -324,7 +321,7 @@ def _train_in_parallel(jobs, out: Path, base_config, prepared_for, deadline: flo
         w.join()
         if w.exitcode:  # a worker that died outside a run (out of memory, a signal)
             failed.append(("worker process", w.pid, f"exit code {w.exitcode}"))
-    return failed
+    return failed, shared
 
 
 def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_seeds=(0, 1, 2),
@@ -352,20 +349,24 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
             by_audio[config.audio_encoder] = prepare(config, progress=progress)
         return by_audio[config.audio_encoder]
 
-    prepared_for.cache = by_audio  # what the parallel workers are handed
     jobs = plan(seeds, table4_seeds, settings)
-    for setting, seed in jobs:  # refused before any training: a folder holding a run of other settings
+    todo = []  # the runs not finished yet; a folder holding a run of other settings is refused before any training
+    for setting, seed in jobs:
         run_dir = out / run_dir_name(setting, seed)
         state = run_state(run_dir, setting_config(base_config, setting, seed, run_dir))
         if state.kind == "other":  # a run with other settings is never reused or resumed
             changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in state.differences.items())
             raise ValueError(f"{run_dir} holds a run with other settings ({changed}); pass another --out "
                              "or remove that folder")
+        if state.kind != "finished":
+            todo.append((setting, seed))
     device = resolve_device(base_config.device)
+    shared = False
     if parallel <= 1:
-        failed = _train_jobs(jobs, out, base_config, prepared_for, deadline, device, progress)
+        failed = _train_jobs(todo, out, base_config, prepared_for, deadline, device, progress)
     else:
-        failed = _train_in_parallel(jobs, out, base_config, prepared_for, deadline, parallel, progress)
+        failed, shared = _train_in_parallel(todo, out, base_config, prepared_for, by_audio, deadline, parallel,
+                                            progress)
     finished = [(s, seed) for s, seed in jobs if (out / run_dir_name(s, seed) / "metrics.json").exists()]
     not_run = [job for job in jobs if job not in finished]
     rows, seconds = [], {}
@@ -398,7 +399,7 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
                 "test_frames": int(test.valid.sum()), "test_clips": test_clips, "train_frames": len(prepared.train),
                 "epochs": base_config.epochs, "image_size": base_config.image_size, "train_seconds": seconds,
                 "seeds": list(seeds), "table4_seeds": list(table4_seeds), "parallel": parallel,
-                "workers_shared_data": parallel > 1 and _shareable(by_audio),
+                "workers_shared_data": shared,
                 "device": str(device), "not_run": [list(job) for job in not_run],
                 "failed": [list(f) for f in failed]}
     table.to_csv(report_dir / "ablation.csv", index=False)
@@ -419,7 +420,9 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     missing = ([f"**Not run: {len(not_run)} of the {len(jobs)} planned runs** ("
                 + ", ".join(f"{s} seed {seed}" for s, seed in not_run) + "): "
                 + (f"{len(failed)} failed ({'; '.join(f'{a} {b}: {c}' for a, b, c in failed)}), " if failed else "")
-                + "the rest did not start within the time budget. The rows below are over the runs that finished; "
+                + ("the rest did not start within the time budget. " if time_budget is not None else
+                   "the rest were not started: no worker was left to take them. ")
+                + "The rows below are over the runs that finished; "
                 "the same command continues with the rest.", ""] if not_run else [])
     text = [f"# Ablation on {base_config.data_root} ({base_config.layout}, test split: {test_clips} clips, "
             f"{int(test.valid.sum())} frames)", "", *warning, *missing,

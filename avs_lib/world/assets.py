@@ -155,6 +155,29 @@ def _background_photos() -> list[tuple[str, Path]]:
     return found
 
 
+def stamp_sound_path(spec: dict, stamp: str, ref: str) -> Path:
+    """The file of one sound reference of the class file ``spec``: ``stamp``, the stamp's own
+    ``<stamp>.ogg``, or ``sonic-pi:NAME``, a sonic-pi sample."""
+    if ref == "stamp":
+        return Path(spec["stamps_root"]) / f"{stamp}.ogg"
+    source, name = ref.split(":", 1)
+    if source != "sonic-pi":
+        raise ValueError(f"{STAMPS_CLASSES_FILE}: unknown sound source {ref!r}")
+    return Path(spec["sonic_pi_root"]) / f"{name}.flac"
+
+
+def stamps_asset_files() -> list[Path]:
+    """Every file the stamps library reads from the Debian packages: each member's cut-out and
+    recordings, and the ambience (the background photos come from the Python wheels)."""
+    spec = stamps_class_file()
+    files = {stamp_sound_path(spec, "", ref) for ref in spec["ambience"]}
+    for cls in spec["classes"]:
+        for entry in cls["members"]:
+            files.add(Path(spec["stamps_root"]) / f"{entry['stamp']}.png")
+            files.update(stamp_sound_path(spec, entry["stamp"], ref) for ref in entry.get("sounds", ["stamp"]))
+    return sorted(files)
+
+
 @functools.lru_cache(maxsize=4)
 def load_stamps_library(sample_rate: int = 16000) -> AssetLibrary:
     """Read the stamps library; raise :class:`AssetsUnavailable` naming what to install."""
@@ -167,14 +190,6 @@ def load_stamps_library(sample_rate: int = 16000) -> AssetLibrary:
             "or use --kind procedural"
         )
 
-    def sound_path(stamp: str, ref: str) -> Path:
-        if ref == "stamp":
-            return stamps_root / f"{stamp}.ogg"
-        source, name = ref.split(":", 1)
-        if source != "sonic-pi":
-            raise ValueError(f"{STAMPS_CLASSES_FILE}: unknown sound source {ref!r}")
-        return sonic_root / f"{name}.flac"
-
     classes = []
     for cls in spec["classes"]:
         members = []
@@ -186,7 +201,7 @@ def load_stamps_library(sample_rate: int = 16000) -> AssetLibrary:
             with Image.open(png) as img:
                 rgba = _limit_side(img.convert("RGBA"), MAX_CUTOUT_SIDE)
             refs = entry.get("sounds", ["stamp"])
-            paths = [sound_path(stamp, r) for r in refs]
+            paths = [stamp_sound_path(spec, stamp, r) for r in refs]
             sounds = [_normalise_sound(read_audio(p, sample_rate), sample_rate, str(p)) for p in paths]
             names = [f"{stamp}.ogg" if r == "stamp" else r for r in refs]
             members.append(Member(Path(stamp).name, _crop_to_alpha(np.asarray(rgba)), sounds, names))
@@ -201,7 +216,7 @@ def load_stamps_library(sample_rate: int = 16000) -> AssetLibrary:
             backgrounds.append(_square_crop(img, BACKGROUND_SIDE))
         bg_names.append(name)
     ambience = [
-        _normalise_sound(read_audio(sonic_root / f"{ref.split(':', 1)[1]}.flac", sample_rate), sample_rate)
+        _normalise_sound(read_audio(stamp_sound_path(spec, "", ref), sample_rate), sample_rate)
         for ref in spec["ambience"]
     ]
     return AssetLibrary("stamps", sample_rate, classes, backgrounds, bg_names, ambience)

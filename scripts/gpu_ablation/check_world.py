@@ -1,5 +1,6 @@
-"""Tell whether a world composed on another machine is the one ``pack.py`` described: prints JSON with
-the number of files that match, differ, are missing or are extra, by top folder, and a few examples.
+"""Tell whether a world composed on another machine is the one ``pack.py`` described (``manifest``
+serves both): prints JSON with the number of files that match, differ, are missing or are extra, by
+top folder, and a few examples.
 Usage: ``python3 scripts/gpu_ablation/check_world.py .gpu_carry/manifest.json.gz data/default_world``."""
 from __future__ import annotations
 
@@ -11,14 +12,19 @@ from collections import Counter
 from pathlib import Path
 
 
+def manifest(world: Path) -> dict[str, str]:
+    """SHA-256 of every file of a world, by its path inside it (``cache/`` left out)."""
+    return {str(p.relative_to(world)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(world.rglob("*")) if p.is_file() and p.relative_to(world).parts[0] != "cache"}
+
+
 def compare(expected: dict[str, str], world: Path) -> dict:
-    found = {str(p.relative_to(world)): p for p in world.rglob("*")
-             if p.is_file() and p.relative_to(world).parts[0] != "cache"}
+    found = manifest(world)
     same, differ = Counter(), Counter()
     examples = []
     for name, digest in expected.items():
         top = name.split("/")[0]
-        if name in found and hashlib.sha256(found[name].read_bytes()).hexdigest() == digest:
+        if found.get(name) == digest:
             same[top] += 1
         else:
             differ[top] += 1

@@ -21,14 +21,14 @@ ImageNet Lite0 weights, 17 MB, which ``bench_on_gpu.sh`` needs and the ablation 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from avs_lib.world.assets import _background_photos, stamps_class_file
+from avs_lib.world.assets import _background_photos, stamps_asset_files
+from check_world import manifest  # beside this file
 
 # the packages the world and the ablation import that the GPU image (Python 3.12) does not hold, at the
 # versions installed here; Pillow too, so that frames are resized by the same code as here
@@ -37,30 +37,12 @@ WHEELS = ["soundfile", "cffi", "pycparser", "librosa", "audioread", "soxr", "poo
 CACHES = ["pretrained_audio_*.pt", "pretrained_visual_*.pt", "memory_single_*.npz"]  # audio embeddings: recomputed there
 
 
-def asset_files() -> list[Path]:
-    spec = stamps_class_file()
-    stamps, sonic = Path(spec["stamps_root"]), Path(spec["sonic_pi_root"])
-    files = {sonic / f"{ref.split(':', 1)[1]}.flac" for ref in spec["ambience"]}
-    for cls in spec["classes"]:
-        for member in cls["members"]:
-            stamp = member["stamp"]
-            files.add(stamps / f"{stamp}.png")
-            for ref in member.get("sounds", ["stamp"]):
-                files.add(stamps / f"{stamp}.ogg" if ref == "stamp" else sonic / f"{ref.split(':', 1)[1]}.flac")
-    return sorted(files)
-
-
-def manifest(world: Path) -> dict[str, str]:
-    return {str(p.relative_to(world)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(world.rglob("*")) if p.is_file() and p.relative_to(world).parts[0] != "cache"}
-
-
 def main(world: Path = Path("data/default_world"), carry: Path = Path(".gpu_carry"), wheels: Path = Path(".whl"),
          lite0: bool = False) -> None:
     if not (world / "world.json").is_file():
         sys.exit(f"{world} holds no world: build it first (make run, or .venv/bin/avs pipeline --no-notebooks)")
     shutil.rmtree(carry, ignore_errors=True)
-    for path in asset_files():
+    for path in stamps_asset_files():
         target = carry / "assets" / path.relative_to("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path, target)
