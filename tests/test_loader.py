@@ -204,3 +204,13 @@ def test_a_relative_and_an_absolute_data_root_are_the_same_run():
     absolute = TrainConfig(data_root=str(workbench_path("data/default_world")))
     assert config_differences(relative, absolute) == {}
     assert config_differences(relative, TrainConfig(data_root="data/other_world")) != {}
+
+
+def test_frames_decoded_in_processes_equal_frames_decoded_in_one(procedural_world, tmp_path):
+    # what avs ablation --parallel's parent does on a many-core machine: the same tensors, in the same order
+    _, root = procedural_world
+    oracle = OracleAudio("oracle", root)
+    args = (root, "ms3", "val", 40, oracle, oracle.identifier, tmp_path)
+    one, several = load_frames(*args), load_frames(*args, workers=2)
+    assert len(one) > 4 and torch.equal(one.images, several.images) and torch.equal(one.masks, several.masks)
+    assert one.clips == several.clips and one.frames == several.frames and torch.equal(one.valid, several.valid)

@@ -7,13 +7,14 @@ cache). ``prepare`` (``avs_lib.training.prepare``) calls it for the three splits
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from multiprocessing.pool import Pool
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from avs_lib.audio.registry import frame_embeddings
+from avs_lib.core.parallel import map_in_processes
 from avs_lib.data.datasets import AVSDataset, load_sources, read_image, read_mask
 from avs_lib.data.transforms import resize_frame
 
@@ -35,18 +36,24 @@ class FrameSet:
         return len(self.clips)
 
 
+def _decode_frame(job: tuple) -> tuple[np.ndarray, np.ndarray]:
+    record, image_size = job
+    image = read_image(record.image)
+    image, mask = resize_frame(image, read_mask(record, image.shape[:2]).astype(np.uint8), image_size)
+    return image.transpose(2, 0, 1), mask  # [3, S, S], [S, S]
+
+
 def load_frames(root: str | Path, layout: str, split: str, image_size: int, encoder: torch.nn.Module,
-                encoder_id: str, cache_dir: str | Path, progress: bool = False, **layout_kwargs) -> FrameSet:
+                encoder_id: str, cache_dir: str | Path, progress: bool = False, workers: int | Pool = 1,
+                **layout_kwargs) -> FrameSet:
+    """Every frame of ``split`` at ``image_size``, its mask and F_a; ``workers`` (a number of processes or
+    an open pool) decodes the frames (the same tensors either way; on 2 cores the log-mels lost more to
+    the transfer than they gained, so they are computed here)."""
     dataset = AVSDataset(root, layout, split, **layout_kwargs)
-    images, masks, valid = [], [], []
-    for i in tqdm(range(len(dataset)), desc=f"frames {layout}/{split}", disable=not progress, leave=False):
-        rec = dataset.records[i]
-        image = read_image(rec.image)
-        mask = read_mask(rec, image.shape[:2])
-        image, mask = resize_frame(image, mask.astype(np.uint8), image_size)
-        images.append(image.transpose(2, 0, 1))
-        masks.append(mask)
-        valid.append(bool(rec.masks))
+    decoded = map_in_processes(_decode_frame, [(r, image_size) for r in dataset.records], workers,
+                               f"frames {layout}/{split}", progress)
+    images, masks = [image for image, _ in decoded], [mask for _, mask in decoded]
+    valid = [bool(r.masks) for r in dataset.records]
     audio = frame_embeddings(dataset, encoder, encoder_id, cache_dir, progress)
     return FrameSet(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks).astype(np.int64)),
                     torch.tensor(valid), torch.from_numpy(np.asarray(audio, dtype=np.float32)),

@@ -29,6 +29,7 @@ uninterrupted run yields from that step on.
 """
 from __future__ import annotations
 
+from multiprocessing.pool import Pool
 from pathlib import Path
 
 import numpy as np
@@ -119,13 +120,15 @@ def stream_frames(root: str | Path, layout: str, split: str, image_size: int, en
 
 
 def split_frames(config, root: str | Path, split: str, encoder, encoder_id: str, cache_dir: str | Path,
-                 progress: bool = False):
+                 progress: bool = False, workers: int | Pool = 1):
     """A split of ``config.layout`` held in memory or streamed, as ``choose_loader`` decides for the
-    three splits together (what ``prepare`` holds)."""
+    three splits together (what ``prepare`` holds); held frames are decoded by ``workers`` processes."""
     frames = len(layout_records(root, config.layout, None))
     kind = choose_loader(getattr(config, "loader", "auto"), frames, config.image_size)
-    load = stream_frames if kind == "stream" else load_frames
-    return load(root, config.layout, split, config.image_size, encoder, encoder_id, cache_dir, progress)
+    if kind == "stream":
+        return stream_frames(root, config.layout, split, config.image_size, encoder, encoder_id, cache_dir, progress)
+    return load_frames(root, config.layout, split, config.image_size, encoder, encoder_id, cache_dir, progress,
+                       workers=workers)
 
 
 def is_streamed(frames) -> bool:

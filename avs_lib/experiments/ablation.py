@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from dataclasses import replace
@@ -285,7 +286,6 @@ def _train_in_parallel(todo, out: Path, base_config, prepared_for, prepared: dic
     on an H200, ten workers doing that had not started their runs after 5.5 min. Returns the failures
     and whether the data were shared."""
     import multiprocessing
-    import os
     import queue as queue_module
 
     for setting, seed in todo:
@@ -341,12 +341,14 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     report_dir = Path(report_dir or out)
     report_dir.mkdir(parents=True, exist_ok=True)
     deadline = None if time_budget is None else time.time() + time_budget
-    prepared = prepare(base_config, progress=progress)
+    # with runs in parallel the machine has cores to spare: the frames are decoded by a process per core
+    decoders = (os.cpu_count() or 1) if parallel > 1 else 1
+    prepared = prepare(base_config, progress=progress, workers=decoders)
     by_audio = {base_config.audio_encoder: prepared}  # the ceiling's oracle inputs are prepared once
 
     def prepared_for(config):
         if config.audio_encoder not in by_audio:
-            by_audio[config.audio_encoder] = prepare(config, progress=progress)
+            by_audio[config.audio_encoder] = prepare(config, progress=progress, workers=decoders)
         return by_audio[config.audio_encoder]
 
     jobs = plan(seeds, table4_seeds, settings)

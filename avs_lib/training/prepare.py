@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from avs_lib.audio.registry import audio_encoder_from_spec
+from avs_lib.core.parallel import process_pool
 from avs_lib.core.paths import workbench_path
 from avs_lib.data.frames import SEMANTIC_LAYOUTS, FrameSet
 from avs_lib.data.loader import split_frames
@@ -25,11 +26,12 @@ class Prepared:
     backbone_weights: str | None = None  # switches.pretrained_backbone=world: the world's pretrained Lite0 file
 
 
-def prepare(config, progress: bool = False, backbone: bool = True) -> Prepared:
+def prepare(config, progress: bool = False, backbone: bool = True, workers: int = 1) -> Prepared:
     """The frozen audio encoder, the memory (config.k, config.m) and the three splits of
     ``config.layout`` for a ``TrainConfig``, from the caches where they exist; with ``backbone``,
     also the world's pretrained Lite0 when ``switches.pretrained_backbone`` is ``world``
-    (``backbone=False``: a checkpoint will give every weight)."""
+    (``backbone=False``: a checkpoint will give every weight). ``workers`` > 1: the frames held in
+    memory are decoded by that many processes (``avs ablation --parallel`` on a many-core machine)."""
     data_root = workbench_path(config.data_root)
     cache = workbench_path(config.cache_dir) if config.cache_dir else data_root / "cache"
     memory_root = workbench_path(config.memory_root) if config.memory_root else data_root
@@ -51,7 +53,9 @@ def prepare(config, progress: bool = False, backbone: bool = True) -> Prepared:
                                                  config.visual_pretrain_steps, progress=progress)["pretrained_backbone"]
                         if world_weights else None)
     # held in memory or streamed from disk, by size (config.loader; avs_lib.data.loader)
-    sets = [split_frames(config, data_root, split, encoder, encoder_id, cache, progress) for split in ("train", "val", "test")]
+    with process_pool(workers) as pool:  # one pool for the three splits' frames
+        sets = [split_frames(config, data_root, split, encoder, encoder_id, cache, progress, pool)
+                for split in ("train", "val", "test")]
     num_classes = len(classes) + 1 if config.layout in SEMANTIC_LAYOUTS else 1
     return Prepared(*sets, memory=memory, num_classes=num_classes, audio_encoder=encoder,
                     backbone_weights=backbone_weights)

@@ -27,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from avs_lib.core.config import load_config
+from avs_lib.models.visual_pretrain import resolve_backbone_weights
 from avs_lib.world.assets import _background_photos, stamps_asset_files
 from check_world import manifest  # beside this file
 
@@ -34,7 +36,8 @@ from check_world import manifest  # beside this file
 # versions installed here; Pillow too, so that frames are resized by the same code as here
 WHEELS = ["soundfile", "cffi", "pycparser", "librosa", "audioread", "soxr", "pooch", "platformdirs", "decorator",
           "pillow"]
-CACHES = ["pretrained_audio_*.pt", "pretrained_visual_*.pt", "memory_single_*.npz"]  # audio embeddings: recomputed there
+CACHES = ["pretrained_audio_*.pt", "memory_single_*.npz"]  # audio embeddings: recomputed there
+CONFIG = "configs/tiny_world.yaml"  # what avs ablation trains: its world-pretrained Lite0 travels, no other size's
 
 
 def main(world: Path = Path("data/default_world"), carry: Path = Path(".gpu_carry"), wheels: Path = Path(".whl"),
@@ -54,6 +57,10 @@ def main(world: Path = Path("data/default_world"), carry: Path = Path(".gpu_carr
     for pattern in CACHES:
         for path in (world / "cache").glob(pattern):
             (shutil.copytree if path.is_dir() else shutil.copy2)(path, carry / "cache" / path.name)
+    config = load_config(CONFIG, [])
+    visual = Path(resolve_backbone_weights(config.switches, world, world / "cache", config.image_size,
+                                           config.visual_pretrain_steps, progress=True)["pretrained_backbone"])
+    shutil.copy2(visual, carry / "cache" / visual.name)
     with gzip.open(carry / "manifest.json.gz", "wt") as fh:
         json.dump(manifest(world), fh)
     from importlib.metadata import version

@@ -49,9 +49,15 @@ echo "== $(elapsed) s: the ablation, $parallel runs at once"
 left=$(( limit - $(elapsed) ))
 budget=$("$PY" -c "print(max(0, ($left - 200) / 60))")  # the last runs start 200 s before the end
 args=(device=${DEVICE:-cuda} bf16=false "switches.pretrained_backbone=$visual" --out runs/ablation --figures "$out/ablation")
+# every 20 s: GPU use, load and finished runs, to tell a busy GPU from workers waiting on their CPUs
+( while sleep 20; do echo "$(elapsed) s: gpu $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader \
+    2>/dev/null | tr -d '\n'); load $(cut -d' ' -f1 /proc/loadavg); finished $(ls runs/ablation/*/metrics.json \
+    2>/dev/null | wc -l)"; done > "$out/utilisation.txt" ) &
+sampler=$!
 timeout $(( left - 75 )) "$PY" -m avs_lib.cli ablation --parallel "$parallel" --time-budget "$budget" "${args[@]}" \
     > "$out/ablation_progress.txt" 2>&1
 status=$?
+kill $sampler 2>/dev/null
 pkill -f "avs_lib.cli ablation"; pkill -f "multiprocessing.spawn"; sleep 2  # workers left by a cut-off parent
 tail -c 3000 "$out/ablation_progress.txt"
 if [ $status -eq 124 ] || [ ! -s "$out/ablation/ablation.md" ]; then
