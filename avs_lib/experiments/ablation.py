@@ -506,22 +506,27 @@ def plot_ablation(intervals: pd.DataFrame, elimination: dict[str, list[dict]], p
     the bootstrap intervals of every seed drawn as thin bars)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(17, 5.6), gridspec_kw={"width_ratios": [1.3, 1.3, 1.2]})
-    order = [s for s in [*TABLE3, *[v for v in TABLE4.values() if v not in TABLE3], *EXTRA,
+    order = [s for s in [*WINDOW, *TABLE3, *[v for v in TABLE4.values() if v not in TABLE3], *EXTRA,
                          "trivial: all foreground", "trivial: full, audio zeroed"] if s in set(intervals.setting)]
     data = intervals.set_index("setting").loc[order]
     y = np.arange(len(order))[::-1]
-    colour = ["#999999" if s.startswith("trivial") else "#c0504d" if s in EXTRA else "#3b75af" for s in order]
+    window_colour = "#6aa84f"
+    colour = [window_colour if s in WINDOW else "#999999" if s.startswith("trivial") else "#c0504d" if s in EXTRA
+              else "#3b75af" for s in order]
     ax = axes[0]
+    from matplotlib.patches import Patch
+
+    legend = [Patch(color="#3b75af", label="Tables 3 and 4"), Patch(color="#c0504d", label="other readings, capacity checks"),
+              Patch(color="#999999", label="trivial baselines")]
+    if all(s in data.index for s in WINDOW):  # every setting can only move between the floor and the ceiling
+        ax.axvspan(data.loc[FLOOR, "mean"] * 100, data.loc[CEILING, "mean"] * 100, color=window_colour, alpha=0.15, lw=0)
+        legend.insert(0, Patch(color=window_colour, alpha=0.6, label="the window: floor to ceiling"))
     err = np.vstack([data["mean"] - data["low"], data["high"] - data["mean"]]).clip(min=0) * 100
     ax.barh(y, data["mean"] * 100, xerr=np.nan_to_num(err), color=colour, capsize=3)
     ax.set_yticks(y, order, fontsize=8)
     ax.set_xlabel("test J&F (%), mean and 95 % interval over seeds")
     ax.set_title("settings")
-    from matplotlib.patches import Patch
-
-    ax.legend(handles=[Patch(color="#3b75af", label="Tables 3 and 4"), Patch(color="#c0504d", label="other readings, capacity checks"),
-                       Patch(color="#999999", label="trivial baselines")], fontsize=7, loc="upper center",
-              bbox_to_anchor=(0.5, -0.12), ncol=3, frameon=False)
+    ax.legend(handles=legend, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     ax = axes[1]
     has = data["diff"].notna() if "diff" in data else pd.Series(False, index=order)
     d = data[has]
