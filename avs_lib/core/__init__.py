@@ -1,1 +1,1 @@
-"""The bottom layer: configs, paths, errors, atomic files, run-folder locks and the embedding cache."""
+"""The bottom layer: configs, paths, errors, atomic files, run-folder locks, the embedding cache and process pools."""
