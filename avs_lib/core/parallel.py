@@ -3,9 +3,8 @@
 What ``prepare`` uses to decode a split's frames where cores are many (an ablation's parent on a GPU
 machine: the default world's 10 000 frames take about 9 s of one core here, and the parent prepares
 twice). Processes are spawned, not forked: the caller may already hold torch's thread pools or a CUDA
-context, which a forked child must not inherit.
-A spawned process imports the package again (about 2 s), so a caller with several maps opens one pool
-(``process_pool``) and hands it to each.
+context, which a forked child must not inherit. A spawned process imports the package again (about
+2 s), so a caller with several maps opens one pool (``process_pool``) and hands it to each.
 """
 from __future__ import annotations
 

@@ -261,7 +261,7 @@ def _worker(queue, results, out: str, base_config, deadline: float | None, threa
     (None), each trained and analysed as ``_train_jobs`` does (none started after the deadline);
     reports (setting, seed, error or None) on ``results``. ``shared``: the parent's prepared data by
     audio encoder, its tensors in shared memory; where absent, the worker prepares its own from the
-    caches the parent filled (decoding the splits again: 40 s of one core for the default world)."""
+    caches the parent filled (decoding the splits again: 20-30 s of one core for the default world)."""
     torch.set_num_threads(threads)
     by_audio = dict(shared or {})
 

@@ -36,6 +36,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d 2>/dev/null; then
     if timeout 60 "$PY" -c "import torch; torch.ones(1, device='cuda').sum().item()" 2>/dev/null; then echo "MPS on"
     else echo quit | nvidia-cuda-mps-control; echo "MPS failed its check: off"; fi
+elif pgrep -x nvidia-cuda-mps-control >/dev/null; then echo "MPS on (started by an earlier call on this machine)"
 else echo "MPS not available"; fi
 
 echo "== $(elapsed) s: the default world, composed again (avs pipeline --no-notebooks)"
