@@ -15,7 +15,7 @@ import torch
 
 from avs_lib.audio.registry import frame_embeddings
 from avs_lib.core.parallel import map_in_processes
-from avs_lib.data.datasets import AVSDataset, load_sources, read_image, read_mask
+from avs_lib.data.datasets import AVSDataset, FrameRecord, load_sources, read_image, read_mask
 from avs_lib.data.transforms import resize_frame
 
 SEMANTIC_LAYOUTS = ("avss", "avss-ddeseg", "vpo")
@@ -36,10 +36,15 @@ class FrameSet:
         return len(self.clips)
 
 
-def _decode_frame(job: tuple) -> tuple[np.ndarray, np.ndarray]:
-    record, image_size = job
+def decode_frame(record: FrameRecord) -> tuple[np.ndarray, np.ndarray]:
+    """(image [H, W, 3] uint8, mask [H, W] uint8) of a record at its files' own resolution."""
     image = read_image(record.image)
-    image, mask = resize_frame(image, read_mask(record, image.shape[:2]).astype(np.uint8), image_size)
+    return image, read_mask(record, image.shape[:2]).astype(np.uint8)
+
+
+def _decode_resized(job: tuple) -> tuple[np.ndarray, np.ndarray]:
+    record, image_size = job
+    image, mask = resize_frame(*decode_frame(record), image_size)
     return image.transpose(2, 0, 1), mask  # [3, S, S], [S, S]
 
 
@@ -50,7 +55,7 @@ def load_frames(root: str | Path, layout: str, split: str, image_size: int, enco
     an open pool) decodes the frames (the same tensors either way; on 2 cores the log-mels lost more to
     the transfer than they gained, so they are computed here)."""
     dataset = AVSDataset(root, layout, split, **layout_kwargs)
-    decoded = map_in_processes(_decode_frame, [(r, image_size) for r in dataset.records], workers,
+    decoded = map_in_processes(_decode_resized, [(r, image_size) for r in dataset.records], workers,
                                f"frames {layout}/{split}", progress)
     images, masks = [image for image, _ in decoded], [mask for _, mask in decoded]
     valid = [bool(r.masks) for r in dataset.records]

@@ -37,11 +37,11 @@ import torch
 
 from avs_lib.analysis.truth import sounds_in
 from avs_lib.data.augment import augment_frame, frame_rng, scale_boxes
-from avs_lib.data.datasets import AVSDataset, FrameRecord, layout_records, load_sources, read_image, read_mask
+from avs_lib.data.datasets import AVSDataset, FrameRecord, layout_records, load_sources
 from avs_lib.data.transforms import flip_batch, resize_frame
 from avs_lib.audio.registry import frame_embeddings
 from avs_lib.core.files import read_json
-from avs_lib.data.frames import FrameSet, load_frames
+from avs_lib.data.frames import FrameSet, decode_frame, load_frames
 
 LOADERS = ("auto", "memory", "stream")
 MEMORY_LIMIT_BYTES = 2 * 2**30  # a dataset above this (decoded, images uint8 + masks int64) streams
@@ -62,12 +62,6 @@ def choose_loader(loader: str, frames: int, image_size: int) -> str:
 
 
 # ----------------------------------------------------------------------------- frames decoded on demand
-def decode_frame(record: FrameRecord) -> tuple[np.ndarray, np.ndarray]:
-    """(image [H, W, 3] uint8, mask [H, W] uint8) of a record at its files' own resolution."""
-    image = read_image(record.image)
-    return image, read_mask(record, image.shape[:2]).astype(np.uint8)
-
-
 class DecodedView:
     """``images`` or ``masks`` of a streamed split: indexing (an int, a slice, a list or a tensor of
     indices, a boolean tensor) decodes those frames and resizes them as ``load_frames`` does, so the
