@@ -331,7 +331,8 @@ def _cmd_ablation(args: argparse.Namespace) -> int:
     try:
         run_ablation(args.out, config, seeds=seeds, table4_seeds=table4_seeds, settings=settings,
                      figure=Path(args.figures) / "ablation.png", report_dir=args.figures, parallel=args.parallel,
-                     time_budget=None if args.time_budget is None else 60 * args.time_budget)
+                     time_budget=None if args.time_budget is None else 60 * args.time_budget,
+                     set_aside_changed=args.set_aside_changed)
     except AblationRunsFailed as err:
         failure = err
     print((Path(args.figures) / "ablation.md").read_text())
@@ -507,6 +508,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="start no run after this many minutes; report over the runs that finished (a rerun continues)")
     a.add_argument("--out", default="runs/ablation", help="training runs (reused when finished)")
+    a.add_argument("--set-aside-changed", action="store_true",
+                   help="a run in --out whose settings have changed since it ran is moved to OUT/superseded/ and "
+                        "trained again (default: refused, before any training)")
     a.add_argument("--figures", default="figures/ablation", help="where the report and figure go")
     a.set_defaults(func=_cmd_ablation)
 

@@ -28,6 +28,7 @@ seed = 0
 image_size = 96
 visual_pretrain_steps = 0  # 0: the config's (batches of the world's visual pretraining, cached per world)
 avfs_weights = [1.0, 0.0]
+avsac_backbone = "shared"  # "shared": DDESeg's backbone and its pretrained start; "mit": the paper's MiT, from scratch here
 run_dir = ""  # empty: runs/notebooks/06_avsac/ under the repository root
 
 # %%
@@ -38,6 +39,7 @@ import pandas as pd
 from avs_lib.core.config import load_config
 from avs_lib.core.paths import notebook_paths, workbench_path
 from avs_lib.experiments.notebooks import save_metrics
+from avs_lib.models.avsac import avsac_switches
 from avs_lib.training.loop import train_once
 from avs_lib.training.prepare import prepare
 
@@ -60,14 +62,21 @@ prepared = prepare(base)
 # computed per frame between the projected audio feature and the last decoder layer's audio-guided
 # visual features: $F_a$ is repeated over the $L$ visual positions and each softmax runs over the
 # flattened $L \cdot d$ values, so both sides are one distribution per frame. $\lambda = 0$ trains the same decoder without it. DDESeg (full: derivation,
-# enhancement, elimination) is trained on the same frames with the same seed and epochs.
+# enhancement, elimination) is trained on the same frames with the same seed and epochs. AVSAC starts
+# from DDESeg's backbone (`avsac_backbone="shared"`: the config's Lite0, pretrained on ImageNet and the
+# world's frames), so the rows differ by what follows the backbone; `"mit"` gives it the paper's MiT,
+# which here starts from scratch and so measures the missing pretraining more than the decoder.
 # Each run is trained once: a second Run All reuses the models in the run folder.
 
 # %%
 rows = []
+if avsac_backbone not in ("shared", "mit"):
+    raise ValueError(f"avsac_backbone={avsac_backbone!r}: choose 'shared' (DDESeg's backbone) or 'mit'")
+# "shared": AVSAC takes the config's backbone switches (the pretrained Lite0), so the rows differ by the
+# decoder; "mit": the paper's MiT, which starts from scratch here (no MiT weights ship with the workbench)
+avsac = avsac_switches(base.switches) if avsac_backbone == "shared" else {}
 for weight in avfs_weights:
-    # AVSAC has its own MiT encoder: the config's DDESeg switches (backbone, ...) do not apply to it
-    config = replace(base, model="avsac", ablation=None, switches={}, avfs_weight=weight,
+    config = replace(base, model="avsac", ablation=None, switches=avsac, avfs_weight=weight,
                      out=str(run_dir / f"avsac_avfs{weight}"))
     r = train_once(config, prepared)["test"]
     rows.append({"model": f"AVSAC, AVFS weight {weight}", "J": r["J"], "F": r["F"], "J&F": r["JF"]})

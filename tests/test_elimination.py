@@ -259,6 +259,45 @@ def test_paired_differences_and_intervals():
         "floor: zero audio", "ceiling: oracle audio", "baseline", "full"}  # the window is always measured
 
 
+def test_avsac_row_starts_from_the_backbone_of_the_ddeseg_rows(tmp_path):
+    from avs_lib.core.config import load_config
+    from avs_lib.experiments.ablation import setting_config
+
+    base = load_config("configs/tiny_world.yaml", ["switches.tau=0.5"])
+    avsac = setting_config(base, "avsac", 1, tmp_path / "avsac_seed1")
+    full = setting_config(base, "full", 1, tmp_path / "full_seed1")
+    assert avsac.model == "avsac" and avsac.seed == 1
+    assert avsac.switches == {"backbone": "efficientnet_lite0", "pretrained_backbone": "world"}
+    assert full.switches["tau"] == 0.5 and full.switches["backbone"] == avsac.switches["backbone"]
+
+
+def test_a_run_whose_setting_changed_is_refused_or_set_aside(tmp_path):
+    import json
+    from dataclasses import asdict, replace
+
+    from avs_lib.core.config import load_config
+    from avs_lib.experiments.ablation import run_dir_name, runs_to_train, setting_config
+
+    base = load_config("configs/tiny_world.yaml", [])
+    jobs = [("baseline", 0), ("avsac", 0), ("full", 0)]
+    for setting, seed in jobs[:2]:  # two finished runs, AVSAC's recorded before it took the backbone switches
+        run_dir = tmp_path / run_dir_name(setting, seed)
+        run_dir.mkdir()
+        config = setting_config(base, setting, seed, run_dir)
+        if setting == "avsac":
+            config = replace(config, switches={})
+        (run_dir / "config.json").write_text(json.dumps(asdict(config)))
+        (run_dir / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match="avsac_seed0 holds a run with other settings.*set-aside-changed"):
+        runs_to_train(tmp_path, base, jobs)
+    assert (tmp_path / "avsac_seed0" / "metrics.json").exists()  # refused: nothing moved
+    assert runs_to_train(tmp_path, base, jobs, set_aside_changed=True) == [("avsac", 0), ("full", 0)]
+    assert not (tmp_path / "avsac_seed0").exists()
+    [aside] = (tmp_path / "superseded").iterdir()
+    assert aside.name.startswith("avsac_seed0-") and (aside / "metrics.json").exists()
+    assert (tmp_path / "baseline_seed0" / "metrics.json").exists()  # the unchanged run stays, finished
+
+
 def test_run_ablation_writes_every_row_with_intervals(notebook_world, tmp_path):
     from avs_lib.core.config import load_config
     from avs_lib.experiments.ablation import CAPACITY, POINTING, run_ablation

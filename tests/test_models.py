@@ -84,6 +84,28 @@ def test_avsac_trains_every_parameter_and_uses_audio():
         assert not torch.allclose(model(image, audio).logits, model(image, torch.zeros_like(audio)).logits)
 
 
+def test_avsac_on_lite0_trains_every_parameter_and_loads_the_given_backbone(tmp_path):
+    from avs_lib.models.efficientnet import EfficientNetLite0
+
+    torch.manual_seed(3)
+    source = EfficientNetLite0()  # random weights: a file the model cannot have by chance
+    torch.save(source.state_dict(), tmp_path / "lite0.pt")
+    image, audio, masks = _inputs()
+    model = build_model("avsac", audio_dim=16, backbone="efficientnet_lite0",
+                        pretrained_backbone=str(tmp_path / "lite0.pt")).train()
+    assert torch.equal(model.encoder.cnn._blocks[5]._depthwise_conv.weight, source._blocks[5]._depthwise_conv.weight)
+    assert model.backbone_report is not None and not model.backbone_report.missing
+    assert [p.in_channels for p in model.projections] == [24, 40, 112, 320] and model.encoder.dims == [24, 40, 112, 320]
+    out = model(image, audio)
+    assert out.logits.shape == masks.shape
+    _assert_all_gradients(model, avsac_loss(out.logits, masks, out.audio, out.agv))
+    scratch = build_model("avsac", audio_dim=16, backbone="efficientnet_lite0")
+    assert not torch.equal(scratch.encoder.cnn._blocks[5]._depthwise_conv.weight,
+                           source._blocks[5]._depthwise_conv.weight)
+    with pytest.raises(ValueError, match="mit_b"):
+        build_model("avsac", audio_dim=16, pretrained_backbone=True)  # True is Lite0's wheel, not a MiT
+
+
 def test_audio_changes_ddeseg_output():
     image, audio, _ = _inputs()
     model = build_model("ddeseg", memory=small_memory()).eval()

@@ -35,6 +35,7 @@ from avs_lib.analysis.inspect import SCORE_NAMES, derivation_recall, elimination
 from avs_lib.analysis.stats import t_interval
 from avs_lib.core.files import atomic_write_text, read_json
 from avs_lib.experiments.report import markdown_table, summarise
+from avs_lib.models.avsac import avsac_switches
 from avs_lib.models.ddeseg import FIRST_READING
 from avs_lib.models.hooks import run_with_cache
 from avs_lib.training.loop import resolve_device, train
@@ -106,9 +107,32 @@ def setting_config(base_config, setting: str, seed: int, run_dir: Path):
     if spec.pop("first_reading", False):
         switches.update(FIRST_READING)
     if spec["model"] == "avsac":
-        switches = {}
+        switches = avsac_switches(switches)  # the backbone and its start: the rows differ by the decoder
     return replace(base_config, seed=seed, out=str(run_dir), progress=False, resume=True, switches=switches,
                    variant=spec.pop("variant", "paper"), **spec)
+
+
+def runs_to_train(out: Path, base_config, jobs: list[tuple[str, int]], set_aside_changed: bool = False
+                  ) -> list[tuple[str, int]]:
+    """The jobs whose runs in ``out`` are not finished. A folder holding a run of other settings (a
+    setting whose definition changed since it ran) is never reused or resumed: it is refused before
+    any training, or with ``set_aside_changed`` moved to ``out/superseded/`` and trained again."""
+    todo = []
+    for setting, seed in jobs:
+        run_dir = out / run_dir_name(setting, seed)
+        state = run_state(run_dir, setting_config(base_config, setting, seed, run_dir))
+        if state.kind == "other":
+            changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in state.differences.items())
+            if not set_aside_changed:
+                raise ValueError(f"{run_dir} holds a run with other settings ({changed}); pass another --out, "
+                                 "remove that folder, or pass --set-aside-changed to move it aside and train it again")
+            aside = out / "superseded" / f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+            aside.parent.mkdir(exist_ok=True)
+            run_dir.rename(aside)
+            print(f"{run_dir}: its settings changed ({changed}); moved to {aside}, trained again", flush=True)
+        if state.kind != "finished":
+            todo.append((setting, seed))
+    return todo
 
 
 def interval_table(table: pd.DataFrame, metric: str = "JF", baseline: str = "baseline") -> pd.DataFrame:
@@ -327,8 +351,9 @@ def _train_in_parallel(todo, out: Path, base_config, prepared_for, prepared: dic
 def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_seeds=(0, 1, 2),
                  settings: list[str] | None = None, figure: str | Path | None = None, report_dir: str | Path | None = None,
                  progress: bool = True, min_test_clips: int = 100, parallel: int = 1,
-                 time_budget: float | None = None) -> pd.DataFrame:
-    """Train every planned run (skipping finished ones), then write ``ablation.md``, ``ablation.csv``,
+                 time_budget: float | None = None, set_aside_changed: bool = False) -> pd.DataFrame:
+    """Train every planned run (skipping finished ones; ``runs_to_train`` says what happens to a run
+    whose settings changed), then write ``ablation.md``, ``ablation.csv``,
     ``intervals.csv``, ``analyses.json`` (to ``report_dir``, default ``out``) and the figure.
 
     ``parallel``: runs trained at once, each in its own process on ``base_config.device`` (a model of
@@ -352,16 +377,7 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
         return by_audio[config.audio_encoder]
 
     jobs = plan(seeds, table4_seeds, settings)
-    todo = []  # the runs not finished yet; a folder holding a run of other settings is refused before any training
-    for setting, seed in jobs:
-        run_dir = out / run_dir_name(setting, seed)
-        state = run_state(run_dir, setting_config(base_config, setting, seed, run_dir))
-        if state.kind == "other":  # a run with other settings is never reused or resumed
-            changed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in state.differences.items())
-            raise ValueError(f"{run_dir} holds a run with other settings ({changed}); pass another --out "
-                             "or remove that folder")
-        if state.kind != "finished":
-            todo.append((setting, seed))
+    todo = runs_to_train(out, base_config, jobs, set_aside_changed)
     device = resolve_device(base_config.device)
     shared = False
     if parallel <= 1:

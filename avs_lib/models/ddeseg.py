@@ -202,8 +202,9 @@ class DDESeg(nn.Module):
             self.backbone_report = (load_backbone_state_dict(self.encoder, config.pretrained_backbone)
                                     if config.pretrained_backbone else None)
         elif config.backbone == "efficientnet_lite0":
-            self.encoder = _CNNFusionEncoder(efficientnet_lite0(pretrained=config.pretrained_backbone or False),
-                                             fusion=not released, null_key=null_key,
+            cnn = efficientnet_lite0(pretrained=config.pretrained_backbone or False)
+            self.backbone_report = getattr(cnn, "load_report", None)
+            self.encoder = _CNNFusionEncoder(cnn, fusion=not released, null_key=null_key,
                                              frozen_stages=config.frozen_stages)
             heads = (1, 1, 1, 1)
         else:

@@ -9,7 +9,8 @@ asymmetric pad computed from the input size), BatchNorm eps is 1e-3, and the inp
 (pixel - 127) / 128 for pixels in 0..255.
 
 For DDESeg with a CNN backbone, ``feature_stages`` says where the four feature maps are taken
-(strides 4, 8, 16, 32) and a stage of fusion blocks follows each (see ``ddeseg.py``).
+(strides 4, 8, 16, 32) and a stage of fusion blocks follows each (see ``ddeseg.py``); AVSAC, whose
+fusion comes after the backbone, takes the four maps from ``Lite0Features``.
 """
 from __future__ import annotations
 
@@ -137,3 +138,19 @@ def efficientnet_lite0(pretrained: bool | str | Path = True) -> EfficientNetLite
             raise ValueError(f"EfficientNet-Lite0 checkpoint {path} has tensors the model does not: "
                              f"{model.load_report.unexpected[:8]}")
     return model
+
+
+class Lite0Features(nn.Module):
+    """Lite0 as a four-map feature encoder (strides 4, 8, 16, 32; ``dims`` channels): the classifier
+    head is dropped. The Lite0 sits under ``cnn``, so its parameters are named ``cnn._blocks...`` as
+    in DDESeg's encoder (the training engine's ``backbone_lr_scale`` finds them by that name)."""
+
+    def __init__(self, cnn: EfficientNetLite0):
+        super().__init__()
+        del cnn._conv_head, cnn._bn1, cnn._fc
+        self.cnn = cnn
+        self.dims = list(cnn.feature_dims)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        # x [B, 3, H, W], normalised as the engine feeds every backbone -> [B, 24, H/4, W/4], [B, 40, H/8, W/8], [B, 112, H/16, W/16], [B, 320, H/32, W/32]
+        return self.cnn.features(x)

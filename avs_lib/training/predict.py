@@ -60,10 +60,11 @@ def make_model(config: TrainConfig, prepared: Prepared, pretrained: bool = True)
     if prepared.memory is None:  # no memory to set the audio width from (a baseline on given features)
         switches.setdefault("audio_dim", config.audio_dim)
     if config.model == "avsac":
-        return build_model("avsac", size=config.size, memory=prepared.memory, **switches)
-    model = build_model(config.model, size=config.size, variant=config.variant,
-                        ablation=config.ablation if config.model == "ddeseg" else None,
-                        memory=prepared.memory, **switches)
+        model = build_model("avsac", size=config.size, memory=prepared.memory, **switches)
+    else:
+        model = build_model(config.model, size=config.size, variant=config.variant,
+                            ablation=config.ablation if config.model == "ddeseg" else None,
+                            memory=prepared.memory, **switches)
     if getattr(model, "backbone_report", None) is not None and config.progress:
         print(model.backbone_report, flush=True)
     return model

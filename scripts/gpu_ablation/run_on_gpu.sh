@@ -3,7 +3,9 @@
 # repo root, with .gpu_carry/ and .whl/ from pack.py alongside: compose the default world again, check
 # it against this machine's manifest, and run `avs ablation` on it, several runs at once, inside a
 # time budget. What comes back lies in $OUT: the report (ablation/), the world check, the log and
-# every run's small files (runs.tar.gz). Usage: bash scripts/gpu_ablation/run_on_gpu.sh SECONDS PARALLEL
+# every run's small files (runs.tar.gz). Where the world matches, the runs of the committed report
+# (figures/ablation/runs.tar.gz) are reused (FRESH_RUNS=1 trains every run again).
+# Usage: bash scripts/gpu_ablation/run_on_gpu.sh SECONDS PARALLEL
 set -uo pipefail
 limit=${1:-570}      # seconds this script may take in all
 parallel=${2:-12}    # runs trained at once
@@ -45,11 +47,18 @@ echo "== $(elapsed) s: the default world, composed again (avs pipeline --no-note
 head -c 400 "$out/world_check.json"; echo
 cp -r .gpu_carry/cache/. data/default_world/cache/
 visual=$(ls "$PWD"/.gpu_carry/cache/pretrained_visual_*.pt)
+# the committed report's runs (small files) are finished runs of the same world: the ablation reuses
+# them and trains only what is missing, or whose setting has changed since (set aside, trained again)
+if [ -z "${FRESH_RUNS:-}" ] && [ -f figures/ablation/runs.tar.gz ] && [ ! -d runs/ablation ] && "$PY" -c "
+import json, sys; c = json.load(open(sys.argv[1])); sys.exit(c['different_or_missing'] or c['extra'])" "$out/world_check.json"
+then tar xzf figures/ablation/runs.tar.gz && echo "reusing $(ls runs/ablation/*/metrics.json | wc -l) runs of the committed report"
+fi
 
 echo "== $(elapsed) s: the ablation, $parallel runs at once"
 left=$(( limit - $(elapsed) ))
 budget=$("$PY" -c "print(max(0, ($left - 200) / 60))")  # the last runs start 200 s before the end
-args=(device=${DEVICE:-cuda} bf16=false "switches.pretrained_backbone=$visual" --out runs/ablation --figures "$out/ablation")
+args=(device=${DEVICE:-cuda} bf16=false "switches.pretrained_backbone=$visual" --out runs/ablation --figures "$out/ablation"
+      --set-aside-changed)
 # every 20 s: GPU use, load and finished runs, to tell a busy GPU from workers waiting on their CPUs
 ( while sleep 20; do echo "$(elapsed) s: gpu $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader \
     2>/dev/null | tr -d '\n'); load $(cut -d' ' -f1 /proc/loadavg); finished $(ls runs/ablation/*/metrics.json \
