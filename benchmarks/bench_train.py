@@ -48,8 +48,7 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
     if args.model != "avsac":
         switches["memory_classes"] = 71 if args.size == "b5" else 16
     else:
-        switches.pop("backbone")
-        switches.pop("pretrained_backbone", None)
+        switches.pop("frozen_stages", None)  # AVSAC has the backbone switches, not DDESeg's frozen stages
     if args.num_classes > 1:
         switches["num_classes"] = args.num_classes
     model = build_model(args.model, size=args.size, **switches).to(device)
