@@ -107,7 +107,8 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
     result = {"model": args.model, "size": args.size, "backbone": args.backbone, "device": str(device),
               "image_size": args.image_size, "batch_size": args.batch_size, "precision": precision,
               "channels_last": channels_last, "compile": compile_model and args.compile_mode,
-              **({"frozen_stages": args.frozen_stages} if args.backbone == "efficientnet_lite0" else {}),
+              **({"frozen_stages": args.frozen_stages} if args.backbone == "efficientnet_lite0" and args.model != "avsac"
+                 else {}),
               "parameters_trainable": count_parameters(model)["total"],
               "train_frames_per_second": round(train_fps, 2), "eval_frames_per_second": round(eval_fps, 2),
               "first_step_seconds": round(first_step, 2), "threads": torch.get_num_threads()}

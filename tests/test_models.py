@@ -150,6 +150,21 @@ def test_mit_checkpoint_loading_reports_mismatches(tmp_path):
         load_backbone_state_dict(fused, tmp_path / "nope.pth")
 
 
+def test_avsac_on_mit_loads_a_mit_file_and_refuses_frozen_stages(tmp_path):
+    from avs_lib.models.avsac import avsac_switches
+
+    torch.manual_seed(5)
+    plain = MiTEncoder(replace(MIT_SIZES["tiny"], fusion=False))
+    torch.save({"state_dict": {f"module.{k}": v for k, v in plain.state_dict().items()}}, tmp_path / "mit_tiny.pth")
+    model = build_model("avsac", audio_dim=16, pretrained_backbone=str(tmp_path / "mit_tiny.pth"))
+    assert model.backbone_report.ok and not model.backbone_report.unexpected
+    assert torch.equal(model.encoder.state_dict()["block3.0.attn.q.weight"], plain.state_dict()["block3.0.attn.q.weight"])
+    assert avsac_switches({"backbone": "efficientnet_lite0", "tau": 0.5, "frozen_stages": 0}) == {
+        "backbone": "efficientnet_lite0"}
+    with pytest.raises(ValueError, match="frozen_stages=2"):
+        avsac_switches({"backbone": "efficientnet_lite0", "frozen_stages": 2})
+
+
 def test_memory_mismatch_is_a_clear_error():
     model = build_model("ddeseg", audio_dim=16, memory_classes=7, k=2, m=3)
     with pytest.raises(ValueError, match="rebuild the memory"):

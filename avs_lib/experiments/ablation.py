@@ -368,6 +368,8 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     deadline = None if time_budget is None else time.time() + time_budget
     # with runs in parallel the machine has cores to spare: the frames are decoded by a process per core
     decoders = (os.cpu_count() or 1) if parallel > 1 else 1
+    jobs = plan(seeds, table4_seeds, settings)
+    todo = runs_to_train(out, base_config, jobs, set_aside_changed)  # refused before the data's minutes
     prepared = prepare(base_config, progress=progress, workers=decoders)
     by_audio = {base_config.audio_encoder: prepared}  # the ceiling's oracle inputs are prepared once
 
@@ -376,8 +378,6 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
             by_audio[config.audio_encoder] = prepare(config, progress=progress, workers=decoders)
         return by_audio[config.audio_encoder]
 
-    jobs = plan(seeds, table4_seeds, settings)
-    todo = runs_to_train(out, base_config, jobs, set_aside_changed)
     device = resolve_device(base_config.device)
     shared = False
     if parallel <= 1:

@@ -1,4 +1,5 @@
-"""AVSAC (papers/004): a Bidirectional Audio-Visual Decoder (BAVD) over a MiT/PVT-v2 backbone.
+"""AVSAC (papers/004): a Bidirectional Audio-Visual Decoder (BAVD) over a MiT/PVT-v2 backbone (or
+EfficientNet-Lite0, a switch).
 
 Two towers with a bridge in every layer (N layers, 6 in the paper):
 
@@ -68,7 +69,12 @@ class AVSACConfig:
 def avsac_switches(switches: dict) -> dict:
     """The switches of another model's config (DDESeg's) that AVSAC has too: the backbone and its
     pretrained start among them, so that AVSAC trained beside DDESeg differs from it by the decoder,
-    not by where the backbone starts."""
+    not by where the backbone starts. DDESeg's ``frozen_stages`` is not among them: AVSAC's backbone
+    always trains, so a DDESeg config that freezes stages is refused here rather than dropped."""
+    if switches.get("frozen_stages"):
+        raise ValueError(f"switches.frozen_stages={switches['frozen_stages']}: AVSAC has no frozen stages, so "
+                         "beside it DDESeg would differ by more than the decoder; set frozen_stages=0, or leave "
+                         "AVSAC's row out (avs ablation --settings)")
     accepted = {f.name for f in fields(AVSACConfig)}
     return {k: v for k, v in switches.items() if k in accepted}
 

@@ -49,10 +49,31 @@ cp -r .gpu_carry/cache/. data/default_world/cache/
 visual=$(ls "$PWD"/.gpu_carry/cache/pretrained_visual_*.pt)
 # the committed report's runs (small files) are finished runs of the same world: the ablation reuses
 # them and trains only what is missing, or whose setting has changed since (set aside, trained again)
+[ -z "${FRESH_RUNS:-}" ] || rm -rf runs/ablation  # FRESH_RUNS=1: every run trained again, even on a warm machine
 if [ -z "${FRESH_RUNS:-}" ] && [ -f figures/ablation/runs.tar.gz ] && [ ! -d runs/ablation ] && "$PY" -c "
-import json, sys; c = json.load(open(sys.argv[1])); sys.exit(c['different_or_missing'] or c['extra'])" "$out/world_check.json"
-then tar xzf figures/ablation/runs.tar.gz && echo "reusing $(ls runs/ablation/*/metrics.json | wc -l) runs of the committed report"
+import json, sys; c = json.load(open(sys.argv[1])); sys.exit(1 if c['different_or_missing'] or c['extra'] else 0)" \
+    "$out/world_check.json"
+then tar xzf figures/ablation/runs.tar.gz && echo "unpacked $(ls runs/ablation/*/metrics.json | wc -l) runs of the committed report"
 fi
+# which runs the ablation will reuse, and which it will train (again): said before it starts
+"$PY" - "$visual" "${DEVICE:-cuda}" <<'PY'
+import sys
+from collections import Counter
+from pathlib import Path
+from avs_lib.core.config import load_config
+from avs_lib.experiments.ablation import plan, run_dir_name, setting_config
+from avs_lib.training.runs import run_state
+base = load_config("configs/tiny_world.yaml", [f"device={sys.argv[2]}", "bf16=false",
+                                               f"switches.pretrained_backbone={sys.argv[1]}"])
+states = {}
+for setting, seed in plan():
+    run_dir = Path("runs/ablation") / run_dir_name(setting, seed)
+    states[run_dir.name] = run_state(run_dir, setting_config(base, setting, seed, run_dir))
+print("runs:", dict(Counter(s.kind for s in states.values())))
+for name, state in states.items():
+    if state.kind == "other":
+        print(f"  {name}: settings changed, set aside and trained again: {sorted(state.differences)}")
+PY
 
 echo "== $(elapsed) s: the ablation, $parallel runs at once"
 left=$(( limit - $(elapsed) ))
