@@ -44,11 +44,10 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
     switches = {"audio_dim": args.audio_dim, "backbone": args.backbone}
     if args.backbone == "efficientnet_lite0":
         switches["pretrained_backbone"] = True
-        switches["frozen_stages"] = args.frozen_stages
+        if args.model != "avsac":  # AVSAC has the backbone switches, not DDESeg's frozen stages
+            switches["frozen_stages"] = args.frozen_stages
     if args.model != "avsac":
         switches["memory_classes"] = 71 if args.size == "b5" else 16
-    else:
-        switches.pop("frozen_stages", None)  # AVSAC has the backbone switches, not DDESeg's frozen stages
     if args.num_classes > 1:
         switches["num_classes"] = args.num_classes
     model = build_model(args.model, size=args.size, **switches).to(device)
@@ -107,8 +106,7 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
     result = {"model": args.model, "size": args.size, "backbone": args.backbone, "device": str(device),
               "image_size": args.image_size, "batch_size": args.batch_size, "precision": precision,
               "channels_last": channels_last, "compile": compile_model and args.compile_mode,
-              **({"frozen_stages": args.frozen_stages} if args.backbone == "efficientnet_lite0" and args.model != "avsac"
-                 else {}),
+              **({"frozen_stages": switches["frozen_stages"]} if "frozen_stages" in switches else {}),
               "parameters_trainable": count_parameters(model)["total"],
               "train_frames_per_second": round(train_fps, 2), "eval_frames_per_second": round(eval_fps, 2),
               "first_step_seconds": round(first_step, 2), "threads": torch.get_num_threads()}

@@ -72,8 +72,6 @@ prepared = prepare(base)
 rows = []
 if avsac_backbone not in ("shared", "mit"):
     raise ValueError(f"avsac_backbone={avsac_backbone!r}: choose 'shared' (DDESeg's backbone) or 'mit'")
-# "shared": AVSAC takes the config's backbone switches (the pretrained Lite0), so the rows differ by the
-# decoder; "mit": the paper's MiT, which starts from scratch here (no MiT weights ship with the workbench)
 avsac = avsac_switches(base.switches) if avsac_backbone == "shared" else {}
 for weight in avfs_weights:
     config = replace(base, model="avsac", ablation=None, switches=avsac, avfs_weight=weight,

@@ -132,6 +132,8 @@ def runs_to_train(out: Path, base_config, jobs: list[tuple[str, int]], set_aside
             print(f"{run_dir}: its settings changed ({changed}); moved to {aside}, trained again", flush=True)
         if state.kind != "finished":
             todo.append((setting, seed))
+    print(f"{out}: {len(jobs) - len(todo)} of {len(jobs)} planned runs finished and reused, {len(todo)} to train",
+          flush=True)
     return todo
 
 

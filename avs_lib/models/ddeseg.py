@@ -47,7 +47,7 @@ from torch import nn
 
 from .decoder import SegFormerHead
 from .derivation import DerivationOutput, DynamicDerivation
-from .efficientnet import EfficientNetLite0, efficientnet_lite0
+from .efficientnet import EfficientNetLite0, Lite0Features, efficientnet_lite0
 from .hooks import HookPoint, name_hook_points
 from .elimination import CENTRE_INITS, CENTRE_UPDATES, SCHEMES, DynamicElimination, EliminationOutput, ReleasedAligner
 from .mit import MIT_SIZES, FusionBlock, MiTEncoder, load_backbone_state_dict
@@ -138,17 +138,15 @@ class DDESegOutput:
         return {s: e.scores for s, e in zip(self.elimination_stages, self.eliminations) if e.scores is not None}
 
 
-class _CNNFusionEncoder(nn.Module):
-    """A CNN backbone with a stage of fusion blocks after each of its four feature stages. The first
-    ``frozen_stages`` backbone stages (and the stem) are frozen: no gradient flows through them, the
-    largest maps, and their BatchNorms keep the pretrained statistics whatever ``train()`` says."""
+class _CNNFusionEncoder(Lite0Features):
+    """A CNN backbone with a stage of fusion blocks after each of its four feature stages (DDESeg runs
+    it stage by stage, ``stage`` then ``run_blocks``). The first ``frozen_stages`` backbone stages
+    (and the stem) are frozen: no gradient flows through them, the largest maps, and their
+    BatchNorms keep the pretrained statistics whatever ``train()`` says."""
 
     def __init__(self, cnn: EfficientNetLite0, depth: int = 1, heads: int = 1, fusion: bool = True,
                  null_key: bool = False, frozen_stages: int = 0):
-        super().__init__()
-        del cnn._conv_head, cnn._bn1, cnn._fc  # the classifier head is not used for segmentation
-        self.cnn = cnn
-        self.dims = list(cnn.feature_dims)
+        super().__init__(cnn)
         self.fusion = nn.ModuleList(
             nn.ModuleList(FusionBlock(d, heads, sr, 4, fusion, null_key) for _ in range(depth))
             for d, sr in zip(self.dims, (8, 4, 2, 1)))

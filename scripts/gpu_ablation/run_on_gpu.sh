@@ -55,25 +55,6 @@ import json, sys; c = json.load(open(sys.argv[1])); sys.exit(1 if c['different_o
     "$out/world_check.json"
 then tar xzf figures/ablation/runs.tar.gz && echo "unpacked $(ls runs/ablation/*/metrics.json | wc -l) runs of the committed report"
 fi
-# which runs the ablation will reuse, and which it will train (again): said before it starts
-"$PY" - "$visual" "${DEVICE:-cuda}" <<'PY'
-import sys
-from collections import Counter
-from pathlib import Path
-from avs_lib.core.config import load_config
-from avs_lib.experiments.ablation import plan, run_dir_name, setting_config
-from avs_lib.training.runs import run_state
-base = load_config("configs/tiny_world.yaml", [f"device={sys.argv[2]}", "bf16=false",
-                                               f"switches.pretrained_backbone={sys.argv[1]}"])
-states = {}
-for setting, seed in plan():
-    run_dir = Path("runs/ablation") / run_dir_name(setting, seed)
-    states[run_dir.name] = run_state(run_dir, setting_config(base, setting, seed, run_dir))
-print("runs:", dict(Counter(s.kind for s in states.values())))
-for name, state in states.items():
-    if state.kind == "other":
-        print(f"  {name}: settings changed, set aside and trained again: {sorted(state.differences)}")
-PY
 
 echo "== $(elapsed) s: the ablation, $parallel runs at once"
 left=$(( limit - $(elapsed) ))
@@ -90,6 +71,8 @@ timeout $(( left - 75 )) "$PY" -m avs_lib.cli ablation --parallel "$parallel" --
 status=$?
 kill $sampler 2>/dev/null
 pkill -f "avs_lib.cli ablation"; pkill -f "multiprocessing.spawn"; sleep 2  # workers left by a cut-off parent
+# what the ablation reused, set aside and trained, as it said when it started
+grep -E "planned runs finished and reused|its settings changed" "$out/ablation_progress.txt"
 tail -c 3000 "$out/ablation_progress.txt"
 if [ $status -eq 124 ] || [ ! -s "$out/ablation/ablation.md" ]; then
     echo "== $(elapsed) s: cut off (status $status): the report over the finished runs"
