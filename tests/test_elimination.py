@@ -286,6 +286,8 @@ def test_a_run_whose_setting_changed_is_refused_or_set_aside(tmp_path):
         config = setting_config(base, setting, seed, run_dir)
         if setting == "avsac":
             config = replace(config, switches={})
+        else:  # finished on a GPU: still the same run here (the device is not part of what a run computes)
+            config = replace(config, device="cuda")
         (run_dir / "config.json").write_text(json.dumps(asdict(config)))
         (run_dir / "metrics.json").write_text("{}")
     with pytest.raises(ValueError, match="avsac_seed0 holds a run with other settings.*set-aside-changed"):
@@ -296,6 +298,15 @@ def test_a_run_whose_setting_changed_is_refused_or_set_aside(tmp_path):
     [aside] = (tmp_path / "superseded").iterdir()
     assert aside.name.startswith("avsac_seed0-") and (aside / "metrics.json").exists()
     assert (tmp_path / "baseline_seed0" / "metrics.json").exists()  # the unchanged run stays, finished
+
+
+def test_the_report_says_where_reused_runs_trained():
+    from avs_lib.experiments.ablation import devices_text
+
+    assert devices_text({"full seed 0": "cpu", "full seed 1": "cpu"}) == "cpu"
+    text = devices_text({"full seed 0": "cuda", "full seed 1": "cuda", "avsac seed 0": "cpu", "avsac seed 1": "cpu",
+                         "baseline seed 0": "cuda"})
+    assert text == "cuda (3 runs) and cpu (2 runs: avsac seed 0, avsac seed 1)"
 
 
 def test_run_ablation_writes_every_row_with_intervals(notebook_world, tmp_path):
@@ -312,7 +323,9 @@ def test_run_ablation_writes_every_row_with_intervals(notebook_world, tmp_path):
     for row in ("| baseline | 2 |", "| full | 2 |", "| full (released) | 2 |", f"| {CAPACITY} | 1 |", f"| {POINTING} | 1 |", "pairs)",
                 "| floor: zero audio | 2 |", "| ceiling: oracle audio | 2 |", "**The window**"):
         assert row in text, row
+    assert "training frames, trained on cpu." in text
     analyses = json.loads((tmp_path / "report" / "analyses.json").read_text())
+    assert set(analyses["trained_on"].values()) == {"cpu"} and "full seed 1" in analyses["trained_on"]
     run = analyses["elimination"]["full"][0]["stages"]
     assert set(run) == {"stage 2", "stage 3", "stage 4", "combined"}
     assert set(analyses["elimination"]["full (released)"][0]["stages"]) == {"stage 1", "stage 2", "stage 3", "stage 4",

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -135,6 +136,19 @@ def runs_to_train(out: Path, base_config, jobs: list[tuple[str, int]], set_aside
     print(f"{out}: {len(jobs) - len(todo)} of {len(jobs)} planned runs finished and reused, {len(todo)} to train",
           flush=True)
     return todo
+
+
+def devices_text(trained_on: dict[str, str]) -> str:
+    """Where the runs trained, for the report: "cuda", or "cuda (45 runs) and cpu (9 runs: ...)" when
+    reused runs came from another machine; the runs of the smaller groups are named."""
+    counts = Counter(trained_on.values())
+    if len(counts) <= 1:
+        return next(iter(counts), "no device (no run finished)")
+    parts = []
+    for rank, (device, n) in enumerate(counts.most_common()):
+        names = [run for run, d in trained_on.items() if d == device]
+        parts.append(f"{device} ({n} run{'s' if n > 1 else ''}" + (f": {', '.join(names)})" if rank else ")"))
+    return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def interval_table(table: pd.DataFrame, metric: str = "JF", baseline: str = "baseline") -> pd.DataFrame:
@@ -389,10 +403,12 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
                                             progress)
     finished = [(s, seed) for s, seed in jobs if (out / run_dir_name(s, seed) / "metrics.json").exists()]
     not_run = [job for job in jobs if job not in finished]
-    rows, seconds = [], {}
+    rows, seconds, trained_on = [], {}, {}
     for setting, seed in finished:
         metrics = read_json(out / run_dir_name(setting, seed) / "metrics.json")
         rows.append({"setting": setting, "seed": seed, **{k: metrics["test"][k] for k in METRICS}})
+        # runs reused from another machine keep their own device (runs before metrics recorded it: their config's)
+        trained_on[f"{setting} seed {seed}"] = metrics.get("device") or metrics["config"]["device"]
         # the run's own record of its training epochs (validation and test not included), kept by reused runs
         seconds[f"{setting} seed {seed}"] = sum(epoch["seconds"] for epoch in metrics["history"])
     # trivial baselines: every pixel foreground; the full model with its audio zeroed at test time
@@ -420,7 +436,7 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
                 "epochs": base_config.epochs, "image_size": base_config.image_size, "train_seconds": seconds,
                 "seeds": list(seeds), "table4_seeds": list(table4_seeds), "parallel": parallel,
                 "workers_shared_data": shared,
-                "device": str(device), "not_run": [list(job) for job in not_run],
+                "device": str(device), "trained_on": trained_on, "not_run": [list(job) for job in not_run],
                 "failed": [list(f) for f in failed]}
     table.to_csv(report_dir / "ablation.csv", index=False)
     intervals.to_csv(report_dir / "intervals.csv", index=False)
@@ -447,9 +463,9 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
     text = [f"# Ablation on {base_config.data_root} ({base_config.layout}, test split: {test_clips} clips, "
             f"{int(test.valid.sum())} frames)", "", *warning, *missing,
             f"J&F in % ({base_config.convention} convention), {base_config.epochs} epochs at {base_config.image_size} px, "
-            f"{len(prepared.train)} training frames, trained on {device}"
+            f"{len(prepared.train)} training frames, trained on {devices_text(trained_on)}"
             f"{' in bf16 autocast' if base_config.bf16 and device.type == 'cuda' else ''}"
-            f"{f', {parallel} runs at once' if parallel > 1 else ''}. 95 % intervals are Student-t intervals of the mean over seeds; "
+            f"{f' ({parallel} runs at once in this call)' if parallel > 1 else ''}. 95 % intervals are Student-t intervals of the mean over seeds; "
             "Δ is the paired difference against the baseline trained with the same seed.", "", *window,
             f"## Table 3 (seeds {list(seeds)})", "", interval_markdown(table3), "",
             f"## Table 4, elimination schemes (seeds {list(table4_seeds)}; 'none' is +enhancement, "

@@ -402,7 +402,7 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
         core.load_state_dict(state["model"])
         result = {"test": evaluate_model(core, prepared.test, device, config), "best_val_JF": best,
                   "epochs": config.epochs, "history": history, "config": asdict(config),
-                  "best_epoch": state["epoch"] + 1}
+                  "best_epoch": state["epoch"] + 1, "device": device.type}
         atomic_write_text(out_dir / "metrics.json", json.dumps(result, indent=1))
     return result
 

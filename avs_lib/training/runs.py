@@ -66,7 +66,11 @@ def open_run_folder(config: TrainConfig, out_dir: Path) -> dict | None:
 
 
 # Settings that do not change what a run computes: a run that differs only in these is the same run.
-RUN_IDENTITY_EXCLUDES = ("out", "resume", "progress", "threads", "stop_after_epoch", "tracking", "loader_workers")
+# The device is one of them, as the thread count is: a CPU and a GPU compute the same run up to float
+# rounding (``device: auto`` already named both), so a run finished on a GPU counts as finished on a
+# CPU and one started on either resumes on the other; metrics.json records where it trained.
+RUN_IDENTITY_EXCLUDES = ("out", "resume", "progress", "threads", "device", "stop_after_epoch", "tracking",
+                         "loader_workers")
 # Keys added after runs were recorded: left out of a run's identity at their default, so that a run
 # recorded before them is the same run (resume, train_once, shared_run_dir).
 IDENTITY_DEFAULTS = {"loader": "auto", "augment": "flip", "train_clips": "files", "attention_supervision": 0.0,
