@@ -40,7 +40,7 @@ from avs_lib.models.avsac import avsac_switches
 from avs_lib.models.ddeseg import FIRST_READING
 from avs_lib.models.hooks import run_with_cache
 from avs_lib.training.loop import resolve_device, train
-from avs_lib.training.predict import evaluate_model, load_trained
+from avs_lib.training.predict import evaluate_model, load_trained, uses_bf16
 from avs_lib.training.prepare import prepare
 from avs_lib.training.runs import run_state
 from avs_lib.viz.plots import _pyplot
@@ -460,11 +460,14 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
                    "the rest were not started: no worker was left to take them. ")
                 + "The rows below are over the runs that finished; "
                 "the same command continues with the rest.", ""] if not_run else [])
+    # bf16 is part of every run's identity; whether it autocasts depends on the device each run trained on
+    autocast_on = " and ".join(sorted(d for d in set(trained_on.values()) if d in ("cpu", "cuda") and uses_bf16(
+        torch.device(d), base_config.bf16, base_config.cpu_bf16)))
     text = [f"# Ablation on {base_config.data_root} ({base_config.layout}, test split: {test_clips} clips, "
             f"{int(test.valid.sum())} frames)", "", *warning, *missing,
             f"J&F in % ({base_config.convention} convention), {base_config.epochs} epochs at {base_config.image_size} px, "
             f"{len(prepared.train)} training frames, trained on {devices_text(trained_on)}"
-            f"{' in bf16 autocast' if base_config.bf16 and device.type == 'cuda' else ''}"
+            f"{f' (bf16 autocast on {autocast_on})' if autocast_on else ''}"
             f"{f' ({parallel} runs at once in this call)' if parallel > 1 else ''}. 95 % intervals are Student-t intervals of the mean over seeds; "
             "Δ is the paired difference against the baseline trained with the same seed.", "", *window,
             f"## Table 3 (seeds {list(seeds)})", "", interval_markdown(table3), "",
