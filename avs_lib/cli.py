@@ -227,6 +227,29 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from avs_lib.analysis.compare import paired_table, score_runs, table_markdown
+
+    if len(args.runs) < 2:
+        print("avs compare: error: give at least two runs (the first is the one the others are compared with)",
+              file=sys.stderr)
+        return 2
+    scores = score_runs(args.runs, args.split, data_root=args.data_root, progress=None if args.quiet else
+                        (lambda run: print(f"scored {run}", file=sys.stderr, flush=True)))
+    rows = paired_table(scores, boot=args.bootstrap)
+    print(table_markdown(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+    if args.curves:
+        from avs_lib.viz.plots import compared_learning_curves
+
+        compared_learning_curves({s.run: s.history for s in scores if s.history}, args.curves)
+        print(f"learning curves: {args.curves}")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import json
 
@@ -460,6 +483,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=5, help="frames per batch (matters for the avsbench convention)")
     e.add_argument("--zero-audio", action="store_true", help="evaluate with the audio zeroed")
     e.set_defaults(func=_cmd_eval)
+
+    cp = sub.add_parser("compare", help="runs of avs train on the same frames, paired: each run's J&F and its "
+                        "difference from the first, with 95 per cent intervals over clips")
+    cp.add_argument("runs", nargs="+", metavar="RUN", help="run folders (their best.pt) or checkpoints; the first is "
+                    "the reference")
+    cp.add_argument("--split", choices=["train", "val", "test"], default="test")
+    cp.add_argument("--data-root", default=None, metavar="DIR",
+                    help="the runs' dataset, where it is now (default: the data_root each run was trained on)")
+    cp.add_argument("--bootstrap", type=int, default=2000, help="resamples of the clips (default: 2000)")
+    cp.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
+    cp.add_argument("--curves", default=None, metavar="PNG", help="also draw the runs' learning curves on one axis")
+    cp.add_argument("--quiet", action="store_true", help="no line per scored run")
+    cp.set_defaults(func=_cmd_compare)
 
     r = sub.add_parser("run", help="execute a notebook through papermill into papermill_runs/<name>/")
     r.add_argument("notebook")

@@ -73,6 +73,37 @@ def test_frozen_stages_keep_their_weights_and_statistics(frozen_stages):
         build_model("ddeseg", memory=small_memory(), frozen_stages=1)  # a MiT's fusion is inside its blocks
 
 
+@pytest.mark.parametrize("start", ["identity", "trunk"])
+def test_fusion_start_keeps_the_pretrained_trunk_and_still_trains(start):
+    image, audio, masks = _inputs()
+    model = build_model("ddeseg", backbone="efficientnet_lite0", memory=small_memory(), fusion_start=start).eval()
+    with torch.no_grad():
+        out = model(image, audio)
+        # the bare backbone, stage by stage, without any fusion block or norm in between
+        x, bare = model.encoder.cnn.stem(image), []
+        for first, last in zip(model.encoder.bounds, model.encoder.bounds[1:]):
+            x = model.encoder.cnn.run_blocks(x, first, last)
+            bare.append(x)
+        silent = model(image, torch.zeros_like(audio))
+    if start == "identity":  # every residual branch starts at 0: the trunk is the backbone, the audio not heard
+        assert all(torch.equal(f, b) for f, b in zip(out.features, bare))
+        assert torch.equal(out.logits, silent.logits)
+    else:  # the audio cross-attention is live from the first step
+        assert not torch.allclose(out.features[0], bare[0])
+        assert not torch.allclose(out.logits, silent.logits)
+    model.train()
+    _assert_all_gradients(model, ddeseg_loss(model(image, audio).logits, masks))
+    zeroed = model.encoder.fusion[1][0].mlp.fc2.weight
+    assert not torch.equal(zeroed.grad, torch.zeros_like(zeroed))  # the zeroed layers learn
+    random = build_model("ddeseg", backbone="efficientnet_lite0", memory=small_memory()).eval()
+    with torch.no_grad():
+        assert not torch.allclose(random(image, audio).features[1], random.encoder.cnn.run_blocks(
+            random.encoder.cnn.run_blocks(random.encoder.cnn.stem(image), 0, random.encoder.bounds[1]),
+            random.encoder.bounds[1], random.encoder.bounds[2]))
+    with pytest.raises(ValueError, match="efficientnet_lite0"):
+        build_model("ddeseg", memory=small_memory(), fusion_start=start)
+
+
 def test_avsac_trains_every_parameter_and_uses_audio():
     image, audio, masks = _inputs()
     model = build_model("avsac", audio_dim=16).train()

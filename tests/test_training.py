@@ -107,6 +107,44 @@ def test_avs_train_and_eval_cli(training_world, tmp_path, capsys):
     assert main(["train", "nonsense_key=1"]) == 2
 
 
+def test_avs_compare_pairs_runs_on_the_same_frames(training_world, tmp_path, capsys):
+    common = [f"data_root={training_world}", "layout=ms3", "image_size=64", "epochs=1", "batch_size=4",
+              "encoder_epochs=1", "k=2", "m=2", "progress=false", f"cache_dir={tmp_path / 'cache'}"]
+    assert main(["train", *common, f"out={tmp_path / 'heard'}"]) == 0
+    assert main(["train", *common, f"out={tmp_path / 'deaf'}", "zero_audio=true", "seed=1"]) == 0
+    capsys.readouterr()
+    runs = [str(tmp_path / "heard"), str(tmp_path / "deaf"), str(tmp_path / "heard" / "best.pt")]
+    assert main(["compare", *runs, "--json", str(tmp_path / "rows.json"), "--curves", str(tmp_path / "curves.png"),
+                 "--bootstrap", "200", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [r["run"] for r in rows] == runs and all(r["run"] in printed for r in rows)
+    for row, name in zip(rows, ("heard", "deaf")):  # the training's own test J&F of its best checkpoint
+        recorded = json.loads((tmp_path / name / "metrics.json").read_text())["test"]["JF"]
+        assert row["JF"] == pytest.approx(recorded, abs=1e-6) and row["ci95"][0] <= row["JF"] <= row["ci95"][1]
+    assert rows[1]["delta"] == pytest.approx(rows[1]["JF"] - rows[0]["JF"], abs=1e-9)
+    assert rows[2]["delta"] == 0 and rows[2]["delta_ci95"] == [0, 0]  # a run against itself
+    assert (tmp_path / "curves.png").stat().st_size > 0
+    assert main(["compare", runs[0]]) == 2  # nothing to compare with
+
+
+def test_paired_table_needs_the_same_frames_and_pairs_them():
+    from avs_lib.analysis.compare import RunScores, paired_table
+    from avs_lib.core.errors import DataError
+
+    rng = np.random.default_rng(0)
+    frames = [(f"clip{i // 5}", i % 5) for i in range(50)]
+    a = RunScores("a", frames, rng.uniform(0, 1, 50), [])
+    shifted = RunScores("b", frames, a.jf + 0.1, [])  # every frame 0.1 better: no clip resample can say otherwise
+    noisy = RunScores("c", frames, rng.uniform(0, 1, 50), [])
+    rows = paired_table([a, shifted, noisy], boot=500)
+    assert rows[1]["delta"] == pytest.approx(0.1) and rows[1]["delta_ci95"] == pytest.approx([0.1, 0.1])
+    assert rows[1]["ci95"][1] - rows[1]["ci95"][0] > 0.05  # the runs' own intervals are wide, the paired one is not
+    assert rows[2]["delta_ci95"][1] - rows[2]["delta_ci95"][0] > 0.05
+    with pytest.raises(DataError, match="other frames"):
+        paired_table([a, RunScores("d", frames[:-1], a.jf[:-1], [])])
+
+
 def test_every_shipped_config_parses():
     from pathlib import Path
 

@@ -85,6 +85,15 @@ class DDESegConfig:
     # CNN backbone only: the stem and the backbone blocks of stages 1..frozen_stages keep their
     # pretrained weights and BatchNorm statistics (no gradient, eval mode); their fusion blocks train
     frozen_stages: int = 0
+    # CNN backbone only, how the fusion stages start (not the paper's: it fuses inside a MiT's own
+    # blocks). "random": PyTorch's default init and a LayerNorm after each stage, so the pretrained
+    # stages after the first see new inputs at step 0. "identity": each fusion block's residual
+    # branches end in a zero-initialised layer and no norm follows the stage, so at step 0 the trunk
+    # computes exactly the pretrained backbone (the zero-init residual of ReZero / ControlNet).
+    # "trunk": as "identity", but the audio cross-attention keeps its init and acts from step 0.
+    # "random" stays the default by measurement: the other two cost the model 5-12 points of J&F
+    # on the default world (README, "How the fusion stages start")
+    fusion_start: str = "random"
 
     # string choices, checked when a config file is read (avs_lib.core.config.check_values)
     CHOICES: ClassVar[dict] = {
@@ -92,11 +101,15 @@ class DDESegConfig:
         "elimination": SCHEMES, "centre_update": CENTRE_UPDATES, "centre_init": CENTRE_INITS,
         "elimination_apply": ("log_bias", "scale"), "decoder_norm": ("batch", "group"),
         "enhancement_pooling": ("all", "per_subcluster"), "derivation_anchor": ("audio", "centre"),
+        "fusion_start": ("random", "identity", "trunk"),
     }
 
     def __post_init__(self):
         if not 0 <= self.frozen_stages <= 4:
             raise ValueError(f"frozen_stages={self.frozen_stages}: choose 0 (none) to 4 (the whole backbone)")
+        if self.fusion_start != "random" and self.backbone != "efficientnet_lite0":
+            raise ValueError(f"fusion_start={self.fusion_start!r} needs backbone='efficientnet_lite0' (a MiT's "
+                             "blocks are its own stages, trained with it, not inserted into a pretrained trunk)")
         if self.frozen_stages and self.backbone != "efficientnet_lite0":
             raise ValueError("frozen_stages needs backbone='efficientnet_lite0' (a MiT's fusion lives inside its "
                              "blocks, so freezing a MiT stage would freeze its fusion too)")
@@ -145,12 +158,18 @@ class _CNNFusionEncoder(Lite0Features):
     BatchNorms keep the pretrained statistics whatever ``train()`` says."""
 
     def __init__(self, cnn: EfficientNetLite0, depth: int = 1, heads: int = 1, fusion: bool = True,
-                 null_key: bool = False, frozen_stages: int = 0):
+                 null_key: bool = False, frozen_stages: int = 0, start: str = "random"):
         super().__init__(cnn)
         self.fusion = nn.ModuleList(
             nn.ModuleList(FusionBlock(d, heads, sr, 4, fusion, null_key) for _ in range(depth))
             for d, sr in zip(self.dims, (8, 4, 2, 1)))
-        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in self.dims)
+        if start in ("identity", "trunk"):  # DDESegConfig.fusion_start
+            for blocks in self.fusion:
+                for block in blocks:
+                    block.zero_residual_outputs(audio=start == "identity")
+            self.norms = nn.ModuleList(nn.Identity() for _ in self.dims)
+        else:
+            self.norms = nn.ModuleList(nn.LayerNorm(d) for d in self.dims)
         self.bounds = [0] + [s + 1 for s in cnn.feature_stages]
         self.frozen_stages = frozen_stages
         for module in self.frozen_modules():
@@ -203,7 +222,7 @@ class DDESeg(nn.Module):
             cnn = efficientnet_lite0(pretrained=config.pretrained_backbone or False)
             self.backbone_report = getattr(cnn, "load_report", None)
             self.encoder = _CNNFusionEncoder(cnn, fusion=not released, null_key=null_key,
-                                             frozen_stages=config.frozen_stages)
+                                             frozen_stages=config.frozen_stages, start=config.fusion_start)
             heads = (1, 1, 1, 1)
         else:
             raise ValueError(f"backbone must be 'mit' or 'efficientnet_lite0', got {config.backbone!r}")

@@ -181,6 +181,14 @@ class FusionBlock(nn.Module):
         x = x + self.mlp(self.norm2(x), h, w)
         return x, attention  # [B, N, C], [B, N, K] or None
 
+    def zero_residual_outputs(self, audio: bool = True) -> None:
+        """Zero the last layer of each residual branch (the audio cross-attention's too unless
+        ``audio=False``), so that the block starts as the identity (on a silent input)."""
+        last = [self.attn.proj, self.mlp.fc2] + ([self.cross_attn.attn.out_proj] if self.fusion and audio else [])
+        for layer in last:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
 
 class MiTEncoder(nn.Module):
     """Four stages, each a patch embedding (``stage``) then fusion blocks and a norm (``run_blocks``);

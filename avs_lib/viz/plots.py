@@ -330,6 +330,28 @@ def training_curves(history: list[dict], path=None):
     return fig
 
 
+def compared_learning_curves(curves: dict[str, list[dict]], path=None, styles: dict[str, dict] | None = None):
+    """Several runs' learning curves on one axis: validation J&F against the training frames seen
+    (``learning_curve`` of each run's metrics.json history; the epoch ends where a run validated
+    once per epoch). ``styles``: matplotlib keywords per label (colour, line style)."""
+    from avs_lib.training.loop import learning_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for label, history in curves.items():
+        points = learning_curve(history) or [{"frames_seen": h.get("frames_seen", h["epoch"]), "JF": h["val"]["JF"]}
+                                             for h in history]
+        ax.plot([p["frames_seen"] for p in points], [p["JF"] for p in points], ".-", label=label,
+                **(styles or {}).get(label, {}))
+    ax.set_xlabel("training frames seen")
+    ax.set_ylabel("validation J&F")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axis: curves cross
+    save(fig, path)
+    return fig
+
+
 def headroom_figure(rows: list[dict], path=None):
     """The window: each row's test J&F (dot) with its 95 % interval over clips (bar), floor at the
     bottom and ceiling at the top, the space between them shaded."""
