@@ -73,7 +73,7 @@ def test_frozen_stages_keep_their_weights_and_statistics(frozen_stages):
         build_model("ddeseg", memory=small_memory(), frozen_stages=1)  # a MiT's fusion is inside its blocks
 
 
-@pytest.mark.parametrize("start", ["identity", "trunk"])
+@pytest.mark.parametrize("start", ["no_norm", "trunk", "identity"])
 def test_fusion_start_keeps_the_pretrained_trunk_and_still_trains(start):
     image, audio, masks = _inputs()
     model = build_model("ddeseg", backbone="efficientnet_lite0", memory=small_memory(), fusion_start=start).eval()
@@ -85,16 +85,22 @@ def test_fusion_start_keeps_the_pretrained_trunk_and_still_trains(start):
             x = model.encoder.cnn.run_blocks(x, first, last)
             bare.append(x)
         silent = model(image, torch.zeros_like(audio))
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.encoder.norms)
     if start == "identity":  # every residual branch starts at 0: the trunk is the backbone, the audio not heard
         assert all(torch.equal(f, b) for f, b in zip(out.features, bare))
         assert torch.equal(out.logits, silent.logits)
-    else:  # the audio cross-attention is live from the first step
+    else:  # the audio cross-attention is live from the first step (no_norm: every branch is)
         assert not torch.allclose(out.features[0], bare[0])
         assert not torch.allclose(out.logits, silent.logits)
+    if start == "trunk":  # on a silent input the blocks are the identity: only the audio moves the trunk
+        with torch.no_grad():
+            quiet = model.encoder.run_blocks(1, bare[0].flatten(2).transpose(1, 2), *bare[0].shape[-2:], None)[0]
+        assert torch.equal(quiet, bare[0])
     model.train()
     _assert_all_gradients(model, ddeseg_loss(model(image, audio).logits, masks))
-    zeroed = model.encoder.fusion[1][0].mlp.fc2.weight
-    assert not torch.equal(zeroed.grad, torch.zeros_like(zeroed))  # the zeroed layers learn
+    if start != "no_norm":
+        zeroed = model.encoder.fusion[1][0].mlp.fc2.weight
+        assert torch.equal(zeroed, torch.zeros_like(zeroed)) and zeroed.grad.abs().sum() > 0  # the zeroed layers learn
     random = build_model("ddeseg", backbone="efficientnet_lite0", memory=small_memory()).eval()
     with torch.no_grad():
         assert not torch.allclose(random(image, audio).features[1], random.encoder.cnn.run_blocks(
