@@ -245,8 +245,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.curves:
         from avs_lib.viz.plots import compared_learning_curves
 
-        compared_learning_curves({s.run: s.history for s in scores if s.history}, args.curves)
-        print(f"learning curves: {args.curves}")
+        without = [s.run for s in scores if not s.history]
+        if without:
+            print(f"avs compare: no learning curve (metrics.json with a history) in {', '.join(without)}",
+                  file=sys.stderr)
+        if len(without) < len(scores):
+            compared_learning_curves({s.run: s.history for s in scores if s.history}, args.curves)
+            print(f"learning curves: {args.curves}")
     return 0
 
 

@@ -99,15 +99,20 @@ def test_fusion_start_keeps_the_pretrained_trunk_and_still_trains(start):
     model.train()
     _assert_all_gradients(model, ddeseg_loss(model(image, audio).logits, masks))
     if start != "no_norm":
-        zeroed = model.encoder.fusion[1][0].mlp.fc2.weight
+        block = model.encoder.fusion[1][0]
+        zeroed = block.mlp.fc2.weight
         assert torch.equal(zeroed, torch.zeros_like(zeroed)) and zeroed.grad.abs().sum() > 0  # the zeroed layers learn
-    random = build_model("ddeseg", backbone="efficientnet_lite0", memory=small_memory()).eval()
-    with torch.no_grad():
-        assert not torch.allclose(random(image, audio).features[1], random.encoder.cnn.run_blocks(
-            random.encoder.cnn.run_blocks(random.encoder.cnn.stem(image), 0, random.encoder.bounds[1]),
-            random.encoder.bounds[1], random.encoder.bounds[2]))
+        # behind a zeroed output a branch gets no gradient at step 0, and does once that output has moved
+        behind = block.cross_attn.attn.in_proj_weight if start == "identity" else block.mlp.fc1.weight
+        assert behind.grad.abs().sum() == 0
+        torch.optim.SGD(model.parameters(), lr=0.1).step()
+        model.zero_grad()
+        ddeseg_loss(model(image, audio).logits, masks).backward()
+        assert behind.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="efficientnet_lite0"):
         build_model("ddeseg", memory=small_memory(), fusion_start=start)
+    with pytest.raises(ValueError, match="choose one of"):
+        build_model("ddeseg", backbone="efficientnet_lite0", memory=small_memory(), fusion_start="zero")
 
 
 def test_avsac_trains_every_parameter_and_uses_audio():

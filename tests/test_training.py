@@ -126,6 +126,9 @@ def test_avs_compare_pairs_runs_on_the_same_frames(training_world, tmp_path, cap
     assert rows[2]["delta"] == 0 and rows[2]["delta_ci95"] == [0, 0]  # a run against itself
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert main(["compare", runs[0]]) == 2  # nothing to compare with
+    capsys.readouterr()
+    assert main(["compare", runs[0], str(tmp_path / "typo")]) == 2
+    assert "typo does not exist" in capsys.readouterr().err
 
 
 def test_paired_table_needs_the_same_frames_and_pairs_them():
@@ -134,15 +137,19 @@ def test_paired_table_needs_the_same_frames_and_pairs_them():
 
     rng = np.random.default_rng(0)
     frames = [(f"clip{i // 5}", i % 5) for i in range(50)]
-    a = RunScores("a", frames, rng.uniform(0, 1, 50), [])
-    shifted = RunScores("b", frames, a.jf + 0.1, [])  # every frame 0.1 better: no clip resample can say otherwise
-    noisy = RunScores("c", frames, rng.uniform(0, 1, 50), [])
+    a = RunScores("a", frames, "truth", rng.uniform(0, 1, 50), [])
+    shifted = RunScores("b", frames, "truth", a.jf + 0.1, [])  # every frame 0.1 better: no clip resample can say otherwise
+    noisy = RunScores("c", frames, "truth", rng.uniform(0, 1, 50), [])
     rows = paired_table([a, shifted, noisy], boot=500)
     assert rows[1]["delta"] == pytest.approx(0.1) and rows[1]["delta_ci95"] == pytest.approx([0.1, 0.1])
     assert rows[1]["ci95"][1] - rows[1]["ci95"][0] > 0.05  # the runs' own intervals are wide, the paired one is not
     assert rows[2]["delta_ci95"][1] - rows[2]["delta_ci95"][0] > 0.05
     with pytest.raises(DataError, match="other frames"):
-        paired_table([a, RunScores("d", frames[:-1], a.jf[:-1], [])])
+        paired_table([a, RunScores("d", frames[:-1], "truth", a.jf[:-1], [])])
+    with pytest.raises(DataError, match=r"frame 3 is \('clip9', 9\)"):
+        paired_table([a, RunScores("e", frames[:3] + [("clip9", 9)] + frames[4:], "truth", a.jf, [])])
+    with pytest.raises(DataError, match="masks differ"):  # same names, another world's truth
+        paired_table([a, RunScores("f", frames, "other truth", a.jf, [])])
 
 
 def test_every_shipped_config_parses():

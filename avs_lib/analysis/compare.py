@@ -10,7 +10,9 @@ draw the runs' learning curves side by side (``avs_lib.viz.plots.compared_learni
 """
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,18 +22,22 @@ import torch
 from avs_lib.analysis.metrics import per_frame_scores
 from avs_lib.analysis.stats import bootstrap_ci
 from avs_lib.core.errors import DataError
+from avs_lib.core.paths import workbench_path
+from avs_lib.data.frames import SEMANTIC_LAYOUTS
 from avs_lib.training.checkpoints import read_checkpoint
 from avs_lib.training.predict import load_trained, predict
 
 # what ``prepare(config, backbone=False)`` reads: runs that agree on these share one set of frames
 PREPARE_KEYS = ("data_root", "cache_dir", "memory_root", "memory_file", "audio_encoder", "audio_dim",
                 "encoder_epochs", "k", "m", "layout", "image_size", "loader")
+PATH_KEYS = ("data_root", "cache_dir", "memory_root", "memory_file")
 
 
 @dataclass
 class RunScores:
     run: str  # the run folder (or checkpoint) as given
     frames: list[tuple[str, int]]  # (clip, frame) of every scored frame, in order
+    masks_digest: str  # sha256 of those frames' ground-truth masks: two runs pair only on the same truth
     jf: np.ndarray  # [N] per-frame J&F of the run's best checkpoint, its own audio input (zeroed if it trained so)
     history: list[dict]  # metrics.json's history (the learning curve), [] when the folder has none
 
@@ -39,6 +45,8 @@ class RunScores:
 def checkpoint_of(run: str | Path) -> Path:
     """A run folder's best.pt (last.pt when training stopped before one), or the checkpoint given."""
     path = Path(run)
+    if not path.exists():
+        raise DataError(f"{path} does not exist: give a run folder written by avs train, or a checkpoint")
     if path.is_file():
         return path
     for name in ("best.pt", "last.pt"):
@@ -47,45 +55,79 @@ def checkpoint_of(run: str | Path) -> Path:
     raise DataError(f"{path} holds no best.pt or last.pt: give a run folder written by avs train, or a checkpoint")
 
 
+def _prepare_key(saved: dict) -> str:
+    """The data settings of a saved config, with its folders resolved (a relative and an absolute
+    name of one folder, or no cache_dir and <data_root>/cache, are the same frames)."""
+    values = {k: saved.get(k) for k in PREPARE_KEYS}
+    if values["cache_dir"] is None and values["data_root"] is not None:
+        values["cache_dir"] = str(Path(values["data_root"]) / "cache")
+    for k in PATH_KEYS:
+        if values[k] is not None:
+            values[k] = str(workbench_path(values[k]).resolve())
+    return json.dumps(values, sort_keys=True)
+
+
+def _history(run_folder: Path) -> list[dict]:
+    metrics = run_folder / "metrics.json"
+    if not metrics.is_file():
+        return []
+    try:
+        return json.loads(metrics.read_text()).get("history", [])
+    except json.JSONDecodeError as err:
+        raise DataError(f"{metrics} is not valid JSON ({err}); move it aside to compare the run without its "
+                        "learning curve") from None
+
+
 def score_runs(runs: list[str | Path], split: str = "test", device: str = "cpu", data_root: str | Path | None = None,
-               progress=None) -> list[RunScores]:
+               progress: Callable[[str], None] | None = None) -> list[RunScores]:
     """Each run's per-frame J&F on ``split`` (frames with a ground truth only). Runs whose data
     settings agree (``PREPARE_KEYS``) share one prepared set of frames. ``data_root``: where the
-    runs' dataset is now, when it has moved since they trained (``load_trained``)."""
+    runs' dataset is now, when it has moved since they trained (``load_trained``). Binary masks
+    only (s4, ms3 and the composed worlds' layouts of them): a semantic layout is refused."""
     prepared_by: dict[str, object] = {}
     scores = []
     for run in runs:
         checkpoint = checkpoint_of(run)
         saved = {**read_checkpoint(checkpoint)["config"], **({"data_root": str(data_root)} if data_root else {})}
-        key = json.dumps({k: saved.get(k) for k in PREPARE_KEYS}, sort_keys=True)
+        if saved.get("layout") in SEMANTIC_LAYOUTS:
+            raise DataError(f"{checkpoint} was trained on the {saved['layout']} layout, whose masks are semantic (a "
+                            "class per pixel); avs compare pairs binary masks (s4, ms3): use avs eval for it")
+        key = _prepare_key(saved)
         model, config, prepared = load_trained(checkpoint, prepared_by.get(key), device=device, data_root=data_root)
         prepared_by[key] = prepared
         frames = {"train": prepared.train, "val": prepared.val, "test": prepared.test}[split]
         logits = predict(model, frames, torch.device(device), bf16=config.bf16, zero_audio=config.zero_audio,
                          cpu_bf16=config.cpu_bf16)
         keep = frames.valid
-        j, f = per_frame_scores(logits[keep], frames.masks[keep])
+        masks = frames.masks[keep]
+        j, f = per_frame_scores(logits[keep], masks)
         names = [(c, int(i)) for c, i, k in zip(frames.clips, frames.frames, keep.tolist()) if k]
-        metrics = checkpoint.parent / "metrics.json"
-        history = json.loads(metrics.read_text()).get("history", []) if metrics.is_file() else []
-        scores.append(RunScores(str(run), names, ((j + f) / 2).numpy().astype(float), history))
+        digest = hashlib.sha256(str(tuple(masks.shape)).encode() + masks.numpy().tobytes()).hexdigest()
+        scores.append(RunScores(str(run), names, digest, ((j + f) / 2).numpy().astype(float), _history(checkpoint.parent)))
         if progress:
-            progress(run)
+            progress(str(run))
     return scores
 
 
 def paired_table(scores: list[RunScores], boot: int = 2000, seed: int = 0) -> list[dict]:
     """Rows {"run", "frames", "JF", "ci95", "delta", "delta_ci95"}: each run's mean J&F with its
     interval over clips, and (after the first row) its paired difference from the first run with
-    that difference's interval. Refuses runs scored on different frames (another world, split,
-    image size or layout): a pairing needs the same frames in the same order."""
+    that difference's interval. Refuses runs scored on different frames or a different truth
+    (another world, split, image size or layout): a pairing needs the same frames in the same order."""
     first = scores[0]
     clips = [c for c, _ in first.frames]
     rows = []
     for s in scores:
         if s.frames != first.frames:
-            raise DataError(f"{s.run} was scored on other frames than {first.run} ({len(s.frames)} against "
-                            f"{len(first.frames)}): compare runs of the same dataset, split, layout and image size")
+            where = next((i for i, (a, b) in enumerate(zip(s.frames, first.frames)) if a != b), None)
+            detail = (f"frame {where} is {s.frames[where]} against {first.frames[where]}" if where is not None
+                      else f"{len(s.frames)} frames against {len(first.frames)}")
+            raise DataError(f"{s.run} was scored on other frames than {first.run} ({detail}): compare runs of the same "
+                            "dataset, split and layout")
+        if s.masks_digest != first.masks_digest:
+            raise DataError(f"{s.run} and {first.run} name the same frames but their masks differ (another world "
+                            "with the same clip names, or another image size): compare runs of the same dataset "
+                            "and image size")
         row = {"run": s.run, "frames": len(s.jf), "JF": float(s.jf.mean()), "ci95": list(bootstrap_ci(s.jf, clips, boot, seed))}
         if s is not first:
             diff = s.jf - first.jf

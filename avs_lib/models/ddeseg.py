@@ -108,6 +108,8 @@ class DDESegConfig:
     def __post_init__(self):
         if not 0 <= self.frozen_stages <= 4:
             raise ValueError(f"frozen_stages={self.frozen_stages}: choose 0 (none) to 4 (the whole backbone)")
+        if self.fusion_start not in self.CHOICES["fusion_start"]:  # a config file is checked on reading; code too
+            raise ValueError(f"fusion_start={self.fusion_start!r}: choose one of {self.CHOICES['fusion_start']}")
         if self.fusion_start != "random" and self.backbone != "efficientnet_lite0":
             raise ValueError(f"fusion_start={self.fusion_start!r} needs backbone='efficientnet_lite0' (a MiT's "
                              "blocks are its own stages, trained with it, not inserted into a pretrained trunk)")

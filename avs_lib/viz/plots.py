@@ -330,10 +330,10 @@ def training_curves(history: list[dict], path=None):
     return fig
 
 
-def compared_learning_curves(curves: dict[str, list[dict]], path=None, styles: dict[str, dict] | None = None):
+def compared_learning_curves(curves: dict[str, list[dict]], path: str | Path | None = None):
     """Several runs' learning curves on one axis: validation J&F against the training frames seen
     (``learning_curve`` of each run's metrics.json history; the epoch ends where a run validated
-    once per epoch). ``styles``: matplotlib keywords per label (colour, line style)."""
+    once per epoch)."""
     from avs_lib.training.loop import learning_curve
 
     plt = _pyplot()
@@ -341,8 +341,7 @@ def compared_learning_curves(curves: dict[str, list[dict]], path=None, styles: d
     for label, history in curves.items():
         points = learning_curve(history) or [{"frames_seen": h.get("frames_seen", h["epoch"]), "JF": h["val"]["JF"]}
                                              for h in history]
-        ax.plot([p["frames_seen"] for p in points], [p["JF"] for p in points], ".-", label=label,
-                **(styles or {}).get(label, {}))
+        ax.plot([p["frames_seen"] for p in points], [p["JF"] for p in points], ".-", label=label)
     ax.set_xlabel("training frames seen")
     ax.set_ylabel("validation J&F")
     ax.set_ylim(bottom=0)
