@@ -221,7 +221,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     # verified: an unusable file is one CheckpointError; a dataset that is not there, one DataError
     model, config, prepared = load_trained(args.checkpoint, data_root=args.data_root)
     config = replace(config, convention=args.convention, eval_batch_size=args.batch_size, zero_audio=args.zero_audio)
-    frames = {"train": prepared.train, "val": prepared.val, "test": prepared.test}[args.split]
+    frames = prepared.split(args.split)
     result = evaluate_model(model, frames, torch.device("cpu"), config)
     print(json.dumps(result, indent=1))
     return 0

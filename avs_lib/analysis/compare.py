@@ -22,15 +22,14 @@ import torch
 from avs_lib.analysis.metrics import per_frame_scores
 from avs_lib.analysis.stats import bootstrap_ci
 from avs_lib.core.errors import DataError
-from avs_lib.core.paths import workbench_path
 from avs_lib.data.frames import SEMANTIC_LAYOUTS
 from avs_lib.training.checkpoints import read_checkpoint
 from avs_lib.training.predict import load_trained, predict
+from avs_lib.training.runs import run_identity
 
 # what ``prepare(config, backbone=False)`` reads: runs that agree on these share one set of frames
 PREPARE_KEYS = ("data_root", "cache_dir", "memory_root", "memory_file", "audio_encoder", "audio_dim",
                 "encoder_epochs", "k", "m", "layout", "image_size", "loader")
-PATH_KEYS = ("data_root", "cache_dir", "memory_root", "memory_file")
 
 
 @dataclass
@@ -56,15 +55,12 @@ def checkpoint_of(run: str | Path) -> Path:
 
 
 def _prepare_key(saved: dict) -> str:
-    """The data settings of a saved config, with its folders resolved (a relative and an absolute
-    name of one folder, or no cache_dir and <data_root>/cache, are the same frames)."""
+    """The data settings of a saved config, compared as ``run_identity`` compares runs (a relative
+    and an absolute name of one folder are the same data); no cache_dir is <data_root>/cache."""
     values = {k: saved.get(k) for k in PREPARE_KEYS}
     if values["cache_dir"] is None and values["data_root"] is not None:
         values["cache_dir"] = str(Path(values["data_root"]) / "cache")
-    for k in PATH_KEYS:
-        if values[k] is not None:
-            values[k] = str(workbench_path(values[k]).resolve())
-    return json.dumps(values, sort_keys=True)
+    return json.dumps(run_identity(values), sort_keys=True)
 
 
 def _history(run_folder: Path) -> list[dict]:
@@ -88,14 +84,16 @@ def score_runs(runs: list[str | Path], split: str = "test", device: str = "cpu",
     scores = []
     for run in runs:
         checkpoint = checkpoint_of(run)
-        saved = {**read_checkpoint(checkpoint)["config"], **({"data_root": str(data_root)} if data_root else {})}
+        state = read_checkpoint(checkpoint)
+        saved = {**state["config"], **({"data_root": str(data_root)} if data_root else {})}
         if saved.get("layout") in SEMANTIC_LAYOUTS:
             raise DataError(f"{checkpoint} was trained on the {saved['layout']} layout, whose masks are semantic (a "
                             "class per pixel); avs compare pairs binary masks (s4, ms3): use avs eval for it")
         key = _prepare_key(saved)
-        model, config, prepared = load_trained(checkpoint, prepared_by.get(key), device=device, data_root=data_root)
+        model, config, prepared = load_trained(checkpoint, prepared_by.get(key), device=device, data_root=data_root,
+                                               state=state)
         prepared_by[key] = prepared
-        frames = {"train": prepared.train, "val": prepared.val, "test": prepared.test}[split]
+        frames = prepared.split(split)
         logits = predict(model, frames, torch.device(device), bf16=config.bf16, zero_audio=config.zero_audio,
                          cpu_bf16=config.cpu_bf16)
         keep = frames.valid

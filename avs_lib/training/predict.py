@@ -71,16 +71,17 @@ def make_model(config: TrainConfig, prepared: Prepared, pretrained: bool = True)
 
 
 def load_trained(checkpoint: str | Path, prepared: Prepared | None = None, device: str = "cpu",
-                 data_root: str | Path | None = None):
+                 data_root: str | Path | None = None, state: dict | None = None):
     """(model, config, prepared) from a best.pt/last.pt written by ``train``. The checkpoint is
     verified (``avs_lib.training.checkpoints``) before any data work; a file that is not one, or whose
     weights do not fit its config, is a ``CheckpointError`` naming it. ``data_root``: where the
     run's dataset is now, when it has moved since training (its memory is built from there too,
-    unless the run named a memory_root of its own)."""
+    unless the run named a memory_root of its own). ``state``: the checkpoint's contents when the
+    caller has read them already (``read_checkpoint``), so that a large file is not read twice."""
     from dataclasses import replace
 
 
-    state = read_checkpoint(checkpoint)
+    state = state if state is not None else read_checkpoint(checkpoint)
     config = config_from_dict(state["config"], f"the config inside checkpoint {checkpoint}")
     if data_root is not None:
         config = replace(config, data_root=str(data_root))

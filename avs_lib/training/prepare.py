@@ -25,6 +25,10 @@ class Prepared:
     audio_encoder: object = None  # what embedded the frames (train_clips=fresh embeds each epoch's new clips with it)
     backbone_weights: str | None = None  # switches.pretrained_backbone=world: the world's pretrained Lite0 file
 
+    def split(self, name: str) -> FrameSet:
+        """The frames of split ``name``: "train", "val" or "test"."""
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
 
 def prepare(config, progress: bool = False, backbone: bool = True, workers: int = 1) -> Prepared:
     """The frozen audio encoder, the memory (config.k, config.m) and the three splits of

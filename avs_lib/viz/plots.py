@@ -303,11 +303,18 @@ def roc_figure(labels, scores, title: str, path=None):
     return fig
 
 
+def _validation_points(history: list[dict]) -> list[dict]:
+    """[{"frames_seen", "JF"}]: ``learning_curve``, or for a history recorded before frames were
+    counted, one point per epoch end at its epoch number."""
+    from avs_lib.training.loop import learning_curve
+
+    return learning_curve(history) or [{"frames_seen": h.get("frames_seen", h["epoch"]), "JF": h["val"]["JF"]}
+                                       for h in history]
+
+
 def training_curves(history: list[dict], path=None):
     """Training loss per epoch and the learning curve: validation J&F against the training frames
     seen (every validation, ``validations_per_epoch`` of them per epoch), J and F at epoch ends."""
-    from avs_lib.training.loop import learning_curve
-
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     ends = [h.get("frames_seen", h["epoch"]) for h in history]
@@ -318,7 +325,7 @@ def training_curves(history: list[dict], path=None):
     axes[0].plot(ends, [h["loss"] for h in history], "o", label="epoch mean")
     axes[0].set_ylabel("training loss")
     axes[0].legend(fontsize=8)
-    points = learning_curve(history) or [{"frames_seen": e, "JF": h["val"]["JF"]} for e, h in zip(ends, history)]
+    points = _validation_points(history)
     axes[1].plot([p["frames_seen"] for p in points], [p["JF"] for p in points], ".-", label="J&F")
     for key in ("J", "F"):
         axes[1].plot(ends, [h["val"][key] for h in history], "o", label=f"{key} (epoch end)", alpha=0.7)
@@ -334,13 +341,10 @@ def compared_learning_curves(curves: dict[str, list[dict]], path: str | Path | N
     """Several runs' learning curves on one axis: validation J&F against the training frames seen
     (``learning_curve`` of each run's metrics.json history; the epoch ends where a run validated
     once per epoch)."""
-    from avs_lib.training.loop import learning_curve
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     for label, history in curves.items():
-        points = learning_curve(history) or [{"frames_seen": h.get("frames_seen", h["epoch"]), "JF": h["val"]["JF"]}
-                                             for h in history]
+        points = _validation_points(history)
         ax.plot([p["frames_seen"] for p in points], [p["JF"] for p in points], ".-", label=label)
     ax.set_xlabel("training frames seen")
     ax.set_ylabel("validation J&F")
