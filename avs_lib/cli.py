@@ -118,8 +118,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     if args.no_notebooks:
         return 0
     from avs_lib.experiments.notebooks import NotebookFailed
-    from avs_lib.experiments.pipeline import run_pipeline
-    from avs_lib.experiments.readme import update_readme_numbers
+    from avs_lib.experiments.pipeline import quote_run_in_readme, run_pipeline
 
     batch = None
     try:
@@ -134,7 +133,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     if args.update_readme:
         from avs_lib.core.paths import repo_root
 
-        update_readme_numbers(batch, repo_root() / "README.md")
+        quote_run_in_readme(batch, repo_root() / "README.md")
         print(f"README.md: the run-numbers table now quotes {batch}")
     return 0
 

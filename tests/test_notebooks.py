@@ -225,6 +225,12 @@ def test_run_report_puts_readme_numbers_beside_the_run(tmp_path):
     assert "| `accuracy` | 0.5 | 0.5 |" in report and "| `recall` | 0.3 | 0.25 (differs) |" in report
     assert '<img src="01_a/figures/plot.png"' in report and "(01_a/01_a.ipynb)" in report
     assert "curve" not in report
+    # `avs pipeline --update-readme`: the README quotes the run, and the report compares with that
+    from avs_lib.experiments.pipeline import quote_run_in_readme
+
+    report = quote_run_in_readme(batch, readme).read_text()
+    assert readme_numbers(readme)[("02_b", "recall")] == "0.3" and readme.read_text().startswith("intro\n")
+    assert "| `recall` | 0.3 | 0.3 |" in report and "differs" not in report
 
 
 def _committed_main_runs(root):

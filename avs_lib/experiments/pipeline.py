@@ -9,7 +9,7 @@ from pathlib import Path
 from avs_lib.core.files import read_json
 from avs_lib.core.paths import repo_root
 from avs_lib.experiments.notebooks import run_notebook
-from avs_lib.experiments.readme import format_number, headline_numbers, readme_numbers
+from avs_lib.experiments.readme import format_number, headline_numbers, readme_numbers, update_readme_numbers
 from avs_lib.viz.plots import relink_plotlyjs
 
 
@@ -85,3 +85,11 @@ def write_run_report(batch: Path, readme: Path | None = None) -> Path:
     path = batch / "index.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def quote_run_in_readme(batch: Path, readme: Path) -> Path:
+    """Make ``readme``'s run-numbers table quote the run ``batch``, then rewrite the run's report, whose
+    README column was filled from the table this run replaces (its "(differs)" marks would otherwise
+    say that the README disagrees with the run it now quotes). Returns the report."""
+    update_readme_numbers(batch, readme)
+    return write_run_report(batch, readme=readme)

@@ -32,6 +32,7 @@
 """
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -44,6 +45,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
+
+if dist.is_available():
+    # torch.distributed.nn.functional binds the default process group that exists when it is first
+    # imported as its functions' default argument (``group=group.WORLD``), and DistributedDataParallel
+    # imports it. Imported after init_process_group, it holds that group for the life of the process:
+    # destroy_process_group cannot free it, and the group's gloo threads outlive it (measured, torch
+    # 2.13; see _destroy_process_group_at_exit). Imported here, before any group exists, its defaults
+    # are None.
+    import torch.distributed.nn.functional  # noqa: F401
 
 from avs_lib.analysis.truth import UNKNOWN_OBJECT, object_class_map, onscreen_labels
 from avs_lib.core.config import TrainConfig, check_device
@@ -189,9 +199,26 @@ def _distributed() -> tuple[int, int]:
                   "the previous attempt's addresses (README, 'Running on a cluster')", file=sys.stderr, flush=True)
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend)
+        if backend == "gloo":
+            atexit.register(_destroy_process_group_at_exit)
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _destroy_process_group_at_exit() -> None:
+    """Free the gloo process group that ``_distributed`` made while the interpreter is still whole.
+
+    A gloo worker thread drops each finished collective after the caller's ``wait`` has returned, and
+    dropping one that holds a tensor seen from Python takes the GIL. A group still alive when the
+    interpreter finalises can therefore have a worker thread take the GIL too late: Python ends that
+    thread with pthread_exit inside C++ code, and the process dies with SIGABRT ("terminate called
+    without an active exception", seen in the core of a two-rank run; about 2 exits in 100). Freed here,
+    from atexit, the group's destructor releases the GIL and joins its threads, which finish their
+    drops first. Not done for NCCL, where destroying a group whose peers are stuck in a collective can
+    hang a failing run instead of letting it exit."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _fault_injection(out_dir: Path, epoch: int, step_in_epoch: int, rank: int) -> None:
