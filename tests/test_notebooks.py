@@ -201,6 +201,7 @@ def test_environment_names_the_cpu_and_what_was_dirty(tmp_path):
 
     env = environment()
     assert env["device"].startswith("cpu (") and "unknown" not in env["device"]
+    assert isinstance(env["cpu_kernels"], str) and env["cpu_kernels"].isupper()  # e.g. AVX2, AVX512
     assert isinstance(env["dirty_code"], list) and env["git_dirty"] == bool(env["dirty_code"])
     assert not any(p.startswith(("papermill_runs/", "figures/")) for p in env["dirty_code"])
 

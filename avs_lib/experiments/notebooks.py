@@ -90,6 +90,8 @@ def environment() -> dict:
             versions[package] = None
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions, **git_state(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({cpu_model()})",
+            # the CPU kernels torch dispatched to (AVX2, AVX512, ...): CPU runs are bit-equal only on the same
+            "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
             "cpu_threads": torch.get_num_threads(), "started": dt.datetime.now().isoformat(timespec="seconds")}
 
 

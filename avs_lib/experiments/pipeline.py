@@ -60,7 +60,8 @@ def write_run_report(batch: Path, readme: Path | None = None) -> Path:
         state = (f"uncommitted code changes during the run: {', '.join(dirty)}" if dirty
                  else "no uncommitted code changes")
         lines += [f"Commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c}`' for c in commits)} ({state}); "
-                  f"{envs[0].get('device')}; torch {envs[0].get('packages', {}).get('torch')}; "
+                  f"{envs[0].get('device')}" + (f", {envs[0]['cpu_kernels']} kernels" if envs[0].get("cpu_kernels") else "")
+                  + f"; torch {envs[0].get('packages', {}).get('torch')}; "
                   f"started {envs[0].get('started')}.", ""]
     for run in sorted(p for p in batch.iterdir() if p.is_dir()):
         status = json.loads((run / "status.json").read_text()) if (run / "status.json").exists() else {}
