@@ -30,18 +30,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-GLOO_THREADS = ("pt_gloo_runloop", "gloo_tcp_loop", "pt_tcpstore_uv")
-
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _threads_left() -> list[str]:
-    names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
-    return [n for n in names if n in GLOO_THREADS]
 
 
 def _worker(rank: int, world: int, port: int, plain_torch: bool, switch_interval: float, report: str) -> None:
@@ -63,8 +56,11 @@ def _worker(rank: int, world: int, port: int, plain_torch: bool, switch_interval
     del model
     dist.destroy_process_group()
     if rank == 0:
+        # imported only now: importing avs_lib.training.loop earlier is the engine's teardown itself
+        from avs_lib.training.loop import gloo_threads_alive
+
         with open(report, "w") as f:
-            json.dump(_threads_left(), f)
+            json.dump(gloo_threads_alive(), f)
 
 
 def main() -> None:

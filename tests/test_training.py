@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from conftest import free_port, synthetic_prepared, tiny_run_overrides
 from avs_lib.cli import main
 from avs_lib.core.config import load_config
-from avs_lib.training.loop import learning_rate, parameter_groups, train
+from avs_lib.training.loop import gloo_threads_alive, learning_rate, parameter_groups, train
 
 
 def _config(out, **kw):
@@ -49,12 +49,8 @@ def test_same_seed_same_run_and_seed_matters(tmp_path):
     assert one["history"][0]["loss"] != other["history"][0]["loss"]
 
 
-GLOO_THREADS = ("pt_gloo_runloop", "gloo_tcp_loop", "pt_tcpstore_uv")
-
-
 def _write_gloo_threads_left(path: str) -> None:
-    names = [(Path("/proc/self/task") / t / "comm").read_text().strip() for t in os.listdir("/proc/self/task")]
-    Path(path).write_text(json.dumps([n for n in names if n in GLOO_THREADS]))
+    Path(path).write_text(json.dumps(gloo_threads_alive()))
 
 
 def _ddp_worker(rank, world, port, out):

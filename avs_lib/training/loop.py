@@ -221,6 +221,20 @@ def _destroy_process_group_at_exit() -> None:
         dist.destroy_process_group()
 
 
+# thread names (Linux) of a gloo process group: its worker threads, its transport loop, rank 0's store
+GLOO_THREAD_NAMES = ("pt_gloo_runloop", "gloo_tcp_loop", "pt_tcpstore_uv")
+
+
+def gloo_threads_alive() -> list[str]:
+    """The names of this process's threads that belong to a gloo process group ([] where /proc is
+    missing): after ``_destroy_process_group_at_exit`` there should be none."""
+    tasks = Path("/proc/self/task")
+    if not tasks.is_dir():
+        return []
+    names = [(tasks / t / "comm").read_text().strip() for t in os.listdir(tasks)]
+    return [n for n in names if n in GLOO_THREAD_NAMES]
+
+
 def _fault_injection(out_dir: Path, epoch: int, step_in_epoch: int, rank: int) -> None:
     """Test hook: ``AVS_FAULT_KILL=EPOCH:STEP[:RANK]`` SIGKILLs this worker at that step (epoch
     1-based, step within the epoch 0-based, rank 0 by default), once per run folder (a marker file
