@@ -2,7 +2,13 @@
 module that does the work."""
 from __future__ import annotations
 
-import argparse
+from avs_lib.core.kernels import use_portable_kernels
+
+# First, before NumPy and torch are imported: every CPU kernel capped at AVX2, so that a run gives
+# the same numbers on any x86 CPU with AVX2 (avs_lib/core/kernels.py; AVS_NATIVE_KERNELS=1 is off)
+use_portable_kernels()
+
+import argparse  # noqa: E402
 import json
 import sys
 import time

@@ -1,6 +1,12 @@
-import socket
+from avs_lib.core.kernels import use_portable_kernels
 
-import numpy as np
+# The tests compute in this process what they compare with `avs` subprocesses, which run capped
+# (avs_lib/core/kernels.py): the same caps here, before NumPy and torch are imported.
+use_portable_kernels()
+
+import socket  # noqa: E402
+
+import numpy as np  # noqa: E402
 import pytest
 import torch
 

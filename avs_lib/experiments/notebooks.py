@@ -31,6 +31,7 @@ from typing import Callable
 
 from avs_lib.core.config import _type_name
 from avs_lib.core.errors import ConfigError
+from avs_lib.core.kernels import capped_capability, kernel_settings, portable_kernel_env
 from avs_lib.core.files import atomic_write_text, output_folder, writing_into
 from avs_lib.core.locks import pid_alive
 from avs_lib.core.paths import repo_root
@@ -91,7 +92,9 @@ def environment() -> dict:
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions, **git_state(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({cpu_model()})",
             # the CPU kernels torch dispatched to (AVX2, AVX512, ...): CPU runs are bit-equal only on the same
-            "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+            "cpu_kernels": capped_capability(torch.backends.cpu.get_cpu_capability(), portable_kernel_env(os.environ)),
+            # the caps each notebook kernel runs under (avs_lib.core.kernels), or the native switch
+            "kernel_settings": kernel_settings(portable_kernel_env(os.environ)),
             "cpu_threads": torch.get_num_threads(), "started": dt.datetime.now().isoformat(timespec="seconds")}
 
 
@@ -344,9 +347,12 @@ def kernel_logging_to(log_path: Path) -> type:
 
     class KernelLoggingToFile(AsyncKernelManager):
         async def _async_launch_kernel(self, kernel_cmd: list[str], **kw) -> None:
-            # jupyter_client's hook for launching differently; the child keeps its own copy of the file
+            # jupyter_client's hook for launching differently; the child keeps its own copy of the file.
+            # The kernel gets the portable CPU kernels' caps whoever started the run
+            # (avs_lib.core.kernels): the caller's own NumPy may have been imported without them.
+            env = portable_kernel_env(kw.get("env") or os.environ)
             with open(log_path, "ab") as log:
-                await super()._async_launch_kernel(kernel_cmd, **{**kw, "stderr": log})
+                await super()._async_launch_kernel(kernel_cmd, **{**kw, "stderr": log, "env": env})
 
     return KernelLoggingToFile
 

@@ -48,6 +48,19 @@ def run_pipeline(world: Path, figures: Path, runs_dir: Path, notebooks: tuple[st
     return batch
 
 
+def kernels_text(env: dict) -> str:
+    """", AVX2 kernels (capped at AVX2)" for a run's environment record, or "" for an
+    old record that does not name its kernels."""
+    if not env.get("cpu_kernels"):
+        return ""
+    settings = env.get("kernel_settings")
+    if settings is None:
+        return f", {env['cpu_kernels']} kernels"
+    cap = settings.get("ATEN_CPU_CAPABILITY")
+    mode = f"capped at {cap.upper()}" if cap else "native: the CPU's widest"
+    return f", {env['cpu_kernels']} kernels ({mode})"
+
+
 def write_run_report(batch: Path, readme: Path | None = None) -> Path:
     """``<batch>/index.md``: per notebook its status, its headline numbers (beside the README's,
     where the README quotes one), thumbnails of its figures and a link to the executed notebook."""
@@ -60,7 +73,7 @@ def write_run_report(batch: Path, readme: Path | None = None) -> Path:
         state = (f"uncommitted code changes during the run: {', '.join(dirty)}" if dirty
                  else "no uncommitted code changes")
         lines += [f"Commit{'s' if len(commits) > 1 else ''} {', '.join(f'`{c}`' for c in commits)} ({state}); "
-                  f"{envs[0].get('device')}" + (f", {envs[0]['cpu_kernels']} kernels" if envs[0].get("cpu_kernels") else "")
+                  f"{envs[0].get('device')}" + kernels_text(envs[0])
                   + f"; torch {envs[0].get('packages', {}).get('torch')}; "
                   f"started {envs[0].get('started')}.", ""]
     for run in sorted(p for p in batch.iterdir() if p.is_dir()):

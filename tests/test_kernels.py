@@ -1,0 +1,101 @@
+"""Portable CPU kernels (avs_lib.core.kernels): the caps reach the `avs` process and every notebook
+kernel, a value the user set is kept, and AVS_NATIVE_KERNELS=1 turns them off."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, strategies as st
+
+from avs_lib.core.kernels import (NATIVE_SWITCH, PORTABLE_KERNELS, capped_capability, kernel_settings,
+                                  portable_kernel_env, use_portable_kernels)
+
+REPO = Path(__file__).resolve().parent.parent
+CAPS = sorted(PORTABLE_KERNELS)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in PORTABLE_KERNELS and k != NATIVE_SWITCH}
+    return {**env, **extra}
+
+
+@given(st.dictionaries(st.sampled_from(CAPS + ["HOME", "PATH"]), st.text("abc", min_size=1, max_size=3)))
+def test_caps_fill_only_what_is_unset(given_env):
+    env = portable_kernel_env(given_env)
+    for name in CAPS:
+        assert env[name] == given_env.get(name, PORTABLE_KERNELS[name])
+    assert {k: env[k] for k in given_env} == given_env  # nothing the caller set is changed
+    assert portable_kernel_env({**given_env, NATIVE_SWITCH: "1"}) == {**given_env, NATIVE_SWITCH: "1"}
+
+
+def test_use_portable_kernels_writes_the_given_environment_and_reports_it():
+    environ = {"ONEDNN_MAX_CPU_ISA": "SSE41", "HOME": "/x"}
+    settings = use_portable_kernels(environ)
+    assert environ["ONEDNN_MAX_CPU_ISA"] == "SSE41" and environ["ATEN_CPU_CAPABILITY"] == "avx2"
+    assert settings == kernel_settings(environ) and "HOME" not in settings and set(settings) == set(CAPS)
+
+
+def test_capped_capability_is_the_narrower_level():
+    assert capped_capability("AVX512", {"ATEN_CPU_CAPABILITY": "avx2"}) == "AVX2"
+    assert capped_capability("AVX2", {"ATEN_CPU_CAPABILITY": "avx512"}) == "AVX2"
+    assert capped_capability("AVX2", {"ATEN_CPU_CAPABILITY": "default"}) == "DEFAULT"
+    assert capped_capability("AVX512", {}) == "AVX512"
+    assert capped_capability("ZVECTOR", {"ATEN_CPU_CAPABILITY": "avx2"}) == "ZVECTOR"
+
+
+PROBE = ("import avs_lib.cli, json, os, numpy, torch; "
+         "from numpy._core._multiarray_umath import __cpu_features__ as f; "
+         "print(json.dumps({'env': {k: os.environ.get(k) for k in %r}, 'torch': torch.backends.cpu.get_cpu_capability(), "
+         "'numpy_v4': f.get('X86_V4', False)}))" % CAPS)
+
+
+def probe(env: dict[str, str]) -> dict:
+    done = subprocess.run([sys.executable, "-c", PROBE], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_avs_process_caps_numpy_and_torch_before_importing_them():
+    seen = probe(clean_env())
+    assert seen["env"] == PORTABLE_KERNELS
+    assert seen["torch"] in {"AVX2", "DEFAULT"} and seen["numpy_v4"] is False
+    # a cap the user set reaches torch itself: DEFAULT is below every x86-64 CPU's own level
+    assert probe(clean_env(ATEN_CPU_CAPABILITY="default"))["torch"] == "DEFAULT"
+    assert set(probe(clean_env(**{NATIVE_SWITCH: "1"}))["env"].values()) == {None}
+
+
+def test_every_notebook_kernel_runs_capped_whoever_started_it(tmp_path, monkeypatch):
+    from avs_lib.experiments.notebooks import run_notebook
+
+    notebook = tmp_path / "kernels.py"
+    notebook.write_text('# %% tags=["parameters"]\nrun_dir = "."\n\n# %%\nimport json, os, torch\nfrom pathlib import Path\n'
+                        f'Path(run_dir, "seen.json").write_text(json.dumps({{"env": {{k: os.environ.get(k) for k in {CAPS!r}}}, '
+                        '"torch": torch.backends.cpu.get_cpu_capability()}))\n')
+    for name in (*CAPS, NATIVE_SWITCH):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")  # this process's own value is the kernel's too
+    run = run_notebook(notebook, {}, name="capped", runs_dir=tmp_path / "runs", progress=False)
+    seen = json.loads((Path(run) / "seen.json").read_text())
+    assert seen["env"] == {**PORTABLE_KERNELS, "ATEN_CPU_CAPABILITY": "default"} and seen["torch"] == "DEFAULT"
+    recorded = json.loads((Path(run) / "environment.json").read_text())
+    assert recorded["kernel_settings"] == seen["env"] and recorded["cpu_kernels"] == "DEFAULT"
+
+    monkeypatch.setenv(NATIVE_SWITCH, "1")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    run = run_notebook(notebook, {}, name="native", runs_dir=tmp_path / "runs", progress=False)
+    seen = json.loads((Path(run) / "seen.json").read_text())
+    assert set(seen["env"].values()) == {None}
+    assert json.loads((Path(run) / "environment.json").read_text())["kernel_settings"] == {NATIVE_SWITCH: "1"}
+
+
+@pytest.mark.parametrize("settings, text", [
+    ({"ATEN_CPU_CAPABILITY": "avx2"}, ", AVX2 kernels (capped at AVX2)"),
+    ({NATIVE_SWITCH: "1"}, ", AVX2 kernels (native: the CPU's widest)"),
+    (None, ", AVX2 kernels")])
+def test_the_run_report_says_how_the_kernels_were_chosen(settings, text):
+    from avs_lib.experiments.pipeline import kernels_text
+
+    env = {"cpu_kernels": "AVX2"} if settings is None else {"cpu_kernels": "AVX2", "kernel_settings": settings}
+    assert kernels_text(env) == text
