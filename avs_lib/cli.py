@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from avs_lib.core.kernels import use_portable_kernels
 
-# First, before NumPy and torch are imported: every CPU kernel capped at AVX2, so that a run gives
-# the same numbers on any x86 CPU with AVX2 (avs_lib/core/kernels.py; AVS_NATIVE_KERNELS=1 is off)
+# First, before NumPy and torch are imported: every library's CPU kernels capped at AVX2, so that
+# AVX512 and AVX2 machines run the same kernels (avs_lib/core/kernels.py; AVS_NATIVE_KERNELS=1: off)
 use_portable_kernels()
 
 import argparse  # noqa: E402

@@ -8,6 +8,8 @@ Synthetic inputs of the right shapes: the figures measure the model and the engi
 data loading (which the engine does from memory). ``--precision bf16`` is autocast to bfloat16
 (CPU or CUDA), ``--channels-last`` puts the model and the images in NHWC, ``--compile`` wraps the
 model in ``torch.compile`` (its compile time is reported apart and left out of the frames/s).
+It measures the CPU kernels ``avs`` runs, capped at AVX2 (``avs_lib.core.kernels``); with
+``AVS_NATIVE_KERNELS=1`` in the environment, the CPU's widest. Each line names them.
 
 The GPU suite, one call (a few minutes on one card; exits 2 with a message where CUDA is missing):
 
@@ -30,11 +32,17 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's avs_lib, whichever is installed
 
-from avs_lib.models import build_model, count_parameters
+from avs_lib.core.kernels import kernel_settings, use_portable_kernels
+
+# The kernels `avs` runs: capped at AVX2 before torch is imported (avs_lib/core/kernels.py);
+# AVS_NATIVE_KERNELS=1 measures the CPU's widest instead
+use_portable_kernels()
+
+import torch  # noqa: E402
+
+from avs_lib.models import build_model, count_parameters  # noqa: E402
 from avs_lib.training.losses import ddeseg_loss
 
 
@@ -109,7 +117,9 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
               **({"frozen_stages": switches["frozen_stages"]} if "frozen_stages" in switches else {}),
               "parameters_trainable": count_parameters(model)["total"],
               "train_frames_per_second": round(train_fps, 2), "eval_frames_per_second": round(eval_fps, 2),
-              "first_step_seconds": round(first_step, 2), "threads": torch.get_num_threads()}
+              "first_step_seconds": round(first_step, 2), "threads": torch.get_num_threads(),
+              "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
+              "kernel_settings": kernel_settings(os.environ)}
     if flops is not None:
         result["train_step_gflops_per_frame"] = round(flops / args.batch_size / 1e9, 2)
         peak = args.peak_tflops or bf16_peak_tflops(device)

@@ -29,6 +29,10 @@ clip_index = 0
 run_dir = ""  # empty: runs/notebooks/00_data_tour/ under the repository root
 
 # %%
+from avs_lib.core.kernels import use_portable_kernels
+
+use_portable_kernels()  # first, before NumPy and torch: the CPU kernels `avs` runs, also when opened by hand
+
 from pathlib import Path
 
 import matplotlib.pyplot as plt

@@ -35,6 +35,10 @@ seed = 0
 run_dir = ""  # empty: runs/notebooks/01_semantic_memory/ under the repository root
 
 # %%
+from avs_lib.core.kernels import use_portable_kernels
+
+use_portable_kernels()  # first, before NumPy and torch: the CPU kernels `avs` runs, also when opened by hand
+
 from pathlib import Path
 
 import numpy as np

@@ -47,6 +47,10 @@ seed = 0
 run_dir = ""  # empty: runs/notebooks/03_elimination/ under the repository root
 
 # %%
+from avs_lib.core.kernels import use_portable_kernels
+
+use_portable_kernels()  # first, before NumPy and torch: the CPU kernels `avs` runs, also when opened by hand
+
 import pandas as pd
 
 from avs_lib.analysis.inspect import (INSPECTION_NAMES, elimination_analysis, elimination_auc, stage_token_scores,

@@ -42,6 +42,10 @@ seed = 0
 run_dir = ""  # empty: runs/notebooks/04_tsne_probe/ under the repository root
 
 # %%
+from avs_lib.core.kernels import use_portable_kernels
+
+use_portable_kernels()  # first, before NumPy and torch: the CPU kernels `avs` runs, also when opened by hand
+
 from dataclasses import replace
 from pathlib import Path
 

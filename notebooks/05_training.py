@@ -38,6 +38,10 @@ headroom_rows = ["floor", "oracle"]  # trained beside the model: "floor", "oracl
 run_dir = ""  # empty: runs/notebooks/05_training/ under the repository root
 
 # %%
+from avs_lib.core.kernels import use_portable_kernels
+
+use_portable_kernels()  # first, before NumPy and torch: the CPU kernels `avs` runs, also when opened by hand
+
 from dataclasses import replace
 from pathlib import Path
 

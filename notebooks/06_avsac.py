@@ -32,6 +32,10 @@ avsac_backbone = "shared"  # "shared": DDESeg's backbone and its pretrained star
 run_dir = ""  # empty: runs/notebooks/06_avsac/ under the repository root
 
 # %%
+from avs_lib.core.kernels import use_portable_kernels
+
+use_portable_kernels()  # first, before NumPy and torch: the CPU kernels `avs` runs, also when opened by hand
+
 from dataclasses import replace
 
 import pandas as pd

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from avs_lib.core.kernels import (NATIVE_SWITCH, PORTABLE_KERNELS, capped_capability, kernel_settings,
-                                  portable_kernel_env, use_portable_kernels)
+from avs_lib.core.kernels import NATIVE_SWITCH, PORTABLE_KERNELS, kernel_settings, portable_kernel_env, use_portable_kernels
 
 REPO = Path(__file__).resolve().parent.parent
 CAPS = sorted(PORTABLE_KERNELS)
@@ -31,24 +30,23 @@ def test_caps_fill_only_what_is_unset(given_env):
 
 
 def test_use_portable_kernels_writes_the_given_environment_and_reports_it():
-    environ = {"ONEDNN_MAX_CPU_ISA": "SSE41", "HOME": "/x"}
+    environ = {"ONEDNN_MAX_CPU_ISA": "SSE41", "HOME": "/x", "MKL_CBWR": "COMPATIBLE"}
     settings = use_portable_kernels(environ)
     assert environ["ONEDNN_MAX_CPU_ISA"] == "SSE41" and environ["ATEN_CPU_CAPABILITY"] == "avx2"
-    assert settings == kernel_settings(environ) and "HOME" not in settings and set(settings) == set(CAPS)
+    assert settings == kernel_settings(environ) and "HOME" not in settings
+    assert set(settings) == {*CAPS, "MKL_CBWR"}  # MKL's reproducibility mode, where the user sets it, is recorded
+    native = {NATIVE_SWITCH: "1"}
+    assert use_portable_kernels(native) == native == {NATIVE_SWITCH: "1"}
 
 
-def test_capped_capability_is_the_narrower_level():
-    assert capped_capability("AVX512", {"ATEN_CPU_CAPABILITY": "avx2"}) == "AVX2"
-    assert capped_capability("AVX2", {"ATEN_CPU_CAPABILITY": "avx512"}) == "AVX2"
-    assert capped_capability("AVX2", {"ATEN_CPU_CAPABILITY": "default"}) == "DEFAULT"
-    assert capped_capability("AVX512", {}) == "AVX512"
-    assert capped_capability("ZVECTOR", {"ATEN_CPU_CAPABILITY": "avx2"}) == "ZVECTOR"
-
-
-PROBE = ("import avs_lib.cli, json, os, numpy, torch; "
+# Imports avs_lib.cli as `avs` does, with a spy in place of use_portable_kernels that records whether
+# NumPy or torch was imported before the caps were set (then they would not bind)
+PROBE = ("import json, os, sys; import avs_lib.core.kernels as k; calls = []; real = k.use_portable_kernels; "
+         "k.use_portable_kernels = lambda *a: calls.append(sorted({'numpy', 'torch'} & set(sys.modules))) or real(*a); "
+         "import avs_lib.cli, numpy, torch; "
          "from numpy._core._multiarray_umath import __cpu_features__ as f; "
-         "print(json.dumps({'env': {k: os.environ.get(k) for k in %r}, 'torch': torch.backends.cpu.get_cpu_capability(), "
-         "'numpy_v4': f.get('X86_V4', False)}))" % CAPS)
+         "print(json.dumps({'calls': calls, 'env': {k: os.environ.get(k) for k in %r}, "
+         "'torch': torch.backends.cpu.get_cpu_capability(), 'numpy_v4': f.get('X86_V4', False)}))" % CAPS)
 
 
 def probe(env: dict[str, str]) -> dict:
@@ -59,6 +57,7 @@ def probe(env: dict[str, str]) -> dict:
 
 def test_the_avs_process_caps_numpy_and_torch_before_importing_them():
     seen = probe(clean_env())
+    assert seen["calls"] == [[]]  # called once, before either library was imported
     assert seen["env"] == PORTABLE_KERNELS
     assert seen["torch"] in {"AVX2", "DEFAULT"} and seen["numpy_v4"] is False
     # a cap the user set reaches torch itself: DEFAULT is below every x86-64 CPU's own level

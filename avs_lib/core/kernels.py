@@ -1,32 +1,37 @@
-"""Portable CPU kernels: one run gives the same numbers on every x86-64 CPU that has AVX2.
+"""Portable CPU kernels: one run meant to give the same numbers on x86-64 CPUs with and without AVX512.
 
 torch (ATen), oneDNN, MKL, NumPy and OpenBLAS each choose their CPU kernels at run time by the
 instructions the CPU offers, and kernels of different widths add in different orders, so they
-round differently. The committed main-job run was made on a CPU with AVX512; a fresh clone's
-``make run`` on a CPU with AVX2 only differed from it in 106 of its 153 numbers (about 1-2 J&F
-points). Capping every library at AVX2 makes an AVX512 machine run the kernels an AVX2 machine
-runs: a colleague's rerun then reproduces a run whatever x86 CPU either of them has.
+round differently. The committed main-job run of 2026-12-04 was made on a CPU with AVX512; a
+fresh clone's ``make run`` on a CPU with AVX2 only differed from it in 106 of its 153 numbers
+(about 1-2 J&F points) with the same code. Capping every library at AVX2 is meant to make an
+AVX512 machine run the kernels an AVX2 machine runs. Not yet checked on an AVX512 machine: none
+was at hand in the session that wrote this (README, "Two commands", says what was checked).
 
 Each library reads its own environment variable, once, when it first needs it (NumPy when it is
 imported, MKL and oneDNN at their first call, ATen at its first vectorised kernel), so the caps
 must be in the environment before any of them is imported. ``avs`` (``avs_lib.cli``) sets them
-in its own process first thing, and every notebook kernel the workbench starts gets them in its
-environment (``avs_lib.experiments.notebooks``). Code that imports ``avs_lib`` as a library
-gets native kernels unless it sets them itself (``portable_kernel_env`` gives the variables).
+in its own process first thing, every notebook kernel the workbench starts gets them in its
+environment (``avs_lib.experiments.notebooks``), and each notebook calls ``use_portable_kernels``
+in its first cell, so a notebook opened by hand runs them too. Your own script gets them by
+calling ``use_portable_kernels()`` before it imports NumPy or torch.
 
-Which variable moves which numbers, measured on this project's AMD EPYC (AVX2) by lowering each
-library to SSE4 alone (a 2-step DDESeg training, a log-mel, matrix products; hashes of the
-results): ATen's cap changed torch's reductions, exp and matmul; oneDNN's cap, the convolutions;
-``MKL_CBWR`` changed the model's step even at AVX2, because MKL's default path on this AMD CPU is
-not its AVX2 branch; NumPy's and OpenBLAS's changed librosa's log-mel. Every one of them matters.
+Measured on this project's AMD EPYC (AVX2), lowering each library alone to SSE4 (a 2-step DDESeg
+training, a log-mel, matrix products; hashes of the results): ATen's cap changed torch's
+reductions, exp and matmul; oneDNN's, the model's step (its convolutions); NumPy's and
+OpenBLAS's, librosa's log-mel. ``MKL_ENABLE_INSTRUCTIONS=SSE4_2`` changed nothing: MKL chooses its
+path on this AMD CPU otherwise. MKL's own reproducibility mode (``MKL_CBWR``) does change it, but
+on a CPU not made by Intel only its ``COMPATIBLE`` (SSE2) branch is fixed (Intel's documentation),
+and it cost 18 % of the default model's training frames/s here (``benchmarks/bench_train.py``:
+46.5 against 56.5), so it is not set: MKL stays capped by ``MKL_ENABLE_INSTRUCTIONS`` alone, which
+binds on Intel CPUs. Set ``MKL_CBWR=COMPATIBLE`` yourself for MKL's guarantee at that price.
 
 The caps are defaults: a variable the user has set is kept, and ``AVS_NATIVE_KERNELS=1`` turns
 them all off (native kernels: on an AVX512 CPU faster for some layers, reproducible only on the
 same kind of CPU). Not covered: CPUs without AVX2 (the caps cannot raise a CPU; the run report
-names the kernels a run used), other architectures (ARM), other package versions, thread counts
-(MKL's reproducibility needs the same number of threads: a config's ``threads`` fixes it, and
-by default torch takes one per core), and
-``cpu_bf16=true``, whose bf16 arithmetic wants AVX512-BF16 kernels and gets AVX2 emulation.
+names the kernels a run used), other architectures (ARM), other package versions, and thread
+counts (a config's ``threads`` fixes them; by default torch takes one per core). With
+``cpu_bf16=true`` the bf16 arithmetic gets AVX2 kernels, not AVX512-BF16 ones.
 """
 from __future__ import annotations
 
@@ -35,12 +40,12 @@ from typing import Mapping, MutableMapping
 
 NATIVE_SWITCH = "AVS_NATIVE_KERNELS"
 
-# Every library caps at the same level, AVX2 (x86-64-v3): the widest that every CPU sold since
-# about 2015 has. Each value is in the spelling its library reads.
+# Every library caps at the same level, AVX2 (x86-64-v3): the level of most x86 machines that
+# train models, laptops included. Each value is in the spelling its library reads.
 PORTABLE_KERNELS: dict[str, str] = {
     "ATEN_CPU_CAPABILITY": "avx2",     # torch's own vectorised kernels (torch/csrc: cpu capability)
     "ONEDNN_MAX_CPU_ISA": "AVX2",      # oneDNN (torch's convolutions, channels_last)
-    "MKL_CBWR": "AVX2",                # MKL's conditional numerical reproducibility, its AVX2 branch
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2", # MKL (torch's float32 matmul) on Intel CPUs; see above for AMD
     "OPENBLAS_CORETYPE": "Haswell",    # OpenBLAS in NumPy's and SciPy's wheels (Haswell = AVX2 kernels)
     # NumPy's dispatched loops above x86-64-v3: the 2.4+ names, then the older ones (a name this
     # NumPy does not dispatch costs an ImportWarning, hidden by default, and nothing else)
@@ -70,25 +75,13 @@ def use_portable_kernels(environ: MutableMapping[str, str] | None = None) -> dic
     returns the kernel variables now in effect. Call it before NumPy and torch are imported: a
     library that has already read its variable keeps the kernels it chose."""
     environ = os.environ if environ is None else environ
-    for name, value in portable_kernel_env(environ).items():
-        if name not in environ:
-            environ[name] = value
+    if not native_kernels_asked(environ):
+        for name, value in PORTABLE_KERNELS.items():
+            environ.setdefault(name, value)
     return kernel_settings(environ)
 
 
 def kernel_settings(environ: Mapping[str, str]) -> dict[str, str]:
     """The kernel variables ``environ`` sets (the caps and the native switch), for a run's record."""
-    return {name: environ[name] for name in (*PORTABLE_KERNELS, NATIVE_SWITCH) if name in environ}
+    return {name: environ[name] for name in (*PORTABLE_KERNELS, "MKL_CBWR", NATIVE_SWITCH) if name in environ}
 
-
-ATEN_LEVELS = ("DEFAULT", "AVX2", "AVX512")  # torch's x86 kernel levels, narrowest first
-
-
-def capped_capability(capability: str, environ: Mapping[str, str]) -> str:
-    """The kernels torch runs in a process started with ``environ`` on a CPU where torch chose
-    ``capability`` uncapped (``torch.backends.cpu.get_cpu_capability()``): the lower of the two on
-    x86, ``capability`` where either is not an x86 level."""
-    cap = environ.get("ATEN_CPU_CAPABILITY", "").upper()
-    if cap in ATEN_LEVELS and capability in ATEN_LEVELS:
-        return min(cap, capability, key=ATEN_LEVELS.index)
-    return capability

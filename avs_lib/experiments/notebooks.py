@@ -31,7 +31,7 @@ from typing import Callable
 
 from avs_lib.core.config import _type_name
 from avs_lib.core.errors import ConfigError
-from avs_lib.core.kernels import capped_capability, kernel_settings, portable_kernel_env
+from avs_lib.core.kernels import kernel_settings, portable_kernel_env
 from avs_lib.core.files import atomic_write_text, output_folder, writing_into
 from avs_lib.core.locks import pid_alive
 from avs_lib.core.paths import repo_root
@@ -83,6 +83,7 @@ def environment() -> dict:
 
     import torch
 
+    kernel_env = portable_kernel_env(os.environ)  # what each notebook kernel gets (kernel_logging_to)
     versions = {}
     for package in PACKAGES:
         try:
@@ -91,11 +92,19 @@ def environment() -> dict:
             versions[package] = None
     return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions, **git_state(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({cpu_model()})",
-            # the CPU kernels torch dispatched to (AVX2, AVX512, ...): CPU runs are bit-equal only on the same
-            "cpu_kernels": capped_capability(torch.backends.cpu.get_cpu_capability(), portable_kernel_env(os.environ)),
-            # the caps each notebook kernel runs under (avs_lib.core.kernels), or the native switch
-            "kernel_settings": kernel_settings(portable_kernel_env(os.environ)),
+            # the CPU kernels a notebook kernel runs (AVX2, AVX512, ...) and the caps it runs under
+            # (avs_lib.core.kernels): CPU runs are bit-equal only on the same kernels
+            "cpu_kernels": cpu_kernels_under(kernel_env), "kernel_settings": kernel_settings(kernel_env),
             "cpu_threads": torch.get_num_threads(), "started": dt.datetime.now().isoformat(timespec="seconds")}
+
+
+def cpu_kernels_under(env: dict[str, str]) -> str:
+    """The CPU kernels torch chooses in a process started with ``env`` (AVX2, AVX512, DEFAULT, ...),
+    asked of such a process (about 2 s): torch takes ``ATEN_CPU_CAPABILITY`` on its word, so only it
+    can say."""
+    done = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    return done.stdout.strip() if done.returncode == 0 else f"unknown ({done.stderr.strip()[-200:]})"
 
 
 class NotebookFailed(RuntimeError):
