@@ -78,33 +78,31 @@ def git_state(cwd: str | Path | None = None) -> dict:
     return {"git_commit": commit, "git_dirty": bool(code), "dirty_code": code, "dirty_outputs": len(outputs)}
 
 
-def environment() -> dict:
+def package_versions(packages: tuple[str, ...]) -> dict[str, str | None]:
+    """The installed version of each package (None where it is not installed)."""
     from importlib import metadata
 
-    import torch
-
-    kernel_env = portable_kernel_env(os.environ)  # what each notebook kernel gets (kernel_logging_to)
     versions = {}
-    for package in PACKAGES:
+    for package in packages:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": versions, **git_state(),
+    return versions
+
+
+def environment() -> dict:
+    import torch
+
+    kernel_env = portable_kernel_env(os.environ)  # what each notebook kernel gets (kernel_logging_to)
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "packages": package_versions(PACKAGES),
+            **git_state(),
             "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({cpu_model()})",
-            # the CPU kernels a notebook kernel runs (AVX2, AVX512, ...) and the caps it runs under
+            # the CPU kernels torch chose in this process (AVX2, AVX512, ...), which under `avs` capped
+            # itself as it caps each notebook kernel, and the caps the kernels run under
             # (avs_lib.core.kernels): CPU runs are bit-equal only on the same kernels
-            "cpu_kernels": cpu_kernels_under(kernel_env), "kernel_settings": kernel_settings(kernel_env),
+            "cpu_kernels": torch.backends.cpu.get_cpu_capability(), "kernel_settings": kernel_settings(kernel_env),
             "cpu_threads": torch.get_num_threads(), "started": dt.datetime.now().isoformat(timespec="seconds")}
-
-
-def cpu_kernels_under(env: dict[str, str]) -> str:
-    """The CPU kernels torch chooses in a process started with ``env`` (AVX2, AVX512, DEFAULT, ...),
-    asked of such a process (about 2 s): torch takes ``ATEN_CPU_CAPABILITY`` on its word, so only it
-    can say."""
-    done = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
-                          env=env, capture_output=True, text=True, timeout=300)
-    return done.stdout.strip() if done.returncode == 0 else f"unknown ({done.stderr.strip()[-200:]})"
 
 
 class NotebookFailed(RuntimeError):
