@@ -81,9 +81,9 @@ def package_versions() -> dict[str, str | None]:
 
 
 def in_fresh_process(native: bool) -> dict:
-    from avs_lib.core.kernels import NATIVE_SWITCH, PORTABLE_KERNELS, portable_kernel_env
+    from avs_lib.core.kernels import NATIVE_SWITCH, portable_kernel_env, without_kernel_settings
 
-    env = {k: v for k, v in os.environ.items() if k not in PORTABLE_KERNELS and k != NATIVE_SWITCH}
+    env = without_kernel_settings(os.environ)
     env = {**env, NATIVE_SWITCH: "1"} if native else portable_kernel_env(env)
     with tempfile.TemporaryDirectory() as folder:
         result = Path(folder) / "fingerprint.json"

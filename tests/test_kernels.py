@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from avs_lib.core.kernels import NATIVE_SWITCH, PORTABLE_KERNELS, kernel_settings, portable_kernel_env, use_portable_kernels
+from avs_lib.core.kernels import (NATIVE_SWITCH, PORTABLE_KERNELS, kernel_settings, portable_kernel_env,
+                                  use_portable_kernels, without_kernel_settings)
 
 REPO = Path(__file__).resolve().parent.parent
 CAPS = sorted(PORTABLE_KERNELS)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in PORTABLE_KERNELS and k != NATIVE_SWITCH}
-    return {**env, **extra}
+    return {**without_kernel_settings(os.environ), **extra}
 
 
 @given(st.dictionaries(st.sampled_from(CAPS + ["HOME", "PATH"]), st.text("abc", min_size=1, max_size=3)))

@@ -64,9 +64,7 @@ def portable_kernel_env(environ: Mapping[str, str]) -> dict[str, str]:
     set that variable (a value the user set is kept); an unchanged copy where
     ``AVS_NATIVE_KERNELS=1``."""
     env = dict(environ)
-    if not native_kernels_asked(env):
-        for name, value in PORTABLE_KERNELS.items():
-            env.setdefault(name, value)
+    use_portable_kernels(env)
     return env
 
 
@@ -81,7 +79,17 @@ def use_portable_kernels(environ: MutableMapping[str, str] | None = None) -> dic
     return kernel_settings(environ)
 
 
+# what a run's record names: the caps, MKL's reproducibility mode where the user sets it, the switch
+KERNEL_VARIABLES = (*PORTABLE_KERNELS, "MKL_CBWR", NATIVE_SWITCH)
+
+
 def kernel_settings(environ: Mapping[str, str]) -> dict[str, str]:
     """The kernel variables ``environ`` sets (the caps and the native switch), for a run's record."""
-    return {name: environ[name] for name in (*PORTABLE_KERNELS, "MKL_CBWR", NATIVE_SWITCH) if name in environ}
+    return {name: environ[name] for name in KERNEL_VARIABLES if name in environ}
+
+
+def without_kernel_settings(environ: Mapping[str, str]) -> dict[str, str]:
+    """A copy of ``environ`` without any kernel variable: the start of a process that is to be
+    capped, or not, from scratch (the tests, ``benchmarks/kernel_fingerprint.py``)."""
+    return {name: value for name, value in environ.items() if name not in KERNEL_VARIABLES}
 

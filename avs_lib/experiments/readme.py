@@ -57,7 +57,8 @@ def readme_block(batch: Path) -> str:
     """The README's table of headline numbers for the run ``batch`` (between the markers)."""
     lines = [README_BLOCK[0], "", f"Numbers of the committed main-job run `{batch.as_posix()}` "
              "(each notebook's `metrics.json`; `make run` reproduces them where it runs the same CPU kernels: "
-             "\"Two commands\" says where that was checked; its run report puts them side by side with a new run's):", "", "| notebook | number | value |", "| --- | --- | --- |"]
+             "\"Two commands\" says where that was checked; its run report puts them side by side with a new run's):",
+             "", "| notebook | number | value |", "| --- | --- | --- |"]
     for run in sorted(p for p in batch.iterdir() if (p / "metrics.json").exists()):
         for key, value in headline_numbers(read_json(run / "metrics.json")).items():
             lines.append(f"| `{run.name}` | `{key}` | {format_number(value)} |")
