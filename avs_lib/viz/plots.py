@@ -493,10 +493,11 @@ def _plotlyjs_src(html_path: Path) -> str:
 
 def write_interactive_html(figure, path: str | Path) -> Path:
     """A plotly figure as HTML that loads the repository's one shared plotly.min.js instead of
-    embedding its own 4.7 MB copy."""
+    embedding its own 4.7 MB copy. The figure's element id is the file's name, not plotly's random
+    one, so the same figure gives the same bytes in every run."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.write_html(path, include_plotlyjs=_plotlyjs_src(path))
+    figure.write_html(path, include_plotlyjs=_plotlyjs_src(path), div_id=f"figure-{path.stem}")
     return path
 
 
