@@ -9,34 +9,53 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from avs_lib.core.kernels import (NATIVE_SWITCH, PORTABLE_KERNELS, kernel_settings, portable_kernel_env,
-                                  use_portable_kernels, without_kernel_settings)
+from avs_lib.core.kernels import (NATIVE_SWITCH, NUMBA_TARGET, PORTABLE_KERNELS, cpu_flags, kernel_caps,
+                                  kernel_settings, portable_kernel_env, use_portable_kernels, without_kernel_settings)
 
 REPO = Path(__file__).resolve().parent.parent
-CAPS = sorted(PORTABLE_KERNELS)
+CAPS = sorted({**PORTABLE_KERNELS, **NUMBA_TARGET})  # every variable use_portable_kernels may set
+AVX2_FLAGS, AVX512_FLAGS = {"sse4_2", "avx", "avx2", "fma"}, {"sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw"}
 
 
 def clean_env(**extra: str) -> dict[str, str]:
     return {**without_kernel_settings(os.environ), **extra}
 
 
-@given(st.dictionaries(st.sampled_from(CAPS + ["HOME", "PATH"]), st.text("abc", min_size=1, max_size=3)))
-def test_caps_fill_only_what_is_unset(given_env):
-    env = portable_kernel_env(given_env)
-    for name in CAPS:
+def this_cpus_caps(**overrides: str) -> dict[str, str | None]:
+    """What a process started capped on this CPU reads for each variable (None: unset)."""
+    return {name: {**kernel_caps(cpu_flags()), **overrides}.get(name) for name in CAPS}
+
+
+@given(st.dictionaries(st.sampled_from(CAPS + ["HOME", "PATH"]), st.text("abc", min_size=1, max_size=3)),
+       st.sampled_from([AVX2_FLAGS, AVX512_FLAGS, set()]))
+def test_caps_fill_only_what_is_unset(given_env, flags):
+    env = portable_kernel_env(given_env, flags)
+    for name in PORTABLE_KERNELS:
         assert env[name] == given_env.get(name, PORTABLE_KERNELS[name])
+    for name in NUMBA_TARGET:  # numba's target only where the CPU has more than it
+        assert env.get(name) == given_env.get(name, NUMBA_TARGET[name] if "avx512f" in flags else None)
     assert {k: env[k] for k in given_env} == given_env  # nothing the caller set is changed
-    assert portable_kernel_env({**given_env, NATIVE_SWITCH: "1"}) == {**given_env, NATIVE_SWITCH: "1"}
+    assert portable_kernel_env({**given_env, NATIVE_SWITCH: "1"}, flags) == {**given_env, NATIVE_SWITCH: "1"}
 
 
 def test_use_portable_kernels_writes_the_given_environment_and_reports_it():
     environ = {"ONEDNN_MAX_CPU_ISA": "SSE41", "HOME": "/x", "MKL_CBWR": "COMPATIBLE"}
-    settings = use_portable_kernels(environ)
+    settings = use_portable_kernels(environ, AVX512_FLAGS)
     assert environ["ONEDNN_MAX_CPU_ISA"] == "SSE41" and environ["ATEN_CPU_CAPABILITY"] == "avx2"
     assert settings == kernel_settings(environ) and "HOME" not in settings
     assert set(settings) == {*CAPS, "MKL_CBWR"}  # MKL's reproducibility mode, where the user sets it, is recorded
     native = {NATIVE_SWITCH: "1"}
     assert use_portable_kernels(native) == native == {NATIVE_SWITCH: "1"}
+
+
+def test_cpu_flags_reads_linux_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse4_2 avx2 avx512f\n\n"
+                       "processor\t: 1\nflags\t\t: fpu sse4_2 avx2 avx512f\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "sse4_2", "avx2", "avx512f"}
+    assert cpu_flags(tmp_path / "absent") == frozenset()  # another OS: numba keeps its own target
+    cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd\n")  # ARM names its flags otherwise
+    assert "NUMBA_CPU_NAME" not in kernel_caps(cpu_flags(cpuinfo))
 
 
 # Imports avs_lib.cli as `avs` does, with a spy in place of use_portable_kernels that records whether
@@ -58,7 +77,7 @@ def probe(env: dict[str, str]) -> dict:
 def test_the_avs_process_caps_numpy_and_torch_before_importing_them():
     seen = probe(clean_env())
     assert seen["calls"] == [[]]  # called once, before either library was imported
-    assert seen["env"] == PORTABLE_KERNELS
+    assert seen["env"] == this_cpus_caps()
     assert seen["torch"] in {"AVX2", "DEFAULT"} and seen["numpy_v4"] is False
     # a cap the user set reaches torch itself: DEFAULT is below every x86-64 CPU's own level
     assert probe(clean_env(ATEN_CPU_CAPABILITY="default"))["torch"] == "DEFAULT"
@@ -77,9 +96,9 @@ def test_every_notebook_kernel_runs_capped_whoever_started_it(tmp_path, monkeypa
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "default")  # this process's own value is the kernel's too
     run = run_notebook(notebook, {}, name="capped", runs_dir=tmp_path / "runs", progress=False)
     seen = json.loads((Path(run) / "seen.json").read_text())
-    assert seen["env"] == {**PORTABLE_KERNELS, "ATEN_CPU_CAPABILITY": "default"} and seen["torch"] == "DEFAULT"
+    assert seen["env"] == this_cpus_caps(ATEN_CPU_CAPABILITY="default") and seen["torch"] == "DEFAULT"
     recorded = json.loads((Path(run) / "environment.json").read_text())
-    assert recorded["kernel_settings"] == seen["env"]
+    assert recorded["kernel_settings"] == {k: v for k, v in seen["env"].items() if v is not None}
 
     monkeypatch.setenv(NATIVE_SWITCH, "1")
     monkeypatch.delenv("ATEN_CPU_CAPABILITY")
@@ -139,8 +158,9 @@ def numba_registers(env: dict[str, str]) -> dict:
 
 
 def test_capped_numba_compiles_avx2_code():
+    if "avx2" not in cpu_flags():
+        pytest.skip("a CPU without AVX2: numba compiles for it, untargeted")
     capped = numba_registers(portable_kernel_env(clean_env()))
     assert capped == {"zmm": False, "ymm": True}  # AVX2's 256-bit registers, none of AVX512's
-    cpu_flags = Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else []
-    if "avx512f" in cpu_flags:  # where the cap binds, the native code is wider (so the probe can tell)
+    if "avx512f" in cpu_flags():  # where the target binds, the native code is wider (so the probe can tell)
         assert numba_registers(clean_env(**{NATIVE_SWITCH: "1"}))["zmm"] is True

@@ -34,14 +34,15 @@ The caps are defaults: a variable the user has set is kept, and ``AVS_NATIVE_KER
 them all off (native kernels: reproducible only on the same kind of CPU; on the AVX512 EPYC they
 did not train the default model faster: 63.5 and 66.6 frames/s against 65.4 and 74.7 capped).
 Not covered: CPUs without AVX2 (the caps cannot raise a CPU; the run report names the kernels a
-run used), other architectures (ARM), other package versions, and thread
+run used), numba on an AVX512 CPU without Linux's ``/proc/cpuinfo`` (untargeted there), other architectures (ARM), other package versions, and thread
 counts (a config's ``threads`` fixes them; by default torch takes one per core). With
 ``cpu_bf16=true`` the bf16 arithmetic gets AVX2 kernels, not AVX512-BF16 ones.
 """
 from __future__ import annotations
 
 import os
-from typing import Mapping, MutableMapping
+from pathlib import Path
+from typing import Collection, Mapping, MutableMapping
 
 NATIVE_SWITCH = "AVS_NATIVE_KERNELS"
 
@@ -56,12 +57,34 @@ PORTABLE_KERNELS: dict[str, str] = {
     # NumPy does not dispatch costs an ImportWarning, hidden by default, and nothing else)
     "NPY_DISABLE_CPU_FEATURES": "X86_V4 AVX512_ICL AVX512_SPR AVX512F AVX512CD AVX512_KNL AVX512_KNM "
                                 "AVX512_SKX AVX512_CLX AVX512_CNL",
-    # numba, which compiles UMAP's and pynndescent's loops (notebook 04) for the host CPU: a CPU
-    # name alone keeps the host's features (AVX512 included), so the features are emptied too,
-    # leaving the named CPU's own (numba's on-disk cache keys compiled code by both)
-    "NUMBA_CPU_NAME": "haswell",
-    "NUMBA_CPU_FEATURES": "",
 }
+
+# numba compiles UMAP's and pynndescent's loops (notebook 04) for the host CPU. Its variables name a
+# target, not a ceiling: code compiled for Haswell runs Haswell's instructions on any CPU, and would
+# stop with an illegal instruction on one without AVX2 (or warn on ARM). So they are set only on a
+# CPU with AVX512, which has every Haswell instruction and is the one the target narrows; on an AVX2
+# CPU numba's own code for that CPU is what Haswell's gives (checked for Zen 2 and 3). A CPU name
+# alone keeps the host's features, AVX512 included, so the features are emptied, leaving Haswell's
+# own (numba's on-disk cache keys compiled code by both).
+NUMBA_TARGET: dict[str, str] = {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": ""}
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's instruction flags as Linux names them (``avx2``, ``avx512f``, ...); empty where
+    ``/proc/cpuinfo`` cannot be read (another OS), which leaves numba untargeted."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags") and ":" in line:
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def kernel_caps(flags: Collection[str]) -> dict[str, str]:
+    """The variables ``use_portable_kernels`` sets on a CPU with these flags, before the user's."""
+    return {**PORTABLE_KERNELS, **(NUMBA_TARGET if "avx512f" in flags else {})}
 
 
 def native_kernels_asked(environ: Mapping[str, str]) -> bool:
@@ -69,28 +92,31 @@ def native_kernels_asked(environ: Mapping[str, str]) -> bool:
     return environ.get(NATIVE_SWITCH, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def portable_kernel_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """A copy of ``environ`` with each cap of ``PORTABLE_KERNELS`` added where ``environ`` does not
-    set that variable (a value the user set is kept); an unchanged copy where
-    ``AVS_NATIVE_KERNELS=1``."""
+def portable_kernel_env(environ: Mapping[str, str], flags: Collection[str] | None = None) -> dict[str, str]:
+    """A copy of ``environ`` with each variable of ``kernel_caps`` added where ``environ`` does not
+    set it (a value the user set is kept); an unchanged copy where ``AVS_NATIVE_KERNELS=1``.
+    ``flags``: this CPU's unless given."""
     env = dict(environ)
-    use_portable_kernels(env)
+    use_portable_kernels(env, flags)
     return env
 
 
-def use_portable_kernels(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+def use_portable_kernels(environ: MutableMapping[str, str] | None = None,
+                         flags: Collection[str] | None = None) -> dict[str, str]:
     """Put the caps into this process's environment (``os.environ`` unless given), where unset;
     returns the kernel variables now in effect. Call it before NumPy and torch are imported: a
-    library that has already read its variable keeps the kernels it chose."""
+    library that has already read its variable keeps the kernels it chose. ``flags``: the CPU's
+    instruction flags (this CPU's unless given), which decide numba's target."""
     environ = os.environ if environ is None else environ
     if not native_kernels_asked(environ):
-        for name, value in PORTABLE_KERNELS.items():
+        for name, value in kernel_caps(cpu_flags() if flags is None else flags).items():
             environ.setdefault(name, value)
     return kernel_settings(environ)
 
 
-# what a run's record names: the caps, MKL's reproducibility mode where the user sets it, the switch
-KERNEL_VARIABLES = (*PORTABLE_KERNELS, "MKL_CBWR", NATIVE_SWITCH)
+# what a run's record names: the caps, numba's target, MKL's reproducibility mode where the user
+# sets it, the switch
+KERNEL_VARIABLES = (*PORTABLE_KERNELS, *NUMBA_TARGET, "MKL_CBWR", NATIVE_SWITCH)
 
 
 def kernel_settings(environ: Mapping[str, str]) -> dict[str, str]:
