@@ -72,9 +72,9 @@ def fingerprint() -> dict:
     return {"cpu_kernels": torch.backends.cpu.get_cpu_capability(), "hashes": out, "versions": package_versions()}
 
 
-def numba_sums(x):
-    """Sums of products over each prefix of ``x``, compiled by numba with fastmath (free to reorder
-    the sum, as UMAP's and pynndescent's distance loops are): its vector width changes the bits."""
+def numba_dot():
+    """A float32 dot product compiled by numba with fastmath (free to reorder the sum, as UMAP's and
+    pynndescent's distance loops are), for the CPU numba targets in this process."""
     import numba
     import numpy as np
 
@@ -85,6 +85,14 @@ def numba_sums(x):
             total += a[i] * b[i]
         return total
 
+    return dot
+
+
+def numba_sums(x):
+    """``numba_dot`` over each prefix of ``x`` and its reverse: the vector width changes the bits."""
+    import numpy as np
+
+    dot = numba_dot()
     y = np.ascontiguousarray(x[::-1])  # contiguous: a strided loop is not vectorised
     return np.array([dot(x[:n], y[:n]) for n in range(1, len(x) + 1)], dtype=np.float32)
 

@@ -157,16 +157,12 @@ def test_capped_kernels_give_the_committed_fingerprint(monkeypatch):
     assert unmatched(ours["hashes"], reference["hashes"]) == ["numba fastmath float32 sums"]
 
 
-# A float32 loop numba may vectorise (fastmath allows reordering the sum): its machine code shows
-# which instructions numba compiled for, and numba's config what it was told
-NUMBA_PROBE = ("import json, re, numba, numpy as np, llvmlite.binding as llvm\n"
-               "@numba.njit(fastmath=True)\n"
-               "def dot(a, b):\n"
-               "    s = np.float32(0.0)\n"
-               "    for i in range(a.shape[0]):\n"
-               "        s += a[i] * b[i]\n"
-               "    return s\n"
-               "a = np.ones(64, np.float32); dot(a, a)\n"
+# The fingerprint's fastmath loop (benchmarks/kernel_fingerprint.py), compiled in a fresh process:
+# its machine code shows which instructions numba compiled for, and numba's config what it was told
+NUMBA_PROBE = ("import json, re, sys, numpy as np, llvmlite.binding as llvm\n"
+               "sys.path.insert(0, 'benchmarks')\n"
+               "from kernel_fingerprint import numba_dot\n"
+               "dot = numba_dot(); a = np.ones(64, np.float32); dot(a, a)\n"
                "asm = next(iter(dot.inspect_asm().values()))\n"
                "from numba.core import config\n"
                "print(json.dumps({'avx512': bool(re.search(r'zmm|[xy]mm(1[6-9]|2[0-9]|3[01])\\b|%k[1-7]', asm)), "

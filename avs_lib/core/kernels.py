@@ -40,8 +40,8 @@ did not train the default model faster: 63.5 and 66.6 frames/s against 65.4 and 
 Not covered: CPUs without AVX2 (the caps cannot raise a CPU; the run report names the kernels a
 run used), numba where Linux's ``/proc/cpuinfo`` is missing (untargeted there), other
 architectures (ARM), other package versions, and thread counts (a config's ``threads`` fixes
-them; by default torch takes one per core). With
-``cpu_bf16=true`` the bf16 arithmetic gets AVX2 kernels, not AVX512-BF16 ones.
+them; by default torch takes one per core). With ``cpu_bf16=true`` the bf16 arithmetic gets AVX2
+kernels, not AVX512-BF16 ones.
 """
 from __future__ import annotations
 
@@ -117,9 +117,10 @@ def use_portable_kernels(environ: MutableMapping[str, str] | None = None,
     instruction flags (this CPU's unless given), which decide numba's target."""
     environ = os.environ if environ is None else environ
     if not native_kernels_asked(environ):
-        caps = kernel_caps(cpu_flags() if flags is None else flags)
-        if any(name in environ for name in NUMBA_TARGET):  # the user's own numba target, whole
-            caps = {name: value for name, value in caps.items() if name not in NUMBA_TARGET}
+        if any(name in environ for name in NUMBA_TARGET):  # the user's own numba target, kept whole
+            caps = PORTABLE_KERNELS
+        else:
+            caps = kernel_caps(cpu_flags() if flags is None else flags)
         for name, value in caps.items():
             environ.setdefault(name, value)
     return kernel_settings(environ)
