@@ -34,6 +34,7 @@ seed = 0
 image_size = 0  # 0: the config's
 visual_pretrain_steps = 0  # 0: the config's (batches of the world's visual pretraining, cached per world)
 attention_supervision = 0.0  # OUTSIDE THE PAPER: > 0 asks the fusion attention to point (README, "The window")
+switches = {}  # model switches over the config's, e.g. {"fusion_query": "audio"} (README, "Which side queries")
 headroom_rows = ["floor", "oracle"]  # trained beside the model: "floor", "oracle", "oracle-heard"
 run_dir = ""  # empty: runs/notebooks/05_training/ under the repository root
 
@@ -66,7 +67,7 @@ data_root, run_dir = notebook_paths(data_root, run_dir, "05_training")
 
 figures = run_dir / "figures"
 overrides = {k: v for k, v in {"epochs": epochs, "image_size": image_size, "visual_pretrain_steps": visual_pretrain_steps,
-                               "attention_supervision": attention_supervision}.items() if v}
+                               "attention_supervision": attention_supervision, "switches": switches}.items() if v}
 config = load_config(workbench_path(config_file), data_root=data_root, seed=seed, progress=False, **overrides)
 config = replace(config, out=str(shared_run_dir(config)))
 prepared = prepare(config)
@@ -169,7 +170,10 @@ qualitative(test.images[pick].permute(0, 2, 3, 1).numpy(), test.masks[pick].nump
 # whose value is zero: weight on it means "take nothing from the audio here". Attention that points
 # puts the red bar far above the orange and grey ones. Attention that marks only *where* sound is
 # gives the object's cells the same share of every token (red close to orange) and separates the
-# object from the background through the null key (the two blue bars apart).
+# object from the background through the null key (the two blue bars apart). With the audio tokens
+# as the queries (`switches.fusion_query=audio`) each token spreads its own attention over the
+# frame, and a cell's weight is how strongly the token writes there (0 to 1): red far above grey is
+# then a token that found its object, and there is no null share of a cell to show.
 #
 # **Interventions** (`avs_lib.analysis.evaluation.attention_interventions`, hooks on
 # `stage*.block*.cross_attn.pattern`): test J&F with every fusion pattern **spread over the frame**
@@ -183,7 +187,7 @@ qualitative(test.images[pick].permute(0, 2, 3, 1).numpy(), test.masks[pick].nump
 # %%
 anatomy, interventions = None, None
 if pointing is not None:
-    anatomy = attention_anatomy(cache, test, world_frame_size(data_root))
+    anatomy = attention_anatomy(cache, test, world_frame_size(data_root), queries=model.config.fusion_query)
     attention_anatomy_figure(anatomy, figures / "attention_anatomy.png")
     display(pd.DataFrame([{"stage": stage, **values} for stage, values in anatomy.items()]).round(3))
     interventions = attention_interventions(model, test, config)

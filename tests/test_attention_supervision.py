@@ -128,6 +128,8 @@ def test_attention_supervision_is_refused_where_it_cannot_work(notebook_world, t
     for refused in (["ablation=baseline"], ["variant=released"], ["switches.derivation=false"], ["layout=avss"]):
         with pytest.raises(ValueError, match="derived tokens"):
             _check_attention_supervision(load_config(None, base + refused), notebook_world)
+    with pytest.raises(ValueError, match="fusion_query=visual"):
+        _check_attention_supervision(load_config(None, base + ["switches.fusion_query=audio"]), notebook_world)
     with pytest.raises(ValueError, match="no world.json"):
         _check_attention_supervision(load_config(None, base), tmp_path)
     _check_attention_supervision(load_config(None, base), notebook_world)  # the composed world's full DDESeg

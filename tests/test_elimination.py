@@ -191,6 +191,74 @@ def test_without_bias_and_null_key_fusion_attention_is_the_multihead_call():
     torch.testing.assert_close(weights_zero_bias, weights)
 
 
+def _audio_query_numpy(layer, visual, audio, bias, null):
+    """Sec. 3.3 as printed, one head: each token's softmax over the cells (and a null cell), then
+    W = 1 - exp(-N P) times S = exp(bias) writes the token's value into the cells."""
+    n, d = visual.shape
+    w_q, w_k, w_v = np.split(to_numpy(layer.attn.in_proj_weight), 3)
+    b_q, b_k, b_v = np.split(to_numpy(layer.attn.in_proj_bias), 3)
+    q, k, v = audio @ w_q.T + b_q, visual @ w_k.T + b_k, audio @ w_v.T + b_v
+    logits = q @ k.T / np.sqrt(d)  # [K, N]
+    if null is not None:
+        logits = np.concatenate([logits, (q @ null / np.sqrt(d))[:, None]], 1)
+    where = softmax(logits)[:, :n]
+    weights = (1 - np.exp(-n * where)) * np.exp(bias)[:, None]  # [K, N]
+    return weights.T @ v @ to_numpy(layer.attn.out_proj.weight).T + to_numpy(layer.attn.out_proj.bias), weights.T
+
+
+def test_audio_queries_against_numpy():
+    torch.manual_seed(8)
+    layer = AudioCrossAttention(6, 1, null_key=True, query="audio").double()
+    with torch.no_grad():
+        layer.null_key.normal_()
+    visual, audio = torch.randn(1, 7, 6, dtype=torch.float64), torch.randn(1, 3, 6, dtype=torch.float64)
+    bias = torch.tensor([[0.0, -1.5, 0.7]], dtype=torch.float64)
+    out, weights = layer(visual, audio, bias)
+    expected, w = _audio_query_numpy(layer, to_numpy(visual[0]), to_numpy(audio[0]), to_numpy(bias[0]),
+                                     to_numpy(layer.null_key))
+    np.testing.assert_allclose(to_numpy(out[0]), expected, atol=1e-10)
+    np.testing.assert_allclose(to_numpy(weights[0]), w, atol=1e-10)
+
+
+def test_audio_queries_choose_where_each_token_writes():
+    layer = AudioCrossAttention(4, 1, query="audio")
+    with torch.no_grad():  # queries and keys are the inputs themselves, scaled up: a token finds its own cell
+        w_q, w_k, _ = layer.attn.in_proj_weight.chunk(3)
+        w_q.copy_(10 * torch.eye(4)), w_k.copy_(10 * torch.eye(4))
+        layer.attn.in_proj_bias.zero_()
+    visual = torch.eye(4)[None, :, :].repeat(1, 2, 1)  # 8 cells: the 4 one-hot directions twice
+    audio = torch.eye(4)[None, [2, 0]]  # token 0 matches cells 2 and 6, token 1 cells 0 and 4
+    _, weights = layer(visual, audio)  # [1, 8, 2]
+    weights = weights.detach()
+    assert set(weights[0, :, 0].topk(2).indices.tolist()) == {2, 6}
+    assert set(weights[0, :, 1].topk(2).indices.tolist()) == {0, 4}
+    assert weights.min() >= 0 and weights.max() < 1
+    assert float(weights[0, 2, 0]) > 0.95 and float(weights[0, 1, 0]) < 0.05
+    # a token of zero score (S = 0) writes nothing: its content no longer reaches the output
+    bias = torch.tensor([[0.0, -float("inf")]])
+    out, masked = layer(visual, audio, bias)
+    assert torch.equal(masked[..., 1], torch.zeros(1, 8))
+    torch.testing.assert_close(layer(visual, audio * torch.tensor([[[1.0], [5.0]]]), bias)[0], out)
+
+
+def test_audio_queries_commute_with_the_order_of_the_cells():
+    torch.manual_seed(9)
+    layer = AudioCrossAttention(8, 2, null_key=True, query="audio")
+    visual, audio = torch.randn(2, 10, 8), torch.randn(2, 3, 8)
+    order = torch.randperm(10)
+    out, weights = layer(visual, audio)
+    out_permuted, weights_permuted = layer(visual[:, order], audio)
+    torch.testing.assert_close(out_permuted, out[:, order])
+    torch.testing.assert_close(weights_permuted, weights[:, order])
+
+
+def test_fusion_query_is_a_checked_switch():
+    with pytest.raises(ValueError, match="query"):
+        AudioCrossAttention(8, 1, query="sideways")
+    model = build_model("ddeseg", size="tiny", memory_classes=4, k=2, m=2, num_tokens=3, fusion_query="audio")
+    assert all(b.cross_attn.query == "audio" for i in range(1, 5) for b in model.stage_blocks(i))
+
+
 # ----------------------------------------------------------------------------- analyses and the capacity check
 def test_within_frame_auc_on_a_hand_made_case():
     scores = np.array([[0.9, 0.2, 0.5], [0.1, 0.3, 0.0], [0.4, 0.4, 0.0], [0.8, 0.7, 0.6]])

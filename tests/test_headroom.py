@@ -162,6 +162,25 @@ def test_attention_anatomy_splits_own_other_and_null_weights():
     assert stage["null_outside"] == pytest.approx((0.3 + 0.5 + 0.9) / 3)
 
 
+def test_attention_anatomy_with_audio_queries_has_no_null_share():
+    import pytest
+    import torch
+
+    from avs_lib.analysis.inspect import attention_anatomy
+    from avs_lib.models.hooks import ActivationCache
+
+    # audio queries: each token's write-back weights (0 to 1), which need not sum to 1 over a cell
+    pattern = torch.tensor([[0.9, 0.8], [0.2, 0.7], [0.1, 0.9], [0.0, 0.1]])[None, None]
+    cache = ActivationCache({"derivation.classes": torch.tensor([[2, 9]]), "stage1.block0.cross_attn.pattern": pattern})
+    cache.stage_hw = {1: (2, 2)}
+    stage = attention_anatomy(cache, _one_frame_with_sources(), source_size=16, queries="audio")["stage 1"]
+    assert stage["own_inside"] == pytest.approx(0.9) and stage["other_inside"] == pytest.approx(0.8)
+    assert stage["own_outside"] == pytest.approx(0.1)
+    assert stage["null_inside"] is None and stage["null_outside"] is None
+    with pytest.raises(ValueError, match="fusion_query"):
+        attention_anatomy(cache, _one_frame_with_sources(), source_size=16, queries="cells")
+
+
 def test_attention_anatomy_with_one_token_and_objects_filling_every_cell():
     import torch
 
@@ -309,3 +328,15 @@ def test_decoder_stride_of_the_backbones():
     assert decoder_stride(build_model("ddeseg", memory=small_memory()), 64) == 4
     assert decoder_stride(build_model("ddeseg", memory=small_memory(), variant="released"), 64) == 2
     assert decoder_stride(build_model("ddeseg", backbone="efficientnet_lite0", memory=small_memory()), 64) == 4
+
+
+def test_anatomy_figure_draws_only_the_bars_the_anatomy_has(tmp_path):
+    from avs_lib.viz.plots import attention_anatomy_figure
+
+    stage = {"own_inside": 0.6, "own_outside": 0.2, "other_inside": 0.3, "objects": 4}
+    with_null = {"stage 1": {**stage, "null_inside": 0.1, "null_outside": 0.5}}
+    without_null = {"stage 1": {**stage, "null_inside": None, "null_outside": None}}  # audio queries
+    labels = [[t.get_text() for t in attention_anatomy_figure(a, tmp_path / f"{i}.png").axes[0].get_legend().get_texts()]
+              for i, a in enumerate((with_null, without_null))]
+    assert len(labels[0]) == 5 and not any("null" in label for label in labels[1]) and len(labels[1]) == 3
+    assert (tmp_path / "1.png").stat().st_size > 1000

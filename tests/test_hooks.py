@@ -107,7 +107,7 @@ def test_zeroing_a_token_changes_the_output(switches):
     assert torch.equal(after.tokens[0][:, 0], torch.zeros_like(after.tokens[0][:, 0]))
 
 
-@pytest.mark.parametrize("switches", [{}, FIRST_READING])
+@pytest.mark.parametrize("switches", [{}, FIRST_READING, {"fusion_query": "audio"}])
 def test_a_replaced_attention_pattern_reaches_the_output(switches):
     # FIRST_READING's fusion has no null key and no bias: nn.MultiheadAttention's path, which the
     # hook must replace by the explicit one for the intervention to act
@@ -125,6 +125,17 @@ def test_a_replaced_attention_pattern_reaches_the_output(switches):
     assert torch.equal(cache["stage1.block0.cross_attn.pattern"][..., 0],
                        torch.ones_like(cache["stage1.block0.cross_attn.pattern"][..., 0]))
     assert (cache["logits"] - before).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("query", ["visual", "audio"])
+def test_zeroed_fusion_attention_leaves_a_model_that_does_not_hear(query):
+    # DDESeg's audio reaches the masks through the fusion attention alone, in either reading
+    model, frames = _model(fusion_query=query), _frames()
+    silent = SimpleNamespace(images=frames.images, audio=torch.zeros_like(frames.audio))
+    heard = _forward(model, frames).logits
+    assert (_forward(model, silent).logits - heard).abs().max() > 1e-4  # as built, the audio counts
+    with run_with_hooks(model, {"stage*.block*.cross_attn.pattern": torch.zeros_like}):
+        torch.testing.assert_close(_forward(model, silent).logits, _forward(model, frames).logits)
 
 
 @settings(max_examples=25, deadline=None)

@@ -280,7 +280,7 @@ def pointing_accuracy(source, frames: FrameSet, source_size: int) -> dict:
     return {**result, "derived": derived / max(1, objects), "objects": objects, "chance": area / max(1, objects)}
 
 
-def attention_anatomy(source, frames: FrameSet, source_size: int) -> dict:
+def attention_anatomy(source, frames: FrameSet, source_size: int, queries: str = "visual") -> dict:
     """Where the fusion's attention goes, around each object sounding on screen whose class has a
     token: per stage (the last fusion block, mean over heads), the mean weight a grid cell gives
 
@@ -292,10 +292,16 @@ def attention_anatomy(source, frames: FrameSet, source_size: int) -> dict:
 
     Attention that points has ``own_inside`` well above both ``own_outside`` and ``other_inside``.
     Attention that marks *where* sound is but not *which* token has ``own_inside`` close to
-    ``other_inside``, and the null weight apart inside and outside. Objects covering no cell or
+    ``other_inside``, and the null weight apart inside and outside.
+
+    ``queries`` is the model's ``fusion_query``. With ``"audio"`` a token's weights are its own map
+    over the frame (``mit.AudioCrossAttention``), not shares of a cell's attention, so a cell's
+    weights need not sum to at most 1 and the null entries are None. Objects covering no cell or
     every cell of a stage's grid are left out of that stage (``objects`` counts the rest, so the
     stages compare different sets of objects: coarse grids keep only the large ones); a stage left
     with no object has None for every mean, and ``other_inside`` is None when K = 1."""
+    if queries not in ("visual", "audio"):
+        raise ValueError(f"queries={queries!r}: the model's fusion_query, 'visual' or 'audio'")
     cache, maps = _last_fusion_maps(source, frames)
     sums = {stage: {key: 0.0 for key in ("own_inside", "own_outside", "other_inside", "null_inside", "null_outside")}
             for stage in maps}
@@ -322,6 +328,8 @@ def attention_anatomy(source, frames: FrameSet, source_size: int) -> dict:
     result = {}
     for stage, total in sums.items():
         counts = {k: with_others[stage] if k == "other_inside" else objects[stage] for k in total}
+        if queries == "audio":  # no cell's attention is shared out among the tokens: no null share
+            counts["null_inside"] = counts["null_outside"] = 0
         result[f"stage {stage}"] = {**{k: v / counts[k] if counts[k] else None for k, v in total.items()},
                                     "objects": objects[stage]}
     return result

@@ -15,7 +15,9 @@ How Eq. 17's scores act, where the paper is silent (``elimination_apply``):
   fusion blocks' cross-attention (``mit.AudioCrossAttention``), summed over the stages so far (the
   log of the cumulative product), and ``fusion_null_key`` gives that attention a null key (value 0),
   so that a token with S -> 0 leaves the fusion and the attention may go to no token at all. Each
-  stage's elimination sees the stage's projection of the (unscaled) derived tokens.
+  stage's elimination sees the stage's projection of the (unscaled) derived tokens. With
+  ``fusion_query="audio"`` (the tokens ask, Sec. 3.3 as printed) S multiplies each token's
+  write-back weights instead, since an offset per token cancels in a softmax over the frame.
 * ``"scale"``: Eq. 17 literally, A <- S * A, cumulatively (a token eliminated at stage 2 stays small
   in stages 3 and 4). A token scaled to 0 does not leave the attention: its key and value become the
   projections' biases, a constant the softmax still weighs.
@@ -76,6 +78,9 @@ class DDESegConfig:
     elimination_residual: bool = True  # F_av = A + MCA(A, C_v) (paper silent)
     elimination_apply: str = "log_bias"  # "log_bias" (in the fusion attention) or "scale" (Eq. 17 on the vector)
     fusion_null_key: bool = True  # a null key in the fusion cross-attention
+    # which side queries in the fusion cross-attention (mit.AudioCrossAttention): "visual" (each cell
+    # attends to the tokens) or "audio" (Sec. 3.3 as printed: each token attends over the frame)
+    fusion_query: str = "visual"
     num_classes: int = 1  # 1: binary masks (S4/MS3); C+1: semantic masks with background 0
     decoder_dim: int | None = None  # None: 64 for tiny, 256 for b0, 768 for b5
     first_stride: int | None = None  # None: 4 for "paper", 2 for "released"
@@ -102,7 +107,7 @@ class DDESegConfig:
         "elimination": SCHEMES, "centre_update": CENTRE_UPDATES, "centre_init": CENTRE_INITS,
         "elimination_apply": ("log_bias", "scale"), "decoder_norm": ("batch", "group"),
         "enhancement_pooling": ("all", "per_subcluster"), "derivation_anchor": ("audio", "centre"),
-        "fusion_start": ("random", "no_norm", "identity", "trunk"),
+        "fusion_start": ("random", "no_norm", "identity", "trunk"), "fusion_query": ("visual", "audio"),
     }
 
     def __post_init__(self):
@@ -161,10 +166,10 @@ class _CNNFusionEncoder(Lite0Features):
     BatchNorms keep the pretrained statistics whatever ``train()`` says."""
 
     def __init__(self, cnn: EfficientNetLite0, depth: int = 1, heads: int = 1, fusion: bool = True,
-                 null_key: bool = False, frozen_stages: int = 0, start: str = "random"):
+                 null_key: bool = False, frozen_stages: int = 0, start: str = "random", query: str = "visual"):
         super().__init__(cnn)
         self.fusion = nn.ModuleList(
-            nn.ModuleList(FusionBlock(d, heads, sr, 4, fusion, null_key) for _ in range(depth))
+            nn.ModuleList(FusionBlock(d, heads, sr, 4, fusion, null_key, query) for _ in range(depth))
             for d, sr in zip(self.dims, (8, 4, 2, 1)))
         if start in ("identity", "trunk"):  # DDESegConfig.fusion_start
             for blocks in self.fusion:
@@ -216,7 +221,7 @@ class DDESeg(nn.Module):
         null_key = config.fusion_null_key and not released
         if config.backbone == "mit":
             mit_config = replace(MIT_SIZES[config.size], first_stride=config.first_stride or (2 if released else 4),
-                                 fusion=not released, null_key=null_key)
+                                 fusion=not released, null_key=null_key, query=config.fusion_query)
             self.encoder = MiTEncoder(mit_config)
             heads = mit_config.heads
             # what the backbone file matched, for the caller to show (the training engine logs it)
@@ -226,7 +231,8 @@ class DDESeg(nn.Module):
             cnn = efficientnet_lite0(pretrained=config.pretrained_backbone or False)
             self.backbone_report = getattr(cnn, "load_report", None)
             self.encoder = _CNNFusionEncoder(cnn, fusion=not released, null_key=null_key,
-                                             frozen_stages=config.frozen_stages, start=config.fusion_start)
+                                             frozen_stages=config.frozen_stages, start=config.fusion_start,
+                                             query=config.fusion_query)
             heads = (1, 1, 1, 1)
         else:
             raise ValueError(f"backbone must be 'mit' or 'efficientnet_lite0', got {config.backbone!r}")

@@ -11,8 +11,10 @@ LayerNorm. A fusion block is, in order (Fig. 4, Sec. 3.3):
 each with a pre-norm and a residual. Sec. 3.3 says the audio tokens are the queries and the visual
 features the keys and values; taken literally the block would output K audio tokens and there would
 be no visual map left for the spatial-reduction conv and the next stage. The workbench therefore
-uses the visual tokens as queries and the audio tokens as keys and values, so audio information is
-written into the visual map (written down in the README's notes).
+uses the visual tokens as queries and the audio tokens as keys and values by default, so audio
+information is written into the visual map (written down in the README's notes).
+``query="audio"`` (DDESeg's ``fusion_query``) keeps the printed direction instead and writes each
+token back into the cells its attention chose (``AudioCrossAttention``).
 
 Parameter names follow the official MiT and PVT-v2 code (``patch_embed1.proj``, ``block1.0.attn.q``,
 ``block1.0.mlp.dwconv.dwconv``, ``norm1``...), so an ``mit_b5.pth`` or ``pvt_v2_b5.pth`` state dict
@@ -21,6 +23,7 @@ loads into the backbone part with no renaming; the fusion parameters (``cross_no
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -41,6 +44,7 @@ class MiTConfig:
     first_stride: int = 4  # MiT's 7x7 stride-4 stem; DDESeg's released code uses 2
     fusion: bool = True  # False: a plain MiT (no audio cross-attention)
     null_key: bool = False  # fusion attention with a null key (AudioCrossAttention)
+    query: str = "visual"  # which side queries in the fusion attention (AudioCrossAttention)
 
 
 MIT_SIZES = {
@@ -126,21 +130,43 @@ class _DepthwiseConv(nn.Module):
 
 
 class AudioCrossAttention(nn.Module):
-    """Visual tokens [B, N, C] attend to audio tokens [B, K, C]; used by the fusion blocks.
+    """Cross-attention between the visual tokens [B, N, C] and the audio tokens [B, K, C]; it writes
+    audio information into the visual map (the fusion blocks' first step).
+
+    ``query`` says which side asks (DDESeg's ``fusion_query``; the module docstring says why the
+    default is not the printed one):
+
+    * ``"visual"`` (default): each visual token attends to the audio tokens (softmax over the K
+      tokens) and takes their weighted values. Every cell has to spend its attention on the tokens.
+    * ``"audio"``: Sec. 3.3 as printed, "derived audio representations serving as queries and visual
+      features as keys": each audio token attends over the N cells (softmax over the frame), so each
+      token has to choose *where* to look. Its map P [K, N] then writes the token's value back into
+      the cells it chose, with weight W = 1 - exp(-N P) in [0, 1): about 0.63 for a map spread evenly
+      over the frame, near 1 on a map concentrated on a region and near 0 elsewhere. The visual map
+      is what the next step needs (a literal reading would output K audio tokens and no map).
 
     Two additions the paper does not have (``avs_lib.models.ddeseg``, ``elimination_apply``):
 
-    * ``bias`` [B, K]: added to every visual token's attention logit for audio token k. With
-      bias = log S_k (Eq. 16's score), a token with S_k -> 0 leaves the softmax (weight -> 0)
-      instead of entering it as a zeroed vector that the key/value biases turn into a constant.
-    * ``null_key=True``: one learned key (per head, starting at 0) whose value is 0, so a visual
-      token can give its attention to no audio token at all; the softmax then runs over K + 1.
+    * ``bias`` [B, K]: log S_k, Eq. 16's score. With visual queries it is added to every visual
+      token's logit for audio token k, so a token with S_k -> 0 leaves the softmax (weight -> 0)
+      instead of entering it as a zeroed vector that the key/value biases turn into a constant. With
+      audio queries a per-token logit offset would cancel in the softmax over the frame, so the
+      token's write-back weights are multiplied by S_k = exp(bias) instead.
+    * ``null_key=True``: one learned key (per head, starting at 0) whose value is 0. With visual
+      queries a cell can give its attention to no audio token at all (softmax over K + 1); with
+      audio queries it is a null *cell*, so a token can look nowhere (softmax over N + 1).
 
-    Without either, the layer is the ``nn.MultiheadAttention`` call it always was, with the same
+    The pattern hook (``hook_pattern``, [B, heads, N, K]) holds the weights the output is computed
+    from: the softmax over the tokens (visual queries) or the write-back weights W (audio queries),
+    so that a hook that replaces it changes the output in both readings. With visual queries and
+    neither addition, the layer is the ``nn.MultiheadAttention`` call it always was, with the same
     parameter names, so earlier state dicts load unchanged."""
 
-    def __init__(self, dim: int, heads: int, null_key: bool = False):
+    def __init__(self, dim: int, heads: int, null_key: bool = False, query: str = "visual"):
         super().__init__()
+        if query not in ("visual", "audio"):
+            raise ValueError(f"query={query!r}: choose 'visual' (cells attend to tokens) or 'audio' (tokens attend to cells)")
+        self.query = query
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
         if null_key:
             self.null_key = nn.Parameter(torch.zeros(dim))  # in the projected key space, split over heads
@@ -151,20 +177,43 @@ class AudioCrossAttention(nn.Module):
     def forward(self, visual: torch.Tensor, audio: torch.Tensor,
                 bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         # [B, N, C], [B, N, K] (the head mean, as nn.MultiheadAttention returns it)
+        if self.query == "audio":
+            return self._audio_queries(visual, audio, bias)
         return attend(self.attn, visual, audio, audio, self.hook_pattern, need_weights=True, bias=bias,
                       null_key=self.null_key)
+
+    def _audio_queries(self, visual: torch.Tensor, audio: torch.Tensor,
+                       bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n, c = visual.shape
+        heads = self.attn.num_heads
+        w_q, w_k, w_v = self.attn.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.attn.in_proj_bias.chunk(3)
+        split = lambda x: x.reshape(b, x.shape[1], heads, c // heads).transpose(1, 2)  # noqa: E731
+        # the audio tokens ask, the cells answer; the values are the tokens' own, written into the cells
+        q, key, v = split(F.linear(audio, w_q, b_q)), split(F.linear(visual, w_k, b_k)), split(F.linear(audio, w_v, b_v))
+        logits = q @ key.transpose(-2, -1) / math.sqrt(c // heads)  # [B, h, K, N]
+        if self.null_key is not None:
+            null = self.null_key.reshape(heads, 1, c // heads).to(q.dtype)  # [h, 1, c/h]: a cell that is nowhere
+            logits = torch.cat([logits, q @ null.transpose(-2, -1) / math.sqrt(c // heads)], dim=-1)  # [B, h, K, N+1]
+        where = torch.softmax(logits, dim=-1)[..., :n]  # [B, h, K, N]: each token's map over the frame
+        weights = -torch.expm1(-n * where)  # W = 1 - exp(-N P)
+        if bias is not None:
+            weights = weights * bias.exp()[:, None, :, None].to(weights.dtype)  # S_k
+        weights = self.hook_pattern(weights.transpose(-2, -1))  # [B, h, N, K]
+        out = self.attn.out_proj((weights @ v).transpose(1, 2).reshape(b, n, c))
+        return out, weights.mean(1)
 
 
 class FusionBlock(nn.Module):
     """Fig. 4: audio cross-attention, spatial-reduction self-attention, Mix-FFN."""
 
     def __init__(self, dim: int, heads: int, sr_ratio: int, mlp_ratio: int = 4, fusion: bool = True,
-                 null_key: bool = False):
+                 null_key: bool = False, query: str = "visual"):
         super().__init__()
         self.fusion = fusion
         if fusion:
             self.cross_norm = nn.LayerNorm(dim)
-            self.cross_attn = AudioCrossAttention(dim, heads, null_key)
+            self.cross_attn = AudioCrossAttention(dim, heads, null_key, query)
         self.norm1 = nn.LayerNorm(dim)
         self.attn = EfficientSelfAttention(dim, heads, sr_ratio)
         self.norm2 = nn.LayerNorm(dim)
@@ -203,7 +252,8 @@ class MiTEncoder(nn.Module):
             kernel, stride = (7, config.first_stride) if i == 1 else (3, 2)
             setattr(self, f"patch_embed{i}", OverlapPatchEmbed(previous, dim, kernel, stride))
             setattr(self, f"block{i}", nn.ModuleList(
-                FusionBlock(dim, heads, sr, config.mlp_ratio, config.fusion, config.null_key) for _ in range(depth)))
+                FusionBlock(dim, heads, sr, config.mlp_ratio, config.fusion, config.null_key, config.query)
+                for _ in range(depth)))
             setattr(self, f"norm{i}", nn.LayerNorm(dim))
             previous = dim
 

@@ -152,6 +152,10 @@ def _check_attention_supervision(config: TrainConfig, data_root: Path) -> None:
             or config.variant != "paper" or config.layout in SEMANTIC_LAYOUTS):
         raise ValueError("attention_supervision needs DDESeg with derived tokens and fusion cross-attention on binary "
                          "masks (model=ddeseg, an ablation other than baseline, variant=paper, an ms3 or s4 layout)")
+    if switches.get("fusion_query", "visual") != "visual":
+        raise ValueError("attention_supervision needs switches.fusion_query=visual: its targets share each cell's "
+                         "attention out among the tokens and the null key, and with audio queries a cell's weights "
+                         "are the tokens' own maps over the frame, not shares of one softmax")
     if not (data_root / "world.json").exists():
         raise ValueError(f"attention_supervision needs a composed world: {data_root} has no world.json, and only a "
                          "composed world records where each sounding object is")

@@ -387,14 +387,17 @@ ANATOMY_BARS = {"own_inside": ("its token, inside the object", "tab:red"),
 def attention_anatomy_figure(anatomy: dict, path=None):
     """``avs_lib.analysis.inspect.attention_anatomy`` as grouped bars: per stage, the mean attention
     weight a cell gives the sounding object's own token (inside and outside the object), each other
-    token (inside) and the null key (inside and outside). Pointing attention has the red bar far
-    above the orange and grey ones."""
+    token (inside) and the null key (inside and outside; left out where the anatomy has none, as
+    with audio queries). Pointing attention has the red bar far above the orange and grey ones."""
     plt = _pyplot()
     stages = list(anatomy)  # a stage with no object (means None) keeps its label and gets no bars
+    # a key no stage has (the null key's with audio queries, fusion_query="audio") gets no bar and no legend entry
+    bars = {key: bar for key, bar in ANATOMY_BARS.items()
+            if any(anatomy[s][key] is not None for s in stages) or all(not anatomy[s]["objects"] for s in stages)}
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
-    width = 0.8 / len(ANATOMY_BARS)
-    for j, (key, (label, colour)) in enumerate(ANATOMY_BARS.items()):
-        ax.bar(np.arange(len(stages)) + (j - (len(ANATOMY_BARS) - 1) / 2) * width,
+    width = 0.8 / len(bars)
+    for j, (key, (label, colour)) in enumerate(bars.items()):
+        ax.bar(np.arange(len(stages)) + (j - (len(bars) - 1) / 2) * width,
                [np.nan if anatomy[s][key] is None else anatomy[s][key] for s in stages], width, label=label,
                color=colour)
     ax.set_xticks(range(len(stages)), [f"{s}\n({anatomy[s]['objects']} objects)" for s in stages], fontsize=8)
