@@ -191,33 +191,40 @@ def test_without_bias_and_null_key_fusion_attention_is_the_multihead_call():
     torch.testing.assert_close(weights_zero_bias, weights)
 
 
-def _audio_query_numpy(layer, visual, audio, bias, null):
-    """Sec. 3.3 as printed, one head: each token's softmax over the cells (and a null cell), then
-    W = 1 - exp(-N P) times S = exp(bias) writes the token's value into the cells."""
+def _audio_query_numpy(layer, visual, audio, bias, null, heads):
+    """Sec. 3.3 as printed, one frame, head by head: each token's softmax over the cells (and a null
+    cell), then W = 1 - exp(-N P) times S = exp(bias) writes the token's value into the cells; the
+    heads' outputs are concatenated. Returns (output [N, C], head-mean W [N, K])."""
     n, d = visual.shape
     w_q, w_k, w_v = np.split(to_numpy(layer.attn.in_proj_weight), 3)
     b_q, b_k, b_v = np.split(to_numpy(layer.attn.in_proj_bias), 3)
     q, k, v = audio @ w_q.T + b_q, visual @ w_k.T + b_k, audio @ w_v.T + b_v
-    logits = q @ k.T / np.sqrt(d)  # [K, N]
-    if null is not None:
-        logits = np.concatenate([logits, (q @ null / np.sqrt(d))[:, None]], 1)
-    where = softmax(logits)[:, :n]
-    weights = (1 - np.exp(-n * where)) * np.exp(bias)[:, None]  # [K, N]
-    return weights.T @ v @ to_numpy(layer.attn.out_proj.weight).T + to_numpy(layer.attn.out_proj.bias), weights.T
+    dh, outs, maps = d // heads, [], []
+    for h in range(heads):
+        part = slice(h * dh, (h + 1) * dh)
+        logits = q[:, part] @ k[:, part].T / np.sqrt(dh)  # [K, N]
+        if null is not None:
+            logits = np.concatenate([logits, (q[:, part] @ null[part] / np.sqrt(dh))[:, None]], 1)
+        weights = (1 - np.exp(-n * softmax(logits)[:, :n])) * np.exp(bias)[:, None]  # [K, N]
+        outs.append(weights.T @ v[:, part])
+        maps.append(weights.T)
+    out = np.concatenate(outs, 1) @ to_numpy(layer.attn.out_proj.weight).T + to_numpy(layer.attn.out_proj.bias)
+    return out, np.mean(maps, 0)
 
 
 def test_audio_queries_against_numpy():
     torch.manual_seed(8)
-    layer = AudioCrossAttention(6, 1, null_key=True, query="audio").double()
+    layer = AudioCrossAttention(6, 2, null_key=True, query="audio").double()
     with torch.no_grad():
         layer.null_key.normal_()
-    visual, audio = torch.randn(1, 7, 6, dtype=torch.float64), torch.randn(1, 3, 6, dtype=torch.float64)
-    bias = torch.tensor([[0.0, -1.5, 0.7]], dtype=torch.float64)
+    visual, audio = torch.randn(2, 7, 6, dtype=torch.float64), torch.randn(2, 3, 6, dtype=torch.float64)
+    bias = torch.tensor([[0.0, -1.5, 0.7], [-0.3, 0.0, -4.0]], dtype=torch.float64)
     out, weights = layer(visual, audio, bias)
-    expected, w = _audio_query_numpy(layer, to_numpy(visual[0]), to_numpy(audio[0]), to_numpy(bias[0]),
-                                     to_numpy(layer.null_key))
-    np.testing.assert_allclose(to_numpy(out[0]), expected, atol=1e-10)
-    np.testing.assert_allclose(to_numpy(weights[0]), w, atol=1e-10)
+    for i in range(2):
+        expected, w = _audio_query_numpy(layer, to_numpy(visual[i]), to_numpy(audio[i]), to_numpy(bias[i]),
+                                         to_numpy(layer.null_key), heads=2)
+        np.testing.assert_allclose(to_numpy(out[i]), expected, atol=1e-10)
+        np.testing.assert_allclose(to_numpy(weights[i]), w, atol=1e-10)
 
 
 def test_audio_queries_choose_where_each_token_writes():
@@ -255,6 +262,10 @@ def test_audio_queries_commute_with_the_order_of_the_cells():
 def test_fusion_query_is_a_checked_switch():
     with pytest.raises(ValueError, match="query"):
         AudioCrossAttention(8, 1, query="sideways")
+    with pytest.raises(ValueError, match="fusion_query='sideways'"):
+        build_model("ddeseg", size="tiny", memory_classes=4, k=2, m=2, fusion_query="sideways")
+    with pytest.raises(ValueError, match="released"):  # its blocks have no audio cross-attention to turn
+        build_model("ddeseg", size="tiny", variant="released", memory_classes=4, k=2, m=2, fusion_query="audio")
     model = build_model("ddeseg", size="tiny", memory_classes=4, k=2, m=2, num_tokens=3, fusion_query="audio")
     assert all(b.cross_attn.query == "audio" for i in range(1, 5) for b in model.stage_blocks(i))
 

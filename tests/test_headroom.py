@@ -125,6 +125,25 @@ def test_pointing_accuracy_counts_peaks_inside_objects():
     assert result["stage 1"] == 0.5
 
 
+def test_pointing_shares_a_hit_among_cells_tied_at_the_peak():
+    import pytest
+    import torch
+
+    from avs_lib.analysis.inspect import pointing_accuracy
+    from avs_lib.models.hooks import ActivationCache
+
+    frames = _one_frame_with_sources()
+    # class 2's token: weights saturated at 1 in cell (0, 0), inside its object, and in cell (1, 1),
+    # outside it; argmax alone would always take the first cell and score a hit
+    pattern = torch.zeros(1, 1, 4, 2)
+    pattern[0, 0, [0, 3], 0] = 1.0
+    pattern[0, 0, 3, 1] = 1.0
+    cache = ActivationCache({"derivation.classes": torch.tensor([[2, 5]]), "stage1.block0.cross_attn.pattern": pattern})
+    cache.stage_hw = {1: (2, 2)}
+    # class 2: half a hit; class 5's object fills cell (1, 1), where its token peaks: a hit
+    assert pointing_accuracy(cache, frames, source_size=16)["stage 1"] == pytest.approx((0.5 + 1) / 2)
+
+
 def test_pointing_chance_is_the_mean_object_share():
     import pytest
     import torch

@@ -257,7 +257,8 @@ def _objects_and_tokens(classes: torch.Tensor, frames: FrameSet, source_size: in
 def pointing_accuracy(source, frames: FrameSet, source_size: int) -> dict:
     """Does the fusion attend where the sound is? For each object sounding on screen, the last fusion
     block's cross-attention map (mean over heads) of the token derived for its class is taken at
-    every stage; a hit is a map whose peak falls inside the object (``object_regions``). An object
+    every stage; a hit is a map whose peak falls inside the object (``object_regions``; cells tied
+    at the peak share the hit, so a flat map scores the share of its cells inside). An object
     whose class no token was derived for is a miss. Returns {"stage 1": accuracy, ...,
     "derived": share of objects with a token of their class, "objects": n, "chance": the accuracy of
     maps whose peaks fall at random (the share of the frame each object with a token covers,
@@ -272,10 +273,14 @@ def pointing_accuracy(source, frames: FrameSet, source_size: int) -> dict:
         area += float(region.float().mean())
         for stage, attention in maps.items():
             h, w = cache.hw(stage)
-            peak = int(attention[index, :, token].argmax())
-            y = min(region.shape[0] - 1, int((peak // w + 0.5) * region.shape[0] / h))
-            x = min(region.shape[1] - 1, int((peak % w + 0.5) * region.shape[1] / w))
-            hits[f"stage {stage}"] += int(bool(region[y, x]))
+            column = attention[index, :, token]
+            # cells tied at the peak (a flat map, or audio queries' weights saturated at 1) share the
+            # hit, as a peak drawn at random among them would: argmax alone would pick the first cell
+            peaks = (column == column.max()).nonzero().flatten().tolist()
+            inside = [bool(region[min(region.shape[0] - 1, int((peak // w + 0.5) * region.shape[0] / h)),
+                                  min(region.shape[1] - 1, int((peak % w + 0.5) * region.shape[1] / w))])
+                      for peak in peaks]
+            hits[f"stage {stage}"] += sum(inside) / len(inside)
     result = {k: v / max(1, objects) for k, v in hits.items()}
     return {**result, "derived": derived / max(1, objects), "objects": objects, "chance": area / max(1, objects)}
 

@@ -115,6 +115,11 @@ class DDESegConfig:
             raise ValueError(f"frozen_stages={self.frozen_stages}: choose 0 (none) to 4 (the whole backbone)")
         if self.fusion_start not in self.CHOICES["fusion_start"]:  # a config file is checked on reading; code too
             raise ValueError(f"fusion_start={self.fusion_start!r}: choose one of {self.CHOICES['fusion_start']}")
+        if self.fusion_query not in self.CHOICES["fusion_query"]:
+            raise ValueError(f"fusion_query={self.fusion_query!r}: choose one of {self.CHOICES['fusion_query']}")
+        if self.fusion_query != "visual" and self.variant == "released":
+            raise ValueError(f"fusion_query={self.fusion_query!r} needs variant='paper': the released variant's "
+                             "blocks have no audio cross-attention (a ReleasedAligner gates each stage instead)")
         if self.fusion_start != "random" and self.backbone != "efficientnet_lite0":
             raise ValueError(f"fusion_start={self.fusion_start!r} needs backbone='efficientnet_lite0' (a MiT's "
                              "blocks are its own stages, trained with it, not inserted into a pretrained trunk)")

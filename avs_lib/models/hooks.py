@@ -31,7 +31,7 @@ None only reads it. Names (DDESeg; ``i`` is the 1-based stage, ``j`` the 0-based
 | ``stage{i}.elimination.log_scores`` | [B, K] | log S |
 | ``stage{i}.elimination.gate`` | [B, heads, N_i, 1] | released reading: the visual gate |
 | ``stage{i}.audio`` | [B, K, d_a] | the audio tokens entering the stage's fusion (Eq. 17 applied under ``scale``) |
-| ``stage{i}.log_bias`` | [B, K] | log-bias on each token's fusion logit, summed over stages (``log_bias``) |
+| ``stage{i}.log_bias`` | [B, K] | log-bias on each token's fusion logit, summed over stages (``log_bias``; with ``fusion_query="audio"`` its exp scales the token's write-back weights) |
 | ``stage{i}.block{j}.cross_attn.pattern`` | [B, heads, N_i, K] | the fusion cross-attention, per head (``fusion_query="audio"``: each token's write-back weights, ``mit.AudioCrossAttention``) |
 | ``stage{i}.features`` | [B, C_i, h_i, w_i] | the stage's fused map, the decoder's input |
 | ``decoder.logits`` | [B, outputs, h_1, w_1] | the decoder's prediction before upsampling |
