@@ -28,6 +28,7 @@ from avs_lib.analysis.truth import object_regions, token_categories, true_classe
 from avs_lib.data.frames import FrameSet
 from avs_lib.models.derivation import nearest_centres
 from avs_lib.models.hooks import ActivationCache, HookPoint, run_with_cache
+from avs_lib.models.mit import FUSION_QUERIES
 
 
 def activations(source, frames: FrameSet, names: list[str], batch_size: int = 32) -> ActivationCache:
@@ -305,8 +306,8 @@ def attention_anatomy(source, frames: FrameSet, source_size: int, queries: str =
     every cell of a stage's grid are left out of that stage (``objects`` counts the rest, so the
     stages compare different sets of objects: coarse grids keep only the large ones); a stage left
     with no object has None for every mean, and ``other_inside`` is None when K = 1."""
-    if queries not in ("visual", "audio"):
-        raise ValueError(f"queries={queries!r}: the model's fusion_query, 'visual' or 'audio'")
+    if queries not in FUSION_QUERIES:
+        raise ValueError(f"queries={queries!r}: the model's fusion_query, one of {FUSION_QUERIES}")
     cache, maps = _last_fusion_maps(source, frames)
     sums = {stage: {key: 0.0 for key in ("own_inside", "own_outside", "other_inside", "null_inside", "null_outside")}
             for stage in maps}

@@ -52,7 +52,7 @@ from .derivation import DerivationOutput, DynamicDerivation
 from .efficientnet import EfficientNetLite0, Lite0Features, efficientnet_lite0
 from .hooks import HookPoint, name_hook_points
 from .elimination import CENTRE_INITS, CENTRE_UPDATES, SCHEMES, DynamicElimination, EliminationOutput, ReleasedAligner
-from .mit import MIT_SIZES, FusionBlock, MiTEncoder, load_backbone_state_dict
+from .mit import FUSION_QUERIES, MIT_SIZES, FusionBlock, MiTEncoder, load_backbone_state_dict
 
 
 @dataclass
@@ -107,7 +107,7 @@ class DDESegConfig:
         "elimination": SCHEMES, "centre_update": CENTRE_UPDATES, "centre_init": CENTRE_INITS,
         "elimination_apply": ("log_bias", "scale"), "decoder_norm": ("batch", "group"),
         "enhancement_pooling": ("all", "per_subcluster"), "derivation_anchor": ("audio", "centre"),
-        "fusion_start": ("random", "no_norm", "identity", "trunk"), "fusion_query": ("visual", "audio"),
+        "fusion_start": ("random", "no_norm", "identity", "trunk"), "fusion_query": FUSION_QUERIES,
     }
 
     def __post_init__(self):

@@ -228,7 +228,21 @@ def attend(attention: nn.MultiheadAttention, query: torch.Tensor, key: torch.Ten
         out, weights = attention(query, key, value, need_weights=need_weights)
         return out, weights
     b, n, c = query.shape
-    heads, keys = attention.num_heads, key.shape[1]
+    logits, v = head_logits(attention, query, key, value, bias, null_key)
+    weights = pattern(torch.softmax(logits, dim=-1)[..., :key.shape[1]])  # [B, h, Nq, Nk]; the null column's value is 0
+    out = attention.out_proj((weights @ v).transpose(1, 2).reshape(b, n, c))
+    return out, weights.mean(1) if need_weights else None
+
+
+def head_logits(attention: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                bias: torch.Tensor | None = None,
+                null_key: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attention``'s scaled dot-product logits head by head, from its own projections: (logits
+    [B, heads, Nq, Nk], with one more column for ``null_key``; the projected values [B, heads, Nv,
+    C/heads]). ``bias`` [B, Nk] is added to every query's logit for key k; ``null_key`` [C] is one
+    more key, split over the heads (``attend`` and ``mit.AudioCrossAttention`` give it the value 0)."""
+    b, _, c = query.shape
+    heads = attention.num_heads
     w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
     b_q, b_k, b_v = attention.in_proj_bias.chunk(3)
     split = lambda x: x.reshape(b, x.shape[1], heads, c // heads).transpose(1, 2)  # noqa: E731
@@ -239,6 +253,4 @@ def attend(attention: nn.MultiheadAttention, query: torch.Tensor, key: torch.Ten
     if null_key is not None:
         null = null_key.reshape(heads, 1, c // heads).to(q.dtype)  # [h, 1, c/h]
         logits = torch.cat([logits, q @ null.transpose(-2, -1) / math.sqrt(c // heads)], dim=-1)  # [B, h, Nq, Nk+1]
-    weights = pattern(torch.softmax(logits, dim=-1)[..., :keys])  # [B, h, Nq, Nk]; the null column's value is 0
-    out = attention.out_proj((weights @ v).transpose(1, 2).reshape(b, n, c))
-    return out, weights.mean(1) if need_weights else None
+    return logits, v

@@ -23,14 +23,13 @@ loads into the backbone part with no renaming; the fusion parameters (``cross_no
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hooks import HookPoint, attend
+from .hooks import HookPoint, attend, head_logits
 from .weights import LoadReport, load_weights, read_state_dict  # noqa: F401 (re-exported)
 
 
@@ -129,6 +128,10 @@ class _DepthwiseConv(nn.Module):
         return self.dwconv(x.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
 
 
+# which side asks in the fusion cross-attention (AudioCrossAttention, DDESegConfig.fusion_query)
+FUSION_QUERIES = ("visual", "audio")
+
+
 class AudioCrossAttention(nn.Module):
     """Cross-attention between the visual tokens [B, N, C] and the audio tokens [B, K, C]; it writes
     audio information into the visual map (the fusion blocks' first step).
@@ -164,7 +167,7 @@ class AudioCrossAttention(nn.Module):
 
     def __init__(self, dim: int, heads: int, null_key: bool = False, query: str = "visual"):
         super().__init__()
-        if query not in ("visual", "audio"):
+        if query not in FUSION_QUERIES:
             raise ValueError(f"query={query!r}: choose 'visual' (cells attend to tokens) or 'audio' (tokens attend to cells)")
         self.query = query
         self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
@@ -185,16 +188,9 @@ class AudioCrossAttention(nn.Module):
     def _audio_queries(self, visual: torch.Tensor, audio: torch.Tensor,
                        bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         b, n, c = visual.shape
-        heads = self.attn.num_heads
-        w_q, w_k, w_v = self.attn.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = self.attn.in_proj_bias.chunk(3)
-        split = lambda x: x.reshape(b, x.shape[1], heads, c // heads).transpose(1, 2)  # noqa: E731
-        # the audio tokens ask, the cells answer; the values are the tokens' own, written into the cells
-        q, key, v = split(F.linear(audio, w_q, b_q)), split(F.linear(visual, w_k, b_k)), split(F.linear(audio, w_v, b_v))
-        logits = q @ key.transpose(-2, -1) / math.sqrt(c // heads)  # [B, h, K, N]
-        if self.null_key is not None:
-            null = self.null_key.reshape(heads, 1, c // heads).to(q.dtype)  # [h, 1, c/h]: a cell that is nowhere
-            logits = torch.cat([logits, q @ null.transpose(-2, -1) / math.sqrt(c // heads)], dim=-1)  # [B, h, K, N+1]
+        # the audio tokens ask, the cells answer (the null key is a cell that is nowhere); the values
+        # are the tokens' own, written into the cells: logits [B, h, K, N+1], v [B, h, K, c/h]
+        logits, v = head_logits(self.attn, audio, visual, audio, null_key=self.null_key)
         where = torch.softmax(logits, dim=-1)[..., :n]  # [B, h, K, N]: each token's map over the frame
         weights = -torch.expm1(-n * where)  # W = 1 - exp(-N P)
         if bias is not None:
