@@ -54,6 +54,7 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
         switches["pretrained_backbone"] = True
         if args.model != "avsac":  # AVSAC has the backbone switches, not DDESeg's frozen stages
             switches["frozen_stages"] = args.frozen_stages
+            switches["decoder_stride"] = args.decoder_stride
     if args.model != "avsac":
         switches["memory_classes"] = 71 if args.size == "b5" else 16
     if args.num_classes > 1:
@@ -115,6 +116,7 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
               "image_size": args.image_size, "batch_size": args.batch_size, "precision": precision,
               "channels_last": channels_last, "compile": compile_model and args.compile_mode,
               **({"frozen_stages": switches["frozen_stages"]} if "frozen_stages" in switches else {}),
+              **({"decoder_stride": switches["decoder_stride"]} if "decoder_stride" in switches else {}),
               "parameters_trainable": count_parameters(model)["total"],
               "train_frames_per_second": round(train_fps, 2), "eval_frames_per_second": round(eval_fps, 2),
               "first_step_seconds": round(first_step, 2), "threads": torch.get_num_threads(),
@@ -264,6 +266,8 @@ def main():
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"),
                         help="torch.compile's mode: reduce-overhead replays CUDA graphs (launch-bound small models)")
+    parser.add_argument("--decoder-stride", type=int, default=4, choices=(2, 4),
+                        help="EfficientNet-Lite0 DDESeg: 2 adds the stride-2 refinement (the switch decoder_stride)")
     parser.add_argument("--frozen-stages", type=int, default=0,
                         help="EfficientNet-Lite0: freeze the stem and this many backbone stages (the switch frozen_stages)")
     parser.add_argument("--threads", type=int, default=None)

@@ -61,7 +61,8 @@ from avs_lib.training.loop import late_gain, train_once
 from avs_lib.training.predict import load_trained
 from avs_lib.training.prepare import prepare
 from avs_lib.training.runs import shared_run_dir
-from avs_lib.viz.plots import attention_anatomy_figure, headroom_figure, qualitative, training_curves
+from avs_lib.viz.plots import (attention_anatomy_figure, choice_outline_figure, headroom_figure, qualitative,
+                                training_curves)
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "05_training")
 
@@ -107,7 +108,9 @@ print(f"{len(prepared.train)} training frames, {config.epochs} epochs; validatio
 
 # %%
 model, config, _ = load_trained(Path(config.out) / "best.pt", prepared)
-rows = headroom(config, model, prepared, rows=tuple(headroom_rows))
+# a composed world records where each object is: each row then also says where its errors are (below)
+source_size = world_frame_size(data_root) if (Path(data_root) / "world.json").exists() else None
+rows = headroom(config, model, prepared, rows=tuple(headroom_rows), source_size=source_size)
 headroom_figure(rows, figures / "headroom.png")
 by_row = {r["row"]: r for r in rows}
 window = pd.DataFrame([{"row": r["what"], "test J&F": r["JF"], "95 % low": r["ci95"][0], "95 % high": r["ci95"][1]}
@@ -122,6 +125,33 @@ bound = resolution_bound(prepared.test, stride)
 print(f"Resolution bound at {config.image_size} px, decoder stride {stride}: J&F {bound['JF']:.3f} "
       f"(J {bound['J']:.3f}, F {bound['F']:.3f}).")
 window
+
+# %% [markdown]
+# ## Which objects, or their outlines?
+# A row can lose points in two ways: it segments the wrong objects (misses one that sounds, takes
+# one that is silent), or it draws the right ones badly. The world's boxes tell them apart
+# (`avs_lib.analysis.evaluation.choice_and_outline`): a sounding object counts as *found* when the
+# prediction covers at least half of it, a silent one as *taken* when the prediction covers at
+# least 30 % of its box. Each row is then scored twice more:
+#
+# * **choices fixed**: the missed objects added and the taken silent ones removed, the outlines as
+#   drawn: what perfect listening would give with this model's masks;
+# * **outlines fixed**: each found object drawn exactly, the choices as made: what perfect masks
+#   would give with this model's listening.
+#
+# Where "choices fixed" jumps, the row is limited by what it hears; where "outlines fixed" jumps, by
+# how it draws. The floor should be limited by choice (it cannot hear), the ceiling by outline (it
+# is told which classes sound).
+
+# %%
+errors = None
+if all("errors" in r for r in rows):
+    errors = pd.DataFrame([{"row": r["what"], "J&F": r["errors"]["JF"], "choices fixed": r["errors"]["choice_fixed_JF"],
+                            "outlines fixed": r["errors"]["outline_fixed_JF"], "sounding found": r["errors"]["found"],
+                            "sounding missed": r["errors"]["missed"],
+                            "silent taken": f"{r['errors']['taken']} of {r['errors']['silent']}"} for r in rows]).round(3)
+    choice_outline_figure(rows, figures / "choice_outline.png", bound=bound["JF"])
+    display(errors)
 
 # %% [markdown]
 # ## Predictions, and where the audio tokens attend
@@ -210,7 +240,8 @@ table
 
 # %%
 save_metrics(run_dir, {"test": result["test"], "best_epoch": result["best_epoch"], "table": rows_all,
-                       "headroom": {r["row"]: {"JF": r["JF"], "ci95": list(r["ci95"])} for r in rows},
+                       "headroom": {r["row"]: {"JF": r["JF"], "ci95": list(r["ci95"]),
+                                               **({"errors": r["errors"]} if "errors" in r else {})} for r in rows},
                        "late_gain": gain, "pointing": pointing, "attention_anatomy": anatomy,
                        "attention_interventions": ({r["intervention"]: {"JF": r["JF"], "ci95": list(r["ci95"])}
                                                     for r in interventions} if interventions else None),

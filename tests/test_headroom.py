@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from avs_lib.audio.registry import OracleAudio
 from avs_lib.core.config import load_config
@@ -359,3 +360,73 @@ def test_anatomy_figure_draws_only_the_bars_the_anatomy_has(tmp_path):
               for i, a in enumerate((with_null, without_null))]
     assert len(labels[0]) == 5 and not any("null" in label for label in labels[1]) and len(labels[1]) == 3
     assert (tmp_path / "1.png").stat().st_size > 1000
+
+
+def _frame_with_a_silent_object():
+    from avs_lib.data.frames import FrameSet
+
+    masks = torch.zeros(1, 16, 16, dtype=torch.long)
+    masks[0, 1:5, 1:5] = 1  # class 1 sounds, box x 0-6, y 0-6
+    masks[0, 11:15, 11:15] = 1  # class 2 sounds, box x 10-16, y 10-16
+    sources = {"c": {"sources": [
+        {"class_index": 1, "sounding": True, "on_screen": True, "bboxes": [[0, 0, 6, 6]]},
+        {"class_index": 2, "sounding": True, "on_screen": True, "bboxes": [[10, 10, 16, 16]]},
+        {"class_index": 3, "sounding": False, "on_screen": True, "bboxes": [[0, 10, 6, 16]]},  # silent, bottom left
+        {"class_index": 4, "sounding": True, "on_screen": False, "bboxes": None}]}}  # heard, not seen
+    return FrameSet(torch.zeros(1, 3, 16, 16, dtype=torch.uint8), masks, torch.ones(1, dtype=torch.bool),
+                    torch.zeros(1, 4), ["c"], [0], ["x"], sources)
+
+
+def _score(prediction):
+    from avs_lib.analysis.metrics import evaluate
+
+    return evaluate(torch.where(prediction, 20.0, -20.0)[None], _frame_with_a_silent_object().masks)["JF"]
+
+
+def test_choice_and_outline_repairs_what_each_fix_names():
+    from avs_lib.analysis.evaluation import choice_and_outline
+
+    frames = _frame_with_a_silent_object()
+    pred = torch.zeros(16, 16, dtype=torch.bool)
+    pred[0:6, 0:6] = True  # class 1's object, drawn as its whole box
+    pred[10:16, 0:6] = True  # the silent object taken; class 2's object missed
+    result = choice_and_outline(torch.where(pred, 5.0, -5.0)[None], frames, source_size=16)
+    assert (result["found"], result["missed"], result["taken"], result["silent"]) == (1, 1, 1, 1)
+    # choices fixed: the missed object added, the silent one removed, class 1's blob left as drawn
+    choices = torch.zeros(16, 16, dtype=torch.bool)
+    choices[0:6, 0:6] = True
+    choices[11:15, 11:15] = True
+    # outlines fixed: class 1's object exact, the choices (the silent object, the miss) as made
+    outlines = torch.zeros(16, 16, dtype=torch.bool)
+    outlines[1:5, 1:5] = True
+    outlines[10:16, 0:6] = True
+    assert result["JF"] == pytest.approx(_score(pred))
+    assert result["choice_fixed_JF"] == pytest.approx(_score(choices))
+    assert result["outline_fixed_JF"] == pytest.approx(_score(outlines))
+    # 20 pixels of blob around class 1's object, 36 of the silent object's box: 56 wrong pixels
+    assert result["false_positive_share_silent_boxes"] == pytest.approx(36 / 56)
+    assert result["false_positive_share_sounding_boxes"] == pytest.approx(20 / 56)
+
+
+def test_choice_and_outline_of_the_truth_has_nothing_to_fix():
+    from avs_lib.analysis.evaluation import choice_and_outline
+
+    frames = _frame_with_a_silent_object()
+    result = choice_and_outline(torch.where(frames.masks.bool(), 5.0, -5.0), frames, source_size=16)
+    assert result["JF"] == result["choice_fixed_JF"] == result["outline_fixed_JF"] == pytest.approx(1.0)
+    assert (result["found"], result["missed"], result["taken"]) == (2, 0, 0)
+    frames.sources = {}
+    with pytest.raises(ValueError, match="sources"):
+        choice_and_outline(torch.zeros(1, 16, 16), frames, source_size=16)
+
+
+def test_choice_outline_figure_draws_three_bars_a_row(tmp_path):
+    from avs_lib.viz.plots import choice_outline_figure
+
+    errors = {"JF": 0.5, "choice_fixed_JF": 0.7, "outline_fixed_JF": 0.6}
+    rows = [{"row": "floor", "what": "floor", "errors": errors}, {"row": "oracle", "what": "ceiling", "errors": errors}]
+    fig = choice_outline_figure(rows, tmp_path / "c.png", bound=0.9)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 6 and (tmp_path / "c.png").exists()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["resolution bound 0.900", "as trained", "choices fixed",
+                                                                   "outlines fixed"]

@@ -41,9 +41,83 @@ def resolution_bound(frames, stride: int, convention: str = "per_frame", batch_s
     return evaluate(torch.where(fine > 0.5, 20.0, -20.0), masks, convention=convention, batch_size=batch_size)
 
 
+FOUND_SHARE = 0.5  # a sounding object is found when the prediction covers at least this share of its pixels
+TAKEN_SHARE = 0.3  # a silent object is taken when the prediction covers this share of its box (outside sounding pixels)
+
+
+def choice_and_outline(logits: torch.Tensor, frames, source_size: int, convention: str = "per_frame",
+                       batch_size: int = 5) -> dict:
+    """Where a composed world's test errors are: in the choice of objects or in their outlines.
+
+    For each annotated frame the world's boxes (``avs_lib.analysis.truth.onscreen_boxes``) say which
+    objects are on screen and whether each sounds. A sounding object is *found* when the prediction
+    covers at least ``FOUND_SHARE`` of its pixels (its box's sounding pixels), else *missed*; a silent
+    object is *taken* when the prediction covers at least ``TAKEN_SHARE`` of its box outside the
+    sounding pixels. Two predictions are then scored beside the model's own:
+
+    * ``choice_fixed``: every missed object's pixels added, every predicted pixel inside a silent
+      object's box (and outside the sounding mask and the sounding objects' boxes) removed: the
+      model's outlines with perfect choices;
+    * ``outline_fixed``: inside each found object's box, exactly its pixels (other sounding
+      pixels the model drew there kept): the model's choices with perfect outlines.
+
+    Returns {"JF", "choice_fixed_JF", "outline_fixed_JF", "found", "missed", "taken", "silent",
+    "false_positive_share_silent_boxes", "false_positive_share_sounding_boxes"} (the last two: the
+    share of the predicted pixels outside the mask that lie in silent objects' boxes, and in sounding
+    objects' boxes). Boxes are not outlines, so both fixes are approximate where boxes overlap. A
+    dataset without sources (AVSBench) is refused by ``onscreen_boxes``."""
+    from avs_lib.analysis.truth import onscreen_boxes
+
+    keep = torch.nonzero(frames.valid, as_tuple=True)[0].tolist()
+    predicted = logits[keep] > 0  # [n, H, W]
+    masks = frames.masks[keep].bool()
+    choice_fixed, outline_fixed = predicted.clone(), predicted.clone()
+    counts = dict.fromkeys(("found", "missed", "taken", "silent"), 0)
+    wrong = in_silent = in_sounding = 0
+    for row, index in enumerate(keep):
+        pred, mask = predicted[row], masks[row]
+        boxes = onscreen_boxes(frames, index, source_size)
+        sounding_boxes = torch.zeros_like(mask)
+        for _, sounds, box in boxes:
+            if sounds:
+                sounding_boxes |= box
+        silent_boxes = torch.zeros_like(mask)
+        for _, sounds, box in boxes:
+            if sounds:
+                region = box & mask
+                if not region.any():
+                    continue
+                if (pred & region).sum() >= FOUND_SHARE * region.sum():
+                    counts["found"] += 1
+                    outline_fixed[row] = (outline_fixed[row] & ~(box & ~mask)) | region
+                else:
+                    counts["missed"] += 1
+                    choice_fixed[row] |= region
+            else:
+                counts["silent"] += 1
+                silent_boxes |= box
+                outside = box & ~mask
+                if outside.any() and (pred & outside).sum() >= TAKEN_SHARE * outside.sum():
+                    counts["taken"] += 1
+        choice_fixed[row] &= ~(silent_boxes & ~sounding_boxes & ~mask)
+        false_positive = pred & ~mask
+        wrong += int(false_positive.sum())
+        in_silent += int((false_positive & silent_boxes & ~sounding_boxes).sum())
+        in_sounding += int((false_positive & sounding_boxes).sum())
+
+    def jf(prediction: torch.Tensor) -> float:
+        logits_of = torch.where(prediction, 20.0, -20.0)
+        return evaluate(logits_of, frames.masks[keep], convention=convention, batch_size=batch_size)["JF"]
+
+    return {"JF": jf(predicted), "choice_fixed_JF": jf(choice_fixed), "outline_fixed_JF": jf(outline_fixed), **counts,
+            "false_positive_share_silent_boxes": in_silent / max(1, wrong),
+            "false_positive_share_sounding_boxes": in_sounding / max(1, wrong)}
+
+
 def decoder_stride(model, image_size: int) -> int:
     """How many frame pixels one decoder logit covers per side (4 for the paper's MiT and for
-    EfficientNet-Lite0, 2 for the released stride-2 stem), read from one forward pass."""
+    EfficientNet-Lite0, 2 for the released stride-2 stem and for ``decoder_stride=2``), read from one
+    forward pass."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -51,7 +125,8 @@ def decoder_stride(model, image_size: int) -> int:
         out = model(torch.zeros(1, 3, image_size, image_size, device=device),
                     torch.zeros(1, model.config.audio_dim, device=device))
     model.train(was_training)
-    return image_size // out.features[0].shape[-1]
+    size = getattr(out, "decoder_size", None) or out.features[0].shape[-2:]  # AVSAC decodes at its finest map
+    return image_size // size[-1]
 
 
 def evaluation_table(model, frames, config, device: torch.device | str = "cpu") -> list[dict]:
@@ -76,12 +151,16 @@ HEADROOM_ROWS = {"floor": "floor: zero audio (trained and tested without sound)"
                  "oracle": "ceiling: oracle, the classes sounding on screen"}
 
 
-def jf_interval_of(model, frames, config, device: torch.device | str = "cpu") -> dict:
-    """Per-frame test J&F of ``model`` on ``frames`` with its 95 % interval over clips."""
+def jf_interval_of(model, frames, config, device: torch.device | str = "cpu", source_size: int | None = None) -> dict:
+    """Per-frame test J&F of ``model`` on ``frames`` with its 95 % interval over clips; with
+    ``source_size`` (a composed world's frame side) also ``errors``: ``choice_and_outline`` of its masks."""
     keep = frames.valid
     logits = predict(model, frames, torch.device(device), bf16=config.bf16, zero_audio=config.zero_audio,
                      cpu_bf16=config.cpu_bf16)
-    return jf_with_interval(logits[keep], frames.masks[keep], [c for c, k in zip(frames.clips, keep.tolist()) if k])
+    row = jf_with_interval(logits[keep], frames.masks[keep], [c for c, k in zip(frames.clips, keep.tolist()) if k])
+    if source_size is not None:
+        row["errors"] = choice_and_outline(logits, frames, source_size)
+    return row
 
 
 def spread_over_frame(pattern: torch.Tensor) -> torch.Tensor:
@@ -122,18 +201,22 @@ def attention_interventions(model, frames, config, device: torch.device | str = 
     return rows
 
 
-def headroom(config, model, prepared, rows: tuple[str, ...] = ("floor", "oracle"), progress: bool = False) -> list[dict]:
+def headroom(config, model, prepared, rows: tuple[str, ...] = ("floor", "oracle"), progress: bool = False,
+             source_size: int | None = None) -> list[dict]:
     """The window an experiment can see, as rows {"row", "what", "JF", "ci95", ...}: the floor (the
     same training with the audio zeroed, ``zero_audio=true``), ``model`` itself (trained with
     ``config``) and the oracles (the same training with ``audio_encoder=oracle`` / ``oracle-heard``,
     ``avs_lib.audio.registry.OracleAudio``), each tested on the test split with a 95 % interval over clips.
     Every extra row is trained once into the data's model store (``avs_lib.training.runs.shared_run_dir``)
     and reused by a later call with the same settings (``train_once``). Headroom = ceiling - floor:
-    a comparison of settings inside a narrow window cannot come out any other way."""
+    a comparison of settings inside a narrow window cannot come out any other way. ``source_size`` (a
+    composed world's frame side, ``world_frame_size``): each row also says where its errors are
+    (``errors``, ``choice_and_outline``)."""
     from pathlib import Path
 
 
-    table = [{"row": "model", "what": HEADROOM_ROWS["model"], **jf_interval_of(model, prepared.test, config)}]
+    table = [{"row": "model", "what": HEADROOM_ROWS["model"], **jf_interval_of(model, prepared.test, config,
+                                                                                source_size=source_size)}]
     for row in rows:
         if row == "floor":
             variant, frames_for = replace(config, zero_audio=True), prepared
@@ -145,6 +228,7 @@ def headroom(config, model, prepared, rows: tuple[str, ...] = ("floor", "oracle"
         variant = replace(variant, out=str(shared_run_dir(variant)))
         train_once(variant, frames_for)
         trained, _, _ = load_trained(Path(variant.out) / "best.pt", frames_for)
-        table.append({"row": row, "what": HEADROOM_ROWS[row], **jf_interval_of(trained, frames_for.test, variant)})
+        table.append({"row": row, "what": HEADROOM_ROWS[row],
+                      **jf_interval_of(trained, frames_for.test, variant, source_size=source_size)})
     order = list(HEADROOM_ROWS)
     return sorted(table, key=lambda r: order.index(r["row"]))

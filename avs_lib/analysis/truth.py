@@ -86,26 +86,34 @@ def token_categories(frames, classes: torch.Tensor) -> np.ndarray:
     return out
 
 
-def object_regions(frames: FrameSet, index: int, source_size: int) -> dict[int, torch.Tensor]:
-    """{class: [S, S] bool} for each object sounding on screen in frame ``index``: the frame's
-    sounding mask inside that object's box (the world records a box per frame and source; the
-    binary mask alone does not say which object a pixel belongs to). ``source_size``: the side of
-    the world's frames, in which the boxes are given."""
+def onscreen_boxes(frames: FrameSet, index: int, source_size: int) -> list[tuple[int, bool, torch.Tensor]]:
+    """(class, sounds in this frame, [S, S] bool box) for each object on screen in frame ``index``,
+    sounding or silent, from the boxes the world records per frame and source. ``source_size``: the
+    side of the world's frames, in which the boxes are given."""
     record = frames.sources.get(frames.clips[index])
     if record is None:
         raise ValueError(f"clip {frames.clips[index]} has no sources record (real datasets do not know their sources)")
     side = frames.masks.shape[-1]
     scale = side / source_size
-    regions = {}
+    boxes = []
     for source in record["sources"]:
-        if not (source["on_screen"] and sounds_in(source, frames.frames[index])) or not source.get("bboxes"):
+        if not source["on_screen"] or not source.get("bboxes"):
             continue
         x0, y0, x1, y1 = source["bboxes"][frames.frames[index]]
         box = torch.zeros(side, side, dtype=torch.bool)
         box[int(y0 * scale):max(int(y0 * scale) + 1, math.ceil(y1 * scale)),
             int(x0 * scale):max(int(x0 * scale) + 1, math.ceil(x1 * scale))] = True
-        regions[source["class_index"]] = box & frames.masks[index].bool()
-    return regions
+        boxes.append((source["class_index"], sounds_in(source, frames.frames[index]), box))
+    return boxes
+
+
+def object_regions(frames: FrameSet, index: int, source_size: int) -> dict[int, torch.Tensor]:
+    """{class: [S, S] bool} for each object sounding on screen in frame ``index``: the frame's
+    sounding mask inside that object's box (the world records a box per frame and source; the
+    binary mask alone does not say which object a pixel belongs to). ``source_size``: the side of
+    the world's frames, in which the boxes are given."""
+    sounding = frames.masks[index].bool()
+    return {c: box & sounding for c, sounds, box in onscreen_boxes(frames, index, source_size) if sounds}
 
 
 UNKNOWN_OBJECT = 255  # a sounding pixel of no known object (class maps travel as uint8 through the augmentation)

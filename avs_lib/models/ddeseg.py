@@ -83,6 +83,10 @@ class DDESegConfig:
     fusion_query: str = "visual"
     num_classes: int = 1  # 1: binary masks (S4/MS3); C+1: semantic masks with background 0
     decoder_dim: int | None = None  # None: 64 for tiny, 256 for b0, 768 for b5
+    # the frame pixels one decoder logit covers per side. 4: SegFormer's head at the finest fused map
+    # (the paper's). 2 (EfficientNet-Lite0 only; not the paper's): a refinement upsamples that head's
+    # fused map onto Lite0's stride-2 map and predicts there (decoder.py), lifting the resolution bound
+    decoder_stride: int = 4
     first_stride: int | None = None  # None: 4 for "paper", 2 for "released"
     pretrained_backbone: str | bool | None = None  # path to an mit_b5.pth-style file, or True for Lite0's wheel
     decoder_dropout: float = 0.1
@@ -101,13 +105,14 @@ class DDESegConfig:
     # of J&F on the default world, at two seeds (README, "How the fusion stages start")
     fusion_start: str = "random"
 
-    # string choices, checked when a config file is read (avs_lib.core.config.check_values)
+    # choices (strings, and the decoder's two strides), checked when a config file is read (avs_lib.core.config.check_values)
     CHOICES: ClassVar[dict] = {
         "size": tuple(MIT_SIZES), "backbone": ("mit", "efficientnet_lite0"), "variant": ("paper", "released"),
         "elimination": SCHEMES, "centre_update": CENTRE_UPDATES, "centre_init": CENTRE_INITS,
         "elimination_apply": ("log_bias", "scale"), "decoder_norm": ("batch", "group"),
         "enhancement_pooling": ("all", "per_subcluster"), "derivation_anchor": ("audio", "centre"),
         "fusion_start": ("random", "no_norm", "identity", "trunk"), "fusion_query": FUSION_QUERIES,
+        "decoder_stride": (2, 4),
     }
 
     def __post_init__(self):
@@ -126,6 +131,11 @@ class DDESegConfig:
         if self.frozen_stages and self.backbone != "efficientnet_lite0":
             raise ValueError("frozen_stages needs backbone='efficientnet_lite0' (a MiT's fusion lives inside its "
                              "blocks, so freezing a MiT stage would freeze its fusion too)")
+        if self.decoder_stride not in (2, 4):
+            raise ValueError(f"decoder_stride={self.decoder_stride}: choose 4 (the paper's) or 2")
+        if self.decoder_stride == 2 and self.backbone != "efficientnet_lite0":
+            raise ValueError("decoder_stride=2 needs backbone='efficientnet_lite0' (its first block keeps the stem's "
+                             "stride 2; a MiT's first stage is already at stride 4, or 2 with first_stride=2)")
         if not self.derivation:
             self.enhancement = False
             self.elimination = "none"
@@ -147,6 +157,7 @@ class DDESegOutput:
     tokens: list[torch.Tensor] = field(default_factory=list)  # audio tokens entering each stage [B, K, d_a]
     attention: list[torch.Tensor | None] = field(default_factory=list)  # last block's [B, N_l, K] per stage
     features: list[torch.Tensor] = field(default_factory=list)  # the four fused maps [B, C_l, H_l, W_l]
+    decoder_size: tuple[int, int] | None = None  # (h, w) of the decoder's logits, before the upsampling
 
     @property
     def scores(self) -> torch.Tensor | None:
@@ -201,10 +212,16 @@ class _CNNFusionEncoder(Lite0Features):
             module.eval()
         return self
 
-    def stage(self, i: int, x: torch.Tensor):
-        if i == 1:
+    fine_dim = 16  # channels of the stride-2 map: Lite0's first block, which keeps the stem's stride
+
+    def fine_map(self, image: torch.Tensor) -> torch.Tensor:
+        """[B, 16, H/2, W/2]: the stem and Lite0's first block; ``stage(1, it, from_fine=True)`` goes on from it."""
+        return self.cnn.run_blocks(self.cnn.stem(image), 0, 1)
+
+    def stage(self, i: int, x: torch.Tensor, from_fine: bool = False):
+        if i == 1 and not from_fine:
             x = self.cnn.stem(x)
-        x = self.cnn.run_blocks(x, self.bounds[i - 1], self.bounds[i])
+        x = self.cnn.run_blocks(x, 1 if from_fine else self.bounds[i - 1], self.bounds[i])
         h, w = x.shape[-2:]
         return x.flatten(2).transpose(1, 2), h, w
 
@@ -266,14 +283,17 @@ class DDESeg(nn.Module):
                                    "sigmoid", config.centre_init, config.gumbel_hard, config.elimination_residual)
                 for d, h in zip(dims[1:], heads[1:]))
         decoder_dim = config.decoder_dim or {"tiny": 64, "b0": 256}.get(config.size, 768)
-        self.decoder = SegFormerHead(dims, decoder_dim, config.num_classes, config.decoder_dropout, config.decoder_norm)
+        self.decoder = SegFormerHead(dims, decoder_dim, config.num_classes, config.decoder_dropout, config.decoder_norm,
+                                     fine_dim=self.encoder.fine_dim if config.decoder_stride == 2 else None)
         # hook points (avs_lib.models.hooks): identities that hold no parameters
         self.hook_audio = HookPoint()  # [B, d_a]
         self.hook_visual = nn.ModuleList(HookPoint() for _ in range(4))  # V^l as a map [B, C_l, h_l, w_l]
         self.hook_stage_audio = nn.ModuleList(HookPoint() for _ in range(4))  # [B, K, d_a]
         self.hook_log_bias = nn.ModuleList(HookPoint() for _ in range(4))  # [B, K]
         self.hook_features = nn.ModuleList(HookPoint() for _ in range(4))  # [B, C_l, h_l, w_l]
-        self.hook_decoder_logits = HookPoint()  # [B, outputs, h_1, w_1]
+        self.hook_decoder_logits = HookPoint()  # [B, outputs, h_1, w_1] (2 h_1, 2 w_1 with decoder_stride=2)
+        # decoder_stride=2: Lite0's stride-2 map [B, 16, H/2, W/2], which the decoder's refinement reads
+        self.hook_fine = HookPoint() if config.decoder_stride == 2 else None
         self.hook_logits = HookPoint()  # [B, H, W] or [B, C+1, H, W]
         self._name_hook_points()
 
@@ -284,6 +304,8 @@ class DDESeg(nn.Module):
     def _name_hook_points(self) -> None:
         self.hook_audio.name = "audio.input"
         self.hook_decoder_logits.name = "decoder.logits"
+        if self.hook_fine is not None:
+            self.hook_fine.name = "decoder.fine"
         self.hook_logits.name = "logits"
         for i in range(1, 5):
             self.hook_visual[i - 1].name = f"stage{i}.visual"
@@ -319,6 +341,13 @@ class DDESeg(nn.Module):
         b, n, c = tokens.shape
         return point(tokens.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
 
+    def _first_stage(self, x: torch.Tensor):
+        """Stage 1's V^1 [B, N_1, C_1], h, w, and the stride-2 map for the decoder (None at stride 4)."""
+        if self.hook_fine is None:
+            return (*self.encoder.stage(1, x), None)
+        fine = self.hook_fine(self.encoder.fine_map(x))  # [B, 16, H/2, W/2]
+        return (*self.encoder.stage(1, fine, from_fine=True), fine)
+
     def forward(self, image: torch.Tensor, audio: torch.Tensor) -> DDESegOutput:
         # image [B, 3, H, W], audio [B, d_a]
         audio = self.hook_audio(audio)
@@ -328,7 +357,10 @@ class DDESeg(nn.Module):
         x = image
         if self.config.variant == "released":
             for i in range(1, 5):
-                visual, h, w = self.encoder.stage(i, x)  # V^l [B, N_l, C_l]
+                if i == 1:
+                    visual, h, w, fine = self._first_stage(x)  # V^1 [B, N_1, C_1]
+                else:
+                    visual, h, w = self.encoder.stage(i, x)  # V^l [B, N_l, C_l]
                 visual = self._hook_map(self.hook_visual[i - 1], visual, h, w)
                 stage_tokens = self.hook_stage_audio[i - 1](tokens)
                 visual, eliminated = self.eliminations[i - 1](self.audio_projections[i - 1](stage_tokens), visual)
@@ -339,11 +371,15 @@ class DDESeg(nn.Module):
                 x = self.hook_features[i - 1](x)
                 out.attention.append(eliminated.gate[..., None])  # [B, N, 1]: the visual gate
                 out.features.append(x)
-            return self._decode(image, out)
+            return self._decode(image, out, fine)
         log_bias = self.config.elimination_apply == "log_bias"
         bias = None  # [B, K] sum of log S over the stages so far
+        fine = None
         for i in range(1, 5):
-            visual, h, w = self.encoder.stage(i, x)  # V^l [B, N_l, C_l]
+            if i == 1:
+                visual, h, w, fine = self._first_stage(x)  # V^1 [B, N_1, C_1]
+            else:
+                visual, h, w = self.encoder.stage(i, x)  # V^l [B, N_l, C_l]
             visual = self._hook_map(self.hook_visual[i - 1], visual, h, w)
             if i > 1:
                 eliminated = self.eliminations[i - 2](self.audio_projections[i - 1](tokens), visual)
@@ -362,10 +398,11 @@ class DDESeg(nn.Module):
             x = self.hook_features[i - 1](x)
             out.attention.append(attentions[-1] if attentions else None)
             out.features.append(x)  # [B, C_l, H_l, W_l]
-        return self._decode(image, out)
+        return self._decode(image, out, fine)
 
-    def _decode(self, image: torch.Tensor, out: DDESegOutput) -> DDESegOutput:
-        decoded = self.hook_decoder_logits(self.decoder(out.features))  # [B, outputs, h_1, w_1]
+    def _decode(self, image: torch.Tensor, out: DDESegOutput, fine: torch.Tensor | None = None) -> DDESegOutput:
+        decoded = self.hook_decoder_logits(self.decoder(out.features, fine))  # [B, outputs, h_1, w_1] (or 2 h_1, 2 w_1)
+        out.decoder_size = tuple(decoded.shape[-2:])
         logits = F.interpolate(decoded, size=image.shape[-2:], mode="bilinear", align_corners=False)
         out.logits = self.hook_logits(logits[:, 0] if self.config.num_classes == 1 else logits)
         return out

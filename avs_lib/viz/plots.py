@@ -377,6 +377,36 @@ def headroom_figure(rows: list[dict], path=None):
     return fig
 
 
+CHOICE_OUTLINE_BARS = (("JF", "as trained", "tab:gray"), ("choice_fixed_JF", "choices fixed", "tab:blue"),
+                       ("outline_fixed_JF", "outlines fixed", "tab:orange"))
+
+
+def choice_outline_figure(rows: list[dict], path=None, bound: float | None = None):
+    """``avs_lib.analysis.evaluation.choice_and_outline`` for each row of the window (the rows of
+    ``headroom`` with ``errors``): its test J&F as trained, with perfect choices of objects, and with
+    perfect outlines of the objects it found; ``bound``, the resolution bound, as a dashed line. The
+    longer of the two coloured bars names what limits the row."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 * len(rows) + 1.2))
+    height = 0.8 / len(CHOICE_OUTLINE_BARS)
+    for y, r in enumerate(rows):
+        for j, (key, label, colour) in enumerate(CHOICE_OUTLINE_BARS):
+            value = r["errors"][key]
+            offset = (j - (len(CHOICE_OUTLINE_BARS) - 1) / 2) * height
+            ax.barh(y + offset, value, height, color=colour, label=label if y == 0 else None)
+            ax.text(value + 0.01, y + offset, f"{value:.3f}", va="center", fontsize=7)
+    if bound is not None:
+        ax.axvline(bound, color="black", linestyle="--", linewidth=1, label=f"resolution bound {bound:.3f}")
+    ax.set_yticks(range(len(rows)), [r["what"] for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1.08)
+    ax.set_xlabel("test J&F (per frame)")
+    # above the axes: inside, it would cover the longest bars
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, fontsize=7, frameon=False)
+    save(fig, path)
+    return fig
+
+
 ANATOMY_BARS = {"own_inside": ("its token, inside the object", "tab:red"),
                 "other_inside": ("each other token, inside the object", "tab:orange"),
                 "own_outside": ("its token, outside the object", "tab:gray"),

@@ -1,0 +1,94 @@
+"""The decoder's stride-2 refinement (``DDESegConfig.decoder_stride=2``): where it predicts, what it
+reads, and that the stride-4 decoder is left as it was."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from avs_lib.analysis.evaluation import decoder_stride
+from avs_lib.core.config import ConfigError, load_config
+from avs_lib.models import build_model, hook_names, run_with_hooks
+from avs_lib.models.decoder import SegFormerHead
+
+
+def _head(fine_dim=16, seed=0):
+    torch.manual_seed(seed)
+    return SegFormerHead([8, 12], embed_dim=16, num_outputs=1, fine_dim=fine_dim).eval()
+
+
+@settings(max_examples=12, deadline=None)
+@given(y=st.integers(0, 15), x=st.integers(0, 15), seed=st.integers(0, 3))
+def test_a_fine_pixel_moves_only_the_logits_around_it(y, x, seed):
+    # the refinement is a 1x1 conv then a depthwise 3x3 at stride 2: one pixel of the fine map reaches
+    # the logits within one pixel of it, and none further
+    head = _head(seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    features = [torch.randn(1, 8, 8, 8, generator=g), torch.randn(1, 12, 4, 4, generator=g)]
+    fine = torch.randn(1, 16, 16, 16, generator=g)
+    nudged = fine.clone()
+    nudged[0, :, y, x] += 3.0
+    with torch.no_grad():
+        change = (head(features, nudged) - head(features, fine)).abs()[0, 0]  # [16, 16]
+    assert change.shape == (16, 16)
+    rows, cols = torch.nonzero(change > 1e-6, as_tuple=True)
+    assert len(rows) > 0
+    assert (rows - y).abs().max() <= 1 and (cols - x).abs().max() <= 1
+
+
+def test_the_head_takes_the_fine_map_exactly_when_built_for_it():
+    features = [torch.randn(2, 8, 8, 8), torch.randn(2, 12, 4, 4)]
+    with torch.no_grad():
+        assert _head(fine_dim=None)(features).shape == (2, 1, 8, 8)
+        assert _head()(features, torch.randn(2, 16, 16, 16)).shape == (2, 1, 16, 16)
+    with pytest.raises(ValueError, match="stride-2 refinement"):
+        _head()(features)
+    with pytest.raises(ValueError, match="stride-2 refinement"):
+        _head(fine_dim=None)(features, torch.randn(2, 16, 16, 16))
+
+
+def _lite0(**switches):
+    torch.manual_seed(0)
+    return build_model("ddeseg", backbone="efficientnet_lite0", audio_dim=16, memory_classes=8, **switches)
+
+
+def test_a_stride_two_model_predicts_at_half_the_frame_and_trains_every_decoder_weight():
+    model = _lite0(decoder_stride=2).train()
+    images, audio = torch.randn(2, 3, 64, 64), torch.randn(2, 16)
+    out = model(images, audio)
+    assert out.logits.shape == (2, 64, 64)
+    assert out.decoder_size == (32, 32)
+    assert decoder_stride(model, 64) == 2 and decoder_stride(_lite0(), 64) == 4
+    out.logits.mean().backward()
+    missing = [n for n, p in model.decoder.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing  # an unused weight would also stall a DDP run
+
+
+def test_the_fine_map_is_a_named_activation_that_reaches_the_logits():
+    model = _lite0(decoder_stride=2).eval()
+    assert "decoder.fine" in hook_names(model) and "decoder.fine" not in hook_names(_lite0())
+    images, audio = torch.randn(3, 3, 64, 64), torch.randn(3, 16)
+    cache = {}
+
+    def keep(value):
+        cache["fine"] = value.clone()  # returns None: reads only
+
+    with torch.no_grad():
+        with run_with_hooks(model, {"decoder.fine": keep}):
+            plain = model(images, audio).logits
+        with run_with_hooks(model, {"decoder.fine": lambda v: torch.zeros_like(v)}):
+            blind = model(images, audio).logits
+    assert cache["fine"].shape == (3, 16, 32, 32)
+    assert not torch.allclose(plain, blind)
+
+
+def test_the_stride_is_checked_where_it_is_set(tmp_path):
+    with pytest.raises(ValueError, match="decoder_stride=3"):
+        _lite0(decoder_stride=3)
+    with pytest.raises(ValueError, match="efficientnet_lite0"):
+        build_model("ddeseg", audio_dim=16, memory_classes=8, decoder_stride=2)
+    path = tmp_path / "c.yaml"
+    path.write_text("model: ddeseg\nswitches:\n  backbone: efficientnet_lite0\n  decoder_stride: 8\n")
+    with pytest.raises(ConfigError, match="decoder_stride"):
+        load_config(path)
