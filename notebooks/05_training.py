@@ -132,10 +132,10 @@ window
 # one that is silent), or it draws the right ones badly. The world's boxes tell them apart
 # (`avs_lib.analysis.evaluation.choice_and_outline`): a sounding object counts as *found* when the
 # prediction covers at least half of it, a silent one as *taken* when the prediction covers at
-# least 30 % of its box. Each row is then scored twice more:
+# least 30 % of its box outside the sounding pixels. Each row is then scored twice more:
 #
-# * **choices fixed**: the missed objects added and the taken silent ones removed, the outlines as
-#   drawn: what perfect listening would give with this model's masks;
+# * **choices fixed**: the missed objects added (with their true outlines) and the taken silent
+#   ones removed, the other outlines as drawn: what perfect listening would give with this model's masks;
 # * **outlines fixed**: each found object drawn exactly, the choices as made: what perfect masks
 #   would give with this model's listening.
 #

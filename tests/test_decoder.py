@@ -65,9 +65,11 @@ def test_a_stride_two_model_predicts_at_half_the_frame_and_trains_every_decoder_
     assert not missing  # an unused weight would also stall a DDP run
 
 
-def test_the_fine_map_is_a_named_activation_that_reaches_the_logits():
+def test_the_fine_map_is_a_named_activation_that_reaches_the_logits_through_the_decoder_alone():
     model = _lite0(decoder_stride=2).eval()
-    assert "decoder.fine" in hook_names(model) and "decoder.fine" not in hook_names(_lite0())
+    names = hook_names(model)
+    assert "decoder.fine" in names and "decoder.fine" not in hook_names(_lite0())
+    assert names.index("stage4.features") < names.index("decoder.fine") < names.index("decoder.logits")
     images, audio = torch.randn(3, 3, 64, 64), torch.randn(3, 16)
     cache = {}
 
@@ -76,11 +78,13 @@ def test_the_fine_map_is_a_named_activation_that_reaches_the_logits():
 
     with torch.no_grad():
         with run_with_hooks(model, {"decoder.fine": keep}):
-            plain = model(images, audio).logits
+            plain = model(images, audio)
         with run_with_hooks(model, {"decoder.fine": lambda v: torch.zeros_like(v)}):
-            blind = model(images, audio).logits
+            blind = model(images, audio)
     assert cache["fine"].shape == (3, 16, 32, 32)
-    assert not torch.allclose(plain, blind)
+    assert not torch.allclose(plain.logits, blind.logits)  # the decoder reads it
+    for a, b in zip(plain.features, blind.features):  # and only the decoder: the encoder ran on the map as computed
+        assert torch.equal(a, b)
 
 
 def test_the_stride_is_checked_where_it_is_set(tmp_path):

@@ -372,6 +372,8 @@ def _frame_with_a_silent_object():
         {"class_index": 1, "sounding": True, "on_screen": True, "bboxes": [[0, 0, 6, 6]]},
         {"class_index": 2, "sounding": True, "on_screen": True, "bboxes": [[10, 10, 16, 16]]},
         {"class_index": 3, "sounding": False, "on_screen": True, "bboxes": [[0, 10, 6, 16]]},  # silent, bottom left
+        {"class_index": 6, "sounding": False, "on_screen": True, "bboxes": [[6, 0, 10, 6]]},  # silent, beside class 1
+        {"class_index": 8, "sounding": True, "on_screen": True, "bboxes": [[0, 0, 0, 0]]},  # out of view in this frame
         {"class_index": 4, "sounding": True, "on_screen": False, "bboxes": None}]}}  # heard, not seen
     return FrameSet(torch.zeros(1, 3, 16, 16, dtype=torch.uint8), masks, torch.ones(1, dtype=torch.bool),
                     torch.zeros(1, 4), ["c"], [0], ["x"], sources)
@@ -388,24 +390,38 @@ def test_choice_and_outline_repairs_what_each_fix_names():
 
     frames = _frame_with_a_silent_object()
     pred = torch.zeros(16, 16, dtype=torch.bool)
-    pred[0:6, 0:6] = True  # class 1's object, drawn as its whole box
-    pred[10:16, 0:6] = True  # the silent object taken; class 2's object missed
+    pred[0:6, 0:7] = True  # class 1's object drawn as its whole box, spilling 6 pixels into class 6's box
+    pred[10:16, 0:6] = True  # the silent class 3 taken; class 2's object missed
     result = choice_and_outline(torch.where(pred, 5.0, -5.0)[None], frames, source_size=16)
-    assert (result["found"], result["missed"], result["taken"], result["silent"]) == (1, 1, 1, 1)
-    # choices fixed: the missed object added, the silent one removed, class 1's blob left as drawn
+    # class 6 is not taken (6 of its 24 pixels drawn); class 8's empty box is no object
+    assert (result["found"], result["missed"], result["taken"], result["silent"]) == (1, 1, 1, 2)
+    # choices fixed: the missed object added, the taken silent one removed, class 1's blob (and its
+    # spill into the box of class 6, which was not taken: an outline error) left as drawn
     choices = torch.zeros(16, 16, dtype=torch.bool)
-    choices[0:6, 0:6] = True
+    choices[0:6, 0:7] = True
     choices[11:15, 11:15] = True
-    # outlines fixed: class 1's object exact, the choices (the silent object, the miss) as made
+    # outlines fixed: inside class 1's box exactly its pixels; the spill, the taken box and the miss as made
     outlines = torch.zeros(16, 16, dtype=torch.bool)
     outlines[1:5, 1:5] = True
+    outlines[0:6, 6] = True
     outlines[10:16, 0:6] = True
     assert result["JF"] == pytest.approx(_score(pred))
     assert result["choice_fixed_JF"] == pytest.approx(_score(choices))
     assert result["outline_fixed_JF"] == pytest.approx(_score(outlines))
-    # 20 pixels of blob around class 1's object, 36 of the silent object's box: 56 wrong pixels
-    assert result["false_positive_share_silent_boxes"] == pytest.approx(36 / 56)
-    assert result["false_positive_share_sounding_boxes"] == pytest.approx(20 / 56)
+    # wrong pixels: 20 of blob inside class 1's box, 6 spilt into class 6's box, 36 in class 3's box
+    assert result["false_positive_share_silent_boxes"] == pytest.approx(42 / 62)
+    assert result["false_positive_share_sounding_boxes"] == pytest.approx(20 / 62)
+
+
+def test_object_regions_leave_out_silent_and_out_of_view_objects():
+    from avs_lib.analysis.truth import object_regions, onscreen_boxes
+
+    frames = _frame_with_a_silent_object()
+    assert sorted((c, sounds) for c, sounds, _ in onscreen_boxes(frames, 0, source_size=16)) == [
+        (1, True), (2, True), (3, False), (6, False)]
+    regions = object_regions(frames, 0, source_size=16)
+    assert set(regions) == {1, 2}
+    assert regions[1].sum() == 16 and regions[2].sum() == 16
 
 
 def test_choice_and_outline_of_the_truth_has_nothing_to_fix():
@@ -415,6 +431,8 @@ def test_choice_and_outline_of_the_truth_has_nothing_to_fix():
     result = choice_and_outline(torch.where(frames.masks.bool(), 5.0, -5.0), frames, source_size=16)
     assert result["JF"] == result["choice_fixed_JF"] == result["outline_fixed_JF"] == pytest.approx(1.0)
     assert (result["found"], result["missed"], result["taken"]) == (2, 0, 0)
+    with pytest.raises(ValueError, match="binary logits"):
+        choice_and_outline(torch.zeros(1, 3, 16, 16), frames, source_size=16)
     frames.sources = {}
     with pytest.raises(ValueError, match="sources"):
         choice_and_outline(torch.zeros(1, 16, 16), frames, source_size=16)

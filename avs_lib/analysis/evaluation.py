@@ -12,6 +12,7 @@ from dataclasses import replace
 import torch
 
 from avs_lib.analysis.metrics import CONVENTIONS, evaluate, jf_with_interval
+from avs_lib.data.frames import FrameSet
 from avs_lib.training.loop import train_once
 from avs_lib.training.predict import evaluate_model, load_trained, predict
 from avs_lib.training.prepare import prepare
@@ -45,21 +46,23 @@ FOUND_SHARE = 0.5  # a sounding object is found when the prediction covers at le
 TAKEN_SHARE = 0.3  # a silent object is taken when the prediction covers this share of its box (outside sounding pixels)
 
 
-def choice_and_outline(logits: torch.Tensor, frames, source_size: int, convention: str = "per_frame",
+def choice_and_outline(logits: torch.Tensor, frames: FrameSet, source_size: int, convention: str = "per_frame",
                        batch_size: int = 5) -> dict:
     """Where a composed world's test errors are: in the choice of objects or in their outlines.
 
-    For each annotated frame the world's boxes (``avs_lib.analysis.truth.onscreen_boxes``) say which
-    objects are on screen and whether each sounds. A sounding object is *found* when the prediction
-    covers at least ``FOUND_SHARE`` of its pixels (its box's sounding pixels), else *missed*; a silent
-    object is *taken* when the prediction covers at least ``TAKEN_SHARE`` of its box outside the
-    sounding pixels. Two predictions are then scored beside the model's own:
+    ``logits``: binary logits [N, H, W] of every frame of ``frames``. For each annotated frame the
+    world's boxes (``avs_lib.analysis.truth.onscreen_boxes``) say which objects are on screen and
+    whether each sounds. A sounding object is *found* when the prediction covers at least
+    ``FOUND_SHARE`` of its pixels (the sounding pixels in its box), else *missed*; a silent object is
+    *taken* when the prediction covers at least ``TAKEN_SHARE`` of its box outside the sounding
+    pixels. Two predictions are then scored beside the model's own:
 
-    * ``choice_fixed``: every missed object's pixels added, every predicted pixel inside a silent
-      object's box (and outside the sounding mask and the sounding objects' boxes) removed: the
-      model's outlines with perfect choices;
-    * ``outline_fixed``: inside each found object's box, exactly its pixels (other sounding
-      pixels the model drew there kept): the model's choices with perfect outlines.
+    * ``choice_fixed``: every missed object's pixels added (with their true outlines: a choice that
+      was never made has no outline of its own to keep), and what was drawn in each taken silent
+      object's box outside the sounding mask and the sounding objects' boxes removed. What a found
+      object spills into a silent box that was not taken stays: it is an outline error;
+    * ``outline_fixed``: inside each found object's box, exactly the sounding pixels (the model's
+      drawing outside the sounding mask removed there), the choices left as made.
 
     Returns {"JF", "choice_fixed_JF", "outline_fixed_JF", "found", "missed", "taken", "silent",
     "false_positive_share_silent_boxes", "false_positive_share_sounding_boxes"} (the last two: the
@@ -68,6 +71,9 @@ def choice_and_outline(logits: torch.Tensor, frames, source_size: int, conventio
     dataset without sources (AVSBench) is refused by ``onscreen_boxes``."""
     from avs_lib.analysis.truth import onscreen_boxes
 
+    if logits.dim() != 3:
+        raise ValueError(f"choice_and_outline reads binary logits [N, H, W], got {tuple(logits.shape)}: semantic "
+                         "masks (AVSS) have no composed world's boxes to split their errors by")
     keep = torch.nonzero(frames.valid, as_tuple=True)[0].tolist()
     predicted = logits[keep] > 0  # [n, H, W]
     masks = frames.masks[keep].bool()
@@ -77,11 +83,10 @@ def choice_and_outline(logits: torch.Tensor, frames, source_size: int, conventio
     for row, index in enumerate(keep):
         pred, mask = predicted[row], masks[row]
         boxes = onscreen_boxes(frames, index, source_size)
-        sounding_boxes = torch.zeros_like(mask)
+        sounding_boxes, silent_boxes, taken_boxes = (torch.zeros_like(mask) for _ in range(3))
         for _, sounds, box in boxes:
             if sounds:
                 sounding_boxes |= box
-        silent_boxes = torch.zeros_like(mask)
         for _, sounds, box in boxes:
             if sounds:
                 region = box & mask
@@ -99,15 +104,16 @@ def choice_and_outline(logits: torch.Tensor, frames, source_size: int, conventio
                 outside = box & ~mask
                 if outside.any() and (pred & outside).sum() >= TAKEN_SHARE * outside.sum():
                     counts["taken"] += 1
-        choice_fixed[row] &= ~(silent_boxes & ~sounding_boxes & ~mask)
+                    taken_boxes |= box
+        choice_fixed[row] &= ~(taken_boxes & ~sounding_boxes & ~mask)
         false_positive = pred & ~mask
         wrong += int(false_positive.sum())
         in_silent += int((false_positive & silent_boxes & ~sounding_boxes).sum())
         in_sounding += int((false_positive & sounding_boxes).sum())
 
     def jf(prediction: torch.Tensor) -> float:
-        logits_of = torch.where(prediction, 20.0, -20.0)
-        return evaluate(logits_of, frames.masks[keep], convention=convention, batch_size=batch_size)["JF"]
+        as_logits = torch.where(prediction, 20.0, -20.0)
+        return evaluate(as_logits, frames.masks[keep], convention=convention, batch_size=batch_size)["JF"]
 
     return {"JF": jf(predicted), "choice_fixed_JF": jf(choice_fixed), "outline_fixed_JF": jf(outline_fixed), **counts,
             "false_positive_share_silent_boxes": in_silent / max(1, wrong),
@@ -115,9 +121,9 @@ def choice_and_outline(logits: torch.Tensor, frames, source_size: int, conventio
 
 
 def decoder_stride(model, image_size: int) -> int:
-    """How many frame pixels one decoder logit covers per side (4 for the paper's MiT and for
-    EfficientNet-Lite0, 2 for the released stride-2 stem and for ``decoder_stride=2``), read from one
-    forward pass."""
+    """How many frame pixels one decoder logit covers per side (4 for the paper's MiT, for
+    EfficientNet-Lite0 and for AVSAC; 2 for the released stride-2 stem and for ``decoder_stride=2``),
+    read from one forward pass."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -125,8 +131,7 @@ def decoder_stride(model, image_size: int) -> int:
         out = model(torch.zeros(1, 3, image_size, image_size, device=device),
                     torch.zeros(1, model.config.audio_dim, device=device))
     model.train(was_training)
-    size = getattr(out, "decoder_size", None) or out.features[0].shape[-2:]  # AVSAC decodes at its finest map
-    return image_size // size[-1]
+    return image_size // out.decoder_size[-1]
 
 
 def evaluation_table(model, frames, config, device: torch.device | str = "cpu") -> list[dict]:

@@ -88,8 +88,9 @@ def token_categories(frames, classes: torch.Tensor) -> np.ndarray:
 
 def onscreen_boxes(frames: FrameSet, index: int, source_size: int) -> list[tuple[int, bool, torch.Tensor]]:
     """(class, sounds in this frame, [S, S] bool box) for each object on screen in frame ``index``,
-    sounding or silent, from the boxes the world records per frame and source. ``source_size``: the
-    side of the world's frames, in which the boxes are given."""
+    sounding or silent, from the boxes the world records per frame and source (an empty box, an
+    object out of view in that frame, is left out, as ``avs_lib.data.loader.frame_boxes`` leaves it).
+    ``source_size``: the side of the world's frames, in which the boxes are given."""
     record = frames.sources.get(frames.clips[index])
     if record is None:
         raise ValueError(f"clip {frames.clips[index]} has no sources record (real datasets do not know their sources)")
@@ -100,6 +101,8 @@ def onscreen_boxes(frames: FrameSet, index: int, source_size: int) -> list[tuple
         if not source["on_screen"] or not source.get("bboxes"):
             continue
         x0, y0, x1, y1 = source["bboxes"][frames.frames[index]]
+        if x1 <= x0 or y1 <= y0:
+            continue
         box = torch.zeros(side, side, dtype=torch.bool)
         box[int(y0 * scale):max(int(y0 * scale) + 1, math.ceil(y1 * scale)),
             int(x0 * scale):max(int(x0 * scale) + 1, math.ceil(x1 * scale))] = True

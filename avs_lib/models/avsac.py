@@ -86,6 +86,7 @@ class AVSACOutput:
     agv: torch.Tensor  # [B, L, d] last layer's F_AGV (AVFS input)
     vga: torch.Tensor  # [B, Nq, d] last layer's F_VGA
     bridge_weights: torch.Tensor  # [layers] the learnable w of every layer
+    decoder_size: tuple[int, int] | None = None  # (h, w) of the mask head's logits, before the upsampling
 
 
 class _FeedForward(nn.Module):
@@ -191,4 +192,4 @@ class AVSAC(nn.Module):
         logits = F.interpolate(self.mask_head(finest), size=image.shape[-2:], mode="bilinear", align_corners=False)
         logits = self.hook_logits(logits[:, 0] if self.config.num_classes == 1 else logits)
         weights = torch.stack([layer.bridge_weight.detach() for layer in self.layers])
-        return AVSACOutput(logits, f_a, agv, vga, weights)
+        return AVSACOutput(logits, f_a, agv, vga, weights, tuple(finest.shape[-2:]))

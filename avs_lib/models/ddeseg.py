@@ -181,6 +181,8 @@ class _CNNFusionEncoder(Lite0Features):
     (and the stem) are frozen: no gradient flows through them, the largest maps, and their
     BatchNorms keep the pretrained statistics whatever ``train()`` says."""
 
+    fine_dim = 16  # channels of the stride-2 map (fine_map): Lite0's first block, which keeps the stem's stride
+
     def __init__(self, cnn: EfficientNetLite0, depth: int = 1, heads: int = 1, fusion: bool = True,
                  null_key: bool = False, frozen_stages: int = 0, start: str = "random", query: str = "visual"):
         super().__init__(cnn)
@@ -212,13 +214,11 @@ class _CNNFusionEncoder(Lite0Features):
             module.eval()
         return self
 
-    fine_dim = 16  # channels of the stride-2 map: Lite0's first block, which keeps the stem's stride
-
     def fine_map(self, image: torch.Tensor) -> torch.Tensor:
         """[B, 16, H/2, W/2]: the stem and Lite0's first block; ``stage(1, it, from_fine=True)`` goes on from it."""
         return self.cnn.run_blocks(self.cnn.stem(image), 0, 1)
 
-    def stage(self, i: int, x: torch.Tensor, from_fine: bool = False):
+    def stage(self, i: int, x: torch.Tensor, from_fine: bool = False) -> tuple[torch.Tensor, int, int]:
         if i == 1 and not from_fine:
             x = self.cnn.stem(x)
         x = self.cnn.run_blocks(x, 1 if from_fine else self.bounds[i - 1], self.bounds[i])
@@ -293,7 +293,7 @@ class DDESeg(nn.Module):
         self.hook_features = nn.ModuleList(HookPoint() for _ in range(4))  # [B, C_l, h_l, w_l]
         self.hook_decoder_logits = HookPoint()  # [B, outputs, h_1, w_1] (2 h_1, 2 w_1 with decoder_stride=2)
         # decoder_stride=2: Lite0's stride-2 map [B, 16, H/2, W/2], which the decoder's refinement reads
-        self.hook_fine = HookPoint() if config.decoder_stride == 2 else None
+        self.hook_fine: HookPoint | None = HookPoint() if config.decoder_stride == 2 else None
         self.hook_logits = HookPoint()  # [B, H, W] or [B, C+1, H, W]
         self._name_hook_points()
 
@@ -341,11 +341,11 @@ class DDESeg(nn.Module):
         b, n, c = tokens.shape
         return point(tokens.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
 
-    def _first_stage(self, x: torch.Tensor):
+    def _first_stage(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int, torch.Tensor | None]:
         """Stage 1's V^1 [B, N_1, C_1], h, w, and the stride-2 map for the decoder (None at stride 4)."""
         if self.hook_fine is None:
             return (*self.encoder.stage(1, x), None)
-        fine = self.hook_fine(self.encoder.fine_map(x))  # [B, 16, H/2, W/2]
+        fine = self.encoder.fine_map(x)  # [B, 16, H/2, W/2]; its hook acts where the decoder reads it, not here
         return (*self.encoder.stage(1, fine, from_fine=True), fine)
 
     def forward(self, image: torch.Tensor, audio: torch.Tensor) -> DDESegOutput:
@@ -401,6 +401,8 @@ class DDESeg(nn.Module):
         return self._decode(image, out, fine)
 
     def _decode(self, image: torch.Tensor, out: DDESegOutput, fine: torch.Tensor | None = None) -> DDESegOutput:
+        if fine is not None:
+            fine = self.hook_fine(fine)  # the decoder's copy only: stage 1 already ran on the map as computed
         decoded = self.hook_decoder_logits(self.decoder(out.features, fine))  # [B, outputs, h_1, w_1] (or 2 h_1, 2 w_1)
         out.decoder_size = tuple(decoded.shape[-2:])
         logits = F.interpolate(decoded, size=image.shape[-2:], mode="bilinear", align_corners=False)

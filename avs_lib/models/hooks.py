@@ -34,7 +34,7 @@ None only reads it. Names (DDESeg; ``i`` is the 1-based stage, ``j`` the 0-based
 | ``stage{i}.log_bias`` | [B, K] | log-bias on each token's fusion logit, summed over stages (``log_bias``; with ``fusion_query="audio"`` its exp scales the token's write-back weights) |
 | ``stage{i}.block{j}.cross_attn.pattern`` | [B, heads, N_i, K] | the fusion cross-attention, per head (``fusion_query="audio"``: each token's write-back weights, ``mit.AudioCrossAttention``) |
 | ``stage{i}.features`` | [B, C_i, h_i, w_i] | the stage's fused map, the decoder's input |
-| ``decoder.fine`` | [B, 16, H/2, W/2] | ``decoder_stride=2`` only: EfficientNet-Lite0's stride-2 map, which the decoder's refinement reads |
+| ``decoder.fine`` | [B, 16, H/2, W/2] | ``decoder_stride=2`` only: EfficientNet-Lite0's stride-2 map as the decoder's refinement reads it (replacing it leaves the encoder as it was) |
 | ``decoder.logits`` | [B, outputs, h_1, w_1] | the decoder's prediction before upsampling (at H/2, W/2 with ``decoder_stride=2``) |
 | ``logits`` | [B, H, W] or [B, C+1, H, W] | the masks' logits |
 
@@ -91,7 +91,7 @@ def hook_points(model: nn.Module) -> dict[str, HookPoint]:
 
 # the rank of each word of a name, so that names list in the order the forward pass meets them
 _TOP_RANK = {"audio": 0, "derivation": 1, "stage": 2, "layer": 3, "fused": 4, "decoder": 5, "logits": 6}
-_SUB_RANK = {"input": 0, "projected": 1, "distances": 0, "classes": 1, "fusion_weights": 2, "derived": 3,
+_SUB_RANK = {"fine": -1, "input": 0, "projected": 1, "distances": 0, "classes": 1, "fusion_weights": 2, "derived": 3,
              "enhancement_weights": 4, "tokens": 5, "visual": 0, "elimination": 1, "audio": 2, "log_bias": 3,
              "block": 4, "features": 5, "logits": 0, "assignment": 1, "centres": 2, "attention": 3, "scores": 4,
              "log_scores": 5, "gate": 6, "audio_to_vision": 0, "agv": 1, "vision_to_audio": 2, "vga": 3}

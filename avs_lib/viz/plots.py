@@ -381,7 +381,7 @@ CHOICE_OUTLINE_BARS = (("JF", "as trained", "tab:gray"), ("choice_fixed_JF", "ch
                        ("outline_fixed_JF", "outlines fixed", "tab:orange"))
 
 
-def choice_outline_figure(rows: list[dict], path=None, bound: float | None = None):
+def choice_outline_figure(rows: list[dict], path: str | Path | None = None, bound: float | None = None):
     """``avs_lib.analysis.evaluation.choice_and_outline`` for each row of the window (the rows of
     ``headroom`` with ``errors``): its test J&F as trained, with perfect choices of objects, and with
     perfect outlines of the objects it found; ``bound``, the resolution bound, as a dashed line. The
