@@ -350,6 +350,29 @@ def test_avsac_row_starts_from_the_backbone_of_the_ddeseg_rows(tmp_path):
     assert full.switches["tau"] == 0.5 and full.switches["backbone"] == avsac.switches["backbone"]
 
 
+def test_every_row_takes_the_next_test_beds_switches(tmp_path):
+    # the GPU script's SWITCHES (scripts/gpu_ablation/run_on_gpu.sh): the released row has no fusion
+    # attention to read, AVSAC no DDESeg decoder; every other row carries both switches
+    from avs_lib.core.config import load_config
+    from avs_lib.experiments.ablation import SETTINGS, setting_config
+
+    base = load_config("configs/tiny_world.yaml", ["switches.fusion_query=audio", "switches.decoder_stride=2",
+                                                   "switches.pretrained_backbone=true"])
+    for setting in SETTINGS:
+        config = setting_config(base, setting, 0, tmp_path / "run")
+        if config.model == "avsac":
+            assert "fusion_query" not in config.switches and "decoder_stride" not in config.switches
+        elif config.variant == "released":
+            assert "fusion_query" not in config.switches and config.switches["decoder_stride"] == 2
+        else:
+            assert config.switches["fusion_query"] == "audio" and config.switches["decoder_stride"] == 2
+    from avs_lib.models import build_model
+
+    released = setting_config(base, "full (released)", 0, tmp_path / "run")
+    model = build_model("ddeseg", variant="released", audio_dim=16, memory_classes=8, **released.switches)
+    assert model.config.decoder_stride == 2 and model.config.fusion_query == "visual"
+
+
 def test_a_run_whose_setting_changed_is_refused_or_set_aside(tmp_path):
     import json
     from dataclasses import asdict, replace

@@ -109,6 +109,10 @@ def setting_config(base_config, setting: str, seed: int, run_dir: Path):
         switches.update(FIRST_READING)
     if spec["model"] == "avsac":
         switches = avsac_switches(switches)  # the backbone and its start: the rows differ by the decoder
+    if spec.get("variant") == "released":
+        # the released blocks have no fusion cross-attention (a ReleasedAligner gates each stage), so a
+        # config's reading of it does not apply to this row, which DDESegConfig would otherwise refuse
+        switches.pop("fusion_query", None)
     return replace(base_config, seed=seed, out=str(run_dir), progress=False, resume=True, switches=switches,
                    variant=spec.pop("variant", "paper"), **spec)
 

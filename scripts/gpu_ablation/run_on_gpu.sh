@@ -6,6 +6,8 @@
 # every run's small files (runs.tar.gz). Where the world matches, the runs of the committed report
 # (figures/ablation/runs.tar.gz) are reused (FRESH_RUNS=1 trains every run again).
 # Usage: bash scripts/gpu_ablation/run_on_gpu.sh SECONDS PARALLEL
+# SWITCHES="switches.fusion_query=audio switches.decoder_stride=2" (space-separated key=value): settings
+# on top of the config for every run, e.g. the next test bed's (README, "A decoder at stride 2").
 set -uo pipefail
 limit=${1:-570}      # seconds this script may take in all
 parallel=${2:-12}    # runs trained at once
@@ -59,8 +61,10 @@ fi
 echo "== $(elapsed) s: the ablation, $parallel runs at once"
 left=$(( limit - $(elapsed) ))
 budget=$("$PY" -c "print(max(0, ($left - 200) / 60))")  # the last runs start 200 s before the end
-args=(device=${DEVICE:-cuda} bf16=false "switches.pretrained_backbone=$visual" --out runs/ablation --figures "$out/ablation"
-      --set-aside-changed)
+read -r -a extra <<< "${SWITCHES:-}"  # before the options: argparse takes the overrides in one run
+[ ${#extra[@]} -eq 0 ] || echo "settings on top of the config: ${extra[*]}"
+args=(device=${DEVICE:-cuda} bf16=false "switches.pretrained_backbone=$visual" "${extra[@]}" --out runs/ablation
+      --figures "$out/ablation" --set-aside-changed)
 # every 20 s: GPU use, load and finished runs, to tell a busy GPU from workers waiting on their CPUs
 ( while sleep 20; do echo "$(elapsed) s: gpu $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader \
     2>/dev/null | tr -d '\n'); load $(cut -d' ' -f1 /proc/loadavg); finished $(ls runs/ablation/*/metrics.json \
