@@ -82,13 +82,10 @@ def choice_and_outline(logits: torch.Tensor, frames: FrameSet, source_size: int,
     wrong = in_silent = in_sounding = 0
     for row, index in enumerate(keep):
         pred, mask = predicted[row], masks[row]
-        boxes = onscreen_boxes(frames, index, source_size)
-        sounding_boxes, silent_boxes, taken_boxes = (torch.zeros_like(mask) for _ in range(3))
-        for _, sounds, box in boxes:
+        sounding_boxes, silent_boxes, taken_boxes = (torch.zeros_like(mask) for _ in range(3))  # read after the loop
+        for _, sounds, box in onscreen_boxes(frames, index, source_size):
             if sounds:
                 sounding_boxes |= box
-        for _, sounds, box in boxes:
-            if sounds:
                 region = box & mask
                 if not region.any():
                     continue

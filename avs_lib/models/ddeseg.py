@@ -157,6 +157,7 @@ class DDESegOutput:
     tokens: list[torch.Tensor] = field(default_factory=list)  # audio tokens entering each stage [B, K, d_a]
     attention: list[torch.Tensor | None] = field(default_factory=list)  # last block's [B, N_l, K] per stage
     features: list[torch.Tensor] = field(default_factory=list)  # the four fused maps [B, C_l, H_l, W_l]
+    fine: torch.Tensor | None = None  # decoder_stride=2: Lite0's stride-2 map [B, 16, H/2, W/2], which the decoder reads
     decoder_size: tuple[int, int] | None = None  # (h, w) of the decoder's logits, before the upsampling
 
     @property
@@ -341,12 +342,13 @@ class DDESeg(nn.Module):
         b, n, c = tokens.shape
         return point(tokens.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
 
-    def _first_stage(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int, torch.Tensor | None]:
-        """Stage 1's V^1 [B, N_1, C_1], h, w, and the stride-2 map for the decoder (None at stride 4)."""
-        if self.hook_fine is None:
-            return (*self.encoder.stage(1, x), None)
-        fine = self.encoder.fine_map(x)  # [B, 16, H/2, W/2]; its hook acts where the decoder reads it, not here
-        return (*self.encoder.stage(1, fine, from_fine=True), fine)
+    def _stage(self, i: int, x: torch.Tensor, out: DDESegOutput) -> tuple[torch.Tensor, int, int]:
+        """V^i [B, N_i, C_i], h, w; with decoder_stride=2, stage 1 also keeps the stride-2 map it passes
+        through as ``out.fine``, for the decoder."""
+        if i > 1 or self.hook_fine is None:
+            return self.encoder.stage(i, x)
+        out.fine = self.encoder.fine_map(x)  # [B, 16, H/2, W/2]; its hook acts where the decoder reads it, not here
+        return self.encoder.stage(1, out.fine, from_fine=True)
 
     def forward(self, image: torch.Tensor, audio: torch.Tensor) -> DDESegOutput:
         # image [B, 3, H, W], audio [B, d_a]
@@ -357,10 +359,7 @@ class DDESeg(nn.Module):
         x = image
         if self.config.variant == "released":
             for i in range(1, 5):
-                if i == 1:
-                    visual, h, w, fine = self._first_stage(x)  # V^1 [B, N_1, C_1]
-                else:
-                    visual, h, w = self.encoder.stage(i, x)  # V^l [B, N_l, C_l]
+                visual, h, w = self._stage(i, x, out)  # V^l [B, N_l, C_l]
                 visual = self._hook_map(self.hook_visual[i - 1], visual, h, w)
                 stage_tokens = self.hook_stage_audio[i - 1](tokens)
                 visual, eliminated = self.eliminations[i - 1](self.audio_projections[i - 1](stage_tokens), visual)
@@ -371,15 +370,11 @@ class DDESeg(nn.Module):
                 x = self.hook_features[i - 1](x)
                 out.attention.append(eliminated.gate[..., None])  # [B, N, 1]: the visual gate
                 out.features.append(x)
-            return self._decode(image, out, fine)
+            return self._decode(image, out)
         log_bias = self.config.elimination_apply == "log_bias"
         bias = None  # [B, K] sum of log S over the stages so far
-        fine = None
         for i in range(1, 5):
-            if i == 1:
-                visual, h, w, fine = self._first_stage(x)  # V^1 [B, N_1, C_1]
-            else:
-                visual, h, w = self.encoder.stage(i, x)  # V^l [B, N_l, C_l]
+            visual, h, w = self._stage(i, x, out)  # V^l [B, N_l, C_l]
             visual = self._hook_map(self.hook_visual[i - 1], visual, h, w)
             if i > 1:
                 eliminated = self.eliminations[i - 2](self.audio_projections[i - 1](tokens), visual)
@@ -398,11 +393,11 @@ class DDESeg(nn.Module):
             x = self.hook_features[i - 1](x)
             out.attention.append(attentions[-1] if attentions else None)
             out.features.append(x)  # [B, C_l, H_l, W_l]
-        return self._decode(image, out, fine)
+        return self._decode(image, out)
 
-    def _decode(self, image: torch.Tensor, out: DDESegOutput, fine: torch.Tensor | None = None) -> DDESegOutput:
-        if fine is not None:
-            fine = self.hook_fine(fine)  # the decoder's copy only: stage 1 already ran on the map as computed
+    def _decode(self, image: torch.Tensor, out: DDESegOutput) -> DDESegOutput:
+        # the hook acts on the decoder's copy only: stage 1 already ran on the map as computed
+        fine = None if out.fine is None else self.hook_fine(out.fine)
         decoded = self.hook_decoder_logits(self.decoder(out.features, fine))  # [B, outputs, h_1, w_1] (or 2 h_1, 2 w_1)
         out.decoder_size = tuple(decoded.shape[-2:])
         logits = F.interpolate(decoded, size=image.shape[-2:], mode="bilinear", align_corners=False)
