@@ -12,7 +12,9 @@ key=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$key" ]]; then
   echo "== setting up .venv (torch 2.13.0 CPU first, then the workbench)"
   [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
-  .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+  # TORCH_INDEX_URL (e.g. https://download.pytorch.org/whl/cpu): where pip would otherwise take
+  # PyPI's CUDA build of torch 2.13.0 (Linux x86-64), its CPU build instead; unset, pip's own config
+  .venv/bin/python -m pip install -q --disable-pip-version-check ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
   .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
   echo "$key" > "$stamp"
 fi
