@@ -148,7 +148,8 @@ accuracy = results["val"]["accuracy"]
 # %% [markdown]
 # The gap between seen and held-out members (when the world holds some out) is the gap between
 # recognising a recording and recognising a class: in the stamps library a class's members are
-# different animals or instruments, each with one recording.
+# different animals or instruments, most with one recording (a few instruments have three: the
+# stamp's own and two Sonic Pi samples).
 
 # %%
 path = save_memory(memory, Path(run_dir) / "memory.npz")

@@ -122,8 +122,10 @@ display(table)
 missed
 
 # %% [markdown]
-# Listen to the frame's mixture and to the recording each true source plays (from the asset
-# library; the clip loops it from a random point, so it is not time-aligned with the mixture).
+# Listen to the frame's mixture and to the recording each of the clip's sources plays (from the
+# asset library; the clip loops it from a random point, so it is not time-aligned with the
+# mixture). The list holds every source that sounds somewhere in the clip: an ms3 object may pause
+# in this frame, and the line "truly sounding" above says which sound in it.
 
 # %%
 mixture = read_audio_segment(test_records.records[frame_index], test_records.sample_rate)
@@ -137,8 +139,9 @@ for label, wave in source_recordings(library, test.sources.get(test.clips[frame_
 # ## The tokens on a map of the memory
 # The class centres in 2-D (PCA of the centres), the frame's mixture feature F_a (black X), an
 # arrow to each derived token before enhancement (Eq. 8, hollow) and after (Eq. 12, filled), each
-# labelled with its nearest class and whether that class sounds; on the right the distances and
-# fusion weights, coloured by truth, with the missed true classes hatched. This static figure is
+# numbered (the list under the axes gives each number's nearest class and whether that class
+# sounds); on the right each token's distance to its centre, coloured by truth, with its fusion
+# weight (Eq. 6) as a dark bar beside it and the missed true classes hatched. This static figure is
 # the explorer's view below for the chosen frame, for executed notebooks where widgets do not run.
 
 # %%

@@ -23,11 +23,14 @@
 # truth: **in each frame, does a token whose class sounds on screen score higher than one whose
 # class is off screen or silent?**
 #
-# The paper leaves several choices open; the default model takes the reading that lets a frame's
-# tokens get different scores (randn centres, Eq. 14 as printed, a residual around Eq. 15, and the
+# The paper leaves several choices open; the default model takes the reading that allows a frame's
+# tokens to get different scores (whether a trained model makes use of that is what the sections
+# below measure; randn centres, Eq. 14 as printed, a residual around Eq. 15, and the
 # score as a log-bias on the token's attention logit in the fusion blocks, with a null key). Set
 # `variant = "released"` for the authors' code, and `capacity_check > 0` to train with the world's
-# on/off-screen labels, a check OUTSIDE THE PAPER of whether the module can separate when told
+# on/off-screen labels (the other switches named below, such as `centre_update` or
+# `elimination_residual`, are set on a training, `avs train ... switches.NAME=VALUE`, or with
+# notebook 05's `switches` parameter), a check OUTSIDE THE PAPER of whether the module can separate when told
 # (README, "Notes and choices").
 
 # %% tags=["parameters"]

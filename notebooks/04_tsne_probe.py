@@ -25,10 +25,13 @@
 #
 # $$r = \frac{1}{K}\sum_{i=1}^{K} \hat a_i^{(4)},$$
 #
-# (after elimination for the full model; for the baseline the single projected $F_a$), computed
-# on single-source (S4) frames so that each frame has one class to colour by and to predict.
-# Each feature is standardised first: elimination multiplies the tokens by its scores, which can
-# make them tiny without removing any information.
+# (for the baseline the single projected $F_a$), computed on single-source (S4) frames so that
+# each frame has one class to colour by and to predict. With the default
+# `elimination_apply="log_bias"` the full model's elimination acts on the fusion's attention
+# logits (log S), so the tokens read here are the enhanced tokens, unscaled; with
+# `elimination_apply="scale"` (Eq. 17 read literally) they are the tokens multiplied by S, which can
+# make them tiny without removing any information. Each feature is standardised first, so that
+# neither the maps nor the probe depend on that scale.
 
 # %% tags=["parameters"]
 config_file = "configs/tiny_world.yaml"  # the model notebooks 02-05 share (trained once, kept in the data's cache)

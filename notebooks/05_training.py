@@ -81,10 +81,11 @@ print(f"{len(prepared.train)} training frames, {config.epochs} epochs; validatio
          if gain is not None else "(too few validation points to tell)"))
 
 # %% [markdown]
-# Left: the training loss per epoch; right: the **learning curve**, validation J&F against the
-# training frames seen (`validations_per_epoch` points per epoch), with J (mean IoU) and F
-# ($\beta^2 = 0.3$) at each epoch's end. The best validation point's epoch gives the weights
-# evaluated below. A curve still rising at the end says more training would help; one that falls
+# Left: the training loss between validations (`validations_per_epoch` per epoch; dots: each
+# epoch's mean); right: the **learning curve**, validation J&F against the training frames seen,
+# with J (mean IoU) and F ($\beta^2 = 0.3$) at each epoch's end. The weights evaluated below are
+# those at the end of the epoch whose end-of-epoch validation was best (the points inside an epoch
+# draw the curve; they never choose the weights). A curve still rising at the end says more training would help; one that falls
 # while the loss falls says over-fitting.
 #
 # ## The window: floor, model, ceiling

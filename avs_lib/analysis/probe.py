@@ -1,10 +1,12 @@
 """DDESeg Fig. 6 on any model: the audio representation a model carries into its last stage,
 2-D maps of it (t-SNE, UMAP), and a linear probe that asks how well it names the class.
 
-The representation of a frame is the mean of the audio tokens entering the last stage (after
-elimination for the full model; the projected F_a for the baseline). Every feature is
-standardised before the maps and the probe: elimination scales tokens by its scores, which can
-make them tiny without removing information, and neither a probe nor a map should depend on scale.
+The representation of a frame is the mean of the audio tokens entering the last stage (the
+projected F_a for the baseline). Under DDESeg's default ``elimination_apply="log_bias"`` those are
+the enhanced tokens, unscaled (elimination acts on the fusion's attention logits); under
+``"scale"`` they are multiplied by the scores S, which can make them tiny without removing
+information. Every feature is standardised before the maps and the probe, so that neither depends
+on scale.
 """
 from __future__ import annotations
 

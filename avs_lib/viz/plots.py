@@ -212,8 +212,8 @@ def token_map(view: dict, path=None):
     Left: the memory's class centres in 2-D (PCA of the centres), the frame's mixture feature F_a,
     an arrow from F_a to each derived token before enhancement (Eq. 8, hollow) and after (Eq. 12,
     filled); every centre coloured by its class's truth in the clip. Right: each derived class's
-    distance (Eq. 5) and fusion weight (Eq. 6), coloured by truth, with the true classes that were
-    not derived drawn as missed."""
+    distance (Eq. 5), coloured by truth, beside its fusion weight (Eq. 6, a dark bar), with the true
+    classes that were not derived drawn as missed (hatched)."""
     plt = _pyplot()
     fig, (ax, bars) = plt.subplots(1, 2, figsize=(12, 5), gridspec_kw={"width_ratios": [1.25, 1]})
     names, roles = view["class_names"], view["roles"]
