@@ -27,15 +27,23 @@ def test_vggish_one_value_by_explicit_dft():
     # magnitude of a 512-point DFT, summed by hand
     k = np.arange(257)
     dft = np.abs(np.exp(-2j * np.pi * np.outer(k, n) / 512) @ (frame * window))
-    # triangle of band 20 in the HTK mel domain, DC bin excluded
-    mel = lambda f: 1127.0 * np.log(1.0 + f / 700.0)
+    # every band's triangle in the HTK mel domain, DC bin excluded
+    expected = np.log(dft @ _htk_triangles() + 0.01)  # [64]
+    got = audio.vggish_log_mel(wave.astype(np.float32))[frame_index]
+    np.testing.assert_allclose(got, expected, atol=1e-4)  # the whole row: edge bands included
+    assert got[band] == pytest.approx(expected[band], abs=1e-4)
+
+
+def _htk_triangles() -> np.ndarray:
+    """[257, 64] VGGish's mel weights written out: 64 triangles between 125 and 7 500 Hz, evenly
+    spaced on the HTK mel scale, over the 257 bins of a 512-point DFT at 16 kHz, DC bin zeroed."""
+    mel = lambda f: 1127.0 * np.log(1.0 + f / 700.0)  # noqa: E731
     edges = np.linspace(mel(125.0), mel(7500.0), 66)
-    lo, mid, hi = edges[band], edges[band + 1], edges[band + 2]
-    bin_mel = mel(k * 8000.0 / 256)
-    weight = np.clip(np.minimum((bin_mel - lo) / (mid - lo), (hi - bin_mel) / (hi - mid)), 0, None)
-    weight[0] = 0
-    expected = np.log(dft @ weight + 0.01)
-    assert audio.vggish_log_mel(wave.astype(np.float32))[frame_index, band] == pytest.approx(expected, abs=1e-4)
+    bin_mel = mel(np.arange(257) * 8000.0 / 256)[:, None]
+    lo, mid, hi = edges[:-2], edges[1:-1], edges[2:]
+    weights = np.clip(np.minimum((bin_mel - lo) / (mid - lo), (hi - bin_mel) / (hi - mid)), 0, None)
+    weights[0] = 0
+    return weights
 
 
 def test_vggish_tone_peaks_in_the_right_band():
@@ -74,4 +82,6 @@ def test_mel_triangles_peak_at_one():
     weights = audio.vggish_mel_matrix()
     assert weights.shape == (257, 64)
     assert np.all(weights[0] == 0) and np.all(weights >= 0)
+    # the DFT bins fall between the narrow low bands' centres, so a band's largest weight lies in (0.5, 1]
     assert np.all(weights.max(axis=0) > 0.5) and np.all(weights.max(axis=0) <= 1.0)
+    np.testing.assert_allclose(weights, _htk_triangles(), atol=1e-6)  # every weight, written out independently

@@ -3,16 +3,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from avs_lib.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_help_lists_subcommands(capsys):
-    try:
+    with pytest.raises(SystemExit) as exit_:
         main(["--help"])
-    except SystemExit as exit_:
-        assert exit_.code == 0
+    assert exit_.value.code == 0
     out = capsys.readouterr().out
     for command in ["world", "check-data", "summary", "pipeline"]:
         assert command in out

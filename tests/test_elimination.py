@@ -63,6 +63,7 @@ def test_released_model_scores_original_tokens_at_every_stage_with_plain_blocks(
     with torch.no_grad():
         out = model(image, audio)
         derived = model.audio_tokens(audio)[0]
+        assert len(seen) == 4  # the forward pass went through every stage's aligner once
         for stage, tokens in enumerate(seen):  # each stage projects the ORIGINAL derived tokens (MLP d -> 4d -> C)
             torch.testing.assert_close(tokens, model.audio_projections[stage](derived))
     for hook in hooks:

@@ -93,8 +93,13 @@ def test_resume_refuses_another_config_and_keeps_config_json(one_epoch, tmp_path
 
 def test_resume_may_add_epochs(one_epoch, tmp_path):
     run, overrides = _copy_run(one_epoch, tmp_path)
+    # mark the stopped run's epoch-1 record: a resume keeps it, a run trained again from epoch 0 would not
+    state = read_checkpoint(run / "last.pt")
+    state["history"][0]["loss"] = -1.0
+    save_checkpoint(state, run / "last.pt")
     result = train(load_config(None, [*overrides, "resume=true", "epochs=3", "stop_after_epoch=null"]), synthetic_prepared())
     assert result["epochs"] == 3 and len(result["history"]) == 3
+    assert result["history"][0]["loss"] == -1.0 and result["history"][1]["loss"] > 0
     assert json.loads((run / "config.json").read_text())["epochs"] == 3
 
 
@@ -104,12 +109,17 @@ def test_a_run_folder_needs_resume(one_epoch, tmp_path, capsys):
     assert code == 2 and "already holds a run" in err and "resume=true" in err
 
 
-def test_log_and_checkpoint_never_disagree_after_resume(one_epoch, tmp_path):
+@pytest.mark.parametrize("damage", ["line lost", "line beyond"])
+def test_log_and_checkpoint_never_disagree_after_resume(one_epoch, tmp_path, damage):
     """A kill between the last.pt rename and the log write: the resume restores the line from the
     checkpoint; a line beyond the checkpoint (an old crash) is dropped."""
     straight, _ = _train(tmp_path / "straight")
     run, overrides = _copy_run(one_epoch, tmp_path)
-    (run / "log.jsonl").write_text("")  # the epoch-1 line lost
+    if damage == "line lost":
+        (run / "log.jsonl").write_text("")  # the epoch-1 line lost
+    else:  # an epoch-2 line that no checkpoint holds, left by a crash of an earlier attempt
+        with (run / "log.jsonl").open("a") as fh:
+            fh.write(json.dumps({"epoch": 2, "loss": 99.0, "losses": [99.0]}) + "\n")
     resumed = train(load_config(None, [*overrides, "resume=true", "stop_after_epoch=null"]), synthetic_prepared())
     lines = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
     expected = [json.loads(l) for l in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]

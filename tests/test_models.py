@@ -14,10 +14,17 @@ def _inputs(batch=2, size=64, audio_dim=16):
     return torch.randn(batch, 3, size, size), torch.randn(batch, audio_dim), (torch.rand(batch, size, size) > 0.5).long()
 
 
-def _assert_all_gradients(model, loss):
+def _assert_all_gradients(model, loss, zero_allowed: bool = False):
+    """Every parameter trains: none frozen by mistake, each with a finite gradient that is not all
+    zeros (``zero_allowed``: a model whose zero-initialised branches give their inputs no gradient
+    at step 0, which the caller checks on its own)."""
     loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    assert not frozen, f"parameters that do not train: {frozen[:10]}"
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, f"no (finite) gradient for {missing[:10]}"
+    dead = [n for n, p in model.named_parameters() if not p.grad.abs().sum() > 0]
+    assert zero_allowed or not dead, f"an all-zero gradient for {dead[:10]}"
     assert torch.isfinite(loss)
 
 
@@ -97,7 +104,7 @@ def test_fusion_start_keeps_the_pretrained_trunk_and_still_trains(start):
             quiet = model.encoder.run_blocks(1, bare[0].flatten(2).transpose(1, 2), *bare[0].shape[-2:], None)[0]
         assert torch.equal(quiet, bare[0])
     model.train()
-    _assert_all_gradients(model, ddeseg_loss(model(image, audio).logits, masks))
+    _assert_all_gradients(model, ddeseg_loss(model(image, audio).logits, masks), zero_allowed=start != "no_norm")
     if start != "no_norm":
         block = model.encoder.fusion[1][0]
         zeroed = block.mlp.fc2.weight

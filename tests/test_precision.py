@@ -26,8 +26,11 @@ def test_bf16_autocast_on_cpu_stays_close_to_fp32(backbone):
     with torch.no_grad():
         reference = model(images, audio).logits
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = model(images, audio).logits.float()
-    assert low.dtype == torch.float32 and reference.shape == low.shape
+            raw = model(images, audio).logits
+        low = raw.float()
+    # autocast took effect: the logits come out of a bf16 matmul/conv, and they differ from fp32's
+    assert raw.dtype == torch.bfloat16 and reference.shape == low.shape
+    assert (low - reference).abs().max() > 0
     scale = reference.abs().mean()
     assert (low - reference).abs().mean() / scale < 0.05  # bf16 keeps 8 bits of mantissa
     loss_fp32, loss_bf16 = ddeseg_loss(reference, masks).item(), ddeseg_loss(low, masks).item()

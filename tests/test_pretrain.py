@@ -77,6 +77,7 @@ def test_heldout_members_never_enter_the_pretraining_stream(library):
 def test_stream_parts_sum_to_their_mixture_classes(library):
     stream = MixtureStream(library, WorldConfig(kind="procedural"), {}, PretrainConfig(batch_size=32))
     batch = stream.batch(0)
+    assert any(batch.parts_of), "a batch of 32 should hold some mixtures with their parts"
     for row, parts in enumerate(batch.parts_of):
         assert row < batch.n_mixtures
         if parts:

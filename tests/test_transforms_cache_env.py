@@ -33,8 +33,13 @@ def test_crop_and_flip_keep_image_and_mask_aligned(h, w, seed, crop):
 def test_flip_twice_is_identity(seed):
     sample = _sample(9, 13, seed)
     flip = RandomHorizontalFlip(1.0)
-    again = flip(flip(sample, np.random.default_rng(0)), np.random.default_rng(0))
+    once = flip(sample, np.random.default_rng(0))
+    # p=1 mirrors image and mask alike (a no-op flip would pass the round trip alone)
+    np.testing.assert_array_equal(once["image"], sample["image"][:, ::-1])
+    np.testing.assert_array_equal(once["mask"], sample["mask"][:, ::-1])
+    again = flip(once, np.random.default_rng(0))
     np.testing.assert_array_equal(again["image"], sample["image"])
+    np.testing.assert_array_equal(again["mask"], sample["mask"])
 
 
 def test_resize_keeps_mask_labels_exact():
