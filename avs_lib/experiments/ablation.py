@@ -478,12 +478,13 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
             f"## Table 4, elimination schemes (seeds {list(table4_seeds)}; 'none' is +enhancement, "
             "'GS+CA+FC+sigmoid' is full)", "",
             interval_markdown(table4, {v: k for k, v in TABLE4.items()}), "",
-            "## Other readings and the capacity checks (OUTSIDE THE PAPER)", "",
-            "'full (first reading)' is the workbench's earlier reading of Eq. 13-17 (switches FIRST_READING); the "
-            "capacity check trains full with an auxiliary loss on the world's on/off-screen labels, and the "
-            "attention supervision with an auxiliary loss that shows every stage's fusion attention where each "
-            "token's object is (attention_supervision=1): neither is DDESeg nor a Table 3 row.", "",
-            interval_markdown(extra), "",
+            *([  # only when some of these rows ran (``--settings`` may leave them all out)
+                "## Other readings and the capacity checks (OUTSIDE THE PAPER)", "",
+                "'full (first reading)' is the workbench's earlier reading of Eq. 13-17 (switches FIRST_READING); "
+                "the capacity check trains full with an auxiliary loss on the world's on/off-screen labels, and the "
+                "attention supervision with an auxiliary loss that shows every stage's fusion attention where each "
+                "token's object is (attention_supervision=1): neither is DDESeg nor a Table 3 row.", "",
+                interval_markdown(extra), ""] if len(extra) else []),
             "## Elimination scores against the truth", "",
             "Within-frame AUC: in each frame, every token whose class sounds on screen against every token whose "
             "class is off screen only or silent (0.5: the scores do not choose between a frame's tokens); 95 % "
