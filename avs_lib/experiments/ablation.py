@@ -176,6 +176,15 @@ def _pct(x: float) -> str:
     return "–" if x is None or not np.isfinite(x) else f"{100 * x:.1f}"
 
 
+def interval_section(heading: str, intro: str | None, intervals: pd.DataFrame,
+                     names: dict[str, str] | None = None) -> list[str]:
+    """A report section's lines (heading, optional intro, ``interval_markdown``), or none when no row of
+    it ran: ``--settings`` may leave a section's rows all out."""
+    if not len(intervals):
+        return []
+    return [heading, "", *([intro, ""] if intro else []), interval_markdown(intervals, names), ""]
+
+
 def interval_markdown(intervals: pd.DataFrame, names: dict[str, str] | None = None) -> str:
     lines = ["| setting | runs | J&F mean ± std | 95 % interval | Δ vs baseline (same seed) | 95 % interval of Δ |",
              "|---|---|---|---|---|---|"]
@@ -475,16 +484,15 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
             f"{f' ({parallel} runs at once in this call)' if parallel > 1 else ''}. 95 % intervals are Student-t intervals of the mean over seeds; "
             "Δ is the paired difference against the baseline trained with the same seed.", "", *window,
             f"## Table 3 (seeds {list(seeds)})", "", interval_markdown(table3), "",
-            f"## Table 4, elimination schemes (seeds {list(table4_seeds)}; 'none' is +enhancement, "
-            "'GS+CA+FC+sigmoid' is full)", "",
-            interval_markdown(table4, {v: k for k, v in TABLE4.items()}), "",
-            *([  # only when some of these rows ran (``--settings`` may leave them all out)
-                "## Other readings and the capacity checks (OUTSIDE THE PAPER)", "",
+            *interval_section(f"## Table 4, elimination schemes (seeds {list(table4_seeds)}; 'none' is "
+                              "+enhancement, 'GS+CA+FC+sigmoid' is full)", None, table4,
+                              {v: k for k, v in TABLE4.items()}),
+            *interval_section(
+                "## Other readings and the capacity checks (OUTSIDE THE PAPER)",
                 "'full (first reading)' is the workbench's earlier reading of Eq. 13-17 (switches FIRST_READING); "
                 "the capacity check trains full with an auxiliary loss on the world's on/off-screen labels, and the "
                 "attention supervision with an auxiliary loss that shows every stage's fusion attention where each "
-                "token's object is (attention_supervision=1): neither is DDESeg nor a Table 3 row.", "",
-                interval_markdown(extra), ""] if len(extra) else []),
+                "token's object is (attention_supervision=1): neither is DDESeg nor a Table 3 row.", extra),
             "## Elimination scores against the truth", "",
             "Within-frame AUC: in each frame, every token whose class sounds on screen against every token whose "
             "class is off screen only or silent (0.5: the scores do not choose between a frame's tokens); 95 % "
