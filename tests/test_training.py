@@ -194,3 +194,35 @@ def test_training_on_precomputed_embeddings(training_world, tmp_path):
     np.testing.assert_array_equal(first.audio[0].numpy(), np.load(folder / f"{first.clips[0]}.npy")[first.frames[0]])
     assert prepared.memory.dim == 24
     assert set(train(config, prepared)["test"]) >= {"J", "F", "JF"}
+
+
+def test_batchnorm_momentum_moves_the_running_statistics_not_the_training(tmp_path):
+    """bn_momentum=0.1 against each layer's own (Lite0's 0.01): the same weights after training, and
+    running statistics nearer those of the final weights, recomputed here over the training frames."""
+    from avs_lib.data.transforms import normalise_images
+    from avs_lib.training.predict import make_model
+
+    prepared = synthetic_prepared((16, 8, 8), size=64)
+    states = {}
+    for momentum in ("0.1", "null"):
+        out = tmp_path / momentum
+        config = _config(out, epochs=3, bn_momentum=momentum, **{"switches.backbone": "efficientnet_lite0"})
+        train(config, prepared)
+        states[momentum] = torch.load(out / "last.pt", weights_only=False)["model"]
+    statistics = [k for k in states["0.1"] if k.endswith(("running_mean", "running_var"))]
+    assert len(statistics) > 50  # Lite0's BatchNorm layers are in the model
+    weights = [k for k in states["0.1"] if k not in statistics and not k.endswith("num_batches_tracked")]
+    assert all(torch.equal(states["0.1"][k], states["null"][k]) for k in weights)
+    # the population statistics of the final weights: a cumulative average over every training frame
+    model = make_model(config, prepared, pretrained=False)
+    model.load_state_dict(states["0.1"])
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.BatchNorm2d):
+            layer.reset_running_stats()
+            layer.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(normalise_images(prepared.train.images), prepared.train.audio)
+    precise = model.state_dict()
+    distance = {m: sum(float((states[m][k] - precise[k]).abs().mean()) for k in statistics) for m in states}
+    assert distance["0.1"] < 0.5 * distance["null"]

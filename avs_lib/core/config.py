@@ -57,6 +57,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     grad_clip: float = 1.0
     backbone_lr_scale: float = 1.0  # the pretrained backbone's learning rate as a fraction of lr (fine-tuning practice: 0.1)
+    bn_momentum: float | None = 0.1  # every BatchNorm's running-statistics momentum while training (None: each layer's own; Lite0's is TF's 0.01); evaluation reads these statistics, training does not (avs_lib.training.loop.set_batchnorm_momentum)
     avfs_weight: float = 1.0  # AVSAC only
     capacity_check: float = 0.0  # OUTSIDE THE PAPER: weight of an auxiliary on/off-screen loss on the elimination scores (0: off)
     attention_supervision: float = 0.0  # OUTSIDE THE PAPER: weight of an auxiliary loss that shows the fusion's cross-attention where each token's object is (composed worlds; 0: off)
@@ -216,6 +217,10 @@ def config_from_dict(values: dict, sources: dict | str = "the config") -> TrainC
                               "top-level keys k, m and audio_dim instead (the memory is built with them)")
         checked["switches"] = check_values(model_config_class(model), switches, switch_sources, prefix="switches.")
     config = TrainConfig(**checked)
+    if config.bn_momentum is not None and not 0 < config.bn_momentum <= 1:
+        where = sources.get("bn_momentum", "the config") if isinstance(sources, dict) else sources
+        raise ConfigError(f"{where}: bn_momentum={config.bn_momentum} must lie in (0, 1] (0.1: PyTorch's default; "
+                          "null: each BatchNorm layer keeps its own)")
     if config.warmup_epochs < 0 or config.min_lr < 0 or config.weight_decay < 0 or config.loader_workers < 0:
         raise ConfigError(f"{sources if isinstance(sources, str) else 'the config'}: warmup_epochs, min_lr and "
                           "weight_decay and loader_workers must not be negative")

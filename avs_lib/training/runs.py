@@ -74,7 +74,7 @@ RUN_IDENTITY_EXCLUDES = ("out", "resume", "progress", "threads", "device", "stop
 # Keys added after runs were recorded: left out of a run's identity at their default, so that a run
 # recorded before them is the same run (resume, train_once, shared_run_dir).
 IDENTITY_DEFAULTS = {"loader": "auto", "augment": "flip", "train_clips": "files", "attention_supervision": 0.0,
-                     "visual_pretrain_steps": 600}
+                     "visual_pretrain_steps": 600, "bn_momentum": None}
 
 
 # Paths compared as the folders they name (relative ones are read from the repository root, as
