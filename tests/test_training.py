@@ -226,3 +226,27 @@ def test_batchnorm_momentum_moves_the_running_statistics_not_the_training(tmp_pa
     precise = model.state_dict()
     distance = {m: sum(float((states[m][k] - precise[k]).abs().mean()) for k in statistics) for m in states}
     assert distance["0.1"] < 0.5 * distance["null"]
+
+
+def test_recomputed_batchnorm_statistics_are_the_frames_own():
+    """A BatchNorm on the normalised pixels: after the recomputation its running mean is the mean of
+    the frames it saw, per channel, and its momentum is what it was."""
+    from avs_lib.data.transforms import normalise_images
+    from avs_lib.training.predict import recompute_batchnorm_statistics
+
+    class Pixels(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.BatchNorm2d(3, momentum=0.01)
+
+        def forward(self, images, audio):
+            return self.norm(images)
+
+    frames = synthetic_prepared((24, 4, 4), size=16).train
+    model = Pixels()
+    seen = recompute_batchnorm_statistics(model, frames, batches=3, batch_size=4, seed=1)
+    order = torch.randperm(len(frames.images), generator=torch.Generator().manual_seed(1))[:12]
+    expected = normalise_images(frames.images[order]).mean(dim=(0, 2, 3))
+    assert seen == 12 and not model.training and model.norm.momentum == 0.01
+    assert torch.allclose(model.norm.running_mean, expected, atol=1e-5)
+    assert not torch.allclose(model.norm.running_mean, torch.zeros(3))

@@ -1,4 +1,4 @@
-"""Inference: a model built for a prepared run (``make_model``), its logits and metrics on a frame set, and a trained model loaded from its checkpoint (``load_trained``).
+"""Inference: a model built for a prepared run (``make_model``), its logits and metrics on a frame set, a trained model loaded from its checkpoint (``load_trained``), and its BatchNorm statistics recomputed for its weights (``recompute_batchnorm_statistics``).
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from avs_lib.core.config import TrainConfig, config_from_dict
 from avs_lib.core.errors import DataError
 from avs_lib.core.paths import workbench_path
 from avs_lib.data.frames import FrameSet
+from avs_lib.data.transforms import normalise_images
 from avs_lib.models import build_model
 from avs_lib.models.hooks import run_with_cache
 from avs_lib.models.visual_pretrain import WORLD_WEIGHTS
@@ -42,6 +43,33 @@ def evaluate_model(model, frames: FrameSet, device: torch.device, config: TrainC
     logits = predict(model, frames, device, bf16=config.bf16, zero_audio=config.zero_audio, cpu_bf16=config.cpu_bf16)
     keep = frames.valid
     return evaluate(logits[keep], frames.masks[keep], convention=config.convention, batch_size=config.eval_batch_size)
+
+
+@torch.no_grad()
+def recompute_batchnorm_statistics(model: torch.nn.Module, frames: FrameSet, batches: int = 100, batch_size: int = 16,
+                                   seed: int = 0) -> int:
+    """Replace every BatchNorm layer's running statistics by their average over ``batches`` batches of
+    ``frames`` (drawn without replacement by ``seed``) with the model's present weights: Detectron2's
+    "precise BN". For checkpoints trained with stale statistics (before ``bn_momentum``, README
+    "Training, on CPU or GPUs"). Each layer's momentum is restored; the model is left in eval mode.
+    Returns the number of frames seen."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # a cumulative average
+    device = next(model.parameters()).device
+    order = torch.randperm(len(frames.images), generator=torch.Generator().manual_seed(seed))[:batches * batch_size]
+    model.train()
+    try:
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            model(normalise_images(frames.images[index].to(device)), frames.audio[index].to(device))
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+        model.eval()
+    return len(order)
 
 
 # ----------------------------------------------------------------------------- setup
