@@ -229,24 +229,54 @@ def test_batchnorm_momentum_moves_the_running_statistics_not_the_training(tmp_pa
 
 
 def test_recomputed_batchnorm_statistics_are_the_frames_own():
-    """A BatchNorm on the normalised pixels: after the recomputation its running mean is the mean of
-    the frames it saw, per channel, and its momentum is what it was."""
+    """BatchNorms on the normalised pixels and on the audio: after the recomputation their running
+    means are the means of what they saw, per channel (zeros for a floor's audio); a layer the model
+    keeps in eval mode while training (a frozen stage) keeps its statistics; momenta are restored."""
     from avs_lib.data.transforms import normalise_images
     from avs_lib.training.predict import recompute_batchnorm_statistics
 
-    class Pixels(torch.nn.Module):
+    class Toy(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.norm = torch.nn.BatchNorm2d(3, momentum=0.01)
+            self.pixels = torch.nn.BatchNorm2d(3, momentum=0.01)
+            self.audio = torch.nn.BatchNorm1d(128)
+            self.frozen = torch.nn.BatchNorm2d(3)
+            self.frozen.running_mean.fill_(7.0)
+
+        def train(self, mode: bool = True):
+            super().train(mode)
+            self.frozen.eval()  # as DDESeg's encoder keeps its frozen stages
+            return self
 
         def forward(self, images, audio):
-            return self.norm(images)
+            return self.frozen(self.pixels(images)), self.audio(audio)
 
     frames = synthetic_prepared((24, 4, 4), size=16).train
-    model = Pixels()
-    seen = recompute_batchnorm_statistics(model, frames, batches=3, batch_size=4, seed=1)
     order = torch.randperm(len(frames.images), generator=torch.Generator().manual_seed(1))[:12]
-    expected = normalise_images(frames.images[order]).mean(dim=(0, 2, 3))
-    assert seen == 12 and not model.training and model.norm.momentum == 0.01
-    assert torch.allclose(model.norm.running_mean, expected, atol=1e-5)
-    assert not torch.allclose(model.norm.running_mean, torch.zeros(3))
+    model = Toy()
+    seen = recompute_batchnorm_statistics(model, frames, batches=3, batch_size=4, seed=1)
+    assert seen == 12 and not model.training and model.pixels.momentum == 0.01
+    assert torch.allclose(model.pixels.running_mean, normalise_images(frames.images[order]).mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(model.audio.running_mean, frames.audio[order].mean(0), atol=1e-5)
+    assert torch.equal(model.frozen.running_mean, torch.full((3,), 7.0))
+    assert not torch.allclose(model.pixels.running_mean, torch.zeros(3))
+    deaf = Toy()
+    recompute_batchnorm_statistics(deaf, frames, batches=3, batch_size=4, seed=1, zero_audio=True)
+    assert torch.equal(deaf.audio.running_mean, torch.zeros(128))
+
+
+def test_bn_momentum_is_checked_and_older_runs_are_other_runs():
+    """bn_momentum must lie in (0, 1] or be null; a run recorded before the key (no bn_momentum in
+    its config) is the same run as bn_momentum=null, and another run than the default 0.1."""
+    from avs_lib.core.errors import ConfigError
+    from avs_lib.training.runs import config_differences
+
+    for bad in ("0", "1.5", "-0.1"):
+        with pytest.raises(ConfigError, match="bn_momentum"):
+            load_config(None, [f"bn_momentum={bad}"])
+    assert load_config(None, ["bn_momentum=null"]).bn_momentum is None
+    today = load_config(None, [])
+    older = {k: v for k, v in vars(today).items() if k != "bn_momentum"}
+    assert today.bn_momentum == 0.1
+    assert set(config_differences(older, today)) == {"bn_momentum"}
+    assert config_differences(older, load_config(None, ["bn_momentum=null"])) == {}

@@ -47,24 +47,27 @@ def evaluate_model(model, frames: FrameSet, device: torch.device, config: TrainC
 
 @torch.no_grad()
 def recompute_batchnorm_statistics(model: torch.nn.Module, frames: FrameSet, batches: int = 100, batch_size: int = 16,
-                                   seed: int = 0) -> int:
-    """Replace every BatchNorm layer's running statistics by their average over ``batches`` batches of
-    ``frames`` (drawn without replacement by ``seed``) with the model's present weights: Detectron2's
-    "precise BN". For checkpoints trained with stale statistics (before ``bn_momentum``, README
-    "Training, on CPU or GPUs"). Each layer's momentum is restored; the model is left in eval mode.
-    Returns the number of frames seen."""
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+                                   seed: int = 0, zero_audio: bool = False) -> int:
+    """Replace the running statistics of every BatchNorm layer that trains by their average over
+    ``batches`` batches of ``frames`` (drawn without replacement by ``seed``) with the model's present
+    weights: Detectron2's "precise BN". For checkpoints trained with stale statistics (before
+    ``bn_momentum``, README "Training, on CPU or GPUs"). ``zero_audio``: the audio the model was
+    trained with is zeros (the floor), so it hears zeros here too. Layers that the model keeps in
+    eval mode while training (``switches.frozen_stages``) keep their statistics. Each layer's
+    momentum is restored; the model is left in eval mode. Returns the number of frames seen."""
+    model.train()  # first, so that a model's own train() decides which layers train
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
     momenta = [layer.momentum for layer in layers]
     for layer in layers:
         layer.reset_running_stats()
         layer.momentum = None  # a cumulative average
     device = next(model.parameters()).device
     order = torch.randperm(len(frames.images), generator=torch.Generator().manual_seed(seed))[:batches * batch_size]
-    model.train()
     try:
         for start in range(0, len(order), batch_size):
             index = order[start:start + batch_size]
-            model(normalise_images(frames.images[index].to(device)), frames.audio[index].to(device))
+            audio = frames.audio[index].to(device)
+            model(normalise_images(frames.images[index].to(device)), torch.zeros_like(audio) if zero_audio else audio)
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
@@ -110,7 +113,9 @@ def load_trained(checkpoint: str | Path, prepared: Prepared | None = None, devic
 
 
     state = state if state is not None else read_checkpoint(checkpoint)
-    config = config_from_dict(state["config"], f"the config inside checkpoint {checkpoint}")
+    # a checkpoint older than bn_momentum trained with each layer's own momentum: a run that
+    # continues from its config (notebook 05's rows beside a given checkpoint) must do the same
+    config = config_from_dict({"bn_momentum": None, **state["config"]}, f"the config inside checkpoint {checkpoint}")
     if data_root is not None:
         config = replace(config, data_root=str(data_root))
     if prepared is None and data_root is not None and not workbench_path(data_root).is_dir():

@@ -71,8 +71,10 @@ def open_run_folder(config: TrainConfig, out_dir: Path) -> dict | None:
 # CPU and one started on either resumes on the other; metrics.json records where it trained.
 RUN_IDENTITY_EXCLUDES = ("out", "resume", "progress", "threads", "device", "stop_after_epoch", "tracking",
                          "loader_workers")
-# Keys added after runs were recorded: left out of a run's identity at their default, so that a run
-# recorded before them is the same run (resume, train_once, shared_run_dir).
+# Keys added after runs were recorded: left out of a run's identity at the value that reproduces what
+# a run recorded before them computed, so that such a run is the same run (resume, train_once,
+# shared_run_dir). Mostly the key's default; bn_momentum's is None (each layer's own momentum, what
+# every earlier run used), not its default 0.1, so earlier runs count as other runs than today's default.
 IDENTITY_DEFAULTS = {"loader": "auto", "augment": "flip", "train_clips": "files", "attention_supervision": 0.0,
                      "visual_pretrain_steps": 600, "bn_momentum": None}
 
