@@ -280,3 +280,17 @@ def test_bn_momentum_is_checked_and_older_runs_are_other_runs():
     assert today.bn_momentum == 0.1
     assert set(config_differences(older, today)) == {"bn_momentum"}
     assert config_differences(older, load_config(None, ["bn_momentum=null"])) == {}
+
+
+def test_a_checkpoint_older_than_bn_momentum_loads_as_null(tmp_path):
+    """load_trained reads a config without bn_momentum (a checkpoint from before the key) as
+    bn_momentum=null, what it trained with, and a config that has the key as it says."""
+    from avs_lib.training.predict import load_trained
+    from avs_lib.training.checkpoints import read_checkpoint
+
+    prepared = synthetic_prepared((8, 4, 4), size=32)
+    train(load_config(None, tiny_run_overrides(tmp_path / "run", epochs=1)), prepared)
+    state = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert load_trained(tmp_path / "run" / "last.pt", prepared=prepared, state=state)[1].bn_momentum == 0.1
+    older = {**state, "config": {k: v for k, v in state["config"].items() if k != "bn_momentum"}}
+    assert load_trained(tmp_path / "run" / "last.pt", prepared=prepared, state=older)[1].bn_momentum is None

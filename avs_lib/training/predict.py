@@ -18,6 +18,7 @@ from avs_lib.models.hooks import run_with_cache
 from avs_lib.models.visual_pretrain import WORLD_WEIGHTS
 from avs_lib.training.checkpoints import load_model_state, read_checkpoint
 from avs_lib.training.prepare import Prepared, prepare
+from avs_lib.training.runs import IDENTITY_DEFAULTS
 
 
 def uses_bf16(device: torch.device, enabled: bool, cpu: bool = False) -> bool:
@@ -113,9 +114,10 @@ def load_trained(checkpoint: str | Path, prepared: Prepared | None = None, devic
 
 
     state = state if state is not None else read_checkpoint(checkpoint)
-    # a checkpoint older than bn_momentum trained with each layer's own momentum: a run that
-    # continues from its config (notebook 05's rows beside a given checkpoint) must do the same
-    config = config_from_dict({"bn_momentum": None, **state["config"]}, f"the config inside checkpoint {checkpoint}")
+    # a checkpoint older than a key computed what the key's IDENTITY_DEFAULTS value computes (an old
+    # one trained with each layer's own BatchNorm momentum, not today's 0.1): a run continued from its
+    # config (notebook 05's rows beside a given checkpoint) must do the same
+    config = config_from_dict({**IDENTITY_DEFAULTS, **state["config"]}, f"the config inside checkpoint {checkpoint}")
     if data_root is not None:
         config = replace(config, data_root=str(data_root))
     if prepared is None and data_root is not None and not workbench_path(data_root).is_dir():
