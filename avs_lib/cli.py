@@ -16,7 +16,7 @@ from pathlib import Path
 
 DEFAULT_WORLD_DIR = Path("data") / "default_world"
 DEFAULT_WORLD_CLIPS = "ms3=2000,200"  # ms3 is what the models train on: 7 000 training frames
-# Each sounding ms3 object pauses in about half its frames: chosen by the window it gives (README,
+# Each sounding ms3 object pauses in about half its frames: chosen by the window it gives (docs/findings.md,
 # "The window"): 0.5 left 35 points between floor and ceiling, 0.3 left 32, none 26.
 DEFAULT_WORLD_MS3_PAUSE = 0.5
 

@@ -5,7 +5,7 @@
 
 On one H200 the default model's bare training step (``bench_train.py``: synthetic tensors already on
 the GPU) ran at 389 frames/s in one process, while two runs of ``avs train``'s loop on the default
-world reached 38-40, though beside ten processes still decoding their data (README, "On a GPU"), so
+world reached 38-40, though beside ten processes still decoding their data (README, "The ablation on a GPU"), so
 the loop's own rate is unknown. This benchmark measures it against the bare step in one process:
 one epoch of ``avs_lib.training.loop.train`` (tiny_world.yaml's model at 96 px, batch 16, fp32,
 channels_last, no validation inside the epoch) on a composed world, the epoch's frames/s as the

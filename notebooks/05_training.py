@@ -33,8 +33,8 @@ epochs = 0  # 0: the config's
 seed = 0
 image_size = 0  # 0: the config's
 visual_pretrain_steps = 0  # 0: the config's (batches of the world's visual pretraining, cached per world)
-attention_supervision = 0.0  # OUTSIDE THE PAPER: > 0 asks the fusion attention to point (README, "The window")
-switches = {}  # model switches over the config's, e.g. {"fusion_query": "audio"} (README, "Which side asks in the fusion attention")
+attention_supervision = 0.0  # OUTSIDE THE PAPER: > 0 asks the fusion attention to point (docs/findings.md, "The window")
+switches = {}  # model switches over the config's, e.g. {"fusion_query": "audio"} (docs/findings.md, "Which side asks in the fusion attention")
 headroom_rows = ["floor", "oracle"]  # trained beside the model: "floor", "oracle", "oracle-heard"
 run_dir = ""  # empty: runs/notebooks/05_training/ under the repository root
 

@@ -96,7 +96,7 @@ table
 # J is the mean IoU of the binarised masks over the test frames, F the F-measure ($\beta^2 = 0.3$),
 # J&F their mean (the per-frame convention; notebook 05 shows the others). The rows differ by one
 # training run each: with a few epochs on a small world, gaps of a few points are within the spread
-# across seeds (the ablation in the README measures that spread), so read this table as a check
+# across seeds (the ablation in docs/findings.md measures that spread), so read this table as a check
 # that the models train, not as a ranking. For a ranking, run it over seeds:
 # `avs sweep` with `seed: [0, 1, 2]` and `avs report`.
 

@@ -1,9 +1,10 @@
 """The package's layout: no import cycle among avs_lib's modules (module-level and function-level
-imports alike), nothing in the package root but ``cli.py`` and ``__init__.py``, and a README
-architecture table that lists the tree as it is."""
+imports alike), nothing in the package root but ``cli.py`` and ``__init__.py``, a README
+architecture table that lists the tree as it is, and documents whose relative links all lead somewhere."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import avs_lib
@@ -100,3 +101,26 @@ def test_readme_architecture_table_lists_the_tree():
         "`python -m avs_lib.experiments.readme --architecture` to rewrite it")
     assert all(f"`{module_name(p)}`" in expected for p in PACKAGE.rglob("*.py") if p.name != "__init__.py")
     assert ARCHITECTURE_BLOCK[0] in README.read_text()
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")  # the target of a Markdown link or image: [text](target)
+
+
+def relative_links(document: Path) -> list[str]:
+    """The targets of ``document``'s Markdown links that name a file of this repository (no scheme,
+    no bare #anchor), without their #anchor."""
+    targets = (m.group(1) for m in LINK.finditer(document.read_text()))
+    return [t.split("#")[0] for t in targets if "://" not in t and not t.startswith(("#", "mailto:"))]
+
+
+def test_the_link_reader_finds_relative_links_only(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("see [a](docs/a.md#part), ![fig](../figures/x.png), [web](https://x.org/y), [here](#top)")
+    assert relative_links(doc) == ["docs/a.md", "../figures/x.png"]
+
+
+def test_every_relative_link_of_the_readme_and_docs_leads_to_a_file():
+    documents = [README, *sorted((README.parent / "docs").glob("*.md"))]
+    broken = [f"{d.relative_to(README.parent)} -> {target}" for d in documents for target in relative_links(d)
+              if not (d.parent / target).exists()]
+    assert len(documents) > 1 and not broken, f"links to nothing: {broken}"

@@ -102,7 +102,7 @@ class DDESegConfig:
     # "trunk": as "identity", but the audio cross-attention keeps its init and acts from step 0.
     # "no_norm": as "random" without the LayerNorms (the fusion blocks alone change the trunk).
     # "random" stays the default by measurement: every other start costs the model 1.6-11.8 points
-    # of J&F on the default world, at two seeds (README, "How the fusion stages start"; read with
+    # of J&F on the default world, at two seeds (docs/findings.md, "How the fusion stages start"; read with
     # Lite0's stale BatchNorm statistics, before TrainConfig.bn_momentum)
     fusion_start: str = "random"
 

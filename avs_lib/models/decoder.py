@@ -6,7 +6,7 @@ the fused stride-4 map is upsampled to a stride-2 map of the backbone (Efficient
 block, before any fusion), the two are concatenated, mixed by a 1x1 conv and a depthwise 3x3 conv,
 and the logits are predicted there. At 96 px a stride-4 decoder cannot draw an outline finer than
 4 pixels: the truth itself, seen at stride 4, scores J&F 0.850 on the default world's ms3 test
-masks, and 0.936 at stride 2 (README, "The window"). The fine map is visual only: it places edges,
+masks, and 0.936 at stride 2 (docs/findings.md, "The window"). The fine map is visual only: it places edges,
 the fused maps say which objects sound."""
 from __future__ import annotations
 

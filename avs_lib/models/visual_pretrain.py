@@ -3,7 +3,7 @@
 The paper's visual encoders start from ImageNet, and with them recognising objects is nearly
 solved: the audio decides which of them to segment. EfficientNet-Lite0's ImageNet weights know
 photographs, not the world's 16 stamp classes, so with two epochs of AVS training the oracle ceiling
-stops near 0.61 J&F (README, "The window"): the model still learns what the objects are. This module
+stops near 0.61 J&F (docs/findings.md, "The window"): the model still learns what the objects are. This module
 gives the backbone the second half of a foundation, the way ``avs_lib.audio.pretrain`` gives the
 audio encoder its "AudioSet":
 
@@ -23,7 +23,7 @@ audio encoder its "AudioSet":
   ``switches.pretrained_backbone: world`` in a training config uses it (``resolve_backbone_weights``).
 
 Choice (not the paper's): the pretraining task is semantic segmentation of the world's classes, the
-visual counterpart of the audio encoder's multi-label objective. The README's "The window" shows
+visual counterpart of the audio encoder's multi-label objective. docs/findings.md's "The window" shows
 what it does to the ceiling, the floor and the model.
 """
 from __future__ import annotations

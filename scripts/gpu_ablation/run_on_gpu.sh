@@ -7,7 +7,7 @@
 # (figures/ablation/runs.tar.gz) are reused (FRESH_RUNS=1 trains every run again).
 # Usage: bash scripts/gpu_ablation/run_on_gpu.sh SECONDS PARALLEL
 # SWITCHES="switches.fusion_query=audio switches.decoder_stride=2" (space-separated key=value): settings
-# on top of the config for every run, e.g. the next test bed's (README, "A decoder at stride 2").
+# on top of the config for every run, e.g. the next test bed's (docs/findings.md, "A decoder at stride 2").
 set -uo pipefail
 limit=${1:-570}      # seconds this script may take in all
 parallel=${2:-12}    # runs trained at once
