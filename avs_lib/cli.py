@@ -221,14 +221,48 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    from avs_lib.training.predict import evaluate_model, load_trained
+    from avs_lib.training.predict import evaluate_model, load_trained, recompute_batchnorm_statistics
 
     # verified: an unusable file is one CheckpointError; a dataset that is not there, one DataError
     model, config, prepared = load_trained(args.checkpoint, data_root=args.data_root)
+    if args.recompute_bn:  # with the audio the model trained on (zeros for a floor), whatever this reading hears
+        seen = recompute_batchnorm_statistics(model, prepared.train, batches=args.recompute_bn,
+                                              zero_audio=config.zero_audio)
+        print(f"BatchNorm statistics recomputed over {seen} training frames", file=sys.stderr)
     config = replace(config, convention=args.convention, eval_batch_size=args.batch_size, zero_audio=args.zero_audio)
     frames = prepared.split(args.split)
     result = evaluate_model(model, frames, torch.device("cpu"), config)
     print(json.dumps(result, indent=1))
+    return 0
+
+
+def _cmd_reread_bn(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from avs_lib.core.files import read_json
+    from avs_lib.training.predict import REREAD_KEY, prepared_key, reread_run, run_config
+    from avs_lib.training.prepare import prepare
+
+    source, out = Path(args.runs), Path(args.out)
+    runs = [source] if (source / "best.pt").exists() else sorted(p.parent for p in source.glob("*/best.pt"))
+    if not runs:
+        print(f"avs reread-bn: error: no run (a folder with best.pt) in {source}", file=sys.stderr)
+        return 2
+    unfinished = [r for r in runs if not (r / "metrics.json").exists()]
+    runs = [r for r in runs if r not in unfinished]
+    target = (lambda run: out) if runs == [source] else (lambda run: out / run.name)
+    done = [r for r in runs if (target(r) / "metrics.json").exists()
+            and REREAD_KEY in read_json(target(r) / "metrics.json")]
+    by_data: dict = {}  # prepared once per data set (the seeds and settings of an ablation share one)
+    for run in tqdm([r for r in runs if r not in done], desc="re-reading runs", unit="run", disable=args.quiet):
+        config = run_config(run)
+        if prepared_key(config) not in by_data:
+            by_data[prepared_key(config)] = prepare(config, backbone=False)
+        metrics = reread_run(run, target(run), by_data[prepared_key(config)], batches=args.batches, seed=args.seed)
+        before, after = metrics[REREAD_KEY]["test_as_trained"]["JF"], metrics["test"]["JF"]
+        tqdm.write(f"{run.name}: test J&F {before:.4f} as trained, {after:.4f} with recomputed statistics")
+    print(f"{len(runs) - len(done)} runs re-read into {out}, {len(done)} already there"
+          + (f"; not finished, left out: {', '.join(r.name for r in unfinished)}" if unfinished else ""))
     return 0
 
 
@@ -492,7 +526,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--convention", choices=["per_frame", "avsbench", "dataset"], default="per_frame")
     e.add_argument("--batch-size", type=int, default=5, help="frames per batch (matters for the avsbench convention)")
     e.add_argument("--zero-audio", action="store_true", help="evaluate with the audio zeroed")
+    e.add_argument("--recompute-bn", type=int, default=0, metavar="BATCHES",
+                   help="first recompute the BatchNorm statistics for the weights over BATCHES batches of 16 training "
+                   "frames (for runs trained before bn_momentum; 100 is plenty)")
     e.set_defaults(func=_cmd_eval)
+
+    rb = sub.add_parser("reread-bn", help="read finished runs again with BatchNorm statistics recomputed for their "
+                        "weights (runs trained before bn_momentum), into a new folder")
+    rb.add_argument("runs", metavar="RUNS", help="a run folder (best.pt, metrics.json) or a folder of them (an avs "
+                    "ablation folder)")
+    rb.add_argument("--out", required=True, metavar="DIR", help="where the re-read runs go (one folder per run); "
+                    "the runs as trained are left as they are")
+    rb.add_argument("--batches", type=int, default=100, help="batches of 16 training frames to average over")
+    rb.add_argument("--seed", type=int, default=0, help="which training frames")
+    rb.add_argument("--quiet", action="store_true")
+    rb.set_defaults(func=_cmd_reread_bn)
 
     cp = sub.add_parser("compare", help="runs of avs train on the same frames, paired: each run's J&F and its "
                         "difference from the first, with 95 per cent intervals over clips")

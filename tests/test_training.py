@@ -140,6 +140,45 @@ def test_avs_compare_pairs_runs_on_the_same_frames(training_world, tmp_path, cap
     assert "typo does not exist" in capsys.readouterr().err
 
 
+def test_avs_reread_bn_reads_old_runs_again_and_keeps_them(training_world, tmp_path, capsys):
+    """A run trained with each layer's own BatchNorm momentum, read again into a new folder: every
+    weight as trained, new running statistics, the new reading in metrics.json beside the old one,
+    the run as trained untouched; the new checkpoint gives that reading under avs eval, and so does
+    avs eval --recompute-bn on the old one; a second call finds the run done."""
+    import hashlib
+
+    from avs_lib.training.checkpoints import read_checkpoint
+
+    run, out = tmp_path / "runs" / "old", tmp_path / "reread"
+    assert main(["train", f"data_root={training_world}", "layout=ms3", "image_size=64", "epochs=1", "batch_size=4",
+                 "encoder_epochs=1", "k=2", "m=2", f"out={run}", "progress=false", "bn_momentum=null",
+                 f"cache_dir={tmp_path / 'cache'}"]) == 0
+    digest = hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
+    assert main(["reread-bn", str(run.parent), "--out", str(out), "--batches", "3", "--quiet"]) == 0
+    old, new = json.loads((run / "metrics.json").read_text()), json.loads((out / "old" / "metrics.json").read_text())
+    assert new["batchnorm_recomputed"]["test_as_trained"] == old["test"] and 0 < new["batchnorm_recomputed"]["frames"] <= 3 * 16
+    assert new["test"]["JF"] != old["test"]["JF"] and new["history"] == old["history"]
+    assert (out / "old" / "config.json").read_text() == (run / "config.json").read_text()
+    assert hashlib.sha256((run / "best.pt").read_bytes()).hexdigest() == digest
+    before, after = read_checkpoint(run / "best.pt")["model"], read_checkpoint(out / "old" / "best.pt")["model"]
+    statistics = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert statistics and before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in statistics and not k.endswith("num_batches_tracked"))
+    assert not all(torch.equal(before[k], after[k]) for k in statistics)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "old" / "best.pt")]) == 0
+    assert json.loads(capsys.readouterr().out)["JF"] == pytest.approx(new["test"]["JF"], abs=1e-6)
+    assert main(["eval", "--checkpoint", str(run / "best.pt"), "--recompute-bn", "3"]) == 0
+    assert json.loads(capsys.readouterr().out)["JF"] == pytest.approx(new["test"]["JF"], abs=1e-6)
+    assert main(["reread-bn", str(run.parent), "--out", str(out), "--quiet"]) == 0
+    assert "0 runs re-read" in capsys.readouterr().out
+    assert main(["reread-bn", str(tmp_path / "cache"), "--out", str(out)]) == 2
+    with pytest.raises(ValueError, match="overwrite"):
+        from avs_lib.training.predict import reread_run
+
+        reread_run(run, run)
+
+
 def test_paired_table_needs_the_same_frames_and_pairs_them():
     from avs_lib.analysis.compare import RunScores, paired_table
     from avs_lib.core.errors import DataError

@@ -1,8 +1,10 @@
-"""Inference: a model built for a prepared run (``make_model``), its logits and metrics on a frame set, a trained model loaded from its checkpoint (``load_trained``), and its BatchNorm statistics recomputed for its weights (``recompute_batchnorm_statistics``).
+"""Inference: a model built for a prepared run (``make_model``), its logits and metrics on a frame set, a trained model loaded from its checkpoint (``load_trained``), and its BatchNorm statistics recomputed for its weights (``recompute_batchnorm_statistics``; a finished run re-read so, ``reread_run``).
 """
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -10,13 +12,14 @@ import torch
 from avs_lib.analysis.metrics import evaluate
 from avs_lib.core.config import TrainConfig, config_from_dict
 from avs_lib.core.errors import DataError
+from avs_lib.core.files import atomic_write_text, read_json
 from avs_lib.core.paths import workbench_path
 from avs_lib.data.frames import FrameSet
 from avs_lib.data.transforms import normalise_images
 from avs_lib.models import build_model
 from avs_lib.models.hooks import run_with_cache
 from avs_lib.models.visual_pretrain import WORLD_WEIGHTS
-from avs_lib.training.checkpoints import load_model_state, read_checkpoint
+from avs_lib.training.checkpoints import load_model_state, read_checkpoint, save_checkpoint
 from avs_lib.training.prepare import Prepared, prepare
 from avs_lib.training.runs import IDENTITY_DEFAULTS
 
@@ -65,10 +68,14 @@ def recompute_batchnorm_statistics(model: torch.nn.Module, frames: FrameSet, bat
     device = next(model.parameters()).device
     order = torch.randperm(len(frames.images), generator=torch.Generator().manual_seed(seed))[:batches * batch_size]
     try:
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
-            audio = frames.audio[index].to(device)
-            model(normalise_images(frames.images[index].to(device)), torch.zeros_like(audio) if zero_audio else audio)
+        # train mode draws from the global generator where a layer is random (the decoder's dropout): seeded,
+        # and the caller's generator left as it was
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for start in range(0, len(order), batch_size):
+                index = order[start:start + batch_size]
+                audio = frames.audio[index].to(device)
+                model(normalise_images(frames.images[index].to(device)), torch.zeros_like(audio) if zero_audio else audio)
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
@@ -132,3 +139,56 @@ def load_trained(checkpoint: str | Path, prepared: Prepared | None = None, devic
     model = make_model(config, prepared, pretrained=False)
     load_model_state(model, state["model"], checkpoint, state["config"])
     return model.to(device).eval(), config, prepared
+
+
+# ----------------------------------------------------------------------------- re-reading a finished run
+REREAD_KEY = "batchnorm_recomputed"  # metrics.json of a re-read run: how, from where, and what it read before
+PREPARE_FIELDS = ("data_root", "cache_dir", "layout", "image_size", "audio_encoder", "audio_dim", "encoder_epochs",
+                  "k", "m", "memory_root", "memory_file", "visual_pretrain_steps", "loader", "switches")
+
+
+def run_config(run_dir: str | Path) -> TrainConfig:
+    """The config of a run folder (its ``config.json``), read as ``load_trained`` reads a checkpoint's: keys
+    the run predates take the value that computed what it did (``IDENTITY_DEFAULTS``)."""
+    path = Path(run_dir) / "config.json"
+    return config_from_dict({**IDENTITY_DEFAULTS, **read_json(path, "a run's config")}, str(path))
+
+
+def prepared_key(config: TrainConfig) -> str:
+    """The settings ``prepare`` reads (``PREPARE_FIELDS``): runs that agree on them share one prepared
+    data set (the seeds and the ablation settings of an ``avs ablation`` folder do)."""
+    return json.dumps({name: getattr(config, name) for name in PREPARE_FIELDS}, sort_keys=True, default=str)
+
+
+def reread_run(run_dir: str | Path, out_dir: str | Path, prepared: Prepared | None = None, batches: int = 100,
+               seed: int = 0, device: str = "cpu") -> dict:
+    """A finished run (``best.pt`` and ``metrics.json`` of ``avs train`` or ``avs ablation``) read again
+    with BatchNorm statistics recomputed for its best weights (``recompute_batchnorm_statistics`` over
+    ``batches`` batches of its training frames; zero audio for a floor) into ``out_dir``: ``best.pt``
+    with those statistics (every weight as trained), ``metrics.json`` whose ``test`` is the new reading
+    (the old one kept under ``batchnorm_recomputed.test_as_trained``), and the run's ``config.json``
+    and ``log.jsonl``. For runs trained before ``bn_momentum`` (EfficientNet-Lite0's momentum 0.01 left
+    their statistics about a hundred steps behind the weights). The weights are those the run chose
+    by its validations, which read the stale statistics; ``avs ablation`` over ``out_dir``'s parent with
+    the runs' settings reports on the re-read runs. Returns the new metrics."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if run_dir.resolve() == out_dir.resolve():
+        raise ValueError(f"reread_run would overwrite {run_dir}: give another out_dir, so that the run as trained is kept")
+    metrics = read_json(run_dir / "metrics.json", "metrics of a finished run")
+    if "test" not in metrics:
+        raise DataError(f"{run_dir / 'metrics.json'} has no test result: the run did not finish")
+    state = read_checkpoint(run_dir / "best.pt", map_location=device)
+    model, config, prepared = load_trained(run_dir / "best.pt", prepared, device=device, state=state)
+    frames_seen = recompute_batchnorm_statistics(model, prepared.train, batches=batches, seed=seed,
+                                                 zero_audio=config.zero_audio)
+    test = evaluate_model(model, prepared.test, torch.device(device), config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "log.jsonl"):
+        if (run_dir / name).exists():
+            shutil.copyfile(run_dir / name, out_dir / name)
+    save_checkpoint(dict(state, model={k: v.cpu() for k, v in model.state_dict().items()}), out_dir / "best.pt")
+    record = {"from": str(run_dir), "frames": frames_seen, "batches": batches, "seed": seed,
+              "test_as_trained": metrics["test"]}
+    reread = {**metrics, "test": test, REREAD_KEY: record}
+    atomic_write_text(out_dir / "metrics.json", json.dumps(reread, indent=1) + "\n")  # last: it marks the run done
+    return reread
