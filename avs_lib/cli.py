@@ -215,6 +215,17 @@ def _where_training_stands(config, args: argparse.Namespace) -> str:
             .replace("  ", " "))
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is below 1")
+    return value
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
     from dataclasses import replace
@@ -225,7 +236,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     # verified: an unusable file is one CheckpointError; a dataset that is not there, one DataError
     model, config, prepared = load_trained(args.checkpoint, data_root=args.data_root)
-    if args.recompute_bn:  # with the audio the model trained on (zeros for a floor), whatever this reading hears
+    if args.recompute_bn is not None:  # with the audio the model trained on (zeros for a floor), whatever this reading hears
         seen = recompute_batchnorm_statistics(model, prepared.train, batches=args.recompute_bn,
                                               zero_audio=config.zero_audio)
         print(f"BatchNorm statistics recomputed over {seen} training frames", file=sys.stderr)
@@ -239,30 +250,54 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_reread_bn(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from avs_lib.core.errors import CheckpointError, DataError
     from avs_lib.core.files import read_json
     from avs_lib.training.predict import REREAD_KEY, prepared_key, reread_run, run_config
     from avs_lib.training.prepare import prepare
 
     source, out = Path(args.runs), Path(args.out)
-    runs = [source] if (source / "best.pt").exists() else sorted(p.parent for p in source.glob("*/best.pt"))
+    single = (source / "best.pt").exists()
+    runs = [source] if single else sorted(p.parent for p in source.glob("*/best.pt"))
     if not runs:
         print(f"avs reread-bn: error: no run (a folder with best.pt) in {source}", file=sys.stderr)
         return 2
     unfinished = [r for r in runs if not (r / "metrics.json").exists()]
+    if single and unfinished:
+        print(f"avs reread-bn: error: {source} has no metrics.json: the run did not finish", file=sys.stderr)
+        return 2
     runs = [r for r in runs if r not in unfinished]
-    target = (lambda run: out) if runs == [source] else (lambda run: out / run.name)
-    done = [r for r in runs if (target(r) / "metrics.json").exists()
-            and REREAD_KEY in read_json(target(r) / "metrics.json")]
-    by_data: dict = {}  # prepared once per data set (the seeds and settings of an ablation share one)
-    for run in tqdm([r for r in runs if r not in done], desc="re-reading runs", unit="run", disable=args.quiet):
-        config = run_config(run)
-        if prepared_key(config) not in by_data:
-            by_data[prepared_key(config)] = prepare(config, backbone=False)
-        metrics = reread_run(run, target(run), by_data[prepared_key(config)], batches=args.batches, seed=args.seed)
-        before, after = metrics[REREAD_KEY]["test_as_trained"]["JF"], metrics["test"]["JF"]
-        tqdm.write(f"{run.name}: test J&F {before:.4f} as trained, {after:.4f} with recomputed statistics")
-    print(f"{len(runs) - len(done)} runs re-read into {out}, {len(done)} already there"
+
+    def done(run: Path) -> bool:  # re-read from this very run already (another run's reading is refused below)
+        path = out / run.name / "metrics.json"
+        record = read_json(path).get(REREAD_KEY) if path.exists() else None
+        if record and Path(record["from"]) != run.resolve():
+            raise DataError(f"{path} was read from {record['from']}, not {run.resolve()}: choose another --out")
+        return bool(record)
+
+    try:
+        todo = [r for r in runs if not done(r)]
+    except DataError as error:
+        print(f"avs reread-bn: error: {error}", file=sys.stderr)
+        return 2
+    by_data: dict = {}  # prepared once per data set: an ablation's seeds and settings share one, its ceiling another
+    failed = []
+    for run in tqdm(todo, desc="re-reading runs", unit="run", disable=args.quiet):
+        try:
+            config = run_config(run)
+            if prepared_key(config) not in by_data:
+                by_data[prepared_key(config)] = prepare(config, backbone=False)
+            metrics = reread_run(run, out / run.name, by_data[prepared_key(config)], batches=args.batches, seed=args.seed)
+        except (CheckpointError, DataError) as error:  # one damaged run does not stop the others
+            failed.append(f"{run.name}: {error}")
+            continue
+        record = metrics[REREAD_KEY]
+        tqdm.write(f"{run.name}: test J&F {record['test_stale_here']['JF']:.4f} with its statistics as trained, "
+                   f"{metrics['test']['JF']:.4f} recomputed ({record['test_as_trained']['JF']:.4f} where it trained)")
+    print(f"{len(todo) - len(failed)} runs re-read into {out}, {len(runs) - len(todo)} already there"
           + (f"; not finished, left out: {', '.join(r.name for r in unfinished)}" if unfinished else ""))
+    if failed:
+        print(f"avs reread-bn: {len(failed)} run(s) could not be read: " + "; ".join(failed), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -526,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--convention", choices=["per_frame", "avsbench", "dataset"], default="per_frame")
     e.add_argument("--batch-size", type=int, default=5, help="frames per batch (matters for the avsbench convention)")
     e.add_argument("--zero-audio", action="store_true", help="evaluate with the audio zeroed")
-    e.add_argument("--recompute-bn", type=int, default=0, metavar="BATCHES",
+    e.add_argument("--recompute-bn", type=_at_least_one, default=None, metavar="BATCHES",
                    help="first recompute the BatchNorm statistics for the weights over BATCHES batches of 16 training "
                    "frames (for runs trained before bn_momentum; 100 is plenty)")
     e.set_defaults(func=_cmd_eval)
@@ -535,9 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "weights (runs trained before bn_momentum), into a new folder")
     rb.add_argument("runs", metavar="RUNS", help="a run folder (best.pt, metrics.json) or a folder of them (an avs "
                     "ablation folder)")
-    rb.add_argument("--out", required=True, metavar="DIR", help="where the re-read runs go (one folder per run); "
-                    "the runs as trained are left as they are")
-    rb.add_argument("--batches", type=int, default=100, help="batches of 16 training frames to average over")
+    rb.add_argument("--out", required=True, metavar="DIR", help="where the re-read runs go (DIR/<run name>, one "
+                    "folder per run); the runs as trained are left as they are")
+    rb.add_argument("--batches", type=_at_least_one, default=100, help="batches of 16 training frames to average over")
     rb.add_argument("--seed", type=int, default=0, help="which training frames")
     rb.add_argument("--quiet", action="store_true")
     rb.set_defaults(func=_cmd_reread_bn)

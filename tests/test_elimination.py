@@ -438,6 +438,16 @@ def test_run_ablation_writes_every_row_with_intervals(notebook_world, tmp_path):
     assert set(separation) == {"full", "full (released)", CAPACITY, POINTING} and len(separation["full"]) == 2
     assert all(0 <= r[kind]["within_frame"] and 0 < r[kind]["between_frames"] for runs in separation.values()
                for r in runs for kind in ("derived", "enhanced"))
+    assert "Read again" not in text and analyses["batchnorm_recomputed"] == []
+    # a run read again by avs reread-bn (its first reading kept in metrics.json) is named in the report
+    metrics_path = tmp_path / "runs" / "full_seed1" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics_path.write_text(json.dumps({**metrics, "batchnorm_recomputed": {"test_as_trained": metrics["test"]}}))
+    run_ablation(tmp_path / "runs", config, seeds=(0, 1), table4_seeds=(0,), settings=["full", "full (released)", CAPACITY,
+                                                                                   POINTING],
+                 report_dir=tmp_path / "report", progress=False)
+    assert "**Read again**: 1 of the " in (tmp_path / "report" / "ablation.md").read_text()
+    assert json.loads((tmp_path / "report" / "analyses.json").read_text())["batchnorm_recomputed"] == ["full seed 1"]
     assert "How far apart a frame's derived tokens are" in text and "| full | 2 | enhanced |" in text
 
 

@@ -142,9 +142,10 @@ def test_avs_compare_pairs_runs_on_the_same_frames(training_world, tmp_path, cap
 
 def test_avs_reread_bn_reads_old_runs_again_and_keeps_them(training_world, tmp_path, capsys):
     """A run trained with each layer's own BatchNorm momentum, read again into a new folder: every
-    weight as trained, new running statistics, the new reading in metrics.json beside the old one,
+    weight as trained, new running statistics, the new reading in metrics.json beside the old ones,
     the run as trained untouched; the new checkpoint gives that reading under avs eval, and so does
-    avs eval --recompute-bn on the old one; a second call finds the run done."""
+    avs eval --recompute-bn on the old one; a second call finds the run done; a run already read
+    again, another run's folder under --out and zero batches are refused."""
     import hashlib
 
     from avs_lib.training.checkpoints import read_checkpoint
@@ -156,11 +157,16 @@ def test_avs_reread_bn_reads_old_runs_again_and_keeps_them(training_world, tmp_p
     digest = hashlib.sha256((run / "best.pt").read_bytes()).hexdigest()
     assert main(["reread-bn", str(run.parent), "--out", str(out), "--batches", "3", "--quiet"]) == 0
     old, new = json.loads((run / "metrics.json").read_text()), json.loads((out / "old" / "metrics.json").read_text())
-    assert new["batchnorm_recomputed"]["test_as_trained"] == old["test"] and 0 < new["batchnorm_recomputed"]["frames"] <= 3 * 16
+    record = new["batchnorm_recomputed"]
+    assert record["test_as_trained"] == old["test"] and 0 < record["frames"] <= 3 * 16
+    # trained and re-read on this CPU: the stale statistics read here as they read at the end of training
+    assert record["test_stale_here"]["JF"] == pytest.approx(old["test"]["JF"], abs=1e-6)
     assert new["test"]["JF"] != old["test"]["JF"] and new["history"] == old["history"]
     assert (out / "old" / "config.json").read_text() == (run / "config.json").read_text()
     assert hashlib.sha256((run / "best.pt").read_bytes()).hexdigest() == digest
-    before, after = read_checkpoint(run / "best.pt")["model"], read_checkpoint(out / "old" / "best.pt")["model"]
+    before, after = read_checkpoint(run / "best.pt"), read_checkpoint(out / "old" / "best.pt")
+    assert after["batchnorm_recomputed"] == record
+    before, after = before["model"], after["model"]
     statistics = [k for k in before if k.endswith(("running_mean", "running_var"))]
     assert statistics and before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before if k not in statistics and not k.endswith("num_batches_tracked"))
@@ -170,13 +176,39 @@ def test_avs_reread_bn_reads_old_runs_again_and_keeps_them(training_world, tmp_p
     assert json.loads(capsys.readouterr().out)["JF"] == pytest.approx(new["test"]["JF"], abs=1e-6)
     assert main(["eval", "--checkpoint", str(run / "best.pt"), "--recompute-bn", "3"]) == 0
     assert json.loads(capsys.readouterr().out)["JF"] == pytest.approx(new["test"]["JF"], abs=1e-6)
-    assert main(["reread-bn", str(run.parent), "--out", str(out), "--quiet"]) == 0
+    assert main(["reread-bn", str(run), "--out", str(out), "--quiet"]) == 0  # one run: out/<its name>, done already
     assert "0 runs re-read" in capsys.readouterr().out
+    assert main(["reread-bn", str(out / "old"), "--out", str(tmp_path / "again"), "--quiet"]) == 1
+    assert "read again already" in capsys.readouterr().err
+    (tmp_path / "other" / "old").mkdir(parents=True)
+    for name in ("best.pt", "metrics.json", "config.json"):
+        (tmp_path / "other" / "old" / name).write_bytes((run / name).read_bytes())
+    assert main(["reread-bn", str(tmp_path / "other"), "--out", str(out)]) == 2
+    assert "choose another --out" in capsys.readouterr().err
     assert main(["reread-bn", str(tmp_path / "cache"), "--out", str(out)]) == 2
-    with pytest.raises(ValueError, match="overwrite"):
-        from avs_lib.training.predict import reread_run
+    with pytest.raises(SystemExit):
+        main(["reread-bn", str(run), "--out", str(tmp_path / "zero"), "--batches", "0"])
+    from avs_lib.training.predict import reread_run
 
+    with pytest.raises(ValueError, match="overwrite"):
         reread_run(run, run)
+
+
+def test_prepare_key_names_every_setting_prepare_reads():
+    """The runs that ``avs reread-bn`` prepares data for once share every setting that
+    ``prepare(config, backbone=False)`` reads: the fields named in its source and in what it calls
+    with the config, but for those that choose the pretrained backbone (which a checkpoint replaces)."""
+    import inspect
+    import re
+
+    from avs_lib.data.loader import split_frames
+    from avs_lib.memory.io import load_memory_file
+    from avs_lib.training.predict import PREPARE_FIELDS
+    from avs_lib.training.prepare import prepare
+
+    source = "".join(inspect.getsource(f) for f in (prepare, split_frames, load_memory_file))
+    read = set(re.findall(r"config\.([a-z_]+)", source)) | set(re.findall(r"getattr\(config, \"([a-z_]+)\"", source))
+    assert read - {"switches", "visual_pretrain_steps"} == set(PREPARE_FIELDS)
 
 
 def test_paired_table_needs_the_same_frames_and_pairs_them():

@@ -7,7 +7,7 @@ fresh clone's ``make run`` on a CPU with AVX2 only differed from it in 106 of it
 (about 1-2 J&F points) with the same code. Capping every library at AVX2 makes an AVX512 machine
 run the kernels an AVX2 machine runs: with the caps (numba not yet among them), a fresh clone's
 ``make run`` on an AMD EPYC with AVX512 gave every number of the run made on an AMD EPYC with AVX2
-only, and every PNG figure byte for byte (README, "Two commands";
+only, and every PNG figure byte for byte (docs/reproducibility.md;
 ``benchmarks/kernel_fingerprint.py`` checks the kernels in 30 s).
 
 Each library reads its own environment variable, once, when it first needs it (NumPy when it is

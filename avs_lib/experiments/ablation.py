@@ -40,7 +40,7 @@ from avs_lib.models.avsac import avsac_switches
 from avs_lib.models.ddeseg import FIRST_READING
 from avs_lib.models.hooks import run_with_cache
 from avs_lib.training.loop import resolve_device, train
-from avs_lib.training.predict import evaluate_model, load_trained, uses_bf16
+from avs_lib.training.predict import REREAD_KEY, evaluate_model, load_trained, uses_bf16
 from avs_lib.training.prepare import prepare
 from avs_lib.training.runs import run_state
 from avs_lib.viz.plots import _pyplot
@@ -416,9 +416,11 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
                                             progress)
     finished = [(s, seed) for s, seed in jobs if (out / run_dir_name(s, seed) / "metrics.json").exists()]
     not_run = [job for job in jobs if job not in finished]
-    rows, seconds, trained_on = [], {}, {}
+    rows, seconds, trained_on, reread = [], {}, {}, []
     for setting, seed in finished:
         metrics = read_json(out / run_dir_name(setting, seed) / "metrics.json")
+        if REREAD_KEY in metrics:  # read again with fresh BatchNorm statistics (avs reread-bn)
+            reread.append(f"{setting} seed {seed}")
         rows.append({"setting": setting, "seed": seed, **{k: metrics["test"][k] for k in METRICS}})
         # runs reused from another machine keep their own device (runs before metrics recorded it: their config's)
         trained_on[f"{setting} seed {seed}"] = metrics.get("device") or metrics["config"]["device"]
@@ -450,7 +452,7 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
                 "seeds": list(seeds), "table4_seeds": list(table4_seeds), "parallel": parallel,
                 "workers_shared_data": shared,
                 "device": str(device), "trained_on": trained_on, "not_run": [list(job) for job in not_run],
-                "failed": [list(f) for f in failed]}
+                "failed": [list(f) for f in failed], "batchnorm_recomputed": reread}
     table.to_csv(report_dir / "ablation.csv", index=False)
     intervals.to_csv(report_dir / "intervals.csv", index=False)
     (report_dir / "analyses.json").write_text(json.dumps(analyses, indent=1))
@@ -482,7 +484,16 @@ def run_ablation(out: str | Path, base_config, seeds=(0, 1, 2, 3, 4), table4_see
             f"{len(prepared.train)} training frames, trained on {devices_text(trained_on)}"
             f"{f' (bf16 autocast on {autocast_on})' if autocast_on else ''}"
             f"{f' ({parallel} runs at once in this call)' if parallel > 1 else ''}. 95 % intervals are Student-t intervals of the mean over seeds; "
-            "Δ is the paired difference against the baseline trained with the same seed.", "", *window,
+            "Δ is the paired difference against the baseline trained with the same seed.", "",
+            *([f"**Read again**: {'all' if len(reread) == len(finished) else len(reread)} of the {len(finished)} runs "
+               "were read with BatchNorm statistics recomputed for their trained weights (`avs reread-bn`; each "
+               "run's metrics.json keeps its first reading under `batchnorm_recomputed`): their J&F and analyses "
+               "use those statistics."
+               + ("" if len(reread) == len(finished) else " Not read again: "
+                  + ", ".join(f"{s} seed {seed}" for s, seed in finished if f"{s} seed {seed}" not in reread)
+                  + "; a paired difference between a run read again and one that was not mixes the two readings.")
+               , ""] if reread else []),
+            *window,
             f"## Table 3 (seeds {list(seeds)})", "", interval_markdown(table3), "",
             *interval_section(f"## Table 4, elimination schemes (seeds {list(table4_seeds)}; 'none' is "
                               "+enhancement, 'GS+CA+FC+sigmoid' is full)", None, table4,

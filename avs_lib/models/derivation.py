@@ -24,7 +24,7 @@ Where the paper is ambiguous (also in the README's notes):
 
 Not a reading of the paper but a what-if for the look inside (``anchor``): Eq. 8 starts every token
 from the frame's own feature F_a, so the K tokens of a frame share that vector and differ only by
-their bounded compensations (``avs_lib.analysis.inspect.token_separation``'s ``cosine``; the
+their bounded compensations (``avs_lib.analysis.inspect.token_separation``'s ``cosine``;
 docs/findings.md's "The window" gives it for the oracle ceiling: 0.9998). ``anchor="centre"`` starts token i from its class centre c_{u_i}
 instead, a_i = c_{u_i} + delta_i (the compensation still reads F_a, Eq. 7), so each token carries
 its own class. The default, ``"audio"``, is Eq. 8 as printed.

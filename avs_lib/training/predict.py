@@ -59,6 +59,9 @@ def recompute_batchnorm_statistics(model: torch.nn.Module, frames: FrameSet, bat
     trained with is zeros (the floor), so it hears zeros here too. Layers that the model keeps in
     eval mode while training (``switches.frozen_stages``) keep their statistics. Each layer's
     momentum is restored; the model is left in eval mode. Returns the number of frames seen."""
+    if batches < 1 or batch_size < 1 or len(frames.images) == 0:
+        raise ValueError(f"recomputing BatchNorm statistics needs frames and batches >= 1, batch_size >= 1 "
+                         f"(got {len(frames.images)} frames, batches={batches}, batch_size={batch_size})")
     model.train()  # first, so that a model's own train() decides which layers train
     layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
     momenta = [layer.momentum for layer in layers]
@@ -143,8 +146,10 @@ def load_trained(checkpoint: str | Path, prepared: Prepared | None = None, devic
 
 # ----------------------------------------------------------------------------- re-reading a finished run
 REREAD_KEY = "batchnorm_recomputed"  # metrics.json of a re-read run: how, from where, and what it read before
+# the settings ``prepare(config, backbone=False)`` reads (switches and visual_pretrain_steps choose the
+# pretrained backbone only, which a checkpoint replaces); tests/test_training.py checks the list
 PREPARE_FIELDS = ("data_root", "cache_dir", "layout", "image_size", "audio_encoder", "audio_dim", "encoder_epochs",
-                  "k", "m", "memory_root", "memory_file", "visual_pretrain_steps", "loader", "switches")
+                  "k", "m", "memory_root", "memory_file", "loader")
 
 
 def run_config(run_dir: str | Path) -> TrainConfig:
@@ -155,8 +160,9 @@ def run_config(run_dir: str | Path) -> TrainConfig:
 
 
 def prepared_key(config: TrainConfig) -> str:
-    """The settings ``prepare`` reads (``PREPARE_FIELDS``): runs that agree on them share one prepared
-    data set (the seeds and the ablation settings of an ``avs ablation`` folder do)."""
+    """The settings ``prepare(config, backbone=False)`` reads (``PREPARE_FIELDS``): runs that agree on them
+    share one prepared data set (the seeds and settings of an ``avs ablation`` folder do, but for the
+    ceiling's oracle input)."""
     return json.dumps({name: getattr(config, name) for name in PREPARE_FIELDS}, sort_keys=True, default=str)
 
 
@@ -165,30 +171,38 @@ def reread_run(run_dir: str | Path, out_dir: str | Path, prepared: Prepared | No
     """A finished run (``best.pt`` and ``metrics.json`` of ``avs train`` or ``avs ablation``) read again
     with BatchNorm statistics recomputed for its best weights (``recompute_batchnorm_statistics`` over
     ``batches`` batches of its training frames; zero audio for a floor) into ``out_dir``: ``best.pt``
-    with those statistics (every weight as trained), ``metrics.json`` whose ``test`` is the new reading
-    (the old one kept under ``batchnorm_recomputed.test_as_trained``), and the run's ``config.json``
-    and ``log.jsonl``. For runs trained before ``bn_momentum`` (EfficientNet-Lite0's momentum 0.01 left
-    their statistics about a hundred steps behind the weights). The weights are those the run chose
-    by its validations, which read the stale statistics; ``avs ablation`` over ``out_dir``'s parent with
-    the runs' settings reports on the re-read runs. Returns the new metrics."""
+    with those statistics (every weight as trained), ``metrics.json`` whose ``test`` is the new reading,
+    and the run's ``config.json`` and ``log.jsonl``. The record under ``batchnorm_recomputed`` (in
+    ``metrics.json`` and in the checkpoint) keeps the run's first reading (``test_as_trained``, taken
+    where it trained, perhaps a GPU under bf16) and the stale statistics' reading on this device
+    (``test_stale_here``): the difference between the latter and ``test`` is what the statistics
+    alone moved. For runs trained before ``bn_momentum`` (EfficientNet-Lite0's momentum 0.01 left their
+    statistics about a hundred steps behind the weights). The weights are those the run chose by its
+    validations, which read the stale statistics; ``avs ablation`` over ``out_dir``'s parent with the
+    runs' settings reports on the re-read runs. Returns the new metrics."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if run_dir.resolve() == out_dir.resolve():
         raise ValueError(f"reread_run would overwrite {run_dir}: give another out_dir, so that the run as trained is kept")
     metrics = read_json(run_dir / "metrics.json", "metrics of a finished run")
     if "test" not in metrics:
         raise DataError(f"{run_dir / 'metrics.json'} has no test result: the run did not finish")
+    if REREAD_KEY in metrics:
+        raise DataError(f"{run_dir} was read again already (from {metrics[REREAD_KEY].get('from')}): re-read the "
+                        "run as trained, whose first reading that one keeps")
     state = read_checkpoint(run_dir / "best.pt", map_location=device)
     model, config, prepared = load_trained(run_dir / "best.pt", prepared, device=device, state=state)
+    stale_here = evaluate_model(model, prepared.test, torch.device(device), config)
     frames_seen = recompute_batchnorm_statistics(model, prepared.train, batches=batches, seed=seed,
                                                  zero_audio=config.zero_audio)
     test = evaluate_model(model, prepared.test, torch.device(device), config)
+    record = {"from": str(run_dir.resolve()), "frames": frames_seen, "batches": batches, "seed": seed,
+              "device": str(device), "test_as_trained": metrics["test"], "test_stale_here": stale_here}
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "log.jsonl"):
         if (run_dir / name).exists():
             shutil.copyfile(run_dir / name, out_dir / name)
-    save_checkpoint(dict(state, model={k: v.cpu() for k, v in model.state_dict().items()}), out_dir / "best.pt")
-    record = {"from": str(run_dir), "frames": frames_seen, "batches": batches, "seed": seed,
-              "test_as_trained": metrics["test"]}
+    save_checkpoint(dict(state, model={k: v.cpu() for k, v in model.state_dict().items()}, **{REREAD_KEY: record}),
+                    out_dir / "best.pt")
     reread = {**metrics, "test": test, REREAD_KEY: record}
     atomic_write_text(out_dir / "metrics.json", json.dumps(reread, indent=1) + "\n")  # last: it marks the run done
     return reread
