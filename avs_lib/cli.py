@@ -284,9 +284,10 @@ def _cmd_reread_bn(args: argparse.Namespace) -> int:
     for run in tqdm(todo, desc="re-reading runs", unit="run", disable=args.quiet):
         try:
             config = run_config(run)
-            if prepared_key(config) not in by_data:
-                by_data[prepared_key(config)] = prepare(config, backbone=False)
-            metrics = reread_run(run, out / run.name, by_data[prepared_key(config)], batches=args.batches, seed=args.seed)
+            key = prepared_key(config)
+            if key not in by_data:
+                by_data[key] = prepare(config, backbone=False)
+            metrics = reread_run(run, out / run.name, by_data[key], batches=args.batches, seed=args.seed)
         except (CheckpointError, DataError) as error:  # one damaged run does not stop the others
             failed.append(f"{run.name}: {error}")
             continue

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from avs_lib.analysis.metrics import evaluate
-from avs_lib.core.config import TrainConfig, config_from_dict
+from avs_lib.core.config import TrainConfig
 from avs_lib.core.errors import DataError
 from avs_lib.core.files import atomic_write_text, read_json
 from avs_lib.core.paths import workbench_path
@@ -21,7 +21,7 @@ from avs_lib.models.hooks import run_with_cache
 from avs_lib.models.visual_pretrain import WORLD_WEIGHTS
 from avs_lib.training.checkpoints import load_model_state, read_checkpoint, save_checkpoint
 from avs_lib.training.prepare import Prepared, prepare
-from avs_lib.training.runs import IDENTITY_DEFAULTS
+from avs_lib.training.runs import recorded_config
 
 
 def uses_bf16(device: torch.device, enabled: bool, cpu: bool = False) -> bool:
@@ -124,10 +124,9 @@ def load_trained(checkpoint: str | Path, prepared: Prepared | None = None, devic
 
 
     state = state if state is not None else read_checkpoint(checkpoint)
-    # a checkpoint older than a key computed what the key's IDENTITY_DEFAULTS value computes (an old
-    # one trained with each layer's own BatchNorm momentum, not today's 0.1): a run continued from its
-    # config (notebook 05's rows beside a given checkpoint) must do the same
-    config = config_from_dict({**IDENTITY_DEFAULTS, **state["config"]}, f"the config inside checkpoint {checkpoint}")
+    # a checkpoint older than bn_momentum trained with each layer's own momentum, not today's 0.1: a run
+    # continued from its config (notebook 05's rows beside a given checkpoint) must do the same
+    config = recorded_config(state["config"], f"the config inside checkpoint {checkpoint}")
     if data_root is not None:
         config = replace(config, data_root=str(data_root))
     if prepared is None and data_root is not None and not workbench_path(data_root).is_dir():
@@ -153,10 +152,10 @@ PREPARE_FIELDS = ("data_root", "cache_dir", "layout", "image_size", "audio_encod
 
 
 def run_config(run_dir: str | Path) -> TrainConfig:
-    """The config of a run folder (its ``config.json``), read as ``load_trained`` reads a checkpoint's: keys
-    the run predates take the value that computed what it did (``IDENTITY_DEFAULTS``)."""
+    """The config of a run folder (its ``config.json``), read as ``load_trained`` reads a checkpoint's
+    (``recorded_config``)."""
     path = Path(run_dir) / "config.json"
-    return config_from_dict({**IDENTITY_DEFAULTS, **read_json(path, "a run's config")}, str(path))
+    return recorded_config(read_json(path, "a run's config"), str(path))
 
 
 def prepared_key(config: TrainConfig) -> str:

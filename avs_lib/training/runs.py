@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from avs_lib.core.cache import data_identity
-from avs_lib.core.config import TrainConfig, model_config_class
+from avs_lib.core.config import TrainConfig, config_from_dict, model_config_class
 from avs_lib.core.files import atomic_write_text, read_json
 from avs_lib.core.paths import workbench_path
 from avs_lib.models.visual_pretrain import VISUAL_PRETRAIN_VERSION, WORLD_WEIGHTS
@@ -77,6 +77,13 @@ RUN_IDENTITY_EXCLUDES = ("out", "resume", "progress", "threads", "device", "stop
 # every earlier run used), not its default 0.1, so earlier runs count as other runs than today's default.
 IDENTITY_DEFAULTS = {"loader": "auto", "augment": "flip", "train_clips": "files", "attention_supervision": 0.0,
                      "visual_pretrain_steps": 600, "bn_momentum": None}
+
+
+def recorded_config(values: dict, where: str) -> TrainConfig:
+    """A config as a run recorded it (its ``config.json``, or the one inside a checkpoint): keys the
+    run predates take the value that computed what it did (``IDENTITY_DEFAULTS``), so that the run
+    rebuilt or continued from it computes the same. ``where`` names the record in errors."""
+    return config_from_dict({**IDENTITY_DEFAULTS, **values}, where)
 
 
 # Paths compared as the folders they name (relative ones are read from the repository root, as
