@@ -55,6 +55,8 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
         if args.model != "avsac":  # AVSAC has the backbone switches, not DDESeg's frozen stages
             switches["frozen_stages"] = args.frozen_stages
             switches["decoder_stride"] = args.decoder_stride
+            if args.decoder_stride == 2:
+                switches.update(decoder_refine_dim=args.refine_dim, decoder_refine_blocks=args.refine_blocks)
     if args.model != "avsac":
         switches["memory_classes"] = 71 if args.size == "b5" else 16
     if args.num_classes > 1:
@@ -117,6 +119,7 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
               "channels_last": channels_last, "compile": compile_model and args.compile_mode,
               **({"frozen_stages": switches["frozen_stages"]} if "frozen_stages" in switches else {}),
               **({"decoder_stride": switches["decoder_stride"]} if "decoder_stride" in switches else {}),
+              **({k: switches[k] for k in ("decoder_refine_dim", "decoder_refine_blocks") if k in switches}),
               "parameters_trainable": count_parameters(model)["total"],
               "train_frames_per_second": round(train_fps, 2), "eval_frames_per_second": round(eval_fps, 2),
               "first_step_seconds": round(first_step, 2), "threads": torch.get_num_threads(),
@@ -268,6 +271,9 @@ def main():
                         help="torch.compile's mode: reduce-overhead replays CUDA graphs (launch-bound small models)")
     parser.add_argument("--decoder-stride", type=int, default=4, choices=(2, 4),
                         help="EfficientNet-Lite0 DDESeg: 2 adds the stride-2 refinement (the switch decoder_stride)")
+    parser.add_argument("--refine-dim", type=int, default=32, help="with --decoder-stride 2: the refinement's width")
+    parser.add_argument("--refine-blocks", type=int, default=0,
+                        help="with --decoder-stride 2: residual blocks after the refinement (decoder_refine_blocks)")
     parser.add_argument("--frozen-stages", type=int, default=0,
                         help="EfficientNet-Lite0: freeze the stem and this many backbone stages (the switch frozen_stages)")
     parser.add_argument("--threads", type=int, default=None)

@@ -13,9 +13,26 @@ from avs_lib.models import build_model, hook_names, run_with_hooks
 from avs_lib.models.decoder import SegFormerHead
 
 
-def _head(fine_dim=16, seed=0):
+def _head(fine_dim=16, seed=0, refine_blocks=0):
     torch.manual_seed(seed)
-    return SegFormerHead([8, 12], embed_dim=16, num_outputs=1, fine_dim=fine_dim).eval()
+    return SegFormerHead([8, 12], embed_dim=16, num_outputs=1, fine_dim=fine_dim, refine_dim=8,
+                         refine_blocks=refine_blocks).eval()
+
+
+def _reach_of_a_nudge(head: SegFormerHead, side: int, y: int, x: int, seed: int) -> torch.Tensor:
+    """How far (in logits, Chebyshev) from (y, x) the logits move when that pixel of the fine map
+    [1, 16, side, side] is nudged: one distance per logit that moved."""
+    g = torch.Generator().manual_seed(seed)
+    features = [torch.randn(1, 8, side // 2, side // 2, generator=g), torch.randn(1, 12, side // 4, side // 4, generator=g)]
+    fine = torch.randn(1, 16, side, side, generator=g)
+    nudged = fine.clone()
+    nudged[0, :, y, x] += 3.0
+    with torch.no_grad():
+        change = (head(features, nudged) - head(features, fine)).abs()[0, 0]  # [side, side]
+    assert change.shape == (side, side)
+    rows, cols = torch.nonzero(change > 1e-6, as_tuple=True)
+    assert len(rows) > 0
+    return torch.maximum((rows - y).abs(), (cols - x).abs())
 
 
 @settings(max_examples=12, deadline=None)
@@ -23,18 +40,30 @@ def _head(fine_dim=16, seed=0):
 def test_a_fine_pixel_moves_only_the_logits_around_it(y, x, seed):
     # the refinement is a 1x1 conv then a depthwise 3x3 at stride 2: one pixel of the fine map reaches
     # the logits within one pixel of it, and none further
-    head = _head(seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    features = [torch.randn(1, 8, 8, 8, generator=g), torch.randn(1, 12, 4, 4, generator=g)]
-    fine = torch.randn(1, 16, 16, 16, generator=g)
-    nudged = fine.clone()
-    nudged[0, :, y, x] += 3.0
-    with torch.no_grad():
-        change = (head(features, nudged) - head(features, fine)).abs()[0, 0]  # [16, 16]
-    assert change.shape == (16, 16)
-    rows, cols = torch.nonzero(change > 1e-6, as_tuple=True)
-    assert len(rows) > 0
-    assert (rows - y).abs().max() <= 1 and (cols - x).abs().max() <= 1
+    assert _reach_of_a_nudge(_head(seed=seed), 16, y, x, seed).max() <= 1
+
+
+@settings(max_examples=12, deadline=None)
+@given(y=st.integers(0, 23), x=st.integers(0, 23), blocks=st.integers(1, 2), seed=st.integers(0, 3))
+def test_each_refinement_block_widens_the_view_by_twice_its_dilation(y, x, blocks, seed):
+    # blocks at dilations 1, 2: a fine pixel reaches the logits within 1 + 2 * (1 + 2 + ...) pixels,
+    # and beyond the one pixel that the refinement without blocks reaches
+    head = _head(seed=seed, refine_blocks=blocks)
+    for m in head.modules():  # BatchNorm shifted up, so that the ReLUs pass what changes rather than drop it
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.constant_(m.bias, 2.0)
+    reach = _reach_of_a_nudge(head, 24, y, x, seed)
+    assert 1 < reach.max() <= 1 + 2 * sum(2 ** i for i in range(blocks))
+
+
+def test_the_refinement_blocks_are_new_weights_only_where_asked_for():
+    plain, deep = _lite0(decoder_stride=2), _lite0(decoder_stride=2, decoder_refine_blocks=2, decoder_refine_dim=24)
+    assert plain.decoder.refine_blocks is None
+    new = set(deep.state_dict()) - set(plain.state_dict())
+    assert new and all(k.startswith("decoder.refine_blocks.") for k in new)
+    # a checkpoint of the first refinement loads strictly into a model built with the defaults
+    _lite0(decoder_stride=2).load_state_dict(plain.state_dict(), strict=True)
+    assert deep.decoder.predict.in_channels == 24
 
 
 def test_the_head_takes_the_fine_map_exactly_when_built_for_it():
@@ -53,8 +82,9 @@ def _lite0(**switches):
     return build_model("ddeseg", backbone="efficientnet_lite0", audio_dim=16, memory_classes=8, **switches)
 
 
-def test_a_stride_two_model_predicts_at_half_the_frame_and_trains_every_decoder_weight():
-    model = _lite0(decoder_stride=2).train()
+@pytest.mark.parametrize("blocks", [0, 2])
+def test_a_stride_two_model_predicts_at_half_the_frame_and_trains_every_decoder_weight(blocks):
+    model = _lite0(decoder_stride=2, decoder_refine_blocks=blocks).train()
     images, audio = torch.randn(2, 3, 64, 64), torch.randn(2, 16)
     out = model(images, audio)
     assert out.logits.shape == (2, 64, 64)
@@ -92,6 +122,10 @@ def test_the_stride_is_checked_where_it_is_set(tmp_path):
         _lite0(decoder_stride=3)
     with pytest.raises(ValueError, match="efficientnet_lite0"):
         build_model("ddeseg", audio_dim=16, memory_classes=8, decoder_stride=2)
+    with pytest.raises(ValueError, match="set decoder_stride=2"):
+        _lite0(decoder_refine_blocks=2)
+    with pytest.raises(ValueError, match="blocks >= 0"):
+        _lite0(decoder_stride=2, decoder_refine_blocks=-1)
     path = tmp_path / "c.yaml"
     path.write_text("model: ddeseg\nswitches:\n  backbone: efficientnet_lite0\n  decoder_stride: 8\n")
     with pytest.raises(ConfigError, match="decoder_stride"):

@@ -87,6 +87,11 @@ class DDESegConfig:
     # (the paper's). 2 (EfficientNet-Lite0 only; not the paper's): a refinement upsamples that head's
     # fused map onto Lite0's stride-2 map and predicts there (decoder.py), lifting the resolution bound
     decoder_stride: int = 4
+    # decoder_stride=2 only, the refinement's capacity (decoder.py; not the paper's): its width, and
+    # how many residual blocks (a depthwise 3x3 at dilation 2**i, then a 1x1) follow its first
+    # depthwise 3x3. 32 and 0 build the refinement as it was first measured
+    decoder_refine_dim: int = 32
+    decoder_refine_blocks: int = 0
     first_stride: int | None = None  # None: 4 for "paper", 2 for "released"
     pretrained_backbone: str | bool | None = None  # path to an mit_b5.pth-style file, or True for Lite0's wheel
     decoder_dropout: float = 0.1
@@ -137,6 +142,12 @@ class DDESegConfig:
         if self.decoder_stride == 2 and self.backbone != "efficientnet_lite0":
             raise ValueError("decoder_stride=2 needs backbone='efficientnet_lite0' (its first block keeps the stem's "
                              "stride 2; a MiT's first stage is already at stride 4, or 2 with first_stride=2)")
+        if self.decoder_refine_dim < 1 or self.decoder_refine_blocks < 0:
+            raise ValueError(f"decoder_refine_dim={self.decoder_refine_dim}, decoder_refine_blocks="
+                             f"{self.decoder_refine_blocks}: the width must be >= 1 and the blocks >= 0")
+        if self.decoder_stride != 2 and (self.decoder_refine_dim, self.decoder_refine_blocks) != (32, 0):
+            raise ValueError("decoder_refine_dim and decoder_refine_blocks shape the stride-2 refinement: "
+                             "set decoder_stride=2 with them (at stride 4 the decoder has no refinement)")
         if not self.derivation:
             self.enhancement = False
             self.elimination = "none"
@@ -286,7 +297,8 @@ class DDESeg(nn.Module):
                 for d, h in zip(dims[1:], heads[1:]))
         decoder_dim = config.decoder_dim or {"tiny": 64, "b0": 256}.get(config.size, 768)
         self.decoder = SegFormerHead(dims, decoder_dim, config.num_classes, config.decoder_dropout, config.decoder_norm,
-                                     fine_dim=self.encoder.fine_dim if config.decoder_stride == 2 else None)
+                                     fine_dim=self.encoder.fine_dim if config.decoder_stride == 2 else None,
+                                     refine_dim=config.decoder_refine_dim, refine_blocks=config.decoder_refine_blocks)
         # hook points (avs_lib.models.hooks): identities that hold no parameters
         self.hook_audio = HookPoint()  # [B, d_a]
         self.hook_visual = nn.ModuleList(HookPoint() for _ in range(4))  # V^l as a map [B, C_l, h_l, w_l]

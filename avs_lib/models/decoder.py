@@ -4,10 +4,12 @@ concatenate, fuse with a 1x1 conv, predict; the caller upsamples to the input si
 ``fine_dim`` adds a stride-2 refinement (not SegFormer's, not the paper's; ``DDESegConfig.decoder_stride=2``):
 the fused stride-4 map is upsampled to a stride-2 map of the backbone (EfficientNet-Lite0's first
 block, before any fusion), the two are concatenated, mixed by a 1x1 conv and a depthwise 3x3 conv,
-and the logits are predicted there. At 96 px a stride-4 decoder cannot draw an outline finer than
-4 pixels: the truth itself, seen at stride 4, scores J&F 0.850 on the default world's ms3 test
-masks, and 0.936 at stride 2 (docs/findings.md, "The window"). The fine map is visual only: it places edges,
-the fused maps say which objects sound."""
+and the logits are predicted there. ``refine_blocks`` residual blocks (``RefineBlock``: a depthwise
+3x3 at dilation 1, 2, 4, ..., then a 1x1) may follow, to draw an outline from a wider view of the
+stride-2 map (``DDESegConfig.decoder_refine_blocks``, default 0). At 96 px a stride-4 decoder
+cannot draw an outline finer than 4 pixels: the truth itself, seen at stride 4, scores J&F 0.850 on
+the default world's ms3 test masks, and 0.936 at stride 2 (docs/findings.md, "The window"). The fine
+map is visual only: it places edges, the fused maps say which objects sound."""
 from __future__ import annotations
 
 import torch
@@ -21,9 +23,23 @@ def _norm(channels: int, norm: str) -> nn.Module:
     return nn.BatchNorm2d(channels) if norm == "batch" else nn.GroupNorm(min(8, channels), channels)
 
 
+class RefineBlock(nn.Module):
+    """x + (depthwise 3x3 at ``dilation``, norm, ReLU, 1x1, norm)(x), then ReLU: each block widens what
+    one logit sees by ``2 * dilation`` pixels of the stride-2 map for about ``dim**2`` MACs a pixel."""
+
+    def __init__(self, dim: int, dilation: int, norm: str):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(dim, dim, 3, padding=dilation, dilation=dilation, groups=dim, bias=False), _norm(dim, norm),
+            nn.ReLU(inplace=True), nn.Conv2d(dim, dim, 1, bias=False), _norm(dim, norm))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))  # [B, dim, H, W]
+
+
 class SegFormerHead(nn.Module):
     def __init__(self, in_dims: list[int], embed_dim: int, num_outputs: int, dropout: float = 0.1, norm: str = "batch",
-                 fine_dim: int | None = None, refine_dim: int = 32):
+                 fine_dim: int | None = None, refine_dim: int = 32, refine_blocks: int = 0):
         super().__init__()
         self.projections = nn.ModuleList(nn.Linear(d, embed_dim) for d in in_dims)
         self.fuse = nn.Sequential(nn.Conv2d(embed_dim * len(in_dims), embed_dim, 1, bias=False),
@@ -35,6 +51,9 @@ class SegFormerHead(nn.Module):
                 nn.Conv2d(embed_dim + fine_dim, refine_dim, 1, bias=False), _norm(refine_dim, norm), nn.ReLU(inplace=True),
                 nn.Conv2d(refine_dim, refine_dim, 3, padding=1, groups=refine_dim, bias=False), _norm(refine_dim, norm),
                 nn.ReLU(inplace=True))
+        # None without blocks, so that the first refinement's checkpoints load unchanged
+        self.refine_blocks = (nn.Sequential(*(RefineBlock(refine_dim, 2 ** i, norm) for i in range(refine_blocks)))
+                              if fine_dim and refine_blocks else None)
         self.fine_dim = fine_dim
         self.dropout = nn.Dropout2d(dropout)
         self.predict = nn.Conv2d(refine_dim if fine_dim else embed_dim, num_outputs, 1)
@@ -54,4 +73,6 @@ class SegFormerHead(nn.Module):
         if fine is not None:
             up = F.interpolate(fused, size=fine.shape[-2:], mode="bilinear", align_corners=False)  # [B, E, 2 H_1, 2 W_1]
             fused = self.refine(torch.cat([up, self.fine_projection(fine)], dim=1))  # [B, refine_dim, 2 H_1, 2 W_1]
+            if self.refine_blocks is not None:
+                fused = self.refine_blocks(fused)  # [B, refine_dim, 2 H_1, 2 W_1]
         return self.predict(self.dropout(fused))  # [B, outputs, H_1, W_1] (2 H_1, 2 W_1 with the refinement)
