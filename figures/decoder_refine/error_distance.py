@@ -6,7 +6,8 @@ For every annotated test frame, each wrong pixel (predicted and not in the mask,
 not predicted) is put in a band by its Euclidean distance, in frame pixels, to the nearest pixel of
 the other side of the true outline (scipy's distance transform). Errors within a pixel or two of the
 outline are the outline's placement; errors far from it are whole parts drawn or left out. Prints
-one JSON line per run: the share of wrong pixels in each band, and the wrong pixels per frame; then
+one JSON line per run: the share of wrong pixels in each band, the wrong pixels per frame, and
+those within 2 px split into drawn outside the mask and left out inside it; then
 the same for the truth itself seen at stride 2 (``avs_lib.analysis.evaluation.resolution_bound``'s
 round trip: each mask averaged over 2 x 2 cells, upsampled bilinearly, cut at 0.5), on the last
 run's test frames: what the stride-2 grid alone costs."""
@@ -24,19 +25,26 @@ BANDS = (1.5, 2.5, 4.5, 8.5)  # upper edges, frame pixels: <= 1, <= 2, <= 4, <= 
 
 
 def error_bands(predicted: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Counts of wrong pixels per band (len(BANDS) + 1) for one frame's boolean [H, W] arrays."""
+    """Counts of wrong pixels per band (len(BANDS) + 1) for one frame's boolean [H, W] arrays, then
+    two more: the wrong pixels within 2 px of the outline drawn outside the mask, and left out inside it
+    (one far larger than the other would say the edges sit systematically too far out or in)."""
     # inside the mask: distance to the nearest background pixel; outside: to the nearest mask pixel
     distance = np.where(mask, distance_transform_edt(mask), distance_transform_edt(~mask))
     wrong = distance[predicted != mask]
-    return np.bincount(np.digitize(wrong, BANDS), minlength=len(BANDS) + 1)
+    near = distance <= BANDS[1]
+    return np.concatenate([np.bincount(np.digitize(wrong, BANDS), minlength=len(BANDS) + 1),
+                           [(predicted & ~mask & near).sum(), (~predicted & mask & near).sum()]])
 
 
 NAMES = ["<=1 px", "<=2 px", "<=4 px", "<=8 px", ">8 px"]
 
 
 def report(what: str, counts: np.ndarray, frames: int) -> None:
-    print(json.dumps({"run": what, "frames": frames, "wrong_pixels_per_frame": round(float(counts.sum()) / frames, 1),
-                      "share": {n: round(float(c) / float(counts.sum()), 3) for n, c in zip(NAMES, counts)}}))
+    bands, (drawn_out, left_in) = counts[:len(NAMES)], counts[len(NAMES):]
+    print(json.dumps({"run": what, "frames": frames, "wrong_pixels_per_frame": round(float(bands.sum()) / frames, 1),
+                      "share": {n: round(float(c) / float(bands.sum()), 3) for n, c in zip(NAMES, bands)},
+                      "within_2px_per_frame": {"drawn_outside_the_mask": round(float(drawn_out) / frames, 1),
+                                               "left_out_inside_it": round(float(left_in) / frames, 1)}}))
 
 
 for run in sys.argv[1:]:
