@@ -448,3 +448,24 @@ def test_choice_outline_figure_draws_three_bars_a_row(tmp_path):
     assert len(ax.patches) == 6 and (tmp_path / "c.png").exists()
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["resolution bound 0.900", "as trained", "choices fixed",
                                                                    "outlines fixed"]
+
+
+def test_outline_distance_puts_a_shifted_edge_near_the_outline_and_a_stray_blob_far_from_it():
+    from avs_lib.analysis.evaluation import outline_distance
+
+    mask = torch.zeros(1, 32, 32, dtype=torch.bool)
+    mask[0, 8:16, 8:16] = True
+    shifted = torch.zeros_like(mask)
+    shifted[0, 8:16, 9:17] = True  # the square moved one pixel right: one column out, one column in
+    result = outline_distance(shifted, mask)
+    assert result["wrong_pixels_per_frame"] == 16
+    assert result["share"]["<=1 px"] == 1.0
+    assert result["within_2px_per_frame"] == {"drawn_outside_the_mask": 8, "left_out_inside_it": 8}
+    stray = mask.clone()
+    stray[0, 28:30, 28:30] = True  # a 2 x 2 blob at least 12 px from the square
+    far = outline_distance(stray, mask)
+    assert far["wrong_pixels_per_frame"] == 4 and far["share"][">8 px"] == 1.0
+    # a frame with nothing sounding has no outline: what is drawn there is far from any
+    empty = outline_distance(stray, torch.zeros_like(mask))
+    assert empty["share"][">8 px"] == 1.0 and empty["within_2px_per_frame"]["drawn_outside_the_mask"] == 0
+    assert outline_distance(mask, mask)["wrong_pixels_per_frame"] == 0
