@@ -26,20 +26,25 @@ def all_foreground(frames, convention: str = "per_frame", batch_size: int = 5) -
                     batch_size=batch_size)
 
 
-def resolution_bound(frames, stride: int, convention: str = "per_frame", batch_size: int = 5) -> dict:
-    """J, F, JF of the truth itself seen at the decoder's resolution: each mask averaged over stride x
-    stride cells, upsampled bilinearly back to the frame (as the models upsample their logits) and
-    cut at 0.5. About the best a model whose logits are made at 1/``stride`` of the frame can score
-    on ``frames``, whatever it hears: a ceiling set by resolution alone, above the oracle's."""
+def truth_at_stride(masks: torch.Tensor, stride: int) -> torch.Tensor:
+    """The masks [N, H, W] as a decoder at 1/``stride`` of the frame could draw them at best: each
+    averaged over stride x stride cells, upsampled bilinearly back to the frame (as the models
+    upsample their logits) and cut at 0.5. Boolean [N, H, W]."""
     import torch.nn.functional as F
 
-    keep = frames.valid
-    masks = frames.masks[keep].float()
     if stride < 1 or masks.shape[-1] % stride or masks.shape[-2] % stride:
         raise ValueError(f"stride {stride} must divide the frames' size {tuple(masks.shape[-2:])}")
-    coarse = F.avg_pool2d(masks[:, None], stride)  # [N, 1, H/s, W/s]: the share of each cell that sounds
-    fine = F.interpolate(coarse, size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    return evaluate(torch.where(fine > 0.5, 20.0, -20.0), masks, convention=convention, batch_size=batch_size)
+    coarse = F.avg_pool2d(masks.float()[:, None], stride)  # [N, 1, H/s, W/s]: the share of each cell that sounds
+    return F.interpolate(coarse, size=masks.shape[-2:], mode="bilinear", align_corners=False)[:, 0] > 0.5
+
+
+def resolution_bound(frames, stride: int, convention: str = "per_frame", batch_size: int = 5) -> dict:
+    """J, F, JF of the truth itself seen at the decoder's resolution (``truth_at_stride``). About the
+    best a model whose logits are made at 1/``stride`` of the frame can score on ``frames``, whatever
+    it hears: a ceiling set by resolution alone, above the oracle's."""
+    masks = frames.masks[frames.valid].float()
+    seen = truth_at_stride(masks, stride)
+    return evaluate(torch.where(seen, 20.0, -20.0), masks, convention=convention, batch_size=batch_size)
 
 
 FOUND_SHARE = 0.5  # a sounding object is found when the prediction covers at least this share of its pixels
@@ -136,24 +141,23 @@ def outline_distance(predicted: torch.Tensor, masks: torch.Tensor) -> dict:
     if predicted.shape != masks.shape or predicted.dim() != 3:
         raise ValueError(f"outline_distance reads boolean [N, H, W] predictions and masks of one shape, got "
                          f"{tuple(predicted.shape)} and {tuple(masks.shape)}")
-    bands = torch.zeros(len(OUTLINE_BAND_NAMES), dtype=torch.float64)
+    bands = np.zeros(len(OUTLINE_BAND_NAMES), dtype=np.int64)
     drawn_out = left_in = 0
-    for pred, mask in zip(predicted.bool().numpy(), masks.bool().numpy()):
+    for pred, mask in zip(predicted.detach().bool().cpu().numpy(), masks.detach().bool().cpu().numpy()):
         # inside the mask: distance to the nearest background pixel; outside: to the nearest mask pixel.
         # A frame with nothing sounding (or all of it) has no outline: its wrong pixels are the farthest
         if mask.any() and not mask.all():
-            distance = torch.from_numpy(np.where(mask, distance_transform_edt(mask), distance_transform_edt(~mask)))
+            distance = np.where(mask, distance_transform_edt(mask), distance_transform_edt(~mask))
         else:
-            distance = torch.full(mask.shape, float("inf"), dtype=torch.float64)
-        wrong = torch.from_numpy(pred != mask)
-        bands += torch.bincount(torch.bucketize(distance[wrong], torch.tensor(OUTLINE_BANDS, dtype=distance.dtype),
-                                                right=True), minlength=len(OUTLINE_BAND_NAMES)).double()
-        near = distance <= OUTLINE_BANDS[1]
-        drawn_out += int((wrong & ~torch.from_numpy(mask) & near).sum())
-        left_in += int((wrong & torch.from_numpy(mask) & near).sum())
-    frames, total = len(predicted), float(bands.sum())
+            distance = np.full(mask.shape, np.inf)
+        wrong = pred != mask
+        bands += np.bincount(np.digitize(distance[wrong], OUTLINE_BANDS), minlength=len(OUTLINE_BAND_NAMES))
+        near = wrong & (distance <= OUTLINE_BANDS[1])
+        drawn_out += int((near & ~mask).sum())
+        left_in += int((near & mask).sum())
+    frames, total = len(predicted), int(bands.sum())
     return {"frames": frames, "wrong_pixels_per_frame": total / max(1, frames),
-            "share": {name: float(b) / total if total else 0.0 for name, b in zip(OUTLINE_BAND_NAMES, bands)},
+            "share": {name: int(b) / total if total else 0.0 for name, b in zip(OUTLINE_BAND_NAMES, bands)},
             "within_2px_per_frame": {"drawn_outside_the_mask": drawn_out / max(1, frames),
                                      "left_out_inside_it": left_in / max(1, frames)}}
 

@@ -145,7 +145,8 @@ class DDESegConfig:
         if self.decoder_refine_dim < 1 or self.decoder_refine_blocks < 0:
             raise ValueError(f"decoder_refine_dim={self.decoder_refine_dim}, decoder_refine_blocks="
                              f"{self.decoder_refine_blocks}: the width must be >= 1 and the blocks >= 0")
-        if self.decoder_stride != 2 and (self.decoder_refine_dim, self.decoder_refine_blocks) != (32, 0):
+        as_first_built = (DDESegConfig.decoder_refine_dim, DDESegConfig.decoder_refine_blocks)  # the field defaults
+        if self.decoder_stride != 2 and (self.decoder_refine_dim, self.decoder_refine_blocks) != as_first_built:
             raise ValueError("decoder_refine_dim and decoder_refine_blocks shape the stride-2 refinement: "
                              "set decoder_stride=2 with them (at stride 4 the decoder has no refinement)")
         if not self.derivation:

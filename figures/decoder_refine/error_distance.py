@@ -6,16 +6,14 @@ python figures/decoder_refine/error_distance.py RUN_DIR [RUN_DIR ...]   (from th
 Prints one JSON line per run (the share of its wrong pixels within 1, 2, 4, 8 px of the outline and
 farther, the wrong pixels per frame, and those within 2 px split into drawn outside the mask and left
 out inside it), then the same for the truth itself seen at stride 2 on the last run's test frames
-(``resolution_bound``'s round trip: each mask averaged over 2 x 2 cells, upsampled bilinearly, cut
-at 0.5): what the stride-2 grid alone costs."""
+(``truth_at_stride``, ``resolution_bound``'s round trip): what the stride-2 grid alone costs."""
 import json
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from avs_lib.analysis.evaluation import outline_distance
+from avs_lib.analysis.evaluation import outline_distance, truth_at_stride
 from avs_lib.training.predict import load_trained, predict
 
 for run in sys.argv[1:]:
@@ -26,6 +24,4 @@ for run in sys.argv[1:]:
     masks = frames.masks[keep].bool()
     print(json.dumps({"run": run, **outline_distance(logits[keep] > 0, masks)}))
 
-seen = F.interpolate(F.avg_pool2d(masks.float()[:, None], 2), size=masks.shape[-2:], mode="bilinear",
-                     align_corners=False)[:, 0] > 0.5
-print(json.dumps({"run": "the truth at stride 2", **outline_distance(seen, masks)}))
+print(json.dumps({"run": "the truth at stride 2", **outline_distance(truth_at_stride(masks, 2), masks)}))
