@@ -55,7 +55,7 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
         if args.model != "avsac":  # AVSAC has the backbone switches, not DDESeg's frozen stages
             switches["frozen_stages"] = args.frozen_stages
             switches["decoder_stride"] = args.decoder_stride
-            if args.decoder_stride == 2:
+            if args.decoder_stride <= 2:
                 switches.update(decoder_refine_dim=args.refine_dim, decoder_refine_blocks=args.refine_blocks)
     if args.model != "avsac":
         switches["memory_classes"] = 71 if args.size == "b5" else 16
@@ -269,11 +269,12 @@ def main():
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"),
                         help="torch.compile's mode: reduce-overhead replays CUDA graphs (launch-bound small models)")
-    parser.add_argument("--decoder-stride", type=int, default=4, choices=(2, 4),
-                        help="EfficientNet-Lite0 DDESeg: 2 adds the stride-2 refinement (the switch decoder_stride)")
-    parser.add_argument("--refine-dim", type=int, default=32, help="with --decoder-stride 2: the refinement's width")
+    parser.add_argument("--decoder-stride", type=int, default=4, choices=(1, 2, 4),
+                        help="EfficientNet-Lite0 DDESeg: 2 adds the stride-2 refinement, 1 that and a stage that "
+                             "reads the frame's pixels (the switch decoder_stride)")
+    parser.add_argument("--refine-dim", type=int, default=32, help="with --decoder-stride 2 or 1: the refinement's width")
     parser.add_argument("--refine-blocks", type=int, default=0,
-                        help="with --decoder-stride 2: residual blocks after the refinement (decoder_refine_blocks)")
+                        help="with --decoder-stride 2 or 1: residual blocks after the refinement (decoder_refine_blocks)")
     parser.add_argument("--frozen-stages", type=int, default=0,
                         help="EfficientNet-Lite0: freeze the stem and this many backbone stages (the switch frozen_stages)")
     parser.add_argument("--threads", type=int, default=None)

@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -34,6 +34,7 @@ seed = 0
 image_size = 0  # 0: the config's
 visual_pretrain_steps = 0  # 0: the config's (batches of the world's visual pretraining, cached per world)
 attention_supervision = 0.0  # OUTSIDE THE PAPER: > 0 asks the fusion attention to point (docs/findings.md, "The window")
+outline_weight = 0.0  # OUTSIDE THE PAPER: > 0 adds a BCE over the pixels near the true outlines (figures/decoder_pixel/)
 switches = {}  # model switches over the config's, e.g. {"fusion_query": "audio"} (docs/findings.md, "Which side asks in the fusion attention")
 headroom_rows = ["floor", "oracle"]  # trained beside the model: "floor", "oracle", "oracle-heard"
 run_dir = ""  # empty: runs/notebooks/05_training/ under the repository root
@@ -68,7 +69,8 @@ data_root, run_dir = notebook_paths(data_root, run_dir, "05_training")
 
 figures = run_dir / "figures"
 overrides = {k: v for k, v in {"epochs": epochs, "image_size": image_size, "visual_pretrain_steps": visual_pretrain_steps,
-                               "attention_supervision": attention_supervision, "switches": switches}.items() if v}
+                               "attention_supervision": attention_supervision, "outline_weight": outline_weight,
+                               "switches": switches}.items() if v}
 config = load_config(workbench_path(config_file), data_root=data_root, seed=seed, progress=False, **overrides)
 config = replace(config, out=str(shared_run_dir(config)))
 prepared = prepare(config)

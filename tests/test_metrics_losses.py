@@ -125,3 +125,84 @@ def test_avfs_is_the_kl_divergence():
         expected.append(entropy(pa / pa.sum(), pv / pv.sum()))
     assert avfs_loss(audio, visual).item() == pytest.approx(np.mean(expected), rel=1e-5)
     assert avfs_loss(audio, audio[:, None].repeat(1, 5, 1)).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def _near_an_other_value(mask: np.ndarray, band: int) -> np.ndarray:
+    """Brute force: does any pixel within ``band`` (square neighbourhood, inside the frame) differ?"""
+    h, w = mask.shape
+    out = np.zeros_like(mask, dtype=bool)
+    for y in range(h):
+        for x in range(w):
+            window = mask[max(0, y - band):y + band + 1, max(0, x - band):x + band + 1]
+            out[y, x] = (window != mask[y, x]).any()
+    return out
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 3))
+def test_the_outline_band_is_every_pixel_near_one_of_the_other_value(seed, band):
+    from avs_lib.training.losses import outline_band
+
+    masks = np.random.default_rng(seed).random((2, 9, 11)) < 0.3
+    got = outline_band(torch.from_numpy(masks), band).numpy()
+    for mask, frame in zip(masks, got):
+        assert np.array_equal(frame, _near_an_other_value(mask, band))
+
+
+def test_the_outline_loss_reads_the_band_alone():
+    from avs_lib.training.losses import outline_loss
+
+    masks = torch.zeros(3, 16, 16, dtype=torch.bool)
+    masks[:2, 4:12, 4:12] = True  # frames 0 and 1: a square; frame 2: no outline at all
+    logits = torch.where(masks, 4.0, -4.0)
+    base = outline_loss(logits, masks)
+    far = logits.clone()
+    far[:, 7:9, 7:9] = -4.0  # the square's centre, 3 px from its outline: outside the 2 px band
+    far[:, 0, 0] = 4.0  # a corner of the frame, far from any outline
+    assert torch.allclose(outline_loss(far, masks), base)
+    near = logits.clone()
+    near[0, 4, 4:12] = -4.0  # the square's top row, on the outline
+    assert outline_loss(near, masks) > base
+    # one frame's band mean: BCE of the wrong row (8 px at 4.0 wrong) among the band's pixels, averaged
+    # with frame 1 (right everywhere) and frame 2 (no outline, 0) over the three frames
+    band_pixels = (8 + 4) ** 2 - 4 ** 2  # pixels within 2 px of the 8x8 square's outline
+    wrong, right = torch.nn.functional.softplus(torch.tensor(4.0)), torch.nn.functional.softplus(torch.tensor(-4.0))
+    frame0 = (8 * wrong + (band_pixels - 8) * right) / band_pixels
+    assert torch.allclose(outline_loss(near, masks), (frame0 + right + 0) / 3)
+    assert torch.allclose(outline_loss(near, masks, valid=torch.tensor([False, True, True])), (right + 0) / 2)
+    with pytest.raises(ValueError, match="binary masks"):
+        outline_loss(torch.zeros(3, 2, 16, 16), masks)
+
+
+def test_outline_weight_adds_the_outline_loss_to_training_and_is_checked_where_it_is_read():
+    # DDESeg and AVSAC, against their own losses; older runs keep their identity; bad values refused
+    from types import SimpleNamespace
+
+    from avs_lib.core.config import load_config
+    from avs_lib.core.errors import ConfigError
+    from avs_lib.training.loop import _loss
+    from avs_lib.training.losses import ddeseg_loss, outline_loss
+    from avs_lib.training.runs import config_differences
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(2, 12, 12, generator=g) < 0.4
+    out = SimpleNamespace(logits=torch.randn(2, 12, 12, generator=g))
+    plain = load_config("configs/tiny_world.yaml")
+    weighted = load_config("configs/tiny_world.yaml", ["outline_weight=3"])
+    assert torch.allclose(_loss(plain, out, masks, None), ddeseg_loss(out.logits, masks))
+    assert torch.allclose(_loss(weighted, out, masks, None),
+                          ddeseg_loss(out.logits, masks) + 3 * outline_loss(out.logits, masks))
+    # AVSAC: added to its Eq. 5 the same way
+    avsac_plain, avsac_weighted = (load_config("configs/tiny_world.yaml", ["model=avsac", *extra])
+                                   for extra in ([], ["outline_weight=3"]))
+    avsac_out = SimpleNamespace(logits=out.logits, audio=torch.randn(2, 8, generator=g), agv=torch.randn(2, 4, 8, generator=g))
+    assert torch.allclose(_loss(avsac_weighted, avsac_out, masks, None),
+                          _loss(avsac_plain, avsac_out, masks, None) + 3 * outline_loss(out.logits, masks))
+    # a run recorded before the key is the same run as today's default (0: off), not another one
+    older = {k: v for k, v in vars(plain).items() if k != "outline_weight"}
+    assert config_differences(older, plain) == {}
+    assert set(config_differences(older, weighted)) == {"outline_weight"}
+    with pytest.raises(ConfigError, match="must not be negative"):
+        load_config("configs/tiny_world.yaml", ["outline_weight=-1"])
+    with pytest.raises(ConfigError, match="binary masks"):
+        load_config("configs/tiny_world.yaml", ["outline_weight=1", "layout=avss"])

@@ -164,8 +164,8 @@ def outline_distance(predicted: torch.Tensor, masks: torch.Tensor) -> dict:
 
 def decoder_stride(model, image_size: int) -> int:
     """How many frame pixels one decoder logit covers per side (4 for the paper's MiT, for
-    EfficientNet-Lite0 and for AVSAC; 2 for the released stride-2 stem and for ``decoder_stride=2``),
-    read from one forward pass."""
+    EfficientNet-Lite0 and for AVSAC; 2 for the released stride-2 stem and for ``decoder_stride=2``;
+    1 for ``decoder_stride=1``), read from one forward pass."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()

@@ -61,6 +61,7 @@ class TrainConfig:
     avfs_weight: float = 1.0  # AVSAC only
     capacity_check: float = 0.0  # OUTSIDE THE PAPER: weight of an auxiliary on/off-screen loss on the elimination scores (0: off)
     attention_supervision: float = 0.0  # OUTSIDE THE PAPER: weight of an auxiliary loss that shows the fusion's cross-attention where each token's object is (composed worlds; 0: off)
+    outline_weight: float = 0.0  # OUTSIDE THE PAPER: weight of a BCE over the pixels within 2 px of the true outline (binary masks: s4, ms3; avs_lib.training.losses.outline_loss; 0: off)
     flip: bool = True
     augment: str = "flip"  # flip (a flip of the held frames, the composed worlds' setting), released (DDESeg's: box-guided crop, flip, colour jitter; the AVSBench configs), avsbench (resize and crop), none (avs_lib.data.augment)
     train_clips: str = "files"  # files (the world's written training split, every epoch), fresh (composed worlds, ms3/s4: each epoch composes new training clips from the world's recipe; val/test stay the files; avs_lib.data.fresh)
@@ -221,6 +222,11 @@ def config_from_dict(values: dict, sources: dict | str = "the config") -> TrainC
         where = sources.get("bn_momentum", "the config") if isinstance(sources, dict) else sources
         raise ConfigError(f"{where}: bn_momentum={config.bn_momentum} must lie in (0, 1] (0.1: PyTorch's default; "
                           "null: each BatchNorm layer keeps its own)")
+    if config.outline_weight < 0 or (config.outline_weight and config.layout not in ("s4", "ms3")):
+        where = sources.get("outline_weight", "the config") if isinstance(sources, dict) else sources
+        why = ("must not be negative" if config.outline_weight < 0 else
+               f"weighs binary masks' outlines (the s4 and ms3 layouts), not the {config.layout!r} layout's classes")
+        raise ConfigError(f"{where}: outline_weight={config.outline_weight} {why}; 0 turns it off")
     if config.warmup_epochs < 0 or config.min_lr < 0 or config.weight_decay < 0 or config.loader_workers < 0:
         raise ConfigError(f"{sources if isinstance(sources, str) else 'the config'}: warmup_epochs, min_lr and "
                           "weight_decay and loader_workers must not be negative")

@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .decoder import SegFormerHead
+from .decoder import PIXEL_DIM, SegFormerHead
 from .derivation import DerivationOutput, DynamicDerivation
 from .efficientnet import EfficientNetLite0, Lite0Features, efficientnet_lite0
 from .hooks import HookPoint, name_hook_points
@@ -85,11 +85,13 @@ class DDESegConfig:
     decoder_dim: int | None = None  # None: 64 for tiny, 256 for b0, 768 for b5
     # the frame pixels one decoder logit covers per side. 4: SegFormer's head at the finest fused map
     # (the paper's). 2 (EfficientNet-Lite0 only; not the paper's): a refinement upsamples that head's
-    # fused map onto Lite0's stride-2 map and predicts there (decoder.py), lifting the resolution bound
+    # fused map onto Lite0's stride-2 map and predicts there (decoder.py), lifting the resolution bound.
+    # 1 (EfficientNet-Lite0 only; not the paper's): that refinement, then a stage that reads the
+    # frame's own pixels and predicts at full resolution (decoder.PixelRefine, 16 channels)
     decoder_stride: int = 4
-    # decoder_stride=2 only, the refinement's capacity (decoder.py; not the paper's): its width, and
-    # how many residual blocks (a depthwise 3x3 at dilation 2**i, then a 1x1) follow its first
-    # depthwise 3x3. 32 and 0 build the refinement as it was first measured
+    # decoder_stride=2 or 1, the stride-2 refinement's capacity (decoder.py; not the paper's): its
+    # width, and how many residual blocks (a depthwise 3x3 at dilation 2**i, then a 1x1) follow its
+    # first depthwise 3x3. 32 and 0 build the refinement as it was first measured
     decoder_refine_dim: int = 32
     decoder_refine_blocks: int = 0
     first_stride: int | None = None  # None: 4 for "paper", 2 for "released"
@@ -111,14 +113,14 @@ class DDESegConfig:
     # Lite0's stale BatchNorm statistics, before TrainConfig.bn_momentum)
     fusion_start: str = "random"
 
-    # choices (strings, and the decoder's two strides), checked when a config file is read (avs_lib.core.config.check_values)
+    # choices (strings, and the decoder's three strides), checked when a config file is read (avs_lib.core.config.check_values)
     CHOICES: ClassVar[dict] = {
         "size": tuple(MIT_SIZES), "backbone": ("mit", "efficientnet_lite0"), "variant": ("paper", "released"),
         "elimination": SCHEMES, "centre_update": CENTRE_UPDATES, "centre_init": CENTRE_INITS,
         "elimination_apply": ("log_bias", "scale"), "decoder_norm": ("batch", "group"),
         "enhancement_pooling": ("all", "per_subcluster"), "derivation_anchor": ("audio", "centre"),
         "fusion_start": ("random", "no_norm", "identity", "trunk"), "fusion_query": FUSION_QUERIES,
-        "decoder_stride": (2, 4),
+        "decoder_stride": (1, 2, 4),
     }
 
     def __post_init__(self):
@@ -137,18 +139,19 @@ class DDESegConfig:
         if self.frozen_stages and self.backbone != "efficientnet_lite0":
             raise ValueError("frozen_stages needs backbone='efficientnet_lite0' (a MiT's fusion lives inside its "
                              "blocks, so freezing a MiT stage would freeze its fusion too)")
-        if self.decoder_stride not in (2, 4):
-            raise ValueError(f"decoder_stride={self.decoder_stride}: choose 4 (the paper's) or 2")
-        if self.decoder_stride == 2 and self.backbone != "efficientnet_lite0":
-            raise ValueError("decoder_stride=2 needs backbone='efficientnet_lite0' (its first block keeps the stem's "
-                             "stride 2; a MiT's first stage is already at stride 4, or 2 with first_stride=2)")
+        if self.decoder_stride not in self.CHOICES["decoder_stride"]:
+            raise ValueError(f"decoder_stride={self.decoder_stride}: choose 4 (the paper's), 2 or 1")
+        if self.decoder_stride < 4 and self.backbone != "efficientnet_lite0":
+            raise ValueError(f"decoder_stride={self.decoder_stride} needs backbone='efficientnet_lite0' (its first "
+                             "block keeps the stem's stride 2; a MiT's first stage is already at stride 4, or 2 "
+                             "with first_stride=2)")
         if self.decoder_refine_dim < 1 or self.decoder_refine_blocks < 0:
             raise ValueError(f"decoder_refine_dim={self.decoder_refine_dim}, decoder_refine_blocks="
                              f"{self.decoder_refine_blocks}: the width must be >= 1 and the blocks >= 0")
         as_first_built = (DDESegConfig.decoder_refine_dim, DDESegConfig.decoder_refine_blocks)  # the field defaults
-        if self.decoder_stride != 2 and (self.decoder_refine_dim, self.decoder_refine_blocks) != as_first_built:
+        if self.decoder_stride == 4 and (self.decoder_refine_dim, self.decoder_refine_blocks) != as_first_built:
             raise ValueError("decoder_refine_dim and decoder_refine_blocks shape the stride-2 refinement: "
-                             "set decoder_stride=2 with them (at stride 4 the decoder has no refinement)")
+                             "set decoder_stride=2 (or 1) with them (at stride 4 the decoder has no refinement)")
         if not self.derivation:
             self.enhancement = False
             self.elimination = "none"
@@ -170,7 +173,7 @@ class DDESegOutput:
     tokens: list[torch.Tensor] = field(default_factory=list)  # audio tokens entering each stage [B, K, d_a]
     attention: list[torch.Tensor | None] = field(default_factory=list)  # last block's [B, N_l, K] per stage
     features: list[torch.Tensor] = field(default_factory=list)  # the four fused maps [B, C_l, H_l, W_l]
-    fine: torch.Tensor | None = None  # decoder_stride=2: Lite0's stride-2 map [B, 16, H/2, W/2], which the decoder reads
+    fine: torch.Tensor | None = None  # decoder_stride<=2: Lite0's stride-2 map [B, 16, H/2, W/2], which the decoder reads
     decoder_size: tuple[int, int] | None = None  # (h, w) of the decoder's logits, before the upsampling
 
     @property
@@ -298,17 +301,19 @@ class DDESeg(nn.Module):
                 for d, h in zip(dims[1:], heads[1:]))
         decoder_dim = config.decoder_dim or {"tiny": 64, "b0": 256}.get(config.size, 768)
         self.decoder = SegFormerHead(dims, decoder_dim, config.num_classes, config.decoder_dropout, config.decoder_norm,
-                                     fine_dim=self.encoder.fine_dim if config.decoder_stride == 2 else None,
-                                     refine_dim=config.decoder_refine_dim, refine_blocks=config.decoder_refine_blocks)
+                                     fine_dim=self.encoder.fine_dim if config.decoder_stride <= 2 else None,
+                                     refine_dim=config.decoder_refine_dim, refine_blocks=config.decoder_refine_blocks,
+                                     pixel_dim=PIXEL_DIM if config.decoder_stride == 1 else None)
         # hook points (avs_lib.models.hooks): identities that hold no parameters
         self.hook_audio = HookPoint()  # [B, d_a]
         self.hook_visual = nn.ModuleList(HookPoint() for _ in range(4))  # V^l as a map [B, C_l, h_l, w_l]
         self.hook_stage_audio = nn.ModuleList(HookPoint() for _ in range(4))  # [B, K, d_a]
         self.hook_log_bias = nn.ModuleList(HookPoint() for _ in range(4))  # [B, K]
         self.hook_features = nn.ModuleList(HookPoint() for _ in range(4))  # [B, C_l, h_l, w_l]
-        self.hook_decoder_logits = HookPoint()  # [B, outputs, h_1, w_1] (2 h_1, 2 w_1 with decoder_stride=2)
-        # decoder_stride=2: Lite0's stride-2 map [B, 16, H/2, W/2], which the decoder's refinement reads
-        self.hook_fine: HookPoint | None = HookPoint() if config.decoder_stride == 2 else None
+        # [B, outputs, h_1, w_1] (2 h_1, 2 w_1 with decoder_stride=2; H, W with decoder_stride=1)
+        self.hook_decoder_logits = HookPoint()
+        # decoder_stride=2 or 1: Lite0's stride-2 map [B, 16, H/2, W/2], which the decoder's refinement reads
+        self.hook_fine: HookPoint | None = HookPoint() if config.decoder_stride <= 2 else None
         self.hook_logits = HookPoint()  # [B, H, W] or [B, C+1, H, W]
         self._name_hook_points()
 
@@ -357,7 +362,7 @@ class DDESeg(nn.Module):
         return point(tokens.transpose(1, 2).reshape(b, c, h, w)).flatten(2).transpose(1, 2)
 
     def _stage(self, i: int, x: torch.Tensor, out: DDESegOutput) -> tuple[torch.Tensor, int, int]:
-        """V^i [B, N_i, C_i], h, w; with decoder_stride=2, stage 1 also keeps the stride-2 map it passes
+        """V^i [B, N_i, C_i], h, w; with decoder_stride=2 or 1, stage 1 also keeps the stride-2 map it passes
         through as ``out.fine``, for the decoder."""
         if i > 1 or self.hook_fine is None:
             return self.encoder.stage(i, x)
@@ -412,8 +417,10 @@ class DDESeg(nn.Module):
     def _decode(self, image: torch.Tensor, out: DDESegOutput) -> DDESegOutput:
         # the hook acts on the decoder's copy only: stage 1 already ran on the map as computed
         fine = None if out.fine is None else self.hook_fine(out.fine)
-        decoded = self.hook_decoder_logits(self.decoder(out.features, fine))  # [B, outputs, h_1, w_1] (or 2 h_1, 2 w_1)
+        frame = image if self.config.decoder_stride == 1 else None  # the stride-1 stage reads the frame's pixels
+        decoded = self.hook_decoder_logits(self.decoder(out.features, fine, frame))  # [B, outputs, h, w] at the stride
         out.decoder_size = tuple(decoded.shape[-2:])
-        logits = F.interpolate(decoded, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        logits = decoded if decoded.shape[-2:] == image.shape[-2:] else F.interpolate(  # stride 1: already there
+            decoded, size=image.shape[-2:], mode="bilinear", align_corners=False)
         out.logits = self.hook_logits(logits[:, 0] if self.config.num_classes == 1 else logits)
         return out

@@ -34,8 +34,8 @@ None only reads it. Names (DDESeg; ``i`` is the 1-based stage, ``j`` the 0-based
 | ``stage{i}.log_bias`` | [B, K] | log-bias on each token's fusion logit, summed over stages (``log_bias``; with ``fusion_query="audio"`` its exp scales the token's write-back weights) |
 | ``stage{i}.block{j}.cross_attn.pattern`` | [B, heads, N_i, K] | the fusion cross-attention, per head (``fusion_query="audio"``: each token's write-back weights, ``mit.AudioCrossAttention``) |
 | ``stage{i}.features`` | [B, C_i, h_i, w_i] | the stage's fused map, the decoder's input |
-| ``decoder.fine`` | [B, 16, H/2, W/2] | ``decoder_stride=2`` only: EfficientNet-Lite0's stride-2 map as the decoder's refinement reads it (replacing it leaves the encoder as it was) |
-| ``decoder.logits`` | [B, outputs, h_1, w_1] | the decoder's prediction before upsampling (at H/2, W/2 with ``decoder_stride=2``) |
+| ``decoder.fine`` | [B, 16, H/2, W/2] | ``decoder_stride=2`` or 1 only: EfficientNet-Lite0's stride-2 map as the decoder's refinement reads it (replacing it leaves the encoder as it was) |
+| ``decoder.logits`` | [B, outputs, h_1, w_1] | the decoder's prediction before upsampling (at H/2, W/2 with ``decoder_stride=2``, at H, W with 1) |
 | ``logits`` | [B, H, W] or [B, C+1, H, W] | the masks' logits |
 
 Elimination runs at stages 2-4 in the paper's reading and at 1-4 in the released one; a stage's

@@ -69,7 +69,8 @@ from avs_lib.data.frames import SEMANTIC_LAYOUTS
 from avs_lib.data.loader import epoch_batches, is_streamed
 from avs_lib.data.transforms import normalise_images
 from avs_lib.training.checkpoints import read_checkpoint, save_checkpoint
-from avs_lib.training.losses import attention_supervision_loss, avsac_loss, capacity_loss, ddeseg_loss
+from avs_lib.training.losses import (attention_supervision_loss, avsac_loss, capacity_loss, ddeseg_loss,
+                                     outline_loss)
 from avs_lib.training.predict import autocast, evaluate_model, load_trained, make_model, predict
 from avs_lib.training.prepare import Prepared, prepare
 from avs_lib.training.runs import RunRefused, open_run_folder, run_state
@@ -140,6 +141,13 @@ def atomic_save(obj, path: Path) -> None:
 
 
 def _loss(config: TrainConfig, out, masks, valid, onscreen=None, object_maps=None):
+    loss = _model_loss(config, out, masks, valid, onscreen, object_maps)
+    if config.outline_weight:  # outside the paper (avs_lib.training.losses.outline_loss)
+        loss = loss + config.outline_weight * outline_loss(out.logits.float(), masks, valid)
+    return loss
+
+
+def _model_loss(config: TrainConfig, out, masks, valid, onscreen=None, object_maps=None):
     if config.model == "avsac":
         return avsac_loss(out.logits.float(), masks, out.audio.float(), out.agv.float(), valid, config.avfs_weight)
     loss = ddeseg_loss(out.logits.float(), masks, valid)

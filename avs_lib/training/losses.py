@@ -9,6 +9,10 @@ Choices where the papers are silent (also in the README's notes):
 * Dice and IoU are "soft" (computed on probabilities), per frame, with smoothing 1.
 * For semantic masks, Eq. 18's BCE becomes cross-entropy (the paper gives Eq. 18 for binary masks only) and Dice/IoU are averaged over
   the classes present in the frame's ground truth or prediction mass.
+
+Outside the papers: ``outline_loss`` (``TrainConfig.outline_weight``, binary masks), a BCE over the
+pixels near the true outline, added to DDESeg's Eq. 18 or AVSAC's Eq. 5; the auxiliary losses at the
+end (capacity check, attention supervision).
 """
 from __future__ import annotations
 
@@ -41,6 +45,36 @@ def iou_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | No
 
 def bce_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     per_frame = F.binary_cross_entropy_with_logits(logits, masks.float(), reduction="none").flatten(1).mean(1)
+    return _frame_mean(per_frame, valid)
+
+
+OUTLINE_BAND = 2  # pixels each side of the true outline that outline_loss weighs
+
+
+def outline_band(masks: torch.Tensor, band: int = OUTLINE_BAND) -> torch.Tensor:
+    """Boolean [B, H, W]: the pixels of binary ``masks`` [B, H, W] within ``band`` pixels (a square
+    neighbourhood, so the diagonal (band, band) counts too; ``outline_distance``'s bands are
+    Euclidean) of a pixel of the other value, i.e. where a (2 band + 1)-square dilation and erosion
+    of the mask disagree. The frame's border is not an outline."""
+    m = masks.float()[:, None]  # [B, 1, H, W]
+    side = 2 * band + 1
+    dilated = F.max_pool2d(m, side, stride=1, padding=band)
+    eroded = -F.max_pool2d(-m, side, stride=1, padding=band)
+    return (dilated != eroded)[:, 0]
+
+
+def outline_loss(logits: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None = None,
+                 band: int = OUTLINE_BAND) -> torch.Tensor:
+    """OUTSIDE THE PAPER (``TrainConfig.outline_weight``): BCE averaged over each frame's
+    ``outline_band`` of the true mask, then over frames (a frame without an outline adds 0). Eq. 18's
+    terms average over the whole frame, where the outline is a thin share of the pixels; this term
+    weighs where the edges are placed. Binary masks only: logits [B, H, W]."""
+    if logits.dim() != 3:
+        raise ValueError(f"outline_loss needs binary masks' logits [B, H, W], got {tuple(logits.shape)}: "
+                         "outline_weight is for the s4 and ms3 layouts")
+    near = outline_band(masks, band).float()  # [B, H, W]
+    bce = F.binary_cross_entropy_with_logits(logits, masks.float(), reduction="none")
+    per_frame = (bce * near).flatten(1).sum(1) / near.flatten(1).sum(1).clamp_min(1)
     return _frame_mean(per_frame, valid)
 
 
