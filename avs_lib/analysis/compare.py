@@ -22,7 +22,7 @@ import torch
 from avs_lib.analysis.metrics import per_frame_scores
 from avs_lib.analysis.stats import bootstrap_ci
 from avs_lib.core.errors import DataError
-from avs_lib.data.frames import SEMANTIC_LAYOUTS
+from avs_lib.data.layouts import SEMANTIC_LAYOUTS
 from avs_lib.training.checkpoints import read_checkpoint
 from avs_lib.training.predict import load_trained, predict
 from avs_lib.training.runs import run_identity

@@ -12,7 +12,8 @@ override) and what is allowed. ``check_values`` does the same for any config dat
 configs declare their string choices in a ``CHOICES`` class attribute and are checked with it.
 
 This module sits at the bottom of the package: at import time it imports only ``avs_lib.core.errors``
-and ``avs_lib.core.paths`` (the models' configs are read when a config's switches are checked).
+and ``avs_lib.core.paths`` (the models' configs are read when a config's switches are checked, and
+``avs_lib.data.layouts``, which imports only pathlib, when ``outline_weight`` is).
 """
 from __future__ import annotations
 
@@ -222,7 +223,9 @@ def config_from_dict(values: dict, sources: dict | str = "the config") -> TrainC
         where = sources.get("bn_momentum", "the config") if isinstance(sources, dict) else sources
         raise ConfigError(f"{where}: bn_momentum={config.bn_momentum} must lie in (0, 1] (0.1: PyTorch's default; "
                           "null: each BatchNorm layer keeps its own)")
-    if config.outline_weight < 0 or (config.outline_weight and config.layout not in ("s4", "ms3")):
+    from avs_lib.data.layouts import SEMANTIC_LAYOUTS  # pathlib only, like the models' configs read above
+
+    if config.outline_weight < 0 or (config.outline_weight and config.layout in SEMANTIC_LAYOUTS):
         where = sources.get("outline_weight", "the config") if isinstance(sources, dict) else sources
         why = ("must not be negative" if config.outline_weight < 0 else
                f"weighs binary masks' outlines (the s4 and ms3 layouts), not the {config.layout!r} layout's classes")

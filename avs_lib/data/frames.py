@@ -18,8 +18,6 @@ from avs_lib.core.parallel import map_in_processes
 from avs_lib.data.datasets import AVSDataset, FrameRecord, load_sources, read_image, read_mask
 from avs_lib.data.transforms import resize_frame
 
-SEMANTIC_LAYOUTS = ("avss", "avss-ddeseg", "vpo")
-
 
 @dataclass
 class FrameSet:

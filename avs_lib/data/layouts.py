@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# the layouts whose masks hold class indices (semantic); s4 and ms3 hold binary masks
+SEMANTIC_LAYOUTS = ("avss", "avss-ddeseg", "vpo")
+
 # metadata tables and the world's sources sidecars, relative to a layout's root
 METADATA = {"s4": Path("Single-source") / "s4_meta_data.csv", "ms3": Path("Multi-sources") / "ms3_meta_data.csv",
             "avss": Path("metadata.csv"), "avss-ddeseg": Path("metadata_w_silent.csv")}

@@ -65,7 +65,7 @@ from avs_lib.core.locks import RunLock
 from avs_lib.core.paths import workbench_path
 from avs_lib.data.fresh import check_fresh, fresh_train_frames
 from avs_lib.data.datasets import world_frame_size
-from avs_lib.data.frames import SEMANTIC_LAYOUTS
+from avs_lib.data.layouts import SEMANTIC_LAYOUTS
 from avs_lib.data.loader import epoch_batches, is_streamed
 from avs_lib.data.transforms import normalise_images
 from avs_lib.training.checkpoints import read_checkpoint, save_checkpoint

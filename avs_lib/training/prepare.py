@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from avs_lib.audio.registry import audio_encoder_from_spec
 from avs_lib.core.parallel import process_pool
 from avs_lib.core.paths import workbench_path
-from avs_lib.data.frames import SEMANTIC_LAYOUTS, FrameSet
+from avs_lib.data.frames import FrameSet
+from avs_lib.data.layouts import SEMANTIC_LAYOUTS
 from avs_lib.data.loader import split_frames
 from avs_lib.memory.build import SemanticMemory
 from avs_lib.memory.io import build_world_memory, load_memory, load_memory_file
