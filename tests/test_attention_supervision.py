@@ -83,6 +83,48 @@ def test_two_tokens_of_one_class_share_the_target():
     assert loss.item() == pytest.approx(math.log(4), rel=1e-5)  # -(1/2 log 1/4 + 1/2 log 1/4)
 
 
+def test_audio_queries_write_back_loss_by_hand():
+    maps = torch.zeros(1, 2, 2, dtype=torch.long)
+    maps[0, 0, 0] = 3  # class 2: token 0's object
+    maps[0, 1, 0] = 6  # class 5: no token; every token's target there is 0
+    maps[0, 1, 1] = UNKNOWN_OBJECT  # left out
+    classes = torch.tensor([[2, 9]])
+    weights = torch.tensor([[[0.8, 0.1], [0.3, 0.5], [0.2, 0.4], [0.9, 0.9]]])  # [B, N=4, K=2]: W per token
+    # one positive pair (cell 0, token 0); five negatives (cell 0 token 1, cells 1 and 2 both tokens)
+    positive = -math.log(0.8)
+    negative = -(math.log(0.9) + math.log(0.7) + math.log(0.5) + math.log(0.8) + math.log(0.6)) / 5
+    loss = attention_supervision_loss([weights], [(2, 2)], classes, maps, queries="audio")
+    assert loss.item() == pytest.approx((positive + negative) / 2, rel=1e-3)  # 1e-4 inside the logs
+    # no token of an on-screen class: the negatives alone
+    alone = attention_supervision_loss([weights], [(2, 2)], torch.tensor([[7, 9]]), maps, queries="audio")
+    every = -(math.log(0.2) + math.log(0.9) + math.log(0.7) + math.log(0.5) + math.log(0.8) + math.log(0.6)) / 6
+    assert alone.item() == pytest.approx(every, rel=1e-3)
+    assert attention_supervision_loss([weights], [(2, 2)], classes, maps, valid=torch.tensor([False]),
+                                      queries="audio").item() == 0
+    with pytest.raises(ValueError, match="fusion_query"):
+        attention_supervision_loss([weights], [(2, 2)], classes, maps, queries="both")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2 ** 31 - 1))
+def test_audio_queries_loss_is_least_when_each_token_writes_on_its_object(seed):
+    g = torch.Generator().manual_seed(seed)
+    maps = torch.randint(0, 4, (2, 4, 4), generator=g)
+    classes = torch.tensor([[0, 1, 5], [2, 0, 1]])  # class 5 has no object: its token should write nowhere
+    labels = cell_labels(maps, (4, 4)).flatten(1)
+    target = ((classes[:, None, :] == (labels - 1)[..., None]) & (labels > 0)[..., None]).float()  # [B, 16, 3]
+    other = torch.rand(2, 16, 3, generator=g)
+    at_target = attention_supervision_loss([target], [(4, 4)], classes, maps, queries="audio")
+    assert at_target.item() < 1e-4
+    assert attention_supervision_loss([other], [(4, 4)], classes, maps, queries="audio").item() > at_target.item()
+    # balanced: writing nowhere is not free when the objects are small
+    nowhere = attention_supervision_loss([torch.zeros_like(target)], [(4, 4)], classes, maps, queries="audio")
+    if target.any():  # half the loss is the positives' -log(1e-4) = 9.2
+        assert nowhere.item() > 4
+    else:
+        assert nowhere.item() < 1e-3
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.integers(0, 2 ** 31 - 1))
 def test_the_loss_is_least_at_its_target(seed):
@@ -102,7 +144,8 @@ def test_the_loss_is_least_at_its_target(seed):
     assert attention_supervision_loss([other], [(4, 4)], classes, maps).item() > at_target.item()
 
 
-def test_training_with_attention_supervision_adds_its_term(notebook_world, tmp_path):
+@pytest.mark.parametrize("queries", ["visual", "audio"])
+def test_training_with_attention_supervision_adds_its_term(notebook_world, tmp_path, queries):
     from avs_lib.training.loop import train
     from avs_lib.training.prepare import prepare
 
@@ -110,14 +153,16 @@ def test_training_with_attention_supervision_adds_its_term(notebook_world, tmp_p
         config = load_config(None, [f"data_root={notebook_world}", "layout=ms3", "image_size=32", "audio_encoder=oracle",
                                     "k=2", "m=2", f"cache_dir={tmp_path / 'cache'}", "progress=false", "epochs=1",
                                     "batch_size=8", "tracking=none", "device=cpu", f"out={tmp_path / name}",
-                                    f"attention_supervision={weight}"])
+                                    f"attention_supervision={weight}", f"switches.fusion_query={queries}"])
         train(config, prepare(config))
         return json.loads((tmp_path / name / "log.jsonl").read_text().splitlines()[0])["losses"]
 
     plain, once, twice = run("plain", 0.0), run("once", 1.0), run("twice", 2.0)
     assert all(np.isfinite(twice))
     # the first step sees the same weights and frames: the difference is the weight x the supervision
-    # term, about log(K + 1) for attention near uniform over K tokens and the null key
+    # term, about log(K + 1) for attention near uniform over K tokens and the null key (visual
+    # queries), of order 1 for write-back weights spread over the frame (audio queries: a balanced BCE on
+    # W = S (1 - exp(-N P)), with W about 0.63 S)
     term = once[0] - plain[0]
     assert 0.25 < term < math.log(16)
     assert twice[0] - plain[0] == pytest.approx(2 * term, rel=1e-3)  # the weight scales the term
@@ -130,8 +175,7 @@ def test_attention_supervision_is_refused_where_it_cannot_work(notebook_world, t
     for refused in (["ablation=baseline"], ["variant=released"], ["switches.derivation=false"], ["layout=avss"]):
         with pytest.raises(ValueError, match="derived tokens"):
             _check_attention_supervision(load_config(None, base + refused), notebook_world)
-    with pytest.raises(ValueError, match="fusion_query=visual"):
-        _check_attention_supervision(load_config(None, base + ["switches.fusion_query=audio"]), notebook_world)
+    _check_attention_supervision(load_config(None, base + ["switches.fusion_query=audio"]), notebook_world)
     with pytest.raises(ValueError, match="no world.json"):
         _check_attention_supervision(load_config(None, base), tmp_path)
     _check_attention_supervision(load_config(None, base), notebook_world)  # the composed world's full DDESeg

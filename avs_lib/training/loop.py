@@ -68,6 +68,7 @@ from avs_lib.data.datasets import world_frame_size
 from avs_lib.data.layouts import SEMANTIC_LAYOUTS
 from avs_lib.data.loader import epoch_batches, is_streamed
 from avs_lib.data.transforms import normalise_images
+from avs_lib.models.ddeseg import DDESegConfig
 from avs_lib.training.checkpoints import read_checkpoint, save_checkpoint
 from avs_lib.training.losses import (attention_supervision_loss, avsac_loss, capacity_loss, ddeseg_loss,
                                      outline_loss)
@@ -153,9 +154,11 @@ def _model_loss(config: TrainConfig, out, masks, valid, onscreen=None, object_ma
     loss = ddeseg_loss(out.logits.float(), masks, valid)
     if config.attention_supervision:  # outside the paper (avs_lib.training.losses.attention_supervision_loss)
         grids = [tuple(f.shape[-2:]) for f in out.features]
+        switches = config.switches or {}
         loss = loss + config.attention_supervision * attention_supervision_loss(
             out.attention, grids, out.derivation.class_indices, object_maps, valid,
-            null_key=(config.switches or {}).get("fusion_null_key", True))
+            null_key=switches.get("fusion_null_key", DDESegConfig.fusion_null_key),
+            queries=switches.get("fusion_query", DDESegConfig.fusion_query))
     if config.capacity_check:  # outside the paper: the capacity check (avs_lib.training.losses.capacity_loss)
         if out.derivation is None or not out.stage_scores:
             raise ValueError("capacity_check needs a model with derivation and elimination (ablation=full)")
@@ -184,10 +187,6 @@ def _check_attention_supervision(config: TrainConfig, data_root: Path) -> None:
             or config.variant != "paper" or config.layout in SEMANTIC_LAYOUTS):
         raise ValueError("attention_supervision needs DDESeg with derived tokens and fusion cross-attention on binary "
                          "masks (model=ddeseg, an ablation other than baseline, variant=paper, an ms3 or s4 layout)")
-    if switches.get("fusion_query", "visual") != "visual":
-        raise ValueError("attention_supervision needs switches.fusion_query=visual: its targets share each cell's "
-                         "attention out among the tokens and the null key, and with audio queries a cell's weights "
-                         "are the tokens' own maps over the frame, not shares of one softmax")
     if not (data_root / "world.json").exists():
         raise ValueError(f"attention_supervision needs a composed world: {data_root} has no world.json, and only a "
                          "composed world records where each sounding object is")

@@ -156,7 +156,7 @@ def cell_labels(object_maps: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
 def attention_supervision_loss(attentions: list[torch.Tensor], grids: list[tuple[int, int]],
                                token_classes: torch.Tensor, object_maps: torch.Tensor,
                                valid: torch.Tensor | None = None, null_key: bool = True,
-                               unknown: int = UNKNOWN_OBJECT) -> torch.Tensor:
+                               unknown: int = UNKNOWN_OBJECT, queries: str = "visual") -> torch.Tensor:
     """An auxiliary loss OUTSIDE THE PAPER: it tells the fusion's cross-attention where each derived
     token's object is, so that the pointing accuracy (``avs_lib.analysis.inspect``) has a model
     that was asked to point. The paper trains the attention through the masks alone.
@@ -175,12 +175,29 @@ def attention_supervision_loss(attentions: list[torch.Tensor], grids: list[tuple
     was derived for, or in a frame without a ground truth (``valid``) count for nothing. The loss
     is the cross-entropy -sum_j t_j log a_j over the K + 1 keys, a mean over the counted cells of
     the batch, then over the stages. Under several processes each averages its own cells (as Eq.
-    18 averages each process's frames), so the term is not exactly the one-process loss."""
+    18 averages each process's frames), so the term is not exactly the one-process loss.
+
+    ``queries="audio"`` (DDESeg's ``fusion_query="audio"``): the weights are each token's write-back
+    weights W in [0, 1) (``mit.AudioCrossAttention``), the token's own map over the frame rather
+    than a cell's shares, so the target is per (cell, token): 1 where the cell is the token's
+    object, 0 everywhere else (the background, other objects; every cell for a token whose class
+    has no object here, which is what elimination's S_k would give it). The loss is a binary
+    cross-entropy, balanced: the mean over the counted (cell, token) pairs whose target is 1 and
+    the mean over those whose target is 0 are averaged (objects cover a small part of the frame,
+    and a plain mean would be least with every token writing nowhere); a batch without one of
+    the two takes the other alone. ``null_key`` plays no part there. W carries the elimination
+    score S_k, so the term also asks S_k to be high for a token whose object is on screen (as
+    ``capacity_loss`` does, though it never asks it to be low: W = 0 can come from either factor)."""
+    if queries not in ("visual", "audio"):
+        raise ValueError(f"queries={queries!r}: the model's fusion_query, 'visual' or 'audio'")
     losses = []
     for attention, grid in zip(attentions, grids):
         weights = attention.float()  # [B, N, K]
         labels = cell_labels(object_maps, grid).flatten(1)  # [B, N]
         own = (token_classes[:, None, :] == (labels - 1)[..., None]) & (labels > 0)[..., None]  # [B, N, K]
+        if queries == "audio":
+            losses.append(_write_back_loss(weights, own, labels, valid, unknown))
+            continue
         background = (labels == 0) & null_key
         counted = (background | own.any(-1)) & (labels != unknown)
         if valid is not None:
@@ -191,3 +208,20 @@ def attention_supervision_loss(attentions: list[torch.Tensor], grids: list[tuple
         per_cell = -(target * (weights + 1e-6).log()).sum(-1) - background.float() * (null + 1e-6).log()
         losses.append((per_cell * counted).sum() / counted.sum().clamp_min(1))
     return torch.stack(losses).mean()
+
+
+def _write_back_loss(weights: torch.Tensor, own: torch.Tensor, labels: torch.Tensor,
+                     valid: torch.Tensor | None, unknown: int) -> torch.Tensor:
+    """``attention_supervision_loss`` with audio queries: the balanced binary cross-entropy between
+    the write-back weights [B, N, K] and ``own`` [B, N, K] over the counted cells."""
+    counted = (labels >= 0) & (labels != unknown)  # [B, N]: a majority label, and a known one
+    if valid is not None:
+        counted &= valid.bool()[:, None]
+    counted = counted[..., None].expand_as(own)  # [B, N, K]
+    target = own.float()
+    # W reaches exactly 1 in floating point (N P > 17 in fp32, sooner in bf16): 1e-4 inside the
+    # logs bounds a pair's loss at 9.2 and its gradient at 1e4 there, where 1e-6 would give 1e6
+    per_pair = -(target * (weights + 1e-4).log() + (1 - target) * (1 - weights + 1e-4).log())
+    means = [per_pair[counted & side].sum() / (counted & side).sum() for side in (own, ~own)
+             if (counted & side).any()]
+    return torch.stack(means).mean() if means else weights.sum() * 0
