@@ -11,6 +11,7 @@ RUNS = {  # label: metrics.json
     "ceiling, stride 2, deeper refinement": "figures/decoder_refine/metrics.json",
     "ceiling, stride 1 (refinement as first built)": "figures/decoder_pixel/ceiling/metrics.json",
     "ceiling, stride 1, outline_weight=2": "figures/decoder_pixel/ceiling_outline/metrics.json",
+    "ceiling, stride 1, outline_weight=2, ten epochs": "figures/decoder_pixel/ceiling_outline_10_epochs/metrics.json",
     "model, stride 2, ten epochs": "figures/every_lever_10_epochs/metrics.json",
     "model, stride 1, ten epochs": "figures/decoder_pixel/model/metrics.json",
 }
