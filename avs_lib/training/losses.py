@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from avs_lib.analysis.truth import UNKNOWN_OBJECT
+from avs_lib.models.mit import FUSION_QUERIES
 
 
 def _frame_mean(values: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
@@ -188,8 +189,8 @@ def attention_supervision_loss(attentions: list[torch.Tensor], grids: list[tuple
     the two takes the other alone. ``null_key`` plays no part there. W carries the elimination
     score S_k, so the term also asks S_k to be high for a token whose object is on screen (as
     ``capacity_loss`` does, though it never asks it to be low: W = 0 can come from either factor)."""
-    if queries not in ("visual", "audio"):
-        raise ValueError(f"queries={queries!r}: the model's fusion_query, 'visual' or 'audio'")
+    if queries not in FUSION_QUERIES:
+        raise ValueError(f"queries={queries!r}: the model's fusion_query, one of {FUSION_QUERIES}")
     losses = []
     for attention, grid in zip(attentions, grids):
         weights = attention.float()  # [B, N, K]
