@@ -4,6 +4,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from avs_lib.audio.registry import OracleAudio
 from avs_lib.core.config import load_config
@@ -143,6 +145,63 @@ def test_pointing_shares_a_hit_among_cells_tied_at_the_peak():
     cache.stage_hw = {1: (2, 2)}
     # class 2: half a hit; class 5's object fills cell (1, 1), where its token peaks: a hit
     assert pointing_accuracy(cache, frames, source_size=16)["stage 1"] == pytest.approx((0.5 + 1) / 2)
+
+
+def test_peak_places_say_where_each_miss_lands():
+    import pytest
+    import torch
+
+    from avs_lib.analysis.inspect import peak_places, pointing_accuracy
+    from avs_lib.models.hooks import ActivationCache
+
+    frames = _one_frame_with_sources()
+    # a silent object of class 3 in the top-right quadrant (its box only: silent objects have no mask)
+    frames.sources["c"]["sources"].append(
+        {"class_index": 3, "sounding": False, "on_screen": True, "bboxes": [[8, 0, 16, 8]]})
+    # 2x2 grid, one head; the quadrants are cells 0 (class 2), 1 (silent class 3), 2 (background), 3 (class 5)
+    pattern = torch.zeros(1, 1, 4, 2)
+    pattern[0, 0, 1, 0] = 1.0  # class 2's token peaks on the silent object
+    pattern[0, 0, [0, 2], 1] = 1.0  # class 5's token: tied on class 2's object and the background
+    cache = ActivationCache({"derivation.classes": torch.tensor([[2, 5]]), "stage1.block0.cross_attn.pattern": pattern})
+    cache.stage_hw = {1: (2, 2)}
+    places = peak_places(cache, frames, source_size=16)
+    assert places["objects"] == 2
+    assert places["stage 1"] == pytest.approx({"own object": 0.0, "another sounding object": 0.25,
+                                               "a silent object": 0.5, "background": 0.25, "no token": 0.0})
+    # each object sees its own quadrant, the other object's, the silent box and the background
+    assert places["chance"] == pytest.approx({"own object": 0.25, "another sounding object": 0.25,
+                                              "a silent object": 0.25, "background": 0.25, "no token": 0.0})
+    assert places["stage 1"]["own object"] == pointing_accuracy(cache, frames, source_size=16)["stage 1"]
+    # a token for class 9 instead of 5: class 5's object counts as "no token", at every stage and in chance
+    cache["derivation.classes"] = torch.tensor([[2, 9]])
+    places = peak_places(cache, frames, source_size=16)
+    assert places["stage 1"]["no token"] == 0.5 and places["chance"]["no token"] == 0.5
+    assert places["stage 1"]["a silent object"] == 0.5 and sum(places["stage 1"].values()) == pytest.approx(1)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([(2, 2), (4, 4), (8, 8), (3, 5)]))
+def test_peak_places_partition_the_objects_and_agree_with_pointing(seed, grid):
+    import pytest
+    import torch
+
+    from avs_lib.analysis.inspect import peak_places, pointing_accuracy
+    from avs_lib.models.hooks import ActivationCache
+
+    frames = _one_frame_with_sources()
+    frames.sources["c"]["sources"].append(
+        {"class_index": 3, "sounding": False, "on_screen": True, "bboxes": [[6, 0, 16, 10]]})
+    generator = torch.Generator().manual_seed(seed)
+    h, w = grid
+    # coarse values, so that ties at the peak happen
+    pattern = torch.randint(0, 3, (1, 2, h * w, 2), generator=generator).float()
+    cache = ActivationCache({"derivation.classes": torch.tensor([[2, 5]]), "stage1.block0.cross_attn.pattern": pattern})
+    cache.stage_hw = {1: grid}
+    places = peak_places(cache, frames, source_size=16)
+    assert sum(places["stage 1"].values()) == pytest.approx(1)
+    assert sum(places["chance"].values()) == pytest.approx(1)
+    assert places["stage 1"]["own object"] == pytest.approx(pointing_accuracy(cache, frames, 16)["stage 1"])
+    assert places["chance"]["own object"] == pytest.approx(pointing_accuracy(cache, frames, 16)["chance"])
 
 
 def test_pointing_chance_is_the_mean_object_share():
@@ -360,6 +419,25 @@ def test_anatomy_figure_draws_only_the_bars_the_anatomy_has(tmp_path):
               for i, a in enumerate((with_null, without_null))]
     assert len(labels[0]) == 5 and not any("null" in label for label in labels[1]) and len(labels[1]) == 3
     assert (tmp_path / "1.png").stat().st_size > 1000
+
+
+def test_peak_places_figure_stacks_each_row_to_the_whole(tmp_path):
+    import pytest
+
+    from avs_lib.analysis.inspect import PEAK_PLACES
+    from avs_lib.viz.plots import peak_places_figure
+
+    stage = {"own object": 0.1, "another sounding object": 0.2, "a silent object": 0.3, "background": 0.3, "no token": 0.1}
+    places = {"stage 1": stage, "stage 2": dict(zip(PEAK_PLACES, (1, 0, 0, 0, 0))), "chance": stage, "objects": 9}
+    ax = peak_places_figure({"a": places, "b": places}, tmp_path / "p.png").axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == list(PEAK_PLACES)
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"{r}: {k}" for r in "ab" for k in ("stage 1", "stage 2", "chance")]
+    ends = {}  # each bar's right end, per row: the last place's bars reach 1
+    for bar in ax.patches:
+        row = round(bar.get_y() + bar.get_height() / 2)
+        ends[row] = max(ends.get(row, 0), bar.get_x() + bar.get_width())
+    assert sorted(ends) == list(range(6)) and all(end == pytest.approx(1) for end in ends.values())
+    assert (tmp_path / "p.png").stat().st_size > 1000
 
 
 def _frame_with_a_silent_object():

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from avs_lib.analysis.stats import cluster_bootstrap
-from avs_lib.analysis.truth import object_regions, token_categories, true_classes
+from avs_lib.analysis.truth import object_regions, onscreen_boxes, token_categories, true_classes
 from avs_lib.data.frames import FrameSet
 from avs_lib.models.derivation import nearest_centres
 from avs_lib.models.hooks import ActivationCache, HookPoint, run_with_cache
@@ -255,6 +255,67 @@ def _objects_and_tokens(classes: torch.Tensor, frames: FrameSet, source_size: in
             yield index, c, region, (int(tokens[0]) if len(tokens) else None)
 
 
+def _peak_pixels(column: torch.Tensor, grid: tuple[int, int], side: tuple[int, int]) -> list[tuple[int, int]]:
+    """The pixels (y, x) of a [S, S] frame at the centres of the cells where a map [h*w] peaks: all
+    cells tied at the peak (a flat map, or audio queries' weights saturated at 1), so a caller can
+    share a hit among them as a peak drawn at random among them would (argmax alone picks the first)."""
+    (h, w), (rows, cols) = grid, side
+    return [(min(rows - 1, int((peak // w + 0.5) * rows / h)), min(cols - 1, int((peak % w + 0.5) * cols / w)))
+            for peak in (column == column.max()).nonzero().flatten().tolist()]
+
+
+PEAK_PLACES = ("own object", "another sounding object", "a silent object", "background", "no token")
+
+
+def _places(frames: FrameSet, index: int, c: int, source_size: int) -> torch.Tensor:
+    """[S, S] int64: the index in PEAK_PLACES of every pixel of frame ``index`` seen from the
+    sounding object of class ``c``: its own region, another sounding object's region, a silent
+    object's box (the world records boxes for silent objects, no outline), the rest; in that order
+    of precedence where they overlap."""
+    regions = object_regions(frames, index, source_size)
+    places = torch.full(frames.masks.shape[-2:], 3, dtype=torch.long)
+    for k, sounds, box in onscreen_boxes(frames, index, source_size):
+        if not sounds:
+            places[box] = 2
+    for k, region in regions.items():
+        if k != c:
+            places[region] = 1
+    places[regions[c]] = 0
+    return places
+
+
+def peak_places(source, frames: FrameSet, source_size: int) -> dict:
+    """Where the map that ``pointing_accuracy`` reads peaks, when it does not peak on its own object.
+    For each object sounding on screen and each stage, the peak of its class's token map (last fusion
+    block, mean over heads; cells tied at the peak share the object) lands in one of PEAK_PLACES: the
+    object itself (the pointing hit), another sounding object (the token confuses *which*), a silent
+    object (a box the world records for an on-screen object that makes no sound in that frame), or
+    the background; "no token" counts the objects no token was derived for. Returns {"stage s":
+    {place: share of the objects}, "chance": {place: the share of the frame each place covers,
+    averaged over the same objects}}: a map peaking at random lands in each place by its "chance".
+    Each stage's "own object" is ``pointing_accuracy``'s number."""
+    cache, maps = _last_fusion_maps(source, frames)
+    counts = {f"stage {stage}": dict.fromkeys(PEAK_PLACES, 0.0) for stage in maps}
+    area = dict.fromkeys(PEAK_PLACES, 0.0)
+    objects = 0
+    for index, c, region, token in _objects_and_tokens(cache["derivation.classes"], frames, source_size):
+        objects += 1
+        if token is None:
+            for count in counts.values():
+                count["no token"] += 1
+            area["no token"] += 1
+            continue
+        places = _places(frames, index, c, source_size)
+        for j, share in enumerate(torch.bincount(places.flatten(), minlength=4).float() / places.numel()):
+            area[PEAK_PLACES[j]] += float(share)
+        for stage, attention in maps.items():
+            pixels = _peak_pixels(attention[index, :, token], cache.hw(stage), region.shape)
+            for y, x in pixels:
+                counts[f"stage {stage}"][PEAK_PLACES[int(places[y, x])]] += 1 / len(pixels)
+    share = lambda count: {k: v / max(1, objects) for k, v in count.items()}  # noqa: E731
+    return {**{stage: share(count) for stage, count in counts.items()}, "chance": share(area), "objects": objects}
+
+
 def pointing_accuracy(source, frames: FrameSet, source_size: int) -> dict:
     """Does the fusion attend where the sound is? For each object sounding on screen, the last fusion
     block's cross-attention map (mean over heads) of the token derived for its class is taken at
@@ -273,15 +334,9 @@ def pointing_accuracy(source, frames: FrameSet, source_size: int) -> dict:
         derived += 1
         area += float(region.float().mean())
         for stage, attention in maps.items():
-            h, w = cache.hw(stage)
-            column = attention[index, :, token]
-            # cells tied at the peak (a flat map, or audio queries' weights saturated at 1) share the
-            # hit, as a peak drawn at random among them would: argmax alone would pick the first cell
-            peaks = (column == column.max()).nonzero().flatten().tolist()
-            inside = [bool(region[min(region.shape[0] - 1, int((peak // w + 0.5) * region.shape[0] / h)),
-                                  min(region.shape[1] - 1, int((peak % w + 0.5) * region.shape[1] / w))])
-                      for peak in peaks]
-            hits[f"stage {stage}"] += sum(inside) / len(inside)
+            # cells tied at the peak share the hit (_peak_pixels)
+            pixels = _peak_pixels(attention[index, :, token], cache.hw(stage), region.shape)
+            hits[f"stage {stage}"] += sum(bool(region[y, x]) for y, x in pixels) / len(pixels)
     result = {k: v / max(1, objects) for k, v in hits.items()}
     return {**result, "derived": derived / max(1, objects), "objects": objects, "chance": area / max(1, objects)}
 
