@@ -166,17 +166,55 @@ def test_peak_places_say_where_each_miss_lands():
     cache.stage_hw = {1: (2, 2)}
     places = peak_places(cache, frames, source_size=16)
     assert places["objects"] == 2
-    assert places["stage 1"] == pytest.approx({"own object": 0.0, "another sounding object": 0.25,
-                                               "a silent object": 0.5, "background": 0.25, "no token": 0.0})
-    # each object sees its own quadrant, the other object's, the silent box and the background
-    assert places["chance"] == pytest.approx({"own object": 0.25, "another sounding object": 0.25,
-                                              "a silent object": 0.25, "background": 0.25, "no token": 0.0})
+    ring = "a sounding object's box, off its mask"
+    assert places["stage 1"] == pytest.approx({"own object": 0.0, "another sounding object": 0.25, ring: 0.0,
+                                               "a silent object's box": 0.5, "background": 0.25, "no token": 0.0})
+    # each object sees its own quadrant, the other object's, the silent box and the background; the
+    # sounding objects fill their boxes, so no box is left off a mask
+    assert places["chance"] == pytest.approx({"own object": 0.25, "another sounding object": 0.25, ring: 0.0,
+                                              "a silent object's box": 0.25, "background": 0.25, "no token": 0.0})
     assert places["stage 1"]["own object"] == pointing_accuracy(cache, frames, source_size=16)["stage 1"]
     # a token for class 9 instead of 5: class 5's object counts as "no token", at every stage and in chance
     cache["derivation.classes"] = torch.tensor([[2, 9]])
     places = peak_places(cache, frames, source_size=16)
     assert places["stage 1"]["no token"] == 0.5 and places["chance"]["no token"] == 0.5
-    assert places["stage 1"]["a silent object"] == 0.5 and sum(places["stage 1"].values()) == pytest.approx(1)
+    assert places["stage 1"]["a silent object's box"] == 0.5 and sum(places["stage 1"].values()) == pytest.approx(1)
+
+
+def test_peak_places_give_overlaps_to_the_sounding_objects():
+    import pytest
+    import torch
+
+    from avs_lib.analysis.inspect import peak_places
+    from avs_lib.data.frames import FrameSet
+    from avs_lib.models.hooks import ActivationCache
+
+    # an 8 px frame of a 16 px world: class 2's box is rows/cols 0-3 but it sounds only in rows 0-1;
+    # class 5 fills its box, rows/cols 4-7; a silent class 3's box, rows/cols 2-5, overlaps the rest
+    # of class 2's box (rows 2-3, cols 2-3), class 5 (rows/cols 4-5) and the background
+    masks = torch.zeros(1, 8, 8, dtype=torch.long)
+    masks[0, 0:2, 0:4] = 1
+    masks[0, 4:8, 4:8] = 1
+    sources = {"c": {"sources": [
+        {"class_index": 2, "sounding": True, "on_screen": True, "bboxes": [[0, 0, 8, 8]]},
+        {"class_index": 5, "sounding": True, "on_screen": True, "bboxes": [[8, 8, 16, 16]]},
+        {"class_index": 3, "sounding": False, "on_screen": True, "bboxes": [[4, 4, 12, 12]]}]}}
+    frames = FrameSet(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), masks, torch.ones(1, dtype=torch.bool),
+                      torch.zeros(1, 4), ["c"], [0], ["x"], sources)
+    pattern = torch.zeros(1, 1, 64, 2)  # an 8 x 8 grid: cell = pixel
+    pattern[0, 0, [2 * 8 + 2, 5 * 8 + 5], 0] = 1.0  # class 2's token: class 2's box off its mask, and class 5
+    pattern[0, 0, [4 * 8 + 4, 3 * 8 + 4], 1] = 1.0  # class 5's token: its own object, and the silent box alone
+    cache = ActivationCache({"derivation.classes": torch.tensor([[2, 5]]), "stage1.block0.cross_attn.pattern": pattern})
+    cache.stage_hw = {1: (8, 8)}
+    places = peak_places(cache, frames, source_size=16)
+    ring = "a sounding object's box, off its mask"
+    assert places["stage 1"] == pytest.approx({"own object": 0.25, "another sounding object": 0.25, ring: 0.25,
+                                               "a silent object's box": 0.25, "background": 0.0, "no token": 0.0})
+    # pixels of the 64, seen from class 2 then class 5: own 8 | 16, other 16 | 8, the rest of class 2's
+    # box 8 | 8, the silent box less its overlaps 8 | 8, background 24 | 24
+    assert places["chance"] == pytest.approx({"own object": 24 / 128, "another sounding object": 24 / 128,
+                                              ring: 16 / 128, "a silent object's box": 16 / 128,
+                                              "background": 48 / 128, "no token": 0.0})
 
 
 @settings(max_examples=30, deadline=None)
@@ -427,8 +465,8 @@ def test_peak_places_figure_stacks_each_row_to_the_whole(tmp_path):
     from avs_lib.analysis.inspect import PEAK_PLACES
     from avs_lib.viz.plots import peak_places_figure
 
-    stage = {"own object": 0.1, "another sounding object": 0.2, "a silent object": 0.3, "background": 0.3, "no token": 0.1}
-    places = {"stage 1": stage, "stage 2": dict(zip(PEAK_PLACES, (1, 0, 0, 0, 0))), "chance": stage, "objects": 9}
+    stage = dict(zip(PEAK_PLACES, (0.1, 0.2, 0.05, 0.25, 0.3, 0.1)))
+    places = {"stage 1": stage, "stage 2": dict(zip(PEAK_PLACES, (1, 0, 0, 0, 0, 0))), "chance": stage, "objects": 9}
     ax = peak_places_figure({"a": places, "b": places}, tmp_path / "p.png").axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == list(PEAK_PLACES)
     assert [t.get_text() for t in ax.get_yticklabels()] == [f"{r}: {k}" for r in "ab" for k in ("stage 1", "stage 2", "chance")]

@@ -264,18 +264,26 @@ def _peak_pixels(column: torch.Tensor, grid: tuple[int, int], side: tuple[int, i
             for peak in (column == column.max()).nonzero().flatten().tolist()]
 
 
-PEAK_PLACES = ("own object", "another sounding object", "a silent object", "background", "no token")
+PEAK_PLACES = ("own object", "another sounding object", "a sounding object's box, off its mask",
+               "a silent object's box", "background", "no token")
 
 
 def _places(frames: FrameSet, index: int, c: int, source_size: int) -> torch.Tensor:
     """[S, S] int64: the index in PEAK_PLACES of every pixel of frame ``index`` seen from the
-    sounding object of class ``c``: its own region, another sounding object's region, a silent
-    object's box (the world records boxes for silent objects, no outline), the rest; in that order
-    of precedence where they overlap."""
+    sounding object of class ``c``: its own region, another sounding object's region, the rest of a
+    sounding object's box, a silent object's box, the background; in that order of precedence where
+    they overlap. The world records boxes for every object but outlines (the sounding mask) only
+    for sounding ones, so a silent object can only be counted by its box; the third place counts
+    the sounding objects' boxes the same way, so that the two kinds of object compare like for like
+    (an overlap of the two goes to the sounding box, so the silent share is not inflated by it)."""
     regions = object_regions(frames, index, source_size)
-    places = torch.full(frames.masks.shape[-2:], 3, dtype=torch.long)
-    for k, sounds, box in onscreen_boxes(frames, index, source_size):
+    places = torch.full(frames.masks.shape[-2:], 4, dtype=torch.long)
+    boxes = onscreen_boxes(frames, index, source_size)
+    for _, sounds, box in boxes:
         if not sounds:
+            places[box] = 3
+    for _, sounds, box in boxes:
+        if sounds:
             places[box] = 2
     for k, region in regions.items():
         if k != c:
@@ -288,12 +296,14 @@ def peak_places(source, frames: FrameSet, source_size: int) -> dict:
     """Where the map that ``pointing_accuracy`` reads peaks, when it does not peak on its own object.
     For each object sounding on screen and each stage, the peak of its class's token map (last fusion
     block, mean over heads; cells tied at the peak share the object) lands in one of PEAK_PLACES: the
-    object itself (the pointing hit), another sounding object (the token confuses *which*), a silent
-    object (a box the world records for an on-screen object that makes no sound in that frame), or
+    object itself (the pointing hit), another sounding object (the token confuses *which*), the rest
+    of a sounding object's box (next to a source), a silent object's box (an object on screen that
+    makes no sound in that frame, which in a world with pauses may be a source that is paused), or
     the background; "no token" counts the objects no token was derived for. Returns {"stage s":
     {place: share of the objects}, "chance": {place: the share of the frame each place covers,
-    averaged over the same objects}}: a map peaking at random lands in each place by its "chance".
-    Each stage's "own object" is ``pointing_accuracy``'s number."""
+    averaged over the same objects}, "objects": n}: a map peaking at a random cell lands in each
+    place about as often as its "chance" (exactly, up to where the cell centres fall). Each stage's
+    "own object" is ``pointing_accuracy``'s number."""
     cache, maps = _last_fusion_maps(source, frames)
     counts = {f"stage {stage}": dict.fromkeys(PEAK_PLACES, 0.0) for stage in maps}
     area = dict.fromkeys(PEAK_PLACES, 0.0)
@@ -306,7 +316,8 @@ def peak_places(source, frames: FrameSet, source_size: int) -> dict:
             area["no token"] += 1
             continue
         places = _places(frames, index, c, source_size)
-        for j, share in enumerate(torch.bincount(places.flatten(), minlength=4).float() / places.numel()):
+        kinds = len(PEAK_PLACES) - 1  # every place but "no token" is a place in the frame
+        for j, share in enumerate(torch.bincount(places.flatten(), minlength=kinds).float() / places.numel()):
             area[PEAK_PLACES[j]] += float(share)
         for stage, attention in maps.items():
             pixels = _peak_pixels(attention[index, :, token], cache.hw(stage), region.shape)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avs_lib.analysis.inspect import PEAK_PLACES
 from avs_lib.analysis.truth import source_role
 from avs_lib.audio.frontends import vggish_log_mel
 from avs_lib.core.errors import DataError
@@ -438,21 +439,21 @@ def attention_anatomy_figure(anatomy: dict, path=None):
     return fig
 
 
-PLACE_COLOURS = {"own object": "tab:red", "another sounding object": "tab:orange", "a silent object": "tab:purple",
-                 "background": "tab:gray", "no token": "black"}
+# in the order of avs_lib.analysis.inspect.PEAK_PLACES: own object, another sounding object, a
+# sounding object's box off its mask, a silent object's box, background, no token
+PLACE_COLOURS = ("tab:red", "tab:orange", "navajowhite", "tab:purple", "tab:gray", "black")
 
 
 def peak_places_figure(runs: dict[str, dict], path=None):
     """``avs_lib.analysis.inspect.peak_places`` of one or more runs ({label: places}) as stacked
     bars, one per stage and one for chance (where a map peaking at random would land): the red part
-    is the pointing accuracy, the others say where the rest of the peaks went. A model whose tokens
-    mark what *not* to segment has its bars purple and grey where chance has them red and orange."""
+    is the pointing accuracy, the others say where the rest of the peaks went."""
     plt = _pyplot()
     rows = [(label, key) for label, places in runs.items()
             for key in [k for k in places if k.startswith("stage")] + ["chance"]]
     fig, ax = plt.subplots(figsize=(7.5, 0.32 * len(rows) + 1.2))
     left = np.zeros(len(rows))
-    for place, colour in PLACE_COLOURS.items():
+    for place, colour in zip(PEAK_PLACES, PLACE_COLOURS, strict=True):
         widths = np.array([runs[label][key][place] for label, key in rows])
         ax.barh(np.arange(len(rows)), widths, left=left, color=colour, label=place, height=0.8)
         left += widths
@@ -460,7 +461,7 @@ def peak_places_figure(runs: dict[str, dict], path=None):
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of the sounding objects: where the peak of their token's map lands")
-    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=5, frameon=False)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     save(fig, path)
     return fig
 
