@@ -307,6 +307,7 @@ def peak_places(source, frames: FrameSet, source_size: int) -> dict:
     cache, maps = _last_fusion_maps(source, frames)
     counts = {f"stage {stage}": dict.fromkeys(PEAK_PLACES, 0.0) for stage in maps}
     area = dict.fromkeys(PEAK_PLACES, 0.0)
+    kinds = len(PEAK_PLACES) - 1  # every place but "no token" is a place in the frame
     objects = 0
     for index, c, region, token in _objects_and_tokens(cache["derivation.classes"], frames, source_size):
         objects += 1
@@ -316,7 +317,6 @@ def peak_places(source, frames: FrameSet, source_size: int) -> dict:
             area["no token"] += 1
             continue
         places = _places(frames, index, c, source_size)
-        kinds = len(PEAK_PLACES) - 1  # every place but "no token" is a place in the frame
         for j, share in enumerate(torch.bincount(places.flatten(), minlength=kinds).float() / places.numel()):
             area[PEAK_PLACES[j]] += float(share)
         for stage, attention in maps.items():

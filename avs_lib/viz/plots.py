@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 
-from avs_lib.analysis.inspect import PEAK_PLACES
 from avs_lib.analysis.truth import source_role
 from avs_lib.audio.frontends import vggish_log_mel
 from avs_lib.core.errors import DataError
@@ -448,6 +447,9 @@ def peak_places_figure(runs: dict[str, dict], path=None):
     """``avs_lib.analysis.inspect.peak_places`` of one or more runs ({label: places}) as stacked
     bars, one per stage and one for chance (where a map peaking at random would land): the red part
     is the pointing accuracy, the others say where the rest of the peaks went."""
+    # imported here, not at the top: inspect pulls in scikit-learn, which nothing else here needs
+    from avs_lib.analysis.inspect import PEAK_PLACES
+
     plt = _pyplot()
     rows = [(label, key) for label, places in runs.items()
             for key in [k for k in places if k.startswith("stage")] + ["chance"]]
