@@ -50,9 +50,9 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import display
 
-from avs_lib.analysis.evaluation import (attention_interventions, decoder_stride, evaluation_table, headroom,
-                                         resolution_bound)
-from avs_lib.analysis.inspect import attention_anatomy, pointing_accuracy
+from avs_lib.analysis.evaluation import (attention_interventions, blanking_interventions, decoder_stride,
+                                         evaluation_table, headroom, resolution_bound)
+from avs_lib.analysis.inspect import attention_anatomy, peak_places, pointing_accuracy
 from avs_lib.core.config import load_config
 from avs_lib.core.paths import notebook_paths, workbench_path
 from avs_lib.data.datasets import world_frame_size
@@ -62,8 +62,8 @@ from avs_lib.training.loop import late_gain, train_once
 from avs_lib.training.predict import load_trained
 from avs_lib.training.prepare import prepare
 from avs_lib.training.runs import shared_run_dir
-from avs_lib.viz.plots import (attention_anatomy_figure, choice_outline_figure, headroom_figure, qualitative,
-                                training_curves)
+from avs_lib.viz.plots import (attention_anatomy_figure, blanking_figure, choice_outline_figure, headroom_figure,
+                                peak_places_figure, qualitative, training_curves)
 
 data_root, run_dir = notebook_paths(data_root, run_dir, "05_training")
 
@@ -182,7 +182,8 @@ if "derivation.classes" in cache and stage1_blocks:
     # the last fusion block of stage 1, mean over heads: [4, HW, K] -> [4, K, h, w]
     attention = cache[stage1_blocks[-1]][pick].mean(1).transpose(1, 2).reshape(len(pick), -1, h, w).numpy()
     token_names = [[prepared.memory.class_names[c] for c in row] for row in cache["derivation.classes"][pick].tolist()]
-    pointing = pointing_accuracy(cache, test, world_frame_size(data_root))
+if attention is not None and source_size is not None:  # AVSBench records no boxes to tell objects apart
+    pointing = pointing_accuracy(cache, test, source_size)
     best_stage = max((k for k in pointing if k.startswith("stage")), key=pointing.get)
     print(f"Pointing accuracy over {pointing['objects']} sounding objects: "
           + ", ".join(f"{k} {v:.2f}" for k, v in pointing.items() if k.startswith("stage"))
@@ -194,8 +195,16 @@ qualitative(test.images[pick].permute(0, 2, 3, 1).numpy(), test.masks[pick].nump
 
 # %% [markdown]
 # ## What the attention marks: where, or which?
-# Pointing asks one thing of a map: does its peak land inside its own object? Two measurements say
-# what the fusion's attention does when it does not.
+# Pointing asks one thing of a map: does its peak land inside its own object? Four measurements say
+# what the fusion's attention does when it does not: two read it, two take it away.
+#
+# **Places** (`avs_lib.analysis.inspect.peak_places`): where the peak of each sounding object's token
+# map lands instead: on another sounding object (the token confuses *which* object), in a sounding
+# object's box but off its mask (next to a source), in a silent object's box (an object on screen
+# that makes no sound in that frame), on the background, or nowhere because no token was derived
+# for the class. The bottom bar is chance: the share of the frame each place covers, where a map
+# peaking at random would land. A place well above its chance is one the maps seek out; the red
+# part of each bar is the pointing accuracy above.
 #
 # **Anatomy** (`avs_lib.analysis.inspect.attention_anatomy`): around each sounding object, per stage,
 # the mean weight a grid cell gives the object's own token (inside the object and elsewhere in the
@@ -216,16 +225,37 @@ qualitative(test.images[pick].permute(0, 2, 3, 1).numpy(), test.masks[pick].nump
 # longer depends on the audio). If spreading costs more than zeroing, the model has built its
 # segmentation on the shape of the attention. A stage's anatomy counts only the objects that fill
 # at least half of one of its cells, so the coarse stages 3 and 4 speak for the larger objects.
+#
+# **Blanking** (`avs_lib.analysis.evaluation.blanking_interventions`): the attention taken away in one
+# kind of place only, in every fusion block: the cells of the silent objects' boxes, of the sounding
+# objects' boxes, or, as a control, as many random background cells as the silent boxes cover. The
+# left panel is the paired change of test J&F; the right one the share of silent objects the model
+# takes and of sounding objects it finds. If the attention written into silent objects tells the
+# decoder what *not* to segment, blanking the silent boxes makes the model take them (purple bar up)
+# far more than the control does; attention that marks what *to* segment loses sounding objects
+# (green bar down) when the sounding boxes are blanked.
 
 # %%
-anatomy, interventions = None, None
+places, anatomy, interventions, blanking = None, None, None, None
 if pointing is not None:
-    anatomy = attention_anatomy(cache, test, world_frame_size(data_root), queries=model.config.fusion_query)
+    places = peak_places(cache, test, source_size)
+    peak_places_figure({"this model": places}, figures / "peak_places.png")
+    display(pd.DataFrame([{"": key, **shares} for key, shares in places.items() if key != "objects"]).round(3))
+    anatomy = attention_anatomy(cache, test, source_size, queries=model.config.fusion_query)
     attention_anatomy_figure(anatomy, figures / "attention_anatomy.png")
     display(pd.DataFrame([{"stage": stage, **values} for stage, values in anatomy.items()]).round(3))
+if attention is not None:  # any model with fusion cross-attention, AVSBench's included
     interventions = attention_interventions(model, test, config)
     display(pd.DataFrame([{"intervention": r["intervention"], "test J&F": r["JF"], "95 % low": r["ci95"][0],
                            "95 % high": r["ci95"][1]} for r in interventions]).round(3))
+if pointing is not None:  # the places to blank are a composed world's boxes
+    blanking = blanking_interventions(model, test, config, source_size)
+    blanking_figure(blanking, figures / "blanking.png")
+    display(pd.DataFrame([{"blanked": r["intervention"], "test J&F": r["JF"], "paired change": r["delta"],
+                           "95 % low": r["delta_ci95"][0], "95 % high": r["delta_ci95"][1],
+                           "silent taken": f"{r['errors']['taken']} of {r['errors']['silent']}",
+                           "sounding found": f"{r['errors']['found']} of {r['errors']['found'] + r['errors']['missed']}",
+                           "cells blanked": r["cells_blanked"]} for r in blanking]).round(3))
 
 # %% [markdown]
 # ## Evaluation in every convention, and what a number is worth
@@ -245,7 +275,12 @@ table
 save_metrics(run_dir, {"test": result["test"], "best_epoch": result["best_epoch"], "table": rows_all,
                        "headroom": {r["row"]: {"JF": r["JF"], "ci95": list(r["ci95"]),
                                                **({"errors": r["errors"]} if "errors" in r else {})} for r in rows},
-                       "late_gain": gain, "pointing": pointing, "attention_anatomy": anatomy,
+                       "late_gain": gain, "pointing": pointing, "peak_places": places, "attention_anatomy": anatomy,
                        "attention_interventions": ({r["intervention"]: {"JF": r["JF"], "ci95": list(r["ci95"])}
                                                     for r in interventions} if interventions else None),
+                       "attention_blanking": ({r["intervention"]: {"JF": r["JF"], "delta": r["delta"],
+                                                               "delta_ci95": list(r["delta_ci95"]),
+                                                               "taken": r["errors"]["taken"], "found": r["errors"]["found"],
+                                                               "cells_blanked": r["cells_blanked"]}
+                                               for r in blanking} if blanking else None),
                        "resolution_bound": {"stride": stride, "JF": bound["JF"], "J": bound["J"], "F": bound["F"]}})["test"]

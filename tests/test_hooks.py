@@ -232,3 +232,67 @@ def test_derivation_at_another_k_is_an_argument_not_a_mutation():
     torch.testing.assert_close(at_three.tokens, reference.tokens)
     with pytest.raises(ValueError, match="between 1 and"):
         model.derivation(audio, num_tokens=9)
+
+
+def _frames_with_boxes(n=4, size=64, dim=16):
+    """Frames of a 64 px world: a silent object's box over the top-left quarter, a sounding object
+    (its mask its whole box) over the 16 x 16 px at the bottom right."""
+    from avs_lib.data.frames import FrameSet
+
+    plain = _frames(n, size, dim)
+    masks = torch.zeros(n, size, size, dtype=torch.long)
+    masks[:, 48:, 48:] = 1
+    sources = {"c": {"sources": [
+        {"class_index": 1, "sounding": False, "on_screen": True, "bboxes": [[0, 0, 32, 32]] * n},
+        {"class_index": 2, "sounding": True, "on_screen": True, "bboxes": [[48, 48, 64, 64]] * n}]}}
+    return FrameSet(plain.images, masks, torch.ones(n, dtype=torch.bool), plain.audio, ["c"] * n, list(range(n)),
+                    ["x"] * n, sources)
+
+
+def test_blanking_takes_the_attention_away_from_the_cells_of_each_place():
+    from avs_lib.analysis.evaluation import blanking_interventions
+    from avs_lib.analysis.metrics import jf_with_interval
+
+    model, frames = _model(), _frames_with_boxes()
+    config = SimpleNamespace(bf16=False, zero_audio=False, cpu_bf16=False)
+    rows = {r["intervention"]: r for r in blanking_interventions(model, frames, config, source_size=64, batch_size=3)}
+    assert list(rows) == ["as trained", "silent boxes: blanked", "sounding boxes: blanked",
+                          "background, as many cells as the silent boxes: blanked"]
+    trained = jf_with_interval(_forward(model, frames).logits, frames.masks, frames.clips)
+    assert rows["as trained"]["JF"] == pytest.approx(trained["JF"], abs=1e-6)
+    assert rows["as trained"]["delta"] == 0 and rows["as trained"]["cells_blanked"] == 0
+    # stage grids of a 64 px frame: 16, 8, 4 and 2 cells a side (340 cells). The silent box is a
+    # quarter of every grid; the sounding box 1/16 of the first three, and no 2 x 2 cell is mostly inside it
+    assert rows["silent boxes: blanked"]["cells_blanked"] == pytest.approx(85 / 340)
+    assert rows["sounding boxes: blanked"]["cells_blanked"] == pytest.approx((16 + 4 + 1) / 340)
+    # the control blanks as many background cells as the silent boxes have, where there are enough
+    assert rows["background, as many cells as the silent boxes: blanked"]["cells_blanked"] == pytest.approx(85 / 340)
+    for row in rows.values():
+        assert row["delta"] == pytest.approx(row["JF"] - rows["as trained"]["JF"], abs=1e-9)
+
+
+def test_blanked_places_are_the_cells_mostly_inside_each_kind_of_place():
+    from avs_lib.analysis.evaluation import _cells, _region_masks
+
+    frames = _frames_with_boxes(n=1)
+    regions = _region_masks(frames, 0, source_size=64)
+    assert int(regions["silent boxes"].sum()) == 32 * 32 and int(regions["sounding boxes"].sum()) == 16 * 16
+    assert int(regions["background"].sum()) == 64 * 64 - 32 * 32 - 16 * 16
+    silent = _cells(regions["silent boxes"][None], 8).reshape(8, 8)
+    assert silent[:4, :4].all() and int(silent.sum()) == 16  # an 8 x 8 grid: the top-left 4 x 4 cells
+    background = _cells(regions["background"][None], 2).reshape(2, 2)
+    # 2 x 2 cells of 32 px: the top-left is the silent box, the bottom-right 3/4 background
+    assert background.tolist() == [[False, True], [True, True]]
+
+
+def test_blanking_figure_draws_a_bar_per_blanking(tmp_path):
+    from avs_lib.viz.plots import blanking_figure
+
+    errors = {"taken": 3, "silent": 10, "found": 8, "missed": 2}
+    rows = [{"intervention": name, "delta": d, "delta_ci95": (d - 0.01, d + 0.01), "errors": errors}
+            for name, d in (("as trained", 0.0), ("silent boxes: blanked", -0.05))]
+    fig = blanking_figure(rows, tmp_path / "b.png")
+    left, right = fig.axes
+    assert [round(p.get_width(), 6) for p in left.patches] == [0.0, -5.0]  # points
+    assert sorted(round(p.get_width(), 6) for p in right.patches) == [0.3, 0.3, 0.8, 0.8]
+    assert (tmp_path / "b.png").stat().st_size > 0

@@ -248,6 +248,111 @@ def attention_interventions(model, frames, config, device: torch.device | str = 
     return rows
 
 
+BLANKED_REGIONS = ("silent boxes", "sounding boxes", "background, as many cells as the silent boxes")
+
+
+def _region_masks(frames: FrameSet, index: int, source_size: int) -> dict[str, torch.Tensor]:
+    """{"silent boxes": silent objects' boxes outside every sounding object's box, "sounding boxes":
+    the sounding objects' boxes, "background": outside every box} of frame ``index``, [S, S] bool."""
+    from avs_lib.analysis.truth import onscreen_boxes
+
+    side = frames.masks.shape[-1]
+    silent, sounding = torch.zeros(side, side, dtype=torch.bool), torch.zeros(side, side, dtype=torch.bool)
+    for _, sounds, box in onscreen_boxes(frames, index, source_size):
+        (sounding if sounds else silent).__ior__(box)
+    return {"silent boxes": silent & ~sounding, "sounding boxes": sounding, "background": ~(silent | sounding)}
+
+
+def _cells(region: torch.Tensor, side: int) -> torch.Tensor:
+    """[B, S, S] bool -> [B, side*side] bool: the cells of a side x side grid mostly inside the region."""
+    return (torch.nn.functional.interpolate(region[:, None].float(), size=(side, side), mode="area")[:, 0] > 0.5).flatten(1)
+
+
+def blanking_interventions(model, frames: FrameSet, config, source_size: int, device: torch.device | str = "cpu",
+                           batch_size: int = 32, seed: int = 0) -> list[dict]:
+    """What the fusion attention does in each kind of place, by taking it away there. For every test
+    frame and every fusion block (``stage*.block*.cross_attn.pattern``), the attention weights of
+    every token are set to zero in the cells of one kind of place, so no audio token writes into
+    those cells (the other cells keep theirs):
+
+    * ``silent boxes``: the cells mostly inside a silent object's box (outside every sounding box);
+    * ``sounding boxes``: the cells mostly inside a sounding object's box;
+    * ``background, as many cells as the silent boxes``: a control, the same number of cells as the
+      silent boxes have in that frame and grid, drawn at random among the cells outside every box.
+
+    If the maps' weight on silent objects tells the decoder what *not* to segment, blanking the
+    silent boxes makes the model take more silent objects (``errors.taken`` up) than the control
+    does; if the weight there is idle, neither changes much. Blanking the sounding boxes asks the
+    same of the sounding objects (``errors.found``). Rows {"intervention", "JF", "ci95", "errors"
+    (``choice_and_outline``), "delta" (paired against "as trained": mean per-frame J&F difference),
+    "delta_ci95" (95 % over clips), "cells_blanked" (share of the cells, over stages and frames)}.
+    Grids are assumed square (composed worlds are). A model without fusion cross-attention is
+    refused; a dataset without boxes (AVSBench) is refused by ``onscreen_boxes``."""
+    import math
+
+    import numpy as np
+
+    from avs_lib.analysis.inspect import FUSION_ATTENTION
+    from avs_lib.analysis.metrics import per_frame_scores
+    from avs_lib.analysis.stats import bootstrap_ci
+    from avs_lib.models.hooks import hook_names, run_with_hooks
+
+    if not hook_names(model, FUSION_ATTENTION):
+        raise ValueError(f"{type(model).__name__} has no fusion cross-attention ({FUSION_ATTENTION}) "
+                         "to intervene on: use DDESeg with variant='paper'")
+    device = torch.device(device)
+    keep = torch.nonzero(frames.valid, as_tuple=True)[0]
+    regions = [_region_masks(frames, int(i), source_size) for i in range(len(frames.images))]
+    clips = [frames.clips[int(i)] for i in keep]
+
+    def blanked_cells(kind: str, chunk: list[int], side: int) -> torch.Tensor:  # [B, side*side] bool
+        if kind != BLANKED_REGIONS[2]:
+            return _cells(torch.stack([regions[i][kind] for i in chunk]), side)
+        silent = _cells(torch.stack([regions[i]["silent boxes"] for i in chunk]), side)
+        background = _cells(torch.stack([regions[i]["background"] for i in chunk]), side)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + chunk[0] * 101 + side)
+        # a random order of the cells, background ones first: the first n of it are n random background cells
+        order = torch.argsort(torch.rand(background.shape, generator=generator) - background.float(), dim=1)
+        picked = torch.zeros_like(background)
+        for row, n in enumerate(silent.sum(1).tolist()):
+            picked[row, order[row, :min(n, int(background[row].sum()))]] = True
+        return picked
+
+    def blanking(kind: str, chunk: list[int], counts: list[int]):
+        masks: dict[int, torch.Tensor] = {}  # {cells of a grid: [B, cells] bool}, one per stage
+
+        def blank(pattern: torch.Tensor) -> torch.Tensor:  # [B, heads, N, K]
+            n = pattern.shape[2]
+            side = math.isqrt(n)
+            if side * side != n:
+                raise ValueError(f"a fusion grid of {n} cells is not square: blanking reads square grids only")
+            if n not in masks:
+                masks[n] = blanked_cells(kind, chunk, side).to(pattern.device)
+                counts[0] += int(masks[n].sum())
+                counts[1] += masks[n].numel()
+            return pattern * (~masks[n])[:, None, :, None].to(pattern.dtype)
+        return blank
+
+    rows, base = [], None
+    for kind in (None, *BLANKED_REGIONS):
+        logits, counts = [], [0, 0]  # cells blanked, cells seen
+        for start in range(0, len(frames.images), batch_size):
+            chunk = list(range(start, min(start + batch_size, len(frames.images))))
+            with run_with_hooks(model, {FUSION_ATTENTION: blanking(kind, chunk, counts)} if kind else {}):
+                logits.append(predict(model, frames, device, batch_size=len(chunk), bf16=config.bf16,
+                                      zero_audio=config.zero_audio, cpu_bf16=config.cpu_bf16, indices=chunk))
+        logits = torch.cat(logits)
+        j, f = per_frame_scores(logits[keep], frames.masks[keep])
+        jf = ((j + f) / 2).numpy().astype(np.float64)
+        base = jf if base is None else base
+        rows.append({"intervention": "as trained" if kind is None else f"{kind}: blanked",
+                     **jf_with_interval(logits[keep], frames.masks[keep], clips),
+                     "errors": choice_and_outline(logits, frames, source_size),
+                     "delta": float((jf - base).mean()), "delta_ci95": bootstrap_ci(jf - base, clips),
+                     "cells_blanked": counts[0] / max(1, counts[1])})
+    return rows
+
+
 def headroom(config, model, prepared, rows: tuple[str, ...] = ("floor", "oracle"), progress: bool = False,
              source_size: int | None = None) -> list[dict]:
     """The window an experiment can see, as rows {"row", "what", "JF", "ci95", ...}: the floor (the

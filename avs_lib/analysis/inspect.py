@@ -335,21 +335,12 @@ def pointing_accuracy(source, frames: FrameSet, source_size: int) -> dict:
     whose class no token was derived for is a miss. Returns {"stage 1": accuracy, ...,
     "derived": share of objects with a token of their class, "objects": n, "chance": the accuracy of
     maps whose peaks fall at random (the share of the frame each object with a token covers,
-    summed, over all n objects)}."""
-    cache, maps = _last_fusion_maps(source, frames)
-    hits, objects, derived, area = {f"stage {stage}": 0 for stage in maps}, 0, 0, 0.0
-    for index, _, region, token in _objects_and_tokens(cache["derivation.classes"], frames, source_size):
-        objects += 1
-        if token is None:
-            continue  # a miss whatever the map does: it adds nothing to chance either
-        derived += 1
-        area += float(region.float().mean())
-        for stage, attention in maps.items():
-            # cells tied at the peak share the hit (_peak_pixels)
-            pixels = _peak_pixels(attention[index, :, token], cache.hw(stage), region.shape)
-            hits[f"stage {stage}"] += sum(bool(region[y, x]) for y, x in pixels) / len(pixels)
-    result = {k: v / max(1, objects) for k, v in hits.items()}
-    return {**result, "derived": derived / max(1, objects), "objects": objects, "chance": area / max(1, objects)}
+    summed, over all n objects)}: the "own object" column of ``peak_places``, which also says where
+    the misses went."""
+    places = peak_places(source, frames, source_size)
+    stages = {k: v["own object"] for k, v in places.items() if k.startswith("stage")}
+    return {**stages, "derived": 1 - places["chance"]["no token"], "objects": places["objects"],
+            "chance": places["chance"]["own object"]}
 
 
 def attention_anatomy(source, frames: FrameSet, source_size: int, queries: str = "visual") -> dict:

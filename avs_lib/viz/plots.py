@@ -468,6 +468,37 @@ def peak_places_figure(runs: dict[str, dict], path=None):
     return fig
 
 
+def blanking_figure(rows: list[dict], path=None, title: str | None = None):
+    """``avs_lib.analysis.evaluation.blanking_interventions`` of one run: left, each blanking's paired
+    change of test J&F with its 95 % interval over clips; right, the share of the silent objects the
+    model takes and of the sounding objects it finds (``errors``), as trained and under each
+    blanking. Attention that tells the decoder what not to segment makes "silent boxes" raise the
+    share taken well above what the background control does."""
+    plt = _pyplot()
+    names = [r["intervention"] for r in rows]
+    y = np.arange(len(rows))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 0.5 * len(rows) + 1.4), sharey=True)
+    delta = np.array([100 * r["delta"] for r in rows])
+    low, high = (np.array([100 * r["delta_ci95"][i] for r in rows]) for i in (0, 1))
+    left.barh(y, delta, 0.6, xerr=[delta - low, high - delta], color="tab:blue", capsize=3)
+    left.axvline(0, color="black", lw=0.8)
+    left.set_yticks(y, names, fontsize=7)
+    left.invert_yaxis()
+    left.set_xlabel("test J&F change, points (paired, 95 % over clips)")
+    errors = [r["errors"] for r in rows]
+    right.barh(y - 0.15, [e["taken"] / max(1, e["silent"]) for e in errors], 0.3, color="tab:purple",
+               label="silent objects taken")
+    right.barh(y + 0.15, [e["found"] / max(1, e["found"] + e["missed"]) for e in errors], 0.3, color="tab:green",
+               label="sounding objects found")
+    right.set_xlim(0, 1)
+    right.set_xlabel("share of the objects")
+    right.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    if title:
+        left.set_title(title, fontsize=9)
+    save(fig, path)
+    return fig
+
+
 ERROR_COLOURS = {"true positive": (46, 204, 113), "false positive": (231, 76, 60), "false negative": (52, 152, 219)}
 
 
