@@ -244,7 +244,7 @@ if pointing is not None:
     anatomy = attention_anatomy(cache, test, source_size, queries=model.config.fusion_query)
     attention_anatomy_figure(anatomy, figures / "attention_anatomy.png")
     display(pd.DataFrame([{"stage": stage, **values} for stage, values in anatomy.items()]).round(3))
-if attention is not None:  # any model with fusion cross-attention, AVSBench's included
+if attention is not None:  # a model with derived tokens and fusion cross-attention, on AVSBench too
     interventions = attention_interventions(model, test, config)
     display(pd.DataFrame([{"intervention": r["intervention"], "test J&F": r["JF"], "95 % low": r["ci95"][0],
                            "95 % high": r["ci95"][1]} for r in interventions]).round(3))

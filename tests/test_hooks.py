@@ -267,8 +267,10 @@ def test_blanking_takes_the_attention_away_from_the_cells_of_each_place():
     assert rows["sounding boxes: blanked"]["cells_blanked"] == pytest.approx((16 + 4 + 1) / 340)
     # the control blanks as many background cells as the silent boxes have, where there are enough
     assert rows["background, as many cells as the silent boxes: blanked"]["cells_blanked"] == pytest.approx(85 / 340)
-    for row in rows.values():
+    for name, row in rows.items():
         assert row["delta"] == pytest.approx(row["JF"] - rows["as trained"]["JF"], abs=1e-9)
+        if name != "as trained":  # taking the attention away reaches the masks
+            assert row["JF"] != rows["as trained"]["JF"], name
 
 
 def test_blanked_places_are_the_cells_mostly_inside_each_kind_of_place():
@@ -296,3 +298,50 @@ def test_blanking_figure_draws_a_bar_per_blanking(tmp_path):
     assert [round(p.get_width(), 6) for p in left.patches] == [0.0, -5.0]  # points
     assert sorted(round(p.get_width(), 6) for p in right.patches) == [0.3, 0.3, 0.8, 0.8]
     assert (tmp_path / "b.png").stat().st_size > 0
+
+
+def test_blanking_one_stage_touches_only_its_blocks():
+    from avs_lib.analysis.evaluation import blanking_interventions
+
+    model, frames = _model(), _frames_with_boxes()
+    config = SimpleNamespace(bf16=False, zero_audio=False, cpu_bf16=False)
+    rows = blanking_interventions(model, frames, config, source_size=64, batch_size=4,
+                                  places=("silent boxes", "sounding boxes"), stages=(4,))
+    assert [r["intervention"] for r in rows] == ["as trained", "silent boxes: blanked", "sounding boxes: blanked"]
+    # stage 4's 2 x 2 grid: the silent box is one cell of four; no cell is mostly inside the
+    # 16 px sounding box, so blanking it there leaves every prediction as it was
+    assert rows[1]["cells_blanked"] == pytest.approx(1 / 4)
+    assert rows[2]["cells_blanked"] == 0 and rows[2]["JF"] == rows[0]["JF"] and rows[2]["delta"] == 0
+    with pytest.raises(ValueError, match="choose from"):
+        blanking_interventions(model, frames, config, source_size=64, places=("the sky",))
+    with pytest.raises(ValueError, match="no fusion blocks"):
+        blanking_interventions(model, frames, config, source_size=64, stages=(7,))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 12), st.integers(2, 12), st.integers(0, 10_000))
+def test_moved_boxes_keep_their_size_on_the_background_where_there_is_room(h, w, seed):
+    from avs_lib.analysis.evaluation import _moved_boxes
+
+    background = torch.ones(32, 32, dtype=torch.bool)
+    background[:12, :12] = False  # the silent object's own corner; the rest of the frame is free
+    box = torch.zeros(32, 32, dtype=torch.bool)
+    box[:h, :w] = True
+    moved = _moved_boxes([box], background, torch.Generator().manual_seed(seed), tries=400)
+    assert not (moved & ~background).any()  # never on an object
+    assert int(moved.sum()) <= h * w
+    rows, cols = moved.any(1).nonzero().flatten(), moved.any(0).nonzero().flatten()
+    assert rows[-1] - rows[0] + 1 <= h and cols[-1] - cols[0] + 1 <= w  # one block, no larger than the box
+    # 400 tries over a frame that is 86 % free find a window that is all background (or one very near)
+    assert int(moved.sum()) >= 0.8 * h * w
+
+
+def test_moved_boxes_do_not_overlap_each_other():
+    from avs_lib.analysis.evaluation import _moved_boxes
+
+    background = torch.ones(16, 16, dtype=torch.bool)
+    box = torch.zeros(16, 16, dtype=torch.bool)
+    box[:8, :8] = True
+    moved = _moved_boxes([box, box], background, torch.Generator().manual_seed(0), tries=400)
+    # the second box goes where the first is not: boxes that could overlap would cover 64 px at best
+    assert int(moved.sum()) >= 64 + 48

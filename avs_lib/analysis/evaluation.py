@@ -249,18 +249,52 @@ def attention_interventions(model, frames, config, device: torch.device | str = 
 
 
 BLANKED_REGIONS = ("silent boxes", "sounding boxes", "background, as many cells as the silent boxes")
+MOVED_SILENT_BOXES = "silent boxes moved onto the background"  # a control shaped like the silent boxes
+PLACES_TO_BLANK = (*BLANKED_REGIONS, MOVED_SILENT_BOXES)
 
 
-def _region_masks(frames: FrameSet, index: int, source_size: int) -> dict[str, torch.Tensor]:
+def _moved_boxes(boxes: list[torch.Tensor], background: torch.Tensor, generator: torch.Generator,
+                 tries: int = 64) -> torch.Tensor:
+    """[S, S] bool: each box of ``boxes`` (the [S, S] bool boxes of a frame's silent objects) moved to
+    the place, among ``tries`` random ones, where the largest share of it lies on ``background``,
+    kept where it does; boxes already moved count as taken."""
+    side = background.shape[-1]
+    free = background.clone()
+    moved = torch.zeros_like(background)
+    for box in boxes:
+        rows, cols = box.any(1).nonzero().flatten(), box.any(0).nonzero().flatten()
+        h, w = int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+        # an integral image of the free pixels: the free pixels of any h x w window in four reads
+        integral = torch.nn.functional.pad(free.long().cumsum(0).cumsum(1), (1, 0, 1, 0))
+        ys = torch.randint(0, side - h + 1, (tries,), generator=generator)
+        xs = torch.randint(0, side - w + 1, (tries,), generator=generator)
+        inside = integral[ys + h, xs + w] - integral[ys, xs + w] - integral[ys + h, xs] + integral[ys, xs]
+        best = int(inside.argmax())
+        window = torch.zeros_like(background)
+        window[int(ys[best]):int(ys[best]) + h, int(xs[best]):int(xs[best]) + w] = True
+        moved |= window & free
+        free &= ~window
+    return moved
+
+
+def _region_masks(frames: FrameSet, index: int, source_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
     """{"silent boxes": silent objects' boxes outside every sounding object's box, "sounding boxes":
-    the sounding objects' boxes, "background": outside every box} of frame ``index``, [S, S] bool."""
+    the sounding objects' boxes, "background": outside every box, MOVED_SILENT_BOXES: the silent
+    boxes moved onto the background (``_moved_boxes``, drawn from ``seed`` and the frame's index)}
+    of frame ``index``, [S, S] bool."""
     from avs_lib.analysis.truth import onscreen_boxes
 
     side = frames.masks.shape[-1]
     silent, sounding = torch.zeros(side, side, dtype=torch.bool), torch.zeros(side, side, dtype=torch.bool)
+    silent_boxes = []
     for _, sounds, box in onscreen_boxes(frames, index, source_size):
         (sounding if sounds else silent).__ior__(box)
-    return {"silent boxes": silent & ~sounding, "sounding boxes": sounding, "background": ~(silent | sounding)}
+        if not sounds:
+            silent_boxes.append(box)
+    background = ~(silent | sounding)
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
+    return {"silent boxes": silent & ~sounding, "sounding boxes": sounding, "background": background,
+            MOVED_SILENT_BOXES: _moved_boxes(silent_boxes, background, generator)}
 
 
 def _cells(region: torch.Tensor, side: int) -> torch.Tensor:
@@ -269,7 +303,8 @@ def _cells(region: torch.Tensor, side: int) -> torch.Tensor:
 
 
 def blanking_interventions(model, frames: FrameSet, config, source_size: int, device: torch.device | str = "cpu",
-                           batch_size: int = 32, seed: int = 0) -> list[dict]:
+                           batch_size: int = 32, seed: int = 0, places: tuple[str, ...] = BLANKED_REGIONS,
+                           stages: tuple[int, ...] | None = None) -> list[dict]:
     """What the fusion attention does in each kind of place, by taking it away there. For every test
     frame and every fusion block (``stage*.block*.cross_attn.pattern``), the attention weights of
     every token are set to zero in the cells of one kind of place, so no audio token writes into
@@ -278,16 +313,26 @@ def blanking_interventions(model, frames: FrameSet, config, source_size: int, de
     * ``silent boxes``: the cells mostly inside a silent object's box (outside every sounding box);
     * ``sounding boxes``: the cells mostly inside a sounding object's box;
     * ``background, as many cells as the silent boxes``: a control, the same number of cells as the
-      silent boxes have in that frame and grid, drawn at random among the cells outside every box.
+      silent boxes have in that frame and grid (fewer where the frame has not that many), drawn at
+      random among the cells mostly outside every box, apart at each stage: scattered cells, whose
+      neighbours keep their audio, where a box is a solid block. The draw is seeded by ``seed``, the
+      first frame of each batch and the grid, so it changes with ``batch_size``;
+    * MOVED_SILENT_BOXES (asked for in ``places`` only): a control shaped like the silent boxes, each
+      box moved to a random place on the background (``_moved_boxes``; seeded per frame), blocks at
+      every stage as the boxes are.
 
-    If the maps' weight on silent objects tells the decoder what *not* to segment, blanking the
-    silent boxes makes the model take more silent objects (``errors.taken`` up) than the control
-    does; if the weight there is idle, neither changes much. Blanking the sounding boxes asks the
+    A blanked cell keeps only the output projection's bias from its fusion block, an input the
+    model never met in training. If the maps' weight on silent objects tells the decoder what *not*
+    to segment, blanking the silent boxes makes the model take more silent objects (``errors.taken``
+    up) than the controls do; if the weight there is idle, neither changes much. Blanking the sounding boxes asks the
     same of the sounding objects (``errors.found``). Rows {"intervention", "JF", "ci95", "errors"
     (``choice_and_outline``), "delta" (paired against "as trained": mean per-frame J&F difference),
-    "delta_ci95" (95 % over clips), "cells_blanked" (share of the cells, over stages and frames)}.
-    Grids are assumed square (composed worlds are). A model without fusion cross-attention is
-    refused; a dataset without boxes (AVSBench) is refused by ``onscreen_boxes``."""
+    "delta_ci95" (95 % over clips), "cells_blanked" (the share of the cells blanked, over the
+    blanked stages and the frames)}.
+    ``places``: which of PLACES_TO_BLANK to blank (each a row after "as trained"); ``stages``: blank
+    only the fusion blocks of these stages (default every stage), to say which stage carries an
+    effect. Grids are assumed square (composed worlds are). A model without fusion cross-attention
+    is refused; a dataset without boxes (AVSBench) is refused by ``onscreen_boxes``."""
     import math
 
     import numpy as np
@@ -300,9 +345,16 @@ def blanking_interventions(model, frames: FrameSet, config, source_size: int, de
     if not hook_names(model, FUSION_ATTENTION):
         raise ValueError(f"{type(model).__name__} has no fusion cross-attention ({FUSION_ATTENTION}) "
                          "to intervene on: use DDESeg with variant='paper'")
+    unknown = [place for place in places if place not in PLACES_TO_BLANK]
+    if unknown:
+        raise ValueError(f"places {unknown}: choose from {PLACES_TO_BLANK}")
+    targets = [FUSION_ATTENTION] if stages is None else [f"stage{s}.block*.cross_attn.pattern" for s in stages]
+    missing = [target for target in targets if not hook_names(model, target)]
+    if missing:
+        raise ValueError(f"{type(model).__name__} has no fusion blocks at {missing}")
     device = torch.device(device)
     keep = torch.nonzero(frames.valid, as_tuple=True)[0]
-    regions = [_region_masks(frames, int(i), source_size) for i in range(len(frames.images))]
+    regions = [_region_masks(frames, int(i), source_size, seed) for i in range(len(frames.images))]
     clips = [frames.clips[int(i)] for i in keep]
 
     def blanked_cells(kind: str, chunk: list[int], side: int) -> torch.Tensor:  # [B, side*side] bool
@@ -334,11 +386,12 @@ def blanking_interventions(model, frames: FrameSet, config, source_size: int, de
         return blank
 
     rows, base = [], None
-    for kind in (None, *BLANKED_REGIONS):
+    for kind in (None, *places):
         logits, counts = [], [0, 0]  # cells blanked, cells seen
         for start in range(0, len(frames.images), batch_size):
             chunk = list(range(start, min(start + batch_size, len(frames.images))))
-            with run_with_hooks(model, {FUSION_ATTENTION: blanking(kind, chunk, counts)} if kind else {}):
+            blank = blanking(kind, chunk, counts)  # one per chunk: its masks are the chunk's frames'
+            with run_with_hooks(model, [(target, blank) for target in targets] if kind else []):
                 logits.append(predict(model, frames, device, batch_size=len(chunk), bf16=config.bf16,
                                       zero_audio=config.zero_audio, cpu_bf16=config.cpu_bf16, indices=chunk))
         logits = torch.cat(logits)

@@ -339,7 +339,8 @@ def pointing_accuracy(source, frames: FrameSet, source_size: int) -> dict:
     the misses went."""
     places = peak_places(source, frames, source_size)
     stages = {k: v["own object"] for k, v in places.items() if k.startswith("stage")}
-    return {**stages, "derived": 1 - places["chance"]["no token"], "objects": places["objects"],
+    derived = 1 - places["chance"]["no token"] if places["objects"] else 0.0  # no object, none derived
+    return {**stages, "derived": derived, "objects": places["objects"],
             "chance": places["chance"]["own object"]}
 
 

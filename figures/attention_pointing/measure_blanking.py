@@ -4,24 +4,37 @@ sounding objects' boxes, or of as many random background cells as the silent box
 control), in every fusion block of every test frame. Writes ``blanking.json`` (test J&F, its paired
 change, and where the errors are, per blanking) and ``blanking.png`` into OUT_DIR.
 
-python figures/attention_pointing/measure_blanking.py RUN_DIR OUT_DIR [TITLE]   (from the repository root)"""
+python figures/attention_pointing/measure_blanking.py RUN_DIR OUT_DIR [--title T] [--places P ...]
+    [--stages S ...] [--name blanking]   (from the repository root)
+
+--places: any of avs_lib.analysis.evaluation.PLACES_TO_BLANK (default: BLANKED_REGIONS);
+--stages: blank only these stages' fusion blocks; --name: the output files' stem."""
+import argparse
 import json
-import sys
 from pathlib import Path
 
-from avs_lib.analysis.evaluation import blanking_interventions
+from avs_lib.analysis.evaluation import BLANKED_REGIONS, PLACES_TO_BLANK, blanking_interventions
 from avs_lib.data.datasets import world_frame_size
 from avs_lib.training.predict import load_trained
 from avs_lib.viz.plots import blanking_figure
 
-run, out = Path(sys.argv[1]), Path(sys.argv[2])
-out.mkdir(parents=True, exist_ok=True)
-model, config, prepared = load_trained(run / "best.pt")
-rows = blanking_interventions(model, prepared.test, config, world_frame_size(config.data_root))
-(out / "blanking.json").write_text(json.dumps({"run": str(run), "rows": rows}, indent=1) + "\n")
+parser = argparse.ArgumentParser()
+parser.add_argument("run", type=Path)
+parser.add_argument("out", type=Path)
+parser.add_argument("--title")
+parser.add_argument("--places", nargs="+", choices=PLACES_TO_BLANK, default=list(BLANKED_REGIONS))
+parser.add_argument("--stages", nargs="+", type=int)
+parser.add_argument("--name", default="blanking")
+args = parser.parse_args()
+args.out.mkdir(parents=True, exist_ok=True)
+model, config, prepared = load_trained(args.run / "best.pt")
+rows = blanking_interventions(model, prepared.test, config, world_frame_size(config.data_root), places=tuple(args.places),
+                              stages=tuple(args.stages) if args.stages else None)
+(args.out / f"{args.name}.json").write_text(json.dumps({"run": str(args.run), "places": args.places,
+                                                        "stages": args.stages, "rows": rows}, indent=1) + "\n")
 for r in rows:
     e = r["errors"]
     print(f"{r['intervention']:<58} J&F {r['JF']:.3f}  delta {100 * r['delta']:+.1f} "
           f"[{100 * r['delta_ci95'][0]:+.1f}, {100 * r['delta_ci95'][1]:+.1f}]  taken {e['taken']}/{e['silent']}  "
           f"found {e['found']}/{e['found'] + e['missed']}  cells {r['cells_blanked']:.3f}")
-blanking_figure(rows, out / "blanking.png", title=sys.argv[3] if len(sys.argv) > 3 else None)
+blanking_figure(rows, args.out / f"{args.name}.png", title=args.title)
