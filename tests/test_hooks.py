@@ -274,15 +274,16 @@ def test_blanking_takes_the_attention_away_from_the_cells_of_each_place():
 
 
 def test_blanked_places_are_the_cells_mostly_inside_each_kind_of_place():
-    from avs_lib.analysis.evaluation import _cells, _region_masks
+    from avs_lib.analysis.evaluation import _region_masks
+    from avs_lib.analysis.truth import cells_inside
 
     frames = _frames_with_boxes(n=1)
     regions = _region_masks(frames, 0, source_size=64)
     assert int(regions["silent boxes"].sum()) == 32 * 32 and int(regions["sounding boxes"].sum()) == 16 * 16
     assert int(regions["background"].sum()) == 64 * 64 - 32 * 32 - 16 * 16
-    silent = _cells(regions["silent boxes"][None], 8).reshape(8, 8)
+    silent = cells_inside(regions["silent boxes"][None], (8, 8)).reshape(8, 8)
     assert silent[:4, :4].all() and int(silent.sum()) == 16  # an 8 x 8 grid: the top-left 4 x 4 cells
-    background = _cells(regions["background"][None], 2).reshape(2, 2)
+    background = cells_inside(regions["background"][None], (2, 2)).reshape(2, 2)
     # 2 x 2 cells of 32 px: the top-left is the silent box, the bottom-right 3/4 background
     assert background.tolist() == [[False, True], [True, True]]
 

@@ -297,11 +297,6 @@ def _region_masks(frames: FrameSet, index: int, source_size: int, seed: int = 0)
             MOVED_SILENT_BOXES: _moved_boxes(silent_boxes, background, generator)}
 
 
-def _cells(region: torch.Tensor, side: int) -> torch.Tensor:
-    """[B, S, S] bool -> [B, side*side] bool: the cells of a side x side grid mostly inside the region."""
-    return (torch.nn.functional.interpolate(region[:, None].float(), size=(side, side), mode="area")[:, 0] > 0.5).flatten(1)
-
-
 def blanking_interventions(model, frames: FrameSet, config, source_size: int, device: torch.device | str = "cpu",
                            batch_size: int = 32, seed: int = 0, places: tuple[str, ...] = BLANKED_REGIONS,
                            stages: tuple[int, ...] | None = None) -> list[dict]:
@@ -340,6 +335,7 @@ def blanking_interventions(model, frames: FrameSet, config, source_size: int, de
     from avs_lib.analysis.inspect import FUSION_ATTENTION
     from avs_lib.analysis.metrics import per_frame_scores
     from avs_lib.analysis.stats import bootstrap_ci
+    from avs_lib.analysis.truth import cells_inside
     from avs_lib.models.hooks import hook_names, run_with_hooks
 
     if not hook_names(model, FUSION_ATTENTION):
@@ -359,9 +355,9 @@ def blanking_interventions(model, frames: FrameSet, config, source_size: int, de
 
     def blanked_cells(kind: str, chunk: list[int], side: int) -> torch.Tensor:  # [B, side*side] bool
         if kind != BLANKED_REGIONS[2]:
-            return _cells(torch.stack([regions[i][kind] for i in chunk]), side)
-        silent = _cells(torch.stack([regions[i]["silent boxes"] for i in chunk]), side)
-        background = _cells(torch.stack([regions[i]["background"] for i in chunk]), side)
+            return cells_inside(torch.stack([regions[i][kind] for i in chunk]), (side, side))
+        silent = cells_inside(torch.stack([regions[i]["silent boxes"] for i in chunk]), (side, side))
+        background = cells_inside(torch.stack([regions[i]["background"] for i in chunk]), (side, side))
         generator = torch.Generator().manual_seed(seed * 1_000_003 + chunk[0] * 101 + side)
         # a random order of the cells, background ones first: the first n of it are n random background cells
         order = torch.argsort(torch.rand(background.shape, generator=generator) - background.float(), dim=1)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 from avs_lib.analysis.stats import cluster_bootstrap
-from avs_lib.analysis.truth import object_regions, onscreen_boxes, token_categories, true_classes
+from avs_lib.analysis.truth import cells_inside, object_regions, onscreen_boxes, token_categories, true_classes
 from avs_lib.data.frames import FrameSet
 from avs_lib.models.derivation import nearest_centres
 from avs_lib.models.hooks import ActivationCache, HookPoint, run_with_cache
@@ -374,7 +374,7 @@ def attention_anatomy(source, frames: FrameSet, source_size: int, queries: str =
         if token is None:
             continue
         for stage, attention in maps.items():
-            inside = F.interpolate(region[None, None].float(), size=cache.hw(stage), mode="area").flatten() > 0.5  # [HW]
+            inside = cells_inside(region[None], cache.hw(stage))[0]  # [HW]
             if not inside.any() or inside.all():
                 continue
             weights = attention[index]  # [HW, K]

@@ -4,7 +4,8 @@ Every analysis, loss target and figure that asks what a class or a derived token
 here: ``source_role`` for one source of a clip's record (``*_sources.jsonl``), ``class_roles`` for
 every class of a clip, and the views built on them (``true_classes``, ``onscreen_labels`` for the
 capacity check, ``token_categories`` for the elimination analyses), and where each sounding object
-is in a frame (``object_regions``, ``object_class_map``).
+is in a frame (``object_regions``, ``object_class_map``) and which cells of a feature grid that covers
+(``cells_inside``).
 """
 from __future__ import annotations
 
@@ -117,6 +118,14 @@ def object_regions(frames: FrameSet, index: int, source_size: int) -> dict[int, 
     the world's frames, in which the boxes are given."""
     sounding = frames.masks[index].bool()
     return {c: box & sounding for c, sounds, box in onscreen_boxes(frames, index, source_size) if sounds}
+
+
+def cells_inside(regions: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """[B, S, S] bool regions -> [B, h*w] bool: the cells of an h x w feature grid (row-major, as a
+    stage's tokens) that lie mostly (more than half their area) inside each region."""
+    import torch.nn.functional as F
+
+    return (F.interpolate(regions[:, None].float(), size=grid, mode="area")[:, 0] > 0.5).flatten(1)
 
 
 UNKNOWN_OBJECT = 255  # a sounding pixel of no known object (class maps travel as uint8 through the augmentation)
