@@ -273,6 +273,21 @@ def test_blanking_takes_the_attention_away_from_the_cells_of_each_place():
             assert row["JF"] != rows["as trained"]["JF"], name
 
 
+def test_the_background_control_draws_the_same_cells_however_frames_are_batched():
+    from avs_lib.analysis.evaluation import BLANKED_REGIONS, blanking_interventions
+
+    model, frames = _model(), _frames_with_boxes(n=5)
+    config = SimpleNamespace(bf16=False, zero_audio=False, cpu_bf16=False)
+    control = (BLANKED_REGIONS[2],)
+    one, five = (blanking_interventions(model, frames, config, source_size=64, batch_size=b, places=control)[1]
+                 for b in (1, 5))
+    assert one["cells_blanked"] == five["cells_blanked"]
+    assert one["JF"] == pytest.approx(five["JF"], abs=1e-6)
+    assert one["delta"] == pytest.approx(five["delta"], abs=1e-6)
+    other_seed = blanking_interventions(model, frames, config, source_size=64, batch_size=5, places=control, seed=1)
+    assert other_seed[1]["JF"] != pytest.approx(five["JF"], abs=1e-6)  # the draw is random, and seeded
+
+
 def test_blanked_places_are_the_cells_mostly_inside_each_kind_of_place():
     from avs_lib.analysis.evaluation import _region_masks
     from avs_lib.analysis.truth import cells_inside
@@ -299,6 +314,17 @@ def test_blanking_figure_draws_a_bar_per_blanking(tmp_path):
     assert [round(p.get_width(), 6) for p in left.patches] == [0.0, -5.0]  # points
     assert sorted(round(p.get_width(), 6) for p in right.patches) == [0.3, 0.3, 0.8, 0.8]
     assert (tmp_path / "b.png").stat().st_size > 0
+
+
+def test_a_blanking_row_reads_in_points_and_counts():
+    from avs_lib.analysis.evaluation import blanking_row_text
+
+    row = {"intervention": "silent boxes: blanked", "JF": 0.3204, "delta": -0.432, "delta_ci95": (-0.446, -0.418),
+           "errors": {"taken": 3038, "silent": 3863, "found": 1653, "missed": 536}, "cells_blanked": 0.1234}
+    text = blanking_row_text(row, width=24)
+    assert text.startswith("silent boxes: blanked    J&F 0.320")
+    assert "delta -43.2 [-44.6, -41.8]" in text and "taken 3038/3863" in text and "found 1653/2189" in text
+    assert text.endswith("cells 0.123")
 
 
 def test_blanking_one_stage_touches_only_its_blocks():

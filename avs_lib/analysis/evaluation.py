@@ -311,7 +311,7 @@ def blanking_interventions(model, frames: FrameSet, config, source_size: int, de
       silent boxes have in that frame and grid (fewer where the frame has not that many), drawn at
       random among the cells mostly outside every box, apart at each stage: scattered cells, whose
       neighbours keep their audio, where a box is a solid block. The draw is seeded by ``seed``, the
-      first frame of each batch and the grid, so it changes with ``batch_size``;
+      frame's index and the grid, so it does not depend on ``batch_size``;
     * MOVED_SILENT_BOXES (asked for in ``places`` only): a control shaped like the silent boxes, each
       box moved to a random place on the background (``_moved_boxes``; seeded per frame), blocks at
       every stage as the boxes are.
@@ -358,12 +358,13 @@ def blanking_interventions(model, frames: FrameSet, config, source_size: int, de
             return cells_inside(torch.stack([regions[i][kind] for i in chunk]), (side, side))
         silent = cells_inside(torch.stack([regions[i]["silent boxes"] for i in chunk]), (side, side))
         background = cells_inside(torch.stack([regions[i]["background"] for i in chunk]), (side, side))
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + chunk[0] * 101 + side)
-        # a random order of the cells, background ones first: the first n of it are n random background cells
-        order = torch.argsort(torch.rand(background.shape, generator=generator) - background.float(), dim=1)
         picked = torch.zeros_like(background)
-        for row, n in enumerate(silent.sum(1).tolist()):
-            picked[row, order[row, :min(n, int(background[row].sum()))]] = True
+        for row, (frame, n) in enumerate(zip(chunk, silent.sum(1).tolist())):
+            # seeded per frame and grid, so the draw does not depend on how frames are batched
+            generator = torch.Generator().manual_seed(seed * 1_000_003 + frame * 101 + side)
+            # a random order of the cells, background ones first: the first n are n random background cells
+            order = torch.argsort(torch.rand(background.shape[1], generator=generator) - background[row].float())
+            picked[row, order[:min(n, int(background[row].sum()))]] = True
         return picked
 
     def blanking(kind: str, chunk: list[int], counts: list[int]):
@@ -401,6 +402,15 @@ def blanking_interventions(model, frames: FrameSet, config, source_size: int, de
                      "cells_blanked": counts[0] / max(1, counts[1])})
     return rows
 
+
+def blanking_row_text(row: dict, width: int = 58) -> str:
+    """One row of ``blanking_interventions`` as a line of text: J&F, the paired change in points with
+    its 95 % interval, silent objects taken, sounding objects found and the share of cells blanked."""
+    e = row["errors"]
+    low, high = row["delta_ci95"]
+    return (f"{row['intervention']:<{width}} J&F {row['JF']:.3f}  delta {100 * row['delta']:+.1f} "
+            f"[{100 * low:+.1f}, {100 * high:+.1f}]  taken {e['taken']}/{e['silent']}  "
+            f"found {e['found']}/{e['found'] + e['missed']}  cells {row['cells_blanked']:.3f}")
 
 def headroom(config, model, prepared, rows: tuple[str, ...] = ("floor", "oracle"), progress: bool = False,
              source_size: int | None = None) -> list[dict]:

@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from avs_lib.analysis.evaluation import BLANKED_REGIONS, PLACES_TO_BLANK, blanking_interventions
+from avs_lib.analysis.evaluation import BLANKED_REGIONS, PLACES_TO_BLANK, blanking_interventions, blanking_row_text
 from avs_lib.data.datasets import world_frame_size
 from avs_lib.training.predict import load_trained
 from avs_lib.viz.plots import blanking_figure
@@ -33,8 +33,5 @@ rows = blanking_interventions(model, prepared.test, config, world_frame_size(con
 (args.out / f"{args.name}.json").write_text(json.dumps({"run": str(args.run), "places": args.places,
                                                         "stages": args.stages, "rows": rows}, indent=1) + "\n")
 for r in rows:
-    e = r["errors"]
-    print(f"{r['intervention']:<58} J&F {r['JF']:.3f}  delta {100 * r['delta']:+.1f} "
-          f"[{100 * r['delta_ci95'][0]:+.1f}, {100 * r['delta_ci95'][1]:+.1f}]  taken {e['taken']}/{e['silent']}  "
-          f"found {e['found']}/{e['found'] + e['missed']}  cells {r['cells_blanked']:.3f}")
+    print(blanking_row_text(r))
 blanking_figure(rows, args.out / f"{args.name}.png", title=args.title)

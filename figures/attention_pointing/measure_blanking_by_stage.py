@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from avs_lib.analysis.evaluation import BLANKED_REGIONS, blanking_interventions
+from avs_lib.analysis.evaluation import BLANKED_REGIONS, blanking_interventions, blanking_row_text
 from avs_lib.data.datasets import world_frame_size
 from avs_lib.training.predict import load_trained
 from avs_lib.viz.plots import blanking_figure
@@ -24,9 +24,6 @@ for stage in (1, 2, 3, 4):
         rows.append(staged[0])  # "as trained" is the same model whatever the stage
     rows += [{**r, "intervention": f"stage {stage} only, {r['intervention']}"} for r in staged[1:]]
     for r in rows[-2:]:
-        e = r["errors"]
-        print(f"{r['intervention']:<70} J&F {r['JF']:.3f}  delta {100 * r['delta']:+.1f} "
-              f"[{100 * r['delta_ci95'][0]:+.1f}, {100 * r['delta_ci95'][1]:+.1f}]  taken {e['taken']}/{e['silent']}  "
-              f"found {e['found']}/{e['found'] + e['missed']}  cells {r['cells_blanked']:.3f}", flush=True)
+        print(blanking_row_text(r, width=70), flush=True)
 (out / "blanking_by_stage.json").write_text(json.dumps({"run": str(run), "rows": rows}, indent=1) + "\n")
 blanking_figure(rows, out / "blanking_by_stage.png", title=sys.argv[3] if len(sys.argv) > 3 else None)
