@@ -15,6 +15,7 @@ RUNS = {  # label: metrics.json
     "model, stride 2, ten epochs": "figures/every_lever_10_epochs/metrics.json",
     "model, stride 1, ten epochs": "figures/decoder_pixel/model/metrics.json",
     "model, stride 1, outline_weight=2, ten epochs": "figures/decoder_pixel/model_outline_10_epochs/metrics.json",
+    "model, stride 1, outline_weight=2, fourteen epochs": "figures/decoder_pixel/model_outline_14_epochs/metrics.json",
 }
 histories = {label: json.loads(Path(path).read_text())["history"] for label, path in RUNS.items() if Path(path).exists()}
 fig = compared_learning_curves(histories)
