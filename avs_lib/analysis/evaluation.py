@@ -412,6 +412,7 @@ def blanking_row_text(row: dict, width: int = 58) -> str:
             f"[{100 * low:+.1f}, {100 * high:+.1f}]  taken {e['taken']}/{e['silent']}  "
             f"found {e['found']}/{e['found'] + e['missed']}  cells {row['cells_blanked']:.3f}")
 
+
 def headroom(config, model, prepared, rows: tuple[str, ...] = ("floor", "oracle"), progress: bool = False,
              source_size: int | None = None) -> list[dict]:
     """The window an experiment can see, as rows {"row", "what", "JF", "ci95", ...}: the floor (the
