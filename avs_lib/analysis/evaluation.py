@@ -277,11 +277,12 @@ def _moved_boxes(boxes: list[torch.Tensor], background: torch.Tensor, generator:
     return moved
 
 
-def _region_masks(frames: FrameSet, index: int, source_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def _region_masks(frames: FrameSet, index: int, source_size: int, seed: int = 0,
+                  moved: bool = False) -> dict[str, torch.Tensor]:
     """{"silent boxes": silent objects' boxes outside every sounding object's box, "sounding boxes":
-    the sounding objects' boxes, "background": outside every box, MOVED_SILENT_BOXES: the silent
-    boxes moved onto the background (``_moved_boxes``, drawn from ``seed`` and the frame's index)}
-    of frame ``index``, [S, S] bool."""
+    the sounding objects' boxes, "background": outside every box, and with ``moved``
+    MOVED_SILENT_BOXES: the silent boxes moved onto the background (``_moved_boxes``, drawn from
+    ``seed`` and the frame's index)} of frame ``index``, [S, S] bool."""
     from avs_lib.analysis.truth import onscreen_boxes
 
     side = frames.masks.shape[-1]
@@ -292,9 +293,11 @@ def _region_masks(frames: FrameSet, index: int, source_size: int, seed: int = 0)
         if not sounds:
             silent_boxes.append(box)
     background = ~(silent | sounding)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
-    return {"silent boxes": silent & ~sounding, "sounding boxes": sounding, "background": background,
-            MOVED_SILENT_BOXES: _moved_boxes(silent_boxes, background, generator)}
+    regions = {"silent boxes": silent & ~sounding, "sounding boxes": sounding, "background": background}
+    if moved:
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
+        regions[MOVED_SILENT_BOXES] = _moved_boxes(silent_boxes, background, generator)
+    return regions
 
 
 def blanking_interventions(model, frames: FrameSet, config, source_size: int, device: torch.device | str = "cpu",
@@ -350,7 +353,8 @@ def blanking_interventions(model, frames: FrameSet, config, source_size: int, de
         raise ValueError(f"{type(model).__name__} has no fusion blocks at {missing}")
     device = torch.device(device)
     keep = torch.nonzero(frames.valid, as_tuple=True)[0]
-    regions = [_region_masks(frames, int(i), source_size, seed) for i in range(len(frames.images))]
+    regions = [_region_masks(frames, int(i), source_size, seed, moved=MOVED_SILENT_BOXES in places)
+               for i in range(len(frames.images))]
     clips = [frames.clips[int(i)] for i in keep]
 
     def blanked_cells(kind: str, chunk: list[int], side: int) -> torch.Tensor:  # [B, side*side] bool
