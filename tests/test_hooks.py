@@ -345,6 +345,28 @@ def test_blanking_one_stage_touches_only_its_blocks():
         blanking_interventions(model, frames, config, source_size=64, stages=(7,))
 
 
+def test_blanking_one_stage_at_a_time_gives_the_rows_of_one_call_per_stage():
+    from avs_lib.analysis.evaluation import blanking_interventions
+
+    model, frames = _model(), _frames_with_boxes()
+    config = SimpleNamespace(bf16=False, zero_audio=False, cpu_bf16=False)
+    places = ("silent boxes", "sounding boxes")
+    rows = blanking_interventions(model, frames, config, source_size=64, batch_size=4, places=places,
+                                  stages=(3, 4), one_stage_at_a_time=True)
+    assert [r["intervention"] for r in rows] == [
+        "as trained", "stage 3 only, silent boxes: blanked", "stage 3 only, sounding boxes: blanked",
+        "stage 4 only, silent boxes: blanked", "stage 4 only, sounding boxes: blanked"]
+    for stage, pair in ((3, rows[1:3]), (4, rows[3:5])):
+        alone = blanking_interventions(model, frames, config, source_size=64, batch_size=4, places=places,
+                                       stages=(stage,))
+        assert alone[0]["JF"] == rows[0]["JF"]
+        for mine, theirs in zip(pair, alone[1:]):
+            assert mine["JF"] == theirs["JF"] and mine["delta"] == theirs["delta"]
+            assert mine["cells_blanked"] == theirs["cells_blanked"] and mine["errors"] == theirs["errors"]
+    # the 16 px sounding box is one cell of stage 3's 4 x 4 grid and mostly inside none of stage 4's 2 x 2
+    assert rows[2]["cells_blanked"] == pytest.approx(1 / 16) and rows[4]["cells_blanked"] == 0
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.integers(2, 12), st.integers(2, 12), st.integers(0, 10_000))
 def test_moved_boxes_keep_their_size_on_the_background_where_there_is_room(h, w, seed):

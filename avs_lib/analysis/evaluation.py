@@ -302,7 +302,7 @@ def _region_masks(frames: FrameSet, index: int, source_size: int, seed: int = 0,
 
 def blanking_interventions(model, frames: FrameSet, config, source_size: int, device: torch.device | str = "cpu",
                            batch_size: int = 32, seed: int = 0, places: tuple[str, ...] = BLANKED_REGIONS,
-                           stages: tuple[int, ...] | None = None) -> list[dict]:
+                           stages: tuple[int, ...] | None = None, one_stage_at_a_time: bool = False) -> list[dict]:
     """What the fusion attention does in each kind of place, by taking it away there. For every test
     frame and every fusion block (``stage*.block*.cross_attn.pattern``), the attention weights of
     every token are set to zero in the cells of one kind of place, so no audio token writes into
@@ -329,7 +329,9 @@ def blanking_interventions(model, frames: FrameSet, config, source_size: int, de
     blanked stages and the frames)}.
     ``places``: which of PLACES_TO_BLANK to blank (each a row after "as trained"); ``stages``: blank
     only the fusion blocks of these stages (default every stage), to say which stage carries an
-    effect. Grids are assumed square (composed worlds are). A model without fusion cross-attention
+    effect; ``one_stage_at_a_time``: blank each place in each of those stages' blocks in turn, rows
+    "stage S only, <place>: blanked" (stage by stage, places inside), all paired against one "as
+    trained" pass. Grids are assumed square (composed worlds are). A model without fusion cross-attention
     is refused; a dataset without boxes (AVSBench) is refused by ``onscreen_boxes``."""
     import math
 
@@ -347,10 +349,20 @@ def blanking_interventions(model, frames: FrameSet, config, source_size: int, de
     unknown = [place for place in places if place not in PLACES_TO_BLANK]
     if unknown:
         raise ValueError(f"places {unknown}: choose from {PLACES_TO_BLANK}")
-    targets = [FUSION_ATTENTION] if stages is None else [f"stage{s}.block*.cross_attn.pattern" for s in stages]
-    missing = [target for target in targets if not hook_names(model, target)]
+    if stages is None:
+        stages = tuple(sorted({int(name.split(".")[0].removeprefix("stage"))
+                               for name in hook_names(model, FUSION_ATTENTION)}))
+    missing = [s for s in stages if not hook_names(model, f"stage{s}.block*.cross_attn.pattern")]
     if missing:
-        raise ValueError(f"{type(model).__name__} has no fusion blocks at {missing}")
+        raise ValueError(f"{type(model).__name__} has no fusion blocks at stage {missing}")
+    # each intervention: (its row's name, the place blanked, the hook targets of the blocks blanked)
+    every_block = [f"stage{s}.block*.cross_attn.pattern" for s in stages]
+    interventions = [("as trained", None, [])]
+    if one_stage_at_a_time:
+        interventions += [(f"stage {s} only, {kind}: blanked", kind, [f"stage{s}.block*.cross_attn.pattern"])
+                          for s in stages for kind in places]
+    else:
+        interventions += [(f"{kind}: blanked", kind, every_block) for kind in places]
     device = torch.device(device)
     keep = torch.nonzero(frames.valid, as_tuple=True)[0]
     regions = [_region_masks(frames, int(i), source_size, seed, moved=MOVED_SILENT_BOXES in places)
@@ -387,19 +399,19 @@ def blanking_interventions(model, frames: FrameSet, config, source_size: int, de
         return blank
 
     rows, base = [], None
-    for kind in (None, *places):
+    for name, kind, targets in interventions:
         logits, counts = [], [0, 0]  # cells blanked, cells seen
         for start in range(0, len(frames.images), batch_size):
             chunk = list(range(start, min(start + batch_size, len(frames.images))))
             blank = blanking(kind, chunk, counts)  # one per chunk: its masks are the chunk's frames'
-            with run_with_hooks(model, [(target, blank) for target in targets] if kind else []):
+            with run_with_hooks(model, [(target, blank) for target in targets]):
                 logits.append(predict(model, frames, device, batch_size=len(chunk), bf16=config.bf16,
                                       zero_audio=config.zero_audio, cpu_bf16=config.cpu_bf16, indices=chunk))
         logits = torch.cat(logits)
         j, f = per_frame_scores(logits[keep], frames.masks[keep])
         jf = ((j + f) / 2).numpy().astype(np.float64)
         base = jf if base is None else base
-        rows.append({"intervention": "as trained" if kind is None else f"{kind}: blanked",
+        rows.append({"intervention": name,
                      **jf_with_interval(logits[keep], frames.masks[keep], clips),
                      "errors": choice_and_outline(logits, frames, source_size),
                      "delta": float((jf - base).mean()), "delta_ci95": bootstrap_ci(jf - base, clips),

@@ -5,10 +5,12 @@ control), in every fusion block of every test frame. Writes ``blanking.json`` (t
 change, and where the errors are, per blanking) and ``blanking.png`` into OUT_DIR.
 
 python figures/attention_pointing/measure_blanking.py RUN_DIR OUT_DIR [--title T] [--places P ...]
-    [--stages S ...] [--name blanking]   (from the repository root)
+    [--stages S ...] [--one-stage-at-a-time] [--name blanking]   (from the repository root)
 
 --places: any of avs_lib.analysis.evaluation.PLACES_TO_BLANK (default: BLANKED_REGIONS);
---stages: blank only these stages' fusion blocks; --name: the output files' stem."""
+--stages: blank only these stages' fusion blocks; --one-stage-at-a-time: blank each place in one
+stage's blocks at a time (each of --stages, default every stage), to say which stage carries an
+effect; --name: the output files' stem."""
 import argparse
 import json
 from pathlib import Path
@@ -24,14 +26,18 @@ parser.add_argument("out", type=Path)
 parser.add_argument("--title")
 parser.add_argument("--places", nargs="+", choices=PLACES_TO_BLANK, default=list(BLANKED_REGIONS))
 parser.add_argument("--stages", nargs="+", type=int)
+parser.add_argument("--one-stage-at-a-time", action="store_true")
 parser.add_argument("--name", default="blanking")
 args = parser.parse_args()
 args.out.mkdir(parents=True, exist_ok=True)
 model, config, prepared = load_trained(args.run / "best.pt")
 rows = blanking_interventions(model, prepared.test, config, world_frame_size(config.data_root), places=tuple(args.places),
-                              stages=tuple(args.stages) if args.stages else None)
+                              stages=tuple(args.stages) if args.stages else None,
+                              one_stage_at_a_time=args.one_stage_at_a_time)
 (args.out / f"{args.name}.json").write_text(json.dumps({"run": str(args.run), "places": args.places,
-                                                        "stages": args.stages, "rows": rows}, indent=1) + "\n")
+                                                        "stages": args.stages,
+                                                        "one_stage_at_a_time": args.one_stage_at_a_time,
+                                                        "rows": rows}, indent=1) + "\n")
 for r in rows:
-    print(blanking_row_text(r))
+    print(blanking_row_text(r, width=70 if args.one_stage_at_a_time else 58))
 blanking_figure(rows, args.out / f"{args.name}.png", title=args.title)
