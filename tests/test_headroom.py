@@ -372,6 +372,41 @@ def test_learning_curve_and_late_gain():
     assert late_gain(history[:1][:0]) is None
 
 
+def _readings(values, step=10):
+    return [{"frames_seen": step * (i + 1), "val": {"JF": float(v)}} for i, v in enumerate(values)]
+
+
+def test_late_trend_reads_the_rise_of_a_straight_curve():
+    from avs_lib.training.loop import late_trend
+
+    # 20 readings 10 frames apart on a line of slope 0.001 per frame: the last 20 % of 200 frames rises 0.04
+    trend = late_trend(_readings([0.5 + 0.001 * f for f in range(10, 201, 10)]))
+    assert trend["gain"] == pytest.approx(0.04) and (trend["late"], trend["before"]) == (4, 4)
+    low, high = trend["ci95"]
+    assert low < 0.04 < high
+    assert late_trend(_readings([0.5])) is None
+    one_each = late_trend(_readings([0.5, 0.55, 0.6, 0.65, 0.7]))  # windows (30, 40] and (40, 50]
+    assert one_each["gain"] == pytest.approx(0.05) and one_each["ci95"] is None  # one reading a window: no interval
+
+
+def test_late_trend_is_unbiased_on_a_flat_noisy_curve_where_late_gain_is_not():
+    import numpy as np
+
+    from avs_lib.training.loop import late_gain, late_trend
+
+    # 28 readings (14 epochs, two an epoch) of a flat curve scattering by sigma: late_gain takes the best
+    # of the 6 late readings minus one reading, 1.267 sigma on average (the mean of the largest of 6
+    # standard normal draws); late_trend's windows have equal means, so it averages zero
+    sigma, rng = 0.01, np.random.default_rng(0)
+    curves = [_readings(0.8 + sigma * rng.standard_normal(28)) for _ in range(3000)]
+    old = np.mean([late_gain(c) for c in curves])
+    new = np.mean([late_trend(c)["gain"] for c in curves])
+    assert old == pytest.approx(1.267 * sigma, abs=0.05 * sigma)
+    assert abs(new) < 0.05 * sigma
+    covered = np.mean([lo <= 0 <= hi for lo, hi in (late_trend(c)["ci95"] for c in curves[:500])])
+    assert covered > 0.9  # the 95 % interval holds the flat curve's zero gain most of the time
+
+
 def test_validating_inside_epochs_trains_the_same_weights(tmp_path):
     import torch
 

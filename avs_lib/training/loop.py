@@ -519,6 +519,41 @@ def late_gain(history: list[dict], fraction: float = 0.2) -> float | None:
     return max(p["JF"] for p in late) - before[-1]["JF"]
 
 
+def late_trend(history: list[dict], fraction: float = 0.2) -> dict | None:
+    """What the last ``fraction`` of the frames seen gained, read so that reading noise does not pass
+    for a gain: the mean validation J&F of the readings in the last ``fraction`` minus the mean of
+    those in the ``fraction`` just before it. On a straight curve this is the rise over one
+    ``fraction`` of training, as ``late_gain`` means; on a flat curve it is zero on average, where
+    ``late_gain`` (the best late reading minus one reading) is not: with k late readings that scatter
+    by sigma it expects about sigma times the mean of the largest of k normal draws (1.27 sigma for
+    k = 6), so a flat curve whose readings scatter by a point fails a 0.01 target about half the time.
+    The price: the two windows' middles lie a tenth of training before the ends of the spans they
+    stand for, so on a curve that bends toward flat this reads a little more than the last
+    ``fraction``'s rise (+17 % on an exponential approach whose time constant is half the run): it
+    errs against calling a curve flat, never for it.
+    {"gain", "ci95" (a normal interval from the readings' scatter in the two windows; the scatter
+    includes the curve's own rise inside a window, so the interval errs wide), "late", "before" (the
+    readings in each window)}; ``ci95`` is None with fewer than two readings in a window; None
+    without a reading in both windows."""
+    import statistics
+
+    points = learning_curve(history)
+    if len(points) < 2:
+        return None
+    total = points[-1]["frames_seen"]
+    cut, start = total * (1 - fraction), total * (1 - 2 * fraction)
+    late = [p["JF"] for p in points if p["frames_seen"] > cut]
+    before = [p["JF"] for p in points if start < p["frames_seen"] <= cut]
+    if not late or not before:
+        return None
+    gain = statistics.fmean(late) - statistics.fmean(before)
+    ci95 = None
+    if len(late) > 1 and len(before) > 1:
+        half = 1.96 * (statistics.variance(late) / len(late) + statistics.variance(before) / len(before)) ** 0.5
+        ci95 = (gain - half, gain + half)
+    return {"gain": gain, "ci95": ci95, "late": len(late), "before": len(before)}
+
+
 TRACKED_FRAMES = 4  # validation frames whose predicted masks go to TensorBoard / W&B each epoch
 
 
