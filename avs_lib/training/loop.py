@@ -528,9 +528,10 @@ def late_trend(history: list[dict], fraction: float = 0.2) -> dict | None:
     by sigma it expects about sigma times the mean of the largest of k normal draws (1.27 sigma for
     k = 6), so a flat curve whose readings scatter by a point fails a 0.01 target about half the time.
     The price: the two windows' middles lie a tenth of training before the ends of the spans they
-    stand for, so on a curve that bends toward flat this reads a little more than the last
-    ``fraction``'s rise (+17 % on an exponential approach whose time constant is half the run): it
-    errs against calling a curve flat, never for it.
+    stand for, so on a curve that bends toward flat this reads more than the last ``fraction``'s
+    rise (+17 % on an exponential approach whose time constant is half the run, more where the
+    curve bends sharply inside the last two windows): it errs against calling a curve flat, never
+    for it. Neither reading settles a 0.01 question when readings scatter by a point; both are given.
     {"gain", "ci95" (a normal interval from the readings' scatter in the two windows; the scatter
     includes the curve's own rise inside a window, so the interval errs wide), "late", "before" (the
     readings in each window)}; ``ci95`` is None with fewer than two readings in a window; None
