@@ -349,20 +349,21 @@ def blanking_interventions(model, frames: FrameSet, config, source_size: int, de
     unknown = [place for place in places if place not in PLACES_TO_BLANK]
     if unknown:
         raise ValueError(f"places {unknown}: choose from {PLACES_TO_BLANK}")
+    def blocks_of(stage: int) -> str:  # the hook points of one stage's fusion blocks
+        return FUSION_ATTENTION.replace("stage*", f"stage{stage}", 1)
+
     if stages is None:
         stages = tuple(sorted({int(name.split(".")[0].removeprefix("stage"))
                                for name in hook_names(model, FUSION_ATTENTION)}))
-    missing = [s for s in stages if not hook_names(model, f"stage{s}.block*.cross_attn.pattern")]
+    missing = [s for s in stages if not hook_names(model, blocks_of(s))]
     if missing:
         raise ValueError(f"{type(model).__name__} has no fusion blocks at stage {missing}")
     # each intervention: (its row's name, the place blanked, the hook targets of the blocks blanked)
-    every_block = [f"stage{s}.block*.cross_attn.pattern" for s in stages]
     interventions = [("as trained", None, [])]
     if one_stage_at_a_time:
-        interventions += [(f"stage {s} only, {kind}: blanked", kind, [f"stage{s}.block*.cross_attn.pattern"])
-                          for s in stages for kind in places]
+        interventions += [(f"stage {s} only, {kind}: blanked", kind, [blocks_of(s)]) for s in stages for kind in places]
     else:
-        interventions += [(f"{kind}: blanked", kind, every_block) for kind in places]
+        interventions += [(f"{kind}: blanked", kind, [blocks_of(s) for s in stages]) for kind in places]
     device = torch.device(device)
     keep = torch.nonzero(frames.valid, as_tuple=True)[0]
     regions = [_region_masks(frames, int(i), source_size, seed, moved=MOVED_SILENT_BOXES in places)

@@ -508,15 +508,23 @@ def learning_curve(history: list[dict]) -> list[dict]:
 def late_gain(history: list[dict], fraction: float = 0.2) -> float | None:
     """Validation J&F gained over the last ``fraction`` of the frames seen (best point in that part
     minus the last point before it): under 0.01 says the curve is flat where training stops."""
+    split = _split_late(history, fraction)
+    if split is None:
+        return None
+    before, late = split
+    return max(p["JF"] for p in late) - before[-1]["JF"]
+
+
+def _split_late(history: list[dict], fraction: float) -> tuple[list[dict], list[dict]] | None:
+    """The learning curve's points up to and after the last ``fraction`` of the frames seen (both
+    non-empty), as ``late_gain`` and ``late_trend`` read them; None where either part is empty."""
     points = learning_curve(history)
     if len(points) < 2:
         return None
     cut = points[-1]["frames_seen"] * (1 - fraction)
     before = [p for p in points if p["frames_seen"] <= cut]
     late = [p for p in points if p["frames_seen"] > cut]
-    if not before or not late:
-        return None
-    return max(p["JF"] for p in late) - before[-1]["JF"]
+    return (before, late) if before and late else None
 
 
 def late_trend(history: list[dict], fraction: float = 0.2) -> dict | None:
@@ -538,14 +546,13 @@ def late_trend(history: list[dict], fraction: float = 0.2) -> dict | None:
     without a reading in both windows."""
     import statistics
 
-    points = learning_curve(history)
-    if len(points) < 2:
+    split = _split_late(history, fraction)
+    if split is None:
         return None
-    total = points[-1]["frames_seen"]
-    cut, start = total * (1 - fraction), total * (1 - 2 * fraction)
-    late = [p["JF"] for p in points if p["frames_seen"] > cut]
-    before = [p["JF"] for p in points if start < p["frames_seen"] <= cut]
-    if not late or not before:
+    start = split[1][-1]["frames_seen"] * (1 - 2 * fraction)
+    before = [p["JF"] for p in split[0] if p["frames_seen"] > start]
+    late = [p["JF"] for p in split[1]]
+    if not before:
         return None
     gain = statistics.fmean(late) - statistics.fmean(before)
     ci95 = None
