@@ -20,7 +20,7 @@ CASES = {
     "02_derivation": ({"train_epochs": 1, **TINY}, {"recall_at_K", "recall_curve"}, ["derivation_recall.png"]),
     "03_elimination": ({"train_epochs": 1, **TINY}, {"auc", "auc_by_tau"}, ["assignment_maps.png", "elimination_roc.png"]),
     "04_tsne_probe": ({"train_epochs": 1, "perplexity": 5, **TINY}, {"probe_f1"}, ["tsne.png", "umap.png", "tsne.html"]),
-    "05_training": ({"epochs": 1, **TINY}, {"test", "table", "headroom", "pointing", "late_gain",
+    "05_training": ({"epochs": 1, **TINY}, {"test", "table", "headroom", "pointing", "late_gain", "late_trend",
                                                      "resolution_bound", "attention_anatomy",
                                                      "attention_interventions", "peak_places",
                                                      "attention_blanking"},
