@@ -38,6 +38,7 @@ rows = blanking_interventions(model, prepared.test, config, world_frame_size(con
                                                         "stages": args.stages,
                                                         "one_stage_at_a_time": args.one_stage_at_a_time,
                                                         "rows": rows}, indent=1) + "\n")
+width = max(len(r["intervention"]) for r in rows)  # the columns line up whatever the rows are called
 for r in rows:
-    print(blanking_row_text(r, width=70 if args.one_stage_at_a_time else 58))
+    print(blanking_row_text(r, width=width))
 blanking_figure(rows, args.out / f"{args.name}.png", title=args.title)
