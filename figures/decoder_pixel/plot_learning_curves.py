@@ -17,6 +17,8 @@ RUNS = {  # label: metrics.json
     "model, stride 2, ten epochs": "figures/every_lever_10_epochs/metrics.json",
     "model, stride 1, ten epochs": "figures/decoder_pixel/model/metrics.json",
     "model, stride 1, outline_weight=2, ten epochs": "figures/decoder_pixel/model_outline_10_epochs/metrics.json",
+    "model, stride 1, outline_weight=2, ten epochs, seed 1":
+        "figures/decoder_pixel/model_outline_10_epochs_seed1/metrics.json",
     "model, stride 1, outline_weight=2, fourteen epochs": "figures/decoder_pixel/model_outline_14_epochs/metrics.json",
     "model, stride 1, outline_weight=2, twenty epochs": "figures/decoder_pixel/model_outline_20_epochs/metrics.json",
 }
