@@ -26,6 +26,15 @@ def power_law(x, a, b, c):
     return a - b * x ** -c
 
 
+def fit(shape, names: tuple[str, ...], p0, x, y, end: float, cut: float, at: float) -> dict:
+    """``shape`` fitted to the readings (x, y): its parameters under ``names``, the readings' residual
+    scatter around it, its rise from ``cut`` to ``end`` and its value at ``at`` epochs."""
+    params, _ = curve_fit(shape, x, y, p0=p0, maxfev=20_000)
+    residual = y - shape(x, *params)
+    return {**dict(zip(names, params)), "residual_sd": float(residual.std(ddof=3)),
+            "rise_last_20": float(shape(end, *params) - shape(cut, *params)), f"at_{at:g}_epochs": float(shape(at, *params))}
+
+
 arguments = sys.argv[1:]
 at = 20.0
 if arguments[:1] == ["--at"]:
@@ -40,24 +49,16 @@ for argument in arguments:
     y = np.array([p["JF"] for p in points])
     end, cut = x[-1], 0.8 * x[-1]
     used = x >= 1.0  # the first half epoch rises too steeply for one exponential
-    (a, b, c), _ = curve_fit(approach, x[used], y[used], p0=(y.max(), y.max() - y.min(), end / 3), maxfev=20_000)
-    residual = y[used] - approach(x[used], a, b, c)
-    power, _ = curve_fit(power_law, x[used], y[used], p0=(y.max() + 0.05, 0.3, 0.7), maxfev=20_000)
-    power_residual = y[used] - power_law(x[used], *power)
     late = x > cut
     slope = np.polyfit(x[late], y[late], 1)[0]
     fits[label] = {"metrics": path, "epochs": float(end), "readings": len(points),
-                   "approach": {"a": a, "b": b, "c_epochs": c, "residual_sd": float(residual.std(ddof=3)),
-                                "rise_last_20": float(approach(end, a, b, c) - approach(cut, a, b, c)),
-                                f"at_{at:g}_epochs": float(approach(at, a, b, c))},
-                   "power_law": {"a": power[0], "b": power[1], "c": power[2],
-                                 "residual_sd": float(power_residual.std(ddof=3)),
-                                 "rise_last_20": float(power_law(end, *power) - power_law(cut, *power)),
-                                 f"at_{at:g}_epochs": float(power_law(at, *power))},
+                   "approach": fit(approach, ("a", "b", "c_epochs"), (y.max(), y.max() - y.min(), end / 3),
+                                   x[used], y[used], end, cut, at),
+                   "power_law": fit(power_law, ("a", "b", "c"), (y.max() + 0.05, 0.3, 0.7), x[used], y[used], end, cut, at),
                    "line_through_last_20": {"slope_per_epoch": float(slope), "rise": float(slope * (end - cut))},
                    "late_gain": late_gain(history), "late_trend": late_trend(history)}
     f = fits[label]
-    print(f"{label}: level {a:.3f}, residual sd {f['approach']['residual_sd']:.4f}, fitted rise "
+    print(f"{label}: level {f['approach']['a']:.3f}, residual sd {f['approach']['residual_sd']:.4f}, fitted rise "
           f"{f['approach']['rise_last_20']:+.4f}, line {f['line_through_last_20']['rise']:+.4f}, "
           f"late_gain {f['late_gain']:+.4f}, late_trend {f['late_trend']['gain']:+.4f}; at {at:g} epochs "
           f"exponential {f['approach'][f'at_{at:g}_epochs']:.3f}, power law {f['power_law'][f'at_{at:g}_epochs']:.3f} "
