@@ -52,6 +52,7 @@ from IPython.display import display
 
 from avs_lib.analysis.evaluation import (attention_interventions, blanking_interventions, decoder_stride,
                                          evaluation_table, headroom, resolution_bound)
+from avs_lib.analysis.findings import against_reference
 from avs_lib.analysis.inspect import attention_anatomy, peak_places, pointing_accuracy
 from avs_lib.core.config import load_config
 from avs_lib.core.paths import notebook_paths, workbench_path
@@ -83,9 +84,13 @@ print(f"{len(prepared.train)} training frames, {config.epochs} epochs; validatio
          + ("flat where training stops." if gain < 0.01 else "still rising: more training would help.")
          if gain is not None else "(too few validation points to tell)"))
 if trend is not None:
-    interval = "" if trend["ci95"] is None else f" [{trend['ci95'][0]:+.3f}, {trend['ci95'][1]:+.3f}]"
-    print(f"Mean of the last 20 %'s {trend['late']} readings minus the 20 % before ({trend['before']}): "
-          f"{trend['gain']:+.3f}{interval} (reading noise does not pass for a gain here).")
+    print(against_reference(
+        f"late_trend (mean of the last 20 %'s {trend['late']} readings minus mean of the {trend['before']} "
+        "in the 20 % before them)",
+        trend["gain"], trend["ci95"], 0.01,
+        above="still rising by more than a point (1 point = 0.01 J&F) where training stops.",
+        below="flat where training stops: the gain's whole interval lies under a point.",
+        inside="the interval contains a point's gain, so these readings cannot tell flat from rising."))
 
 # %% [markdown]
 # Left: the training loss between validations (`validations_per_epoch` per epoch; dots: each
@@ -100,7 +105,8 @@ if trend is not None:
 # whose readings scatter by $\sigma$ still shows a gain of about $1.27\sigma$ with six late readings.
 # `late_trend` compares the mean of the last 20 %'s readings with the mean of the 20 % before, with
 # a 95 % interval from their scatter: zero on average on a flat curve, slightly high on one that is
-# bending toward flat.
+# bending toward flat. Its verdict sets that interval against the target of one point: "flat" only
+# when the whole interval lies under 0.01, "still rising" only when it lies wholly above.
 #
 # ## The window: floor, model, ceiling
 # A comparison of models can only be read inside the range the data allows. Two instruments bound
