@@ -74,7 +74,7 @@ class TrainConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     bf16: bool = True  # bf16 autocast on CUDA
     cpu_bf16: bool = False  # bf16 autocast on CPU too (AVX512-BF16 / AMX CPUs; benchmarks/bench_train.py says whether it pays)
-    channels_last: bool = False  # NHWC weights and images (pays for CNN backbones with bf16 on CPU; see the README)
+    channels_last: bool = False  # NHWC weights and images (pays for CNN backbones in fp32 on CPU, not with bf16; see the README's Benchmarks)
     eval_batch_size: int = 5
     convention: str = "per_frame"
     out: str = "runs/default"
