@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -26,7 +26,7 @@
 # The paper leaves several choices open; the default model takes the reading that allows a frame's
 # tokens to get different scores (whether a trained model makes use of that is what the sections
 # below measure; randn centres, Eq. 14 as printed, a residual around Eq. 15, and the
-# score as a log-bias on the token's attention logit in the fusion blocks, with a null key). Set
+# score acting on the token's attention in the fusion blocks). Set
 # `variant = "released"` for the authors' code, and `capacity_check > 0` to train with the world's
 # on/off-screen labels (the other switches named below, such as `centre_update` or
 # `elimination_residual`, are set on a training, `avs train ... switches.NAME=VALUE`, or with
@@ -179,8 +179,11 @@ pd.DataFrame(separation).T
 #
 # $$\hat A \leftarrow S \cdot \hat A \tag{17}$$
 #
-# either literally (`elimination_apply="scale"`) or, by default, as $\log S$ added to the token's
-# attention logit in every fusion block, which removes a token with $S \to 0$ from the attention.
+# either literally (`elimination_apply="scale"`) or, by default, on the token's attention in every
+# fusion block: with the tokens as the fusion's queries (the main job's `fusion_query: audio`) $S$
+# multiplies the weights with which the token writes into the frame's cells, and with the cells as
+# the queries (`fusion_query: visual`) $\log S$ is added to the token's attention logit beside a null
+# key. Either way a token with $S \to 0$ leaves the fusion.
 # The within-frame AUC compares, in each frame, every token whose class sounds on screen with every
 # token whose class is off screen only or silent (0.5: no choice between a frame's tokens), with a
 # bootstrap 95 % interval over clips; the pooled AUC pools on-screen and off-screen-only tokens over

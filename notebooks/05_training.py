@@ -35,7 +35,7 @@ image_size = 0  # 0: the config's
 visual_pretrain_steps = 0  # 0: the config's (batches of the world's visual pretraining, cached per world)
 attention_supervision = 0.0  # OUTSIDE THE PAPER: > 0 asks the fusion attention to point (docs/findings.md, "The window")
 outline_weight = 0.0  # OUTSIDE THE PAPER: > 0 adds a BCE over the pixels near the true outlines (figures/decoder_pixel/)
-switches = {}  # model switches over the config's, e.g. {"fusion_query": "audio"} (docs/findings.md, "Which side asks in the fusion attention")
+switches = {}  # model switches over the config's, e.g. {"fusion_query": "visual"} (docs/findings.md, "Which side asks in the fusion attention")
 headroom_rows = ["floor", "oracle"]  # trained beside the model: "floor", "oracle", "oracle-heard"
 run_dir = ""  # empty: runs/notebooks/05_training/ under the repository root
 
@@ -225,15 +225,18 @@ qualitative(test.images[pick].permute(0, 2, 3, 1).numpy(), test.masks[pick].nump
 # part of each bar is the pointing accuracy above.
 #
 # **Anatomy** (`avs_lib.analysis.inspect.attention_anatomy`): around each sounding object, per stage,
-# the mean weight a grid cell gives the object's own token (inside the object and elsewhere in the
-# frame), each of the frame's other tokens (inside the object), and the **null key**, a learned key
-# whose value is zero: weight on it means "take nothing from the audio here". Attention that points
-# puts the red bar far above the orange and grey ones. Attention that marks only *where* sound is
-# gives the object's cells the same share of every token (red close to orange) and separates the
-# object from the background through the null key (the two blue bars apart). With the audio tokens
-# as the queries (`switches.fusion_query=audio`) each token spreads its own attention over the
-# frame, and a cell's weight is how strongly the token writes there (0 to 1): red far above grey is
-# then a token that found its object, and there is no null share of a cell to show.
+# the mean weight a grid cell gets from the object's own token (inside the object and elsewhere in
+# the frame) and from each of the frame's other tokens (inside the object). The main job's tokens are
+# the queries (`fusion_query: audio` in `configs/tiny_world.yaml`, Sec. 3.3 as printed): each token
+# spreads its own attention over the frame, and a cell's weight is how strongly the token writes
+# there (0 to 1). Attention that points puts the red bar (own, inside) far above the orange (own,
+# outside) and grey (other tokens, inside) ones; a token that writes everywhere but on its object
+# puts orange above red. With the cells as the queries (`-p switches '{"fusion_query": "visual"}'`)
+# a cell's weights are shares of one softmax over the tokens and the **null key**, a learned key
+# whose value is zero ("take nothing from the audio here"), and the figure adds the null key's share
+# inside and outside the object (blue bars): attention that marks only *where* sound is then gives
+# the object's cells the same share of every token (red close to orange) and separates the object
+# from the background through the null key (the two blue bars apart).
 #
 # **Interventions** (`avs_lib.analysis.evaluation.attention_interventions`, hooks on
 # `stage*.block*.cross_attn.pattern`): test J&F with every fusion pattern **spread over the frame**

@@ -7,6 +7,8 @@ import jupytext
 import nbformat
 import pytest
 
+from avs_lib.core.config import load_config
+from avs_lib.core.paths import workbench_path
 from avs_lib.experiments.notebooks import RunExists, notebook_parameters, run_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -97,9 +99,12 @@ def test_notebook_executes(name, notebook_world, tmp_path):
         assert places["objects"] == metrics["pointing"]["objects"]
         stages = [stage for stage in metrics["attention_anatomy"].values() if stage["objects"]]
         assert stages  # stage 1's grid is fine enough for some object
-        for stage in stages:  # weights of a softmax with a null key
-            assert all(0 <= stage[k] <= 1 for k in ("own_inside", "own_outside", "other_inside", "null_inside",
-                                                     "null_outside"))
+        # the main config's tokens ask (fusion_query: audio): a cell's weight from a token is a write-back
+        # weight in [0, 1], and there is no null key whose share could be read
+        assert load_config(workbench_path("configs/tiny_world.yaml")).switches["fusion_query"] == "audio"
+        for stage in stages:
+            assert all(0 <= stage[k] <= 1 for k in ("own_inside", "own_outside", "other_inside"))
+            assert stage["null_inside"] is None and stage["null_outside"] is None
         # the unedited row is the test evaluation of the same checkpoint
         interventions = metrics["attention_interventions"]
         assert interventions["as trained"]["JF"] == pytest.approx(metrics["test"]["JF"], abs=1e-6)
