@@ -229,9 +229,9 @@ qualitative(test.images[pick].permute(0, 2, 3, 1).numpy(), test.masks[pick].nump
 # the frame) and from each of the frame's other tokens (inside the object). The main job's tokens are
 # the queries (`fusion_query: audio` in `configs/tiny_world.yaml`, Sec. 3.3 as printed): each token
 # spreads its own attention over the frame, and a cell's weight is how strongly the token writes
-# there (0 to 1). Attention that points puts the red bar (own, inside) far above the orange (own,
-# outside) and grey (other tokens, inside) ones; a token that writes everywhere but on its object
-# puts orange above red. With the cells as the queries (`-p switches '{"fusion_query": "visual"}'`)
+# there (0 to 1). Attention that points puts the red bar (own token, inside) far above the orange
+# (each other token, inside) and grey (own token, outside) ones; a token that writes everywhere
+# but on its object puts grey above red. With the cells as the queries (`-p switches '{"fusion_query": "visual"}'`)
 # a cell's weights are shares of one softmax over the tokens and the **null key**, a learned key
 # whose value is zero ("take nothing from the audio here"), and the figure adds the null key's share
 # inside and outside the object (blue bars): attention that marks only *where* sound is then gives
