@@ -141,8 +141,9 @@ stage_score_distributions({k: v.numpy() for k, v in stage_scores.items()}, categ
 #
 # Elimination can only choose between sources if the K scores of one frame differ. The spread of
 # the scores across a frame's tokens, averaged over frames (`avs_lib.analysis.inspect.score_spread`): the
-# standard deviation of $S$, its range, and the standard deviation of $\log S$ (the spread of the
-# log-bias the tokens get in fusion).
+# standard deviation of $S$, its range, and the standard deviation of $\log S$ (the spread of what
+# the tokens get in fusion: a factor $S$ on their write-back weights with the main job's audio
+# queries, a log-bias $\log S$ on their logits with visual ones).
 
 # %%
 analysis = elimination_analysis(cache, test, boot=boot, seed=seed)

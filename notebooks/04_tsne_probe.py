@@ -6,7 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -27,8 +27,9 @@
 #
 # (for the baseline the single projected $F_a$), computed on single-source (S4) frames so that
 # each frame has one class to colour by and to predict. With the default
-# `elimination_apply="log_bias"` the full model's elimination acts on the fusion's attention
-# logits (log S), so the tokens read here are the enhanced tokens, unscaled; with
+# `elimination_apply="log_bias"` the full model's elimination acts on the fusion's attention (S
+# scales a token's write-back weights with the main job's audio queries, log S is added to its
+# logit with visual ones), so the tokens read here are the enhanced tokens, unscaled; with
 # `elimination_apply="scale"` (Eq. 17 read literally) they are the tokens multiplied by S, which can
 # make them tiny without removing any information. Each feature is standardised first, so that
 # neither the maps nor the probe depend on that scale.
