@@ -59,6 +59,7 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
                 switches.update(decoder_refine_dim=args.refine_dim, decoder_refine_blocks=args.refine_blocks)
     if args.model != "avsac":
         switches["memory_classes"] = 71 if args.size == "b5" else 16
+        switches["fusion_query"] = args.fusion_query
     if args.num_classes > 1:
         switches["num_classes"] = args.num_classes
     model = build_model(args.model, size=args.size, **switches).to(device)
@@ -119,6 +120,7 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
               "channels_last": channels_last, "compile": compile_model and args.compile_mode,
               **({"frozen_stages": switches["frozen_stages"]} if "frozen_stages" in switches else {}),
               **({"decoder_stride": switches["decoder_stride"]} if "decoder_stride" in switches else {}),
+              **({"fusion_query": switches["fusion_query"]} if "fusion_query" in switches else {}),
               **({k: switches[k] for k in ("decoder_refine_dim", "decoder_refine_blocks") if k in switches}),
               "parameters_trainable": count_parameters(model)["total"],
               "train_frames_per_second": round(train_fps, 2), "eval_frames_per_second": round(eval_fps, 2),
@@ -272,6 +274,9 @@ def main():
     parser.add_argument("--decoder-stride", type=int, default=4, choices=(1, 2, 4),
                         help="EfficientNet-Lite0 DDESeg: 2 adds the stride-2 refinement, 1 that and a stage that "
                              "reads the frame's pixels (the switch decoder_stride)")
+    parser.add_argument("--fusion-query", default="audio", choices=("audio", "visual"),
+                        help="DDESeg: which side asks in the fusion attention (the switch fusion_query; "
+                             "audio is configs/tiny_world.yaml's)")
     parser.add_argument("--refine-dim", type=int, default=32, help="with --decoder-stride 2 or 1: the refinement's width")
     parser.add_argument("--refine-blocks", type=int, default=0,
                         help="with --decoder-stride 2 or 1: residual blocks after the refinement (decoder_refine_blocks)")

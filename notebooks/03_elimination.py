@@ -189,7 +189,10 @@ pd.DataFrame(separation).T
 # token whose class is off screen only or silent (0.5: no choice between a frame's tokens), with a
 # bootstrap 95 % interval over clips; the pooled AUC pools on-screen and off-screen-only tokens over
 # all frames, so a gate that only varies from frame to frame can score well on it
-# (`avs_lib.analysis.inspect.elimination_analysis`).
+# (`avs_lib.analysis.inspect.elimination_analysis`). An AUC away from 0.5 is an order among the
+# scores, and an order can be kept by scores that differ in the sixth digit: each stage's sentence
+# weighs it against that stage's spread of $\log S$ above, and where the spread is under 0.1 (the
+# tokens weighted alike) it says the order chooses nothing.
 
 # %%
 table = pd.DataFrame({stage: {"within-frame AUC": a["within_frame"]["auc"],
@@ -200,7 +203,7 @@ table = pd.DataFrame({stage: {"within-frame AUC": a["within_frame"]["auc"],
                               "vs silent": a["within_frame_silent"]["auc"], "pooled AUC": a["pooled"]["auc"]}
                       for stage, a in analysis.items()}).T
 for stage, a in analysis.items():
-    print(elimination_finding(stage, a["within_frame"]))
+    print(elimination_finding(stage, a["within_frame"], a["spread"]))
 table
 
 # %% [markdown]

@@ -21,6 +21,14 @@ def test_elimination_sentence_reads_the_stage_interval():
     assert "do not choose" in elimination_finding("stage 2", {"auc": 0.52, "ci95": [0.47, 0.58]})
     assert "choose." in elimination_finding("stage 2", {"auc": 0.7, "ci95": [0.65, 0.75]})
     assert "LOWER" in elimination_finding("stage 3", {"auc": 0.3, "ci95": [0.25, 0.35]})
+    # an order among scores that weight a frame's tokens alike ranks them without choosing
+    ranked, flat, wide = {"auc": 0.59, "ci95": [0.57, 0.62]}, {"log_std": 2e-7}, {"log_std": 0.4}
+    assert "chooses nothing" in elimination_finding("stage 2", ranked, flat)
+    assert "the scores choose." not in elimination_finding("stage 2", ranked, flat)
+    assert "the scores choose." in elimination_finding("stage 2", ranked, wide)
+    lower = elimination_finding("stage 4", {"auc": 0.45, "ci95": [0.43, 0.47]}, {"log_std": 0.009})
+    assert "LOWER" in lower and "chooses nothing" in lower
+    assert "do not choose" in elimination_finding("stage 3", {"auc": 0.5, "ci95": [0.5, 0.5]}, flat)
 
 
 def test_spread_separation_sweep_recall_and_probe_sentences():

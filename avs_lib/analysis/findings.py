@@ -29,20 +29,32 @@ def against_reference(what: str, value: float | None, ci, reference: float, abov
     return f"{what} {value:.3f} {_interval(ci)}: {verdict}"
 
 
-def elimination_finding(stage: str, within_frame: dict) -> str:
-    """The sentence for one stage's within-frame AUC (``inspect.elimination_analysis``)."""
+# a spread of log S across a frame's tokens under this weights them alike: their scores differ by
+# under a tenth of e, so no token is taken out of the fusion more than another
+ALIKE_LOG_STD = 0.1
+
+
+def elimination_finding(stage: str, within_frame: dict, spread: dict | None = None) -> str:
+    """The sentence for one stage's within-frame AUC (``inspect.elimination_analysis``). With the
+    stage's ``spread`` (``inspect.score_spread``), an AUC away from 0.5 is weighed against how far
+    the scores differ: an order among scores that weight the tokens alike (spread of log S under
+    ``ALIKE_LOG_STD``) ranks the tokens without choosing between them."""
+    alike = spread is not None and spread["log_std"] < ALIKE_LOG_STD
+    weight = (f" but a frame's scores differ by {spread['log_std']:.2g} in log S (spread under {ALIKE_LOG_STD}: "
+              "the tokens are weighted alike), so the order chooses nothing.") if alike else ""
     return against_reference(
         f"{stage}: within-frame AUC", within_frame.get("auc"), within_frame.get("ci95"), 0.5,
-        "in a frame, tokens whose class sounds on screen score higher than the others; the scores choose.",
-        "in a frame, tokens whose class sounds on screen score LOWER than the others.",
+        "in a frame, tokens whose class sounds on screen score higher than the others;"
+        + (weight or " the scores choose."),
+        "in a frame, tokens whose class sounds on screen score LOWER than the others" + (";" + weight if alike else "."),
         "the interval contains 0.5, so the scores do not choose between a frame's tokens.")
 
 
 def spread_finding(spread: dict[str, dict]) -> str:
     """Whether the scores of a frame's tokens differ (``inspect.score_spread`` per stage): the
-    largest spread of log S over the stages against 0.1 (a tenth of e: tokens weighted alike)."""
+    largest spread of log S over the stages against ``ALIKE_LOG_STD`` (tokens weighted alike)."""
     stage, widest = max(spread.items(), key=lambda item: item[1]["log_std"])
-    if widest["log_std"] < 0.1:
+    if widest["log_std"] < ALIKE_LOG_STD:
         return (f"Every stage gives a frame's tokens nearly the same score (the widest spread of log S, at "
                 f"{stage}, is {widest['log_std']:.3f}): elimination acts as one gate per frame.")
     return (f"The scores of a frame's tokens differ: the spread of log S reaches {widest['log_std']:.3f} at {stage} "
