@@ -6,8 +6,10 @@
 # every run's small files (runs.tar.gz). Where the world matches, the runs of the committed report
 # (figures/ablation/runs.tar.gz) are reused (FRESH_RUNS=1 trains every run again).
 # Usage: bash scripts/gpu_ablation/run_on_gpu.sh SECONDS PARALLEL
-# SWITCHES="switches.fusion_query=audio switches.decoder_stride=2" (space-separated key=value): settings
-# on top of the config for every run, e.g. the next test bed's (docs/findings.md, "A decoder at stride 2").
+# SWITCHES="switches.decoder_stride=2" (space-separated key=value): settings on top of the config for
+# every run, e.g. the next test bed's (docs/findings.md, "A decoder at stride 2"). The config's tokens
+# ask in the fusion since 2026-12-07; the committed report's runs were made with the cells asking, so
+# reusing them needs SWITCHES="switches.fusion_query=visual bn_momentum=null".
 set -uo pipefail
 limit=${1:-570}      # seconds this script may take in all
 parallel=${2:-12}    # runs trained at once
