@@ -195,6 +195,10 @@ def test_outline_weight_adds_the_outline_loss_to_training_and_is_checked_where_i
     # AVSAC: added to its Eq. 5 the same way
     avsac_plain, avsac_weighted = (load_config("configs/tiny_world.yaml", ["model=avsac", *extra])
                                    for extra in ([], ["outline_weight=3"]))
+    # the file's DDESeg-only switch (fusion_query) is set aside for AVSAC; given on the command line it is refused
+    assert "fusion_query" in plain.switches and "fusion_query" not in avsac_plain.switches
+    with pytest.raises(ConfigError, match="switches.fusion_query"):
+        load_config("configs/tiny_world.yaml", ["model=avsac", "switches.fusion_query=visual"])
     avsac_out = SimpleNamespace(logits=out.logits, audio=torch.randn(2, 8, generator=g), agv=torch.randn(2, 4, 8, generator=g))
     assert torch.allclose(_loss(avsac_weighted, avsac_out, masks, None),
                           _loss(avsac_plain, avsac_out, masks, None) + 3 * outline_loss(out.logits, masks))

@@ -204,6 +204,22 @@ def model_config_class(model: str):
     return AVSACConfig if model == "avsac" else DDESegConfig
 
 
+def _without_ddeseg_file_switches(switches: dict, sources: dict) -> tuple[dict, dict]:
+    """A DDESeg config file read for AVSAC (``--config configs/tiny_world.yaml model=avsac``): the
+    file's DDESeg-only switches (``fusion_query``, the decoder's stride, ...) describe the DDESeg
+    model it was written for and are set aside, as ``avs ablation`` does for its AVSAC row
+    (``avsac_switches``). The same switches given on the command line are still refused, and so is
+    a file's ``frozen_stages`` (AVSAC's backbone always trains: beside DDESeg it would differ by
+    more than the decoder)."""
+    from avs_lib.models import AVSACConfig, DDESegConfig
+
+    avsac, ddeseg = {f.name for f in fields(AVSACConfig)}, {f.name for f in fields(DDESegConfig)}
+    aside = {k for k in switches if k in ddeseg and k not in avsac and k != "frozen_stages"
+             and str(sources.get(k, "")).startswith("config ")}
+    return ({k: v for k, v in switches.items() if k not in aside},
+            {k: v for k, v in sources.items() if k not in aside})
+
+
 def config_from_dict(values: dict, sources: dict | str = "the config") -> TrainConfig:
     """A checked ``TrainConfig``; ``switches`` are checked against the chosen model's config."""
     checked = check_values(TrainConfig, values, sources)
@@ -217,6 +233,8 @@ def config_from_dict(values: dict, sources: dict | str = "the config") -> TrainC
             where = switch_sources if isinstance(switch_sources, str) else switch_sources[from_memory[0]]
             raise ConfigError(f"{where}: 'switches.{from_memory[0]}' is set from the semantic memory; set the "
                               "top-level keys k, m and audio_dim instead (the memory is built with them)")
+        if model == "avsac" and isinstance(switch_sources, dict):
+            switches, switch_sources = _without_ddeseg_file_switches(switches, switch_sources)
         checked["switches"] = check_values(model_config_class(model), switches, switch_sources, prefix="switches.")
     config = TrainConfig(**checked)
     if config.bn_momentum is not None and not 0 < config.bn_momentum <= 1:
