@@ -16,8 +16,8 @@ The GPU suite, one call (a few minutes on one card; exits 2 with a message where
     python benchmarks/bench_train.py --suite gpu --device cuda [--loader-world /work/bench_data/avss_224]
 
 DDESeg b5 and AVSAC b5 at 224 px in AVSS's shape (71 classes, 768-d HTS-AT-sized audio): bf16 at
-batch 4, 8 and 16, then at batch 8 fp32, bf16 + channels_last and bf16 + torch.compile; each line
-has frames/s, the FLOPs of one training step counted by ``torch.utils.flop_counter`` and the MFU
+batch 4, 8 and 16, then at batch 8 fp32, bf16 + channels_last, bf16 + torch.compile and bf16 +
+fused AdamW; each line has frames/s, the FLOPs of one training step counted by ``torch.utils.flop_counter`` and the MFU
 against the card's bf16 dense peak (``--peak-tflops`` where the card is not in ``BF16_PEAK_TFLOPS``),
 and the peak GPU memory. With ``--loader-world`` it then trains DDESeg b5 (bf16, batch 8) on real
 frames decoded by the streaming loader (``avs_lib.data.loader``, 8 workers) and reports the share
@@ -65,7 +65,7 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
     model = build_model(args.model, size=args.size, **switches).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if args.fused_adamw else {}))
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
     images = images.contiguous(memory_format=memory_format)
     audio = torch.randn(args.batch_size, args.audio_dim, device=device)
@@ -118,6 +118,7 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
     result = {"model": args.model, "size": args.size, "backbone": args.backbone, "device": str(device),
               "image_size": args.image_size, "batch_size": args.batch_size, "precision": precision,
               "channels_last": channels_last, "compile": compile_model and args.compile_mode,
+              "fused_adamw": args.fused_adamw,
               **({"frozen_stages": switches["frozen_stages"]} if "frozen_stages" in switches else {}),
               **({"decoder_stride": switches["decoder_stride"]} if "decoder_stride" in switches else {}),
               **({"fusion_query": switches["fusion_query"]} if "fusion_query" in switches else {}),
@@ -178,12 +179,13 @@ def run_suite(args) -> list[dict]:
         base.model, base.backbone, base.count_flops = model, backbone, True
         base.size, base.image_size = ("tiny", 64) if dry else ("b5", 224)
         base.audio_dim, base.num_classes, base.steps = (32, 71, 2) if dry else (768, 71, min(args.steps, 5))
-        settings = [(b, "bf16", False, False) for b in ((2,) if dry else (4, 8, 16))]
+        settings = [(b, "bf16", False, False, False) for b in ((2,) if dry else (4, 8, 16))]
         batch = 2 if dry else 8
-        settings += [(batch, "fp32", False, False), (batch, "bf16", True, False), (batch, "bf16", False, True)]
-        for batch_size, precision, channels_last, compile_model in settings:
+        settings += [(batch, "fp32", False, False, False), (batch, "bf16", True, False, False),
+                     (batch, "bf16", False, True, False), (batch, "bf16", False, False, True)]
+        for batch_size, precision, channels_last, compile_model, fused_adamw in settings:
             run = copy(base)
-            run.batch_size = batch_size
+            run.batch_size, run.fused_adamw = batch_size, fused_adamw
             if dry and compile_model:
                 continue  # torch.compile takes minutes on a CPU
             try:
@@ -269,6 +271,8 @@ def main():
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--fused-adamw", action="store_true",
+                        help="AdamW's fused kernel (TrainConfig.fused_adamw): one call for every parameter")
     parser.add_argument("--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune"),
                         help="torch.compile's mode: reduce-overhead replays CUDA graphs (launch-bound small models)")
     parser.add_argument("--decoder-stride", type=int, default=4, choices=(1, 2, 4),

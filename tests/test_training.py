@@ -353,6 +353,33 @@ def test_bn_momentum_is_checked_and_older_runs_are_other_runs():
     assert config_differences(older, load_config(None, ["bn_momentum=null"])) == {}
 
 
+def test_fused_adamw_trains_the_same_weights_to_rounding_and_is_another_run(tmp_path):
+    """fused_adamw=true: the same decay groups, one fused update; after three epochs the weights
+    equal the per-parameter loop's up to floating-point rounding, and the run is another run than
+    one recorded before the key (which used the loop)."""
+    from avs_lib.training.loop import make_optimiser
+    from avs_lib.training.runs import config_differences
+
+    prepared = synthetic_prepared((16, 8, 8), size=64)
+    states = {}
+    for fused in (False, True):
+        config = _config(tmp_path / str(fused), fused_adamw=fused)
+        train(config, prepared)
+        states[fused] = torch.load(tmp_path / str(fused) / "last.pt", weights_only=False)["model"]
+    floats = [k for k, v in states[False].items() if v.is_floating_point()]
+    moved = [k for k in floats if not torch.equal(states[False][k], states[True][k])]
+    assert moved  # another order of operations: not bit-identical
+    for k in floats:
+        assert torch.allclose(states[False][k], states[True][k], rtol=1e-3, atol=1e-4), k
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    groups = make_optimiser(model, config).param_groups
+    assert all(g["fused"] for g in groups) and sorted(g["weight_decay"] for g in groups) == [0.0, config.weight_decay]
+    today = load_config(None, ["fused_adamw=true"])
+    older = {k: v for k, v in vars(today).items() if k != "fused_adamw"}
+    assert set(config_differences(older, today)) == {"fused_adamw"}
+    assert config_differences(older, load_config(None, [])) == {}
+
+
 def test_a_checkpoint_older_than_bn_momentum_loads_as_null(tmp_path):
     """load_trained reads a config without bn_momentum (a checkpoint from before the key) as
     bn_momentum=null, what it trained with, and a config that has the key as it says."""

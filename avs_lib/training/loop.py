@@ -3,7 +3,7 @@
 ``train(TrainConfig(...))`` (or ``avs train --config FILE key=value ...``):
 
 * AdamW with no weight decay on norms, biases and other 1-D parameters; linear warm-up then a cosine
-  decay to ``min_lr``, stepped every iteration;
+  decay to ``min_lr``, stepped every iteration; ``fused_adamw`` takes its fused kernel;
 * bf16 autocast on CUDA; gradient clipping;
 * BatchNorm's running statistics tracked with momentum ``bn_momentum`` (0.1) whatever a layer was
   built with (``set_batchnorm_momentum``): they do not change the training, only what a model in
@@ -106,6 +106,14 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float, backbone_lr_sc
     return [{"params": params, "weight_decay": 0.0 if no_decay else weight_decay,
              "lr_scale": backbone_lr_scale if backbone else 1.0}
             for (no_decay, backbone), params in sorted(groups.items())]
+
+
+def make_optimiser(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over ``parameter_groups``; with ``config.fused_adamw`` its fused kernel, which updates
+    every parameter in one call instead of looping over them (the same update, in another order of
+    floating-point operations: not bit-identical)."""
+    groups = parameter_groups(model, config.weight_decay, config.backbone_lr_scale)
+    return torch.optim.AdamW(groups, lr=config.lr, **({"fused": True} if config.fused_adamw else {}))
 
 
 def set_batchnorm_momentum(model: torch.nn.Module, momentum: float | None) -> int:
@@ -373,7 +381,7 @@ def _train(config: TrainConfig, prepared: Prepared | None, rank: int, world: int
     if config.train_clips == "fresh":  # refused here, before the first step, if it cannot work
         check_fresh(data_root, config.layout, prepared.audio_encoder)
     _check_attention_supervision(config, data_root)
-    optimiser = torch.optim.AdamW(parameter_groups(core, config.weight_decay, config.backbone_lr_scale), lr=config.lr)
+    optimiser = make_optimiser(core, config)
     n_train = len(prepared.train)
     steps_per_epoch = max(1, n_train // config.batch_size)  # drop the last partial batch: equal rank slices
     total_steps = steps_per_epoch * config.epochs

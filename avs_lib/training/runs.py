@@ -76,7 +76,8 @@ RUN_IDENTITY_EXCLUDES = ("out", "resume", "progress", "threads", "device", "stop
 # shared_run_dir). Mostly the key's default; bn_momentum's is None (each layer's own momentum, what
 # every earlier run used), not its default 0.1, so earlier runs count as other runs than today's default.
 IDENTITY_DEFAULTS = {"loader": "auto", "augment": "flip", "train_clips": "files", "attention_supervision": 0.0,
-                     "visual_pretrain_steps": 600, "bn_momentum": None, "outline_weight": 0.0}
+                     "visual_pretrain_steps": 600, "bn_momentum": None, "outline_weight": 0.0,
+                     "fused_adamw": False}
 
 
 def recorded_config(values: dict, where: str) -> TrainConfig:
