@@ -7,7 +7,9 @@
 Synthetic inputs of the right shapes: the figures measure the model and the engine's step, not the
 data loading (which the engine does from memory). ``--precision bf16`` is autocast to bfloat16
 (CPU or CUDA), ``--channels-last`` puts the model and the images in NHWC, ``--compile`` wraps the
-model in ``torch.compile`` (its compile time is reported apart and left out of the frames/s).
+model in ``torch.compile`` (its compile time is reported apart and left out of the frames/s),
+``--fused-adamw`` takes AdamW's fused kernel; each line also has the optimiser step's median time
+(``optimiser_step_ms``), the part of the step that the fused kernel changes.
 It measures the CPU kernels ``avs`` runs, capped at AVX2 (``avs_lib.core.kernels``); with
 ``AVS_NATIVE_KERNELS=1`` in the environment, the CPU's widest. Each line names them.
 
@@ -81,11 +83,17 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
         loss = ddeseg_loss(out.logits.float(), masks)
         optimiser.zero_grad()
         loss.backward()
+        sync()
+        t = time.perf_counter()
         optimiser.step()
+        sync()
+        optimiser_seconds.append(time.perf_counter() - t)
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
+
+    optimiser_seconds: list[float] = []  # the optimiser's share of each step, apart (what fused_adamw changes)
 
     model.train()
     flops = training_step_flops(model, images, audio, masks, autocast) if args.count_flops else None
@@ -98,11 +106,13 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    optimiser_seconds.clear()
     t0 = time.perf_counter()
     for _ in range(args.steps):
         step()
     sync()
     train_fps = args.steps * args.batch_size / (time.perf_counter() - t0)
+    optimiser_ms = 1000 * sorted(optimiser_seconds)[len(optimiser_seconds) // 2]  # median over the timed steps
     model.eval()
     with torch.no_grad():
         for _ in range(2):
@@ -125,6 +135,7 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
               **({k: switches[k] for k in ("decoder_refine_dim", "decoder_refine_blocks") if k in switches}),
               "parameters_trainable": count_parameters(model)["total"],
               "train_frames_per_second": round(train_fps, 2), "eval_frames_per_second": round(eval_fps, 2),
+              "optimiser_step_ms": round(optimiser_ms, 2),
               "first_step_seconds": round(first_step, 2), "threads": torch.get_num_threads(),
               "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
               "kernel_settings": kernel_settings(os.environ)}

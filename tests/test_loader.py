@@ -194,6 +194,26 @@ def test_bench_train_counts_flops_and_refuses_cuda_without_it():
         assert done.returncode == 2 and "no CUDA" in done.stderr
 
 
+def test_bench_train_times_the_optimiser_step_with_and_without_the_fused_kernel():
+    """Each line names the AdamW it used and times its step apart from the rest of the training step."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    lines = []
+    for flag in ([], ["--fused-adamw"]):
+        done = subprocess.run([sys.executable, str(repo / "benchmarks" / "bench_train.py"), "--backbone", "mit",
+                               "--image-size", "32", "--batch-size", "2", "--steps", "3", "--audio-dim", "8",
+                               "--device", "cpu", *flag], capture_output=True, text=True, check=True)
+        lines.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert [line["fused_adamw"] for line in lines] == [False, True]
+    for line in lines:
+        step_ms = 1000 * line["batch_size"] / line["train_frames_per_second"]
+        assert 0 < line["optimiser_step_ms"] < step_ms  # a part of the step, not all of it
+
+
 def test_a_relative_and_an_absolute_data_root_are_the_same_run():
     """`avs train` records data_root as typed, the notebooks as an absolute path: the same run."""
     from avs_lib.core.config import TrainConfig
