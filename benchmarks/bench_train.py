@@ -67,7 +67,7 @@ def measure(args, precision: str, channels_last: bool, compile_model: bool) -> d
     model = build_model(args.model, size=args.size, **switches).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, **({"fused": True} if args.fused_adamw else {}))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=args.fused_adamw or None)
     images = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
     images = images.contiguous(memory_format=memory_format)
     audio = torch.randn(args.batch_size, args.audio_dim, device=device)

@@ -57,7 +57,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     grad_clip: float = 1.0
-    fused_adamw: bool = False  # AdamW's fused kernel, one call for every parameter (CPU and CUDA): on this CPU the main job's optimiser step takes 5 ms instead of 21 (benchmarks/bench_train.py --fused-adamw); not bit-identical to the per-parameter loop, so off where the committed numbers were measured
+    fused_adamw: bool = False  # AdamW's fused kernel, one call for every parameter (CPU and CUDA): on this CPU the main job's optimiser step takes 4-8 ms instead of 16-28 (benchmarks/bench_train.py --fused-adamw); not bit-identical to the per-parameter loop, so off where the committed numbers were measured
     backbone_lr_scale: float = 1.0  # the pretrained backbone's learning rate as a fraction of lr (fine-tuning practice: 0.1)
     bn_momentum: float | None = 0.1  # every BatchNorm's running-statistics momentum while training (None: each layer's own; Lite0's is TF's 0.01); evaluation reads these statistics, training does not (avs_lib.training.loop.set_batchnorm_momentum)
     avfs_weight: float = 1.0  # AVSAC only

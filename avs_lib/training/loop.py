@@ -113,7 +113,7 @@ def make_optimiser(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
     every parameter in one call instead of looping over them (the same update, in another order of
     floating-point operations: not bit-identical)."""
     groups = parameter_groups(model, config.weight_decay, config.backbone_lr_scale)
-    return torch.optim.AdamW(groups, lr=config.lr, **({"fused": True} if config.fused_adamw else {}))
+    return torch.optim.AdamW(groups, lr=config.lr, fused=config.fused_adamw or None)  # None: torch's default, the loop
 
 
 def set_batchnorm_momentum(model: torch.nn.Module, momentum: float | None) -> int:
