@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from avs_lib.core.paths import MAIN_JOB_CONFIG
+
 DEFAULT_WORLD_DIR = Path("data") / "default_world"
 DEFAULT_WORLD_CLIPS = "ms3=2000,200"  # ms3 is what the models train on: 7 000 training frames
 # Each sounding ms3 object pauses in about half its frames: chosen by the window it gives (docs/findings.md,
@@ -98,8 +100,22 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     """The main job: build the default world if needed, summarise it, draw its overview figure, run
     notebooks 00-05 into ``papermill_runs/main-<time>/`` with their run report, and (``--update-readme``)
     rewrite the README's run-numbers block."""
+    from avs_lib.core.config import load_config
+    from avs_lib.core.paths import workbench_path
     from avs_lib.world.assets import default_kind
 
+    # another model config for notebooks 02-05 is checked before any work, and its run is kept apart
+    # from the main job's: its own batch name, figures left in the batch unless --figures says where,
+    # and never quoted by the README (which quotes the main job's run)
+    config_file = Path(args.config).resolve() if args.config else None
+    if config_file is not None and config_file == workbench_path(MAIN_JOB_CONFIG).resolve():
+        config_file = None
+    if config_file is not None:
+        load_config(config_file)  # a missing file, a bad key or value: one line naming it, exit 2
+        if args.update_readme:
+            raise ValueError(f"--update-readme quotes the main job's run ({MAIN_JOB_CONFIG}); a run with --config "
+                             f"{args.config} is not quoted by the README")
+    figures = Path(args.figures) if args.figures else (None if config_file else Path("figures"))
     out = Path(args.out)
     kind = default_kind()
     if kind != "stamps":
@@ -119,23 +135,27 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
     print(describe_world(out))
 
-    figure = world_overview(out, Path(args.figures) / "world_overview.png")
-    print(f"figure: {figure}")
+    if figures is not None:
+        print(f"figure: {world_overview(out, figures / 'world_overview.png')}")
     if args.no_notebooks:
         return 0
     from avs_lib.experiments.notebooks import NotebookFailed
     from avs_lib.experiments.pipeline import quote_run_in_readme, run_pipeline
 
-    batch = None
+    import datetime as dt
+
+    prefix = config_file.stem if config_file else "main"
+    batch = Path(args.runs_dir) / f"{prefix}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     try:
-        batch = run_pipeline(out, Path(args.figures), Path(args.runs_dir))
+        run_pipeline(out, figures, Path(args.runs_dir), batch_name=batch.name, config_file=config_file)
     except NotebookFailed as err:
         print(f"avs pipeline: a notebook failed: {err}", file=sys.stderr)
         return 1
     finally:
-        runs = sorted(Path(args.runs_dir).glob("main-*"))
-        if runs:
-            print(f"run report: {runs[-1] / 'index.md'}")
+        if (batch / "index.md").exists():
+            print(f"run report: {batch / 'index.md'}")
+    if figures is None:
+        print(f"figures: left in {batch}/<notebook>/figures/ (--figures DIR copies them)")
     if args.update_readme:
         from avs_lib.core.paths import repo_root
 
@@ -518,7 +538,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"as avs world --ms3-pause (default: {DEFAULT_WORLD_MS3_PAUSE})")
     p.add_argument("--workers", type=int, default=workers)
     p.add_argument("--rebuild", action="store_true", help="rebuild the world even if it exists")
-    p.add_argument("--figures", default="figures", help="where figures go (default: figures/)")
+    p.add_argument("--config", default=None,
+                   help=f"the model config notebooks 02-05 share (default: {MAIN_JOB_CONFIG}); e.g. "
+                        "configs/every_lever.yaml, the strongest measured model (hours on 2 cores: a GPU's job)")
+    p.add_argument("--figures", default=None,
+                   help="where figures go (default: figures/ for the main job's config; with another --config "
+                        "they stay in the batch folder)")
     p.add_argument("--runs-dir", default="papermill_runs")
     p.add_argument("--no-notebooks", action="store_true", help="only build and summarise the world")
     p.add_argument("--update-readme", action="store_true",

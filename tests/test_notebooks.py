@@ -247,6 +247,13 @@ def test_run_report_puts_readme_numbers_beside_the_run(tmp_path):
     report = quote_run_in_readme(batch, readme).read_text()
     assert readme_numbers(readme)[("02_b", "recall")] == "0.3" and readme.read_text().startswith("intro\n")
     assert "| `recall` | 0.3 | 0.3 |" in report and "differs" not in report
+    # a notebook run with another model config than the main job's is not set against the README's numbers
+    (batch / "02_b" / "params.json").write_text(json.dumps({"config_file": "configs/every_lever.yaml"}))
+    (batch / "02_b" / "metrics.json").write_text(json.dumps({"recall": 0.9}))
+    report = write_run_report(batch, readme).read_text()
+    assert "| `recall` | 0.9 |  |" in report and "not compared" in report and "differs" not in report
+    (batch / "02_b" / "params.json").write_text(json.dumps({"config_file": "configs/tiny_world.yaml"}))
+    assert "| `recall` | 0.9 | 0.3 (differs) |" in write_run_report(batch, readme).read_text()
 
 
 def _committed_main_runs(root):

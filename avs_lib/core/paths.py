@@ -20,6 +20,7 @@ from avs_lib.core.errors import BUILD_HINT, DataError
 
 PROJECT_NAME = 'name = "avs-workbench"'
 INTERACTIVE_RUNS = Path("runs") / "notebooks"  # where notebooks opened by hand write their outputs
+MAIN_JOB_CONFIG = "configs/tiny_world.yaml"  # the model notebooks 02-05 share in the main job, unless told otherwise
 
 
 def _is_repo_root(folder: Path) -> bool:

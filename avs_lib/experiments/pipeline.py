@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from avs_lib.core.files import read_json
-from avs_lib.core.paths import repo_root
+from avs_lib.core.paths import MAIN_JOB_CONFIG, repo_root, workbench_path
 from avs_lib.experiments.notebooks import run_notebook
 from avs_lib.experiments.readme import format_number, headline_numbers, readme_numbers, update_readme_numbers
 from avs_lib.viz.plots import relink_plotlyjs
@@ -18,11 +18,24 @@ PIPELINE_NOTEBOOKS = ("00_data_tour", "01_semantic_memory", "02_derivation", "03
                       "05_training")
 
 
-def run_pipeline(world: Path, figures: Path, runs_dir: Path, notebooks: tuple[str, ...] = PIPELINE_NOTEBOOKS,
-                 parameters: dict | None = None, batch_name: str | None = None) -> Path:
+def config_parameters(notebook: Path, config_file: Path | None) -> dict:
+    """What the main job passes ``notebook`` besides ``data_root``: ``config_file`` where the notebook
+    declares it (02-05, which share one model) and another config than their default was asked for;
+    nothing otherwise, so that a default run's ``params.json`` is what it always was."""
+    from avs_lib.experiments.notebooks import notebook_parameters
+
+    if config_file is None or "config_file" not in notebook_parameters(notebook):
+        return {}
+    return {"config_file": str(config_file)}
+
+
+def run_pipeline(world: Path, figures: Path | None, runs_dir: Path, notebooks: tuple[str, ...] = PIPELINE_NOTEBOOKS,
+                 parameters: dict | None = None, batch_name: str | None = None, config_file: Path | None = None) -> Path:
     """Notebooks 00-05 in order through papermill into ``<runs_dir>/main-<time>/``, their figures
-    copied into ``figures/<notebook>/``, then the run report ``index.md``. Returns the batch folder;
-    a failing notebook raises ``NotebookFailed`` after the report of what ran is written."""
+    copied into ``<figures>/<notebook>/`` (``figures=None``: left in the batch only), then the run
+    report ``index.md``. ``config_file``: the model config notebooks 02-05 share, instead of their default
+    (``configs/tiny_world.yaml``). Returns the batch folder; a failing notebook raises
+    ``NotebookFailed`` after the report of what ran is written."""
     import shutil
     import time
 
@@ -33,9 +46,10 @@ def run_pipeline(world: Path, figures: Path, runs_dir: Path, notebooks: tuple[st
         for name in notebooks:
             t0 = time.time()
             print(f"[{name}] running ...", flush=True)
-            run = run_notebook(repo_root() / "notebooks" / f"{name}.py", {"data_root": str(world), **(parameters or {})},
-                               name=name, runs_dir=batch, progress=False)
-            if (run / "figures").exists():
+            path = repo_root() / "notebooks" / f"{name}.py"
+            given = {"data_root": str(world), **config_parameters(path, config_file), **(parameters or {})}
+            run = run_notebook(path, given, name=name, runs_dir=batch, progress=False)
+            if figures is not None and (run / "figures").exists():
                 shutil.rmtree(Path(figures) / name, ignore_errors=True)
                 shutil.copytree(run / "figures", Path(figures) / name)
                 for html in (Path(figures) / name).glob("*.html"):
@@ -61,6 +75,15 @@ def kernels_text(env: dict) -> str:
     return f", {env['cpu_kernels']} kernels ({mode})"
 
 
+def _other_config(run: Path) -> str | None:
+    """The model config a notebook run was given, where it is not the main job's default."""
+    params = run / "params.json"
+    given = read_json(params).get("config_file") if params.exists() else None
+    if given is None or workbench_path(given).resolve() == workbench_path(MAIN_JOB_CONFIG).resolve():
+        return None
+    return given
+
+
 def write_run_report(batch: Path, readme: Path | None = None) -> Path:
     """``<batch>/index.md``: per notebook its status, its headline numbers (beside the README's,
     where the README quotes one), thumbnails of its figures and a link to the executed notebook."""
@@ -83,11 +106,15 @@ def write_run_report(batch: Path, readme: Path | None = None) -> Path:
                   + f" · [executed notebook]({run.name}/{run.name}.ipynb) · [parameters]({run.name}/params.json)", ""]
         if status.get("error"):
             lines += [f"Error: `{status['error'][:300]}`", ""]
+        other_config = _other_config(run)
+        if other_config:
+            lines += [f"Model config `{other_config}`, not the main job's `{MAIN_JOB_CONFIG}` that the README "
+                      "quotes: its numbers are not compared.", ""]
         if (run / "metrics.json").exists():
             numbers = headline_numbers(read_json(run / "metrics.json"))
             lines += ["| number | this run | README |", "| --- | --- | --- |"]
             for key, value in numbers.items():
-                readme_value = quoted.get((run.name, key), "")
+                readme_value = "" if other_config else quoted.get((run.name, key), "")
                 mark = "" if not readme_value or readme_value == format_number(value) else " (differs)"
                 lines.append(f"| `{key}` | {format_number(value)} | {readme_value}{mark} |")
             lines.append("")
