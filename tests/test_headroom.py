@@ -452,6 +452,53 @@ def test_shared_run_dir_keys_on_settings_and_data(notebook_world, tmp_path):
     assert shared_run_dir(moved) != shared_run_dir(base)  # another world: another model
 
 
+def test_a_moved_world_keeps_its_trained_models(notebook_world, tmp_path):
+    """The model store's key holds the data's identity, so a world moved or copied with its cache keeps
+    its models: a run recorded there with the old data_root is the same run. In an out= folder of the
+    user's, another data_root may be other data, and it stays a difference."""
+    import json
+    import shutil
+    from dataclasses import asdict, replace
+
+    from avs_lib.training.runs import run_state, shared_run_dir
+
+    copy = tmp_path / "world_copy"
+    shutil.copytree(notebook_world, copy, ignore=shutil.ignore_patterns("cache"))
+    old = load_config(None, [f"data_root={notebook_world}", "layout=ms3", f"cache_dir={tmp_path / 'cache'}"])
+    new = replace(old, data_root=str(copy))
+    for out in (shared_run_dir(new), tmp_path / "mine"):
+        out.mkdir(parents=True)
+        (out / "config.json").write_text(json.dumps(asdict(replace(old, out=str(out)))))
+        (out / "metrics.json").write_text("{}")
+    assert run_state(shared_run_dir(new), replace(new, out=str(shared_run_dir(new)))).kind == "finished"
+    state = run_state(tmp_path / "mine", replace(new, out=str(tmp_path / "mine")))
+    assert state.kind == "other" and set(state.differences) == {"data_root"}
+    later = replace(new, lr=0.002)  # another setting is still another run, in the store too
+    assert run_state(shared_run_dir(new), replace(later, out=str(shared_run_dir(new)))).kind == "other"
+
+
+def test_a_checkpoint_in_a_moved_model_store_reads_the_data_where_it_is_now(notebook_world, tmp_path):
+    """What notebook 05 trains next from a reused model's config (its floor and ceiling) must find the
+    world where it is now, not where the model was trained."""
+    import shutil
+    from dataclasses import replace
+
+    from avs_lib.training.predict import moved_store_run
+    from avs_lib.training.runs import shared_run_dir
+
+    copy = tmp_path / "world_copy"
+    shutil.copytree(notebook_world, copy, ignore=shutil.ignore_patterns("cache"))
+    trained = load_config(None, [f"data_root={notebook_world}", "layout=ms3"])
+    store = shared_run_dir(replace(trained, data_root=str(copy)))
+    assert store.parent == copy / "cache" / "models"
+    moved = moved_store_run(replace(trained, out=str(shared_run_dir(trained))), store / "best.pt")
+    assert moved.data_root == str(copy) and moved.out == str(store) and moved.lr == trained.lr
+    # a checkpoint outside a store, or in a store folder of another run, keeps its config
+    assert moved_store_run(trained, tmp_path / "mine" / "best.pt") == trained
+    assert moved_store_run(trained, store.with_name(store.name + "-previous-1") / "best.pt") == trained
+    assert moved_store_run(replace(trained, lr=0.002), store / "best.pt").data_root == str(notebook_world)
+
+
 def test_resolution_bound_is_exact_on_cell_aligned_masks_and_low_on_fine_ones():
     import torch
     from types import SimpleNamespace

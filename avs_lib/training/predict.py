@@ -112,6 +112,27 @@ def make_model(config: TrainConfig, prepared: Prepared, pretrained: bool = True)
     return model
 
 
+def moved_store_run(config: TrainConfig, checkpoint: str | Path) -> TrainConfig:
+    """``config`` with today's ``data_root`` and ``out`` when ``checkpoint`` lies in a data's model store
+    (``<root>/cache/models/<model>-<key>/``, ``shared_run_dir``) that has moved since the run was
+    trained: the world folder moved or copied with its cache. The run is the same (the key holds the
+    data's identity, checked here), and what is trained or read next from its config (notebook 05's
+    floor and ceiling) must find the data where it is now. Any other checkpoint: ``config`` as it is."""
+    from dataclasses import replace
+
+    from avs_lib.training.runs import shared_run_dir
+
+    run = Path(checkpoint).resolve().parent
+    store = run.parent
+    if config.cache_dir or store.name != "models" or store.parent.name != "cache":
+        return config
+    root = store.parent.parent
+    if workbench_path(config.data_root).resolve() == root:
+        return config
+    moved = replace(config, data_root=str(root), out=str(run))
+    return moved if shared_run_dir(moved).resolve() == run else config
+
+
 def load_trained(checkpoint: str | Path, prepared: Prepared | None = None, device: str = "cpu",
                  data_root: str | Path | None = None, state: dict | None = None):
     """(model, config, prepared) from a best.pt/last.pt written by ``train``. The checkpoint is
@@ -129,6 +150,8 @@ def load_trained(checkpoint: str | Path, prepared: Prepared | None = None, devic
     config = recorded_config(state["config"], f"the config inside checkpoint {checkpoint}")
     if data_root is not None:
         config = replace(config, data_root=str(data_root))
+    else:
+        config = moved_store_run(config, checkpoint)
     if prepared is None and data_root is not None and not workbench_path(data_root).is_dir():
         raise DataError(f"--data-root {data_root} does not exist or is not a folder; pass the folder the checkpoint's "
                         f"dataset ({state['config'].get('data_root')} when it was trained) is in now")

@@ -52,7 +52,8 @@ def open_run_folder(config: TrainConfig, out_dir: Path) -> dict | None:
             state = read_checkpoint(last_path)
             recorded = state["config"]  # the checkpoint's config is what the weights were trained with
         if recorded is not None:
-            differences = {k: v for k, v in config_differences(recorded, config).items() if k not in RESUME_MAY_CHANGE}
+            differences = {k: v for k, v in run_differences(out_dir, recorded, config).items()
+                           if k not in RESUME_MAY_CHANGE}
             if differences:
                 listed = "; ".join(f"{k}: the run has {old!r}, this call gives {new!r}" for k, (old, new) in differences.items())
                 raise ResumeMismatch(f"resume=true into {out_dir}: the config differs from the run's in more than the "
@@ -122,6 +123,18 @@ def config_differences(a: TrainConfig | dict, b: TrainConfig | dict) -> dict[str
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 
+def run_differences(out: str | Path, recorded: TrainConfig | dict, config: TrainConfig) -> dict[str, tuple]:
+    """``config_differences`` between the run recorded in ``out`` and ``config``, where a run in the
+    data's model store (``out`` is ``shared_run_dir(config)``) does not differ by ``data_root``: the
+    store's key holds the data's identity, so another ``data_root`` there is the same world moved or
+    copied elsewhere (its cache, models included, moved with it), and its models are reused, not
+    trained again."""
+    differences = config_differences(recorded, config)
+    if "data_root" in differences and Path(out).resolve() == shared_run_dir(config).resolve():
+        differences.pop("data_root")
+    return differences
+
+
 def shared_run_dir(config: TrainConfig) -> Path:
     """Where the notebooks keep a model, so that notebooks asking for the same training share it:
     ``<cache>/models/<key>`` under the data's cache folder, the key a hash of everything that
@@ -156,7 +169,7 @@ def run_state(out: str | Path, config: TrainConfig) -> RunState:
     saved = out / "config.json"
     if not saved.exists():
         return RunState("new")
-    differences = config_differences(read_json(saved, "run config"), config)
+    differences = run_differences(out, read_json(saved, "run config"), config)
     if differences:
         return RunState("other", differences)
     if (out / "metrics.json").exists():
