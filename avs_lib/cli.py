@@ -144,7 +144,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 
     import datetime as dt
 
-    prefix = config_file.stem if config_file else "main"
+    # another config's batch never looks like a main-job run (main-*), whatever its file is called
+    prefix = f"config_{config_file.stem}" if config_file else "main"
     batch = Path(args.runs_dir) / f"{prefix}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     try:
         run_pipeline(out, figures, Path(args.runs_dir), batch_name=batch.name, config_file=config_file)
@@ -155,7 +156,9 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         if (batch / "index.md").exists():
             print(f"run report: {batch / 'index.md'}")
     if figures is None:
-        print(f"figures: left in {batch}/<notebook>/figures/ (--figures DIR copies them)")
+        if batch.exists():
+            world_overview(out, batch / "world_overview.png")
+        print(f"figures: left in {batch}/ (--figures DIR copies them)")
     if args.update_readme:
         from avs_lib.core.paths import repo_root
 
@@ -540,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="rebuild the world even if it exists")
     p.add_argument("--config", default=None,
                    help=f"the model config notebooks 02-05 share (default: {MAIN_JOB_CONFIG}); e.g. "
-                        "configs/every_lever.yaml, the strongest measured model (hours on 2 cores: a GPU's job)")
+                        "configs/every_lever.yaml, the strongest measured model (hours on 2 cores: a GPU's job); "
+                        "a relative path is read from the working folder, as avs train --config reads it")
     p.add_argument("--figures", default=None,
                    help="where figures go (default: figures/ for the main job's config; with another --config "
                         "they stay in the batch folder)")

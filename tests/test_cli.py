@@ -76,6 +76,8 @@ def test_pipeline_gives_another_config_to_the_notebooks_that_share_the_model():
 
     notebooks = ROOT / "notebooks"
     other = ROOT / "configs" / "every_lever.yaml"
+    default = ROOT / "configs" / "tiny_world.yaml"
+    assert config_parameters(notebooks / "05_training.py", default) == {}  # the default, named: as if not given
     assert config_parameters(notebooks / "00_data_tour.py", other) == {}  # it trains nothing
     assert config_parameters(notebooks / "01_semantic_memory.py", other) == {}
     for name in ("02_derivation", "03_elimination", "04_tsne_probe", "05_training"):

@@ -464,8 +464,9 @@ def test_a_moved_world_keeps_its_trained_models(notebook_world, tmp_path):
 
     copy = tmp_path / "world_copy"
     shutil.copytree(notebook_world, copy, ignore=shutil.ignore_patterns("cache"))
-    old = load_config(None, [f"data_root={notebook_world}", "layout=ms3", f"cache_dir={tmp_path / 'cache'}"])
+    old = load_config(None, [f"data_root={notebook_world}", "layout=ms3"])
     new = replace(old, data_root=str(copy))
+    assert shared_run_dir(new).parent == copy / "cache" / "models"  # the store moved with the world
     for out in (shared_run_dir(new), tmp_path / "mine"):
         out.mkdir(parents=True)
         (out / "config.json").write_text(json.dumps(asdict(replace(old, out=str(out)))))
@@ -475,6 +476,14 @@ def test_a_moved_world_keeps_its_trained_models(notebook_world, tmp_path):
     assert state.kind == "other" and set(state.differences) == {"data_root"}
     later = replace(new, lr=0.002)  # another setting is still another run, in the store too
     assert run_state(shared_run_dir(new), replace(later, out=str(shared_run_dir(new)))).kind == "other"
+    # a store of its own (cache_dir) does not move with the data: there the data_root stays a difference
+    own = replace(new, cache_dir=str(tmp_path / "cache"))
+    shared_run_dir(own).mkdir(parents=True)
+    recorded = replace(old, cache_dir=own.cache_dir, out=str(shared_run_dir(own)))
+    (shared_run_dir(own) / "config.json").write_text(json.dumps(asdict(recorded)))
+    (shared_run_dir(own) / "metrics.json").write_text("{}")
+    state = run_state(shared_run_dir(own), replace(own, out=str(shared_run_dir(own))))
+    assert state.kind == "other" and set(state.differences) == {"data_root"}
 
 
 def test_a_checkpoint_in_a_moved_model_store_reads_the_data_where_it_is_now(notebook_world, tmp_path):

@@ -128,10 +128,15 @@ def test_notebook_executes_on_the_every_lever_config(name, notebook_world, tmp_p
                                                   "config_file": str(config_file)},
                        name=name, runs_dir=tmp_path, progress=False)
     assert json.loads((run / "status.json").read_text())["status"] == "done"
+    assert json.loads((run / "params.json").read_text())["config_file"] == str(config_file)
     metrics = json.loads((run / "metrics.json").read_text())
     assert keys <= set(metrics), metrics.keys()
     for figure in figures:
         assert (run / "figures" / figure).stat().st_size > 1000, figure
+    # the model the notebook read was trained with the config: in the world's model store, its record says so
+    stores = [json.loads(c.read_text()) for c in (notebook_world / "cache" / "models").glob("*/config.json")]
+    assert any(s["switches"].get("decoder_stride") == 1 and s["train_clips"] == "fresh" and s["outline_weight"] == 2
+               for s in stores)
     if name == "05_training":
         assert metrics["resolution_bound"]["stride"] == 1  # the decoder predicts at the frame's resolution
         assert set(metrics["headroom"]) == {"floor", "model", "oracle"}

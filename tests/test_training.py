@@ -392,3 +392,30 @@ def test_a_checkpoint_older_than_bn_momentum_loads_as_null(tmp_path):
     assert load_trained(tmp_path / "run" / "last.pt", prepared=prepared, state=state)[1].bn_momentum == 0.1
     older = {**state, "config": {k: v for k, v in state["config"].items() if k != "bn_momentum"}}
     assert load_trained(tmp_path / "run" / "last.pt", prepared=prepared, state=older)[1].bn_momentum is None
+
+
+def test_a_run_in_a_moved_model_store_is_read_and_resumed_where_the_data_is_now(notebook_world, tmp_path):
+    """A world copied with its cache: its store's run loads with today's data_root (what is trained next
+    from that config looks for the data there) and resumes there, though it recorded the old one."""
+    import shutil
+    from dataclasses import replace
+
+    from avs_lib.training.predict import load_trained
+    from avs_lib.training.runs import run_state, shared_run_dir
+
+    copy = tmp_path / "world_copy"
+    shutil.copytree(notebook_world, copy, ignore=shutil.ignore_patterns("cache"))
+    prepared = synthetic_prepared((16, 8, 8), size=64)
+    trained = replace(_config(tmp_path / "unused", epochs=2), data_root=str(notebook_world))
+    store = shared_run_dir(replace(trained, data_root=str(copy)))  # where the copy's cache holds the run
+    # recorded with the old data_root, stopped after its first epoch
+    assert train(replace(trained, out=str(store), stop_after_epoch=1), prepared) == {"stopped_after_epoch": 1}
+    _, config, _ = load_trained(store / "best.pt", prepared)  # its checkpoint names the old data_root
+    assert config.data_root == str(copy) and config.out == str(store)
+    now = replace(trained, data_root=str(copy), out=str(store))
+    assert run_state(store, now).kind == "resumable"
+    resumed = train(replace(now, resume=True), prepared)  # not refused for the moved data_root
+    assert len(resumed["history"]) == 2 and run_state(store, now).kind == "finished"
+    elsewhere = tmp_path / "mine"  # a user's own out= folder: another data_root stays a difference
+    train(replace(trained, out=str(elsewhere), epochs=1), prepared)
+    assert load_trained(elsewhere / "best.pt", prepared)[1].data_root == str(notebook_world)

@@ -24,7 +24,8 @@ def config_parameters(notebook: Path, config_file: Path | None) -> dict:
     nothing otherwise, so that a default run's ``params.json`` is what it always was."""
     from avs_lib.experiments.notebooks import notebook_parameters
 
-    if config_file is None or "config_file" not in notebook_parameters(notebook):
+    if (config_file is None or "config_file" not in notebook_parameters(notebook)
+            or workbench_path(config_file).resolve() == workbench_path(MAIN_JOB_CONFIG).resolve()):
         return {}
     return {"config_file": str(config_file)}
 

@@ -130,7 +130,10 @@ def run_differences(out: str | Path, recorded: TrainConfig | dict, config: Train
     copied elsewhere (its cache, models included, moved with it), and its models are reused, not
     trained again."""
     differences = config_differences(recorded, config)
-    if "data_root" in differences and Path(out).resolve() == shared_run_dir(config).resolve():
+    # only a store under the data root (no cache_dir of its own) moves with the data, as
+    # predict.moved_store_run reads it back
+    if ("data_root" in differences and not config.cache_dir
+            and Path(out).resolve() == shared_run_dir(config).resolve()):
         differences.pop("data_root")
     return differences
 
