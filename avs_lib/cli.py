@@ -101,14 +101,14 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     notebooks 00-05 into ``papermill_runs/main-<time>/`` with their run report, and (``--update-readme``)
     rewrite the README's run-numbers block."""
     from avs_lib.core.config import load_config
-    from avs_lib.core.paths import workbench_path
+    from avs_lib.core.paths import is_main_job_config
     from avs_lib.world.assets import default_kind
 
     # another model config for notebooks 02-05 is checked before any work, and its run is kept apart
     # from the main job's: its own batch name, figures left in the batch unless --figures says where,
     # and never quoted by the README (which quotes the main job's run)
     config_file = Path(args.config).resolve() if args.config else None
-    if config_file is not None and config_file == workbench_path(MAIN_JOB_CONFIG).resolve():
+    if config_file is not None and is_main_job_config(config_file):
         config_file = None
     if config_file is not None:
         load_config(config_file)  # a missing file, a bad key or value: one line naming it, exit 2
@@ -140,13 +140,9 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     if args.no_notebooks:
         return 0
     from avs_lib.experiments.notebooks import NotebookFailed
-    from avs_lib.experiments.pipeline import quote_run_in_readme, run_pipeline
+    from avs_lib.experiments.pipeline import new_batch_name, quote_run_in_readme, run_pipeline
 
-    import datetime as dt
-
-    # another config's batch never looks like a main-job run (main-*), whatever its file is called
-    prefix = f"config_{config_file.stem}" if config_file else "main"
-    batch = Path(args.runs_dir) / f"{prefix}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    batch = Path(args.runs_dir) / new_batch_name(config_file)  # named here, so a failed run's report is found
     try:
         run_pipeline(out, figures, Path(args.runs_dir), batch_name=batch.name, config_file=config_file)
     except NotebookFailed as err:

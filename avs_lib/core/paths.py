@@ -51,6 +51,12 @@ def workbench_path(path: str | Path) -> Path:
     return path if path.is_absolute() else repo_root() / path
 
 
+def is_main_job_config(path: str | Path) -> bool:
+    """Whether ``path`` names the main job's model config (``MAIN_JOB_CONFIG``), relative paths read
+    from the repository root."""
+    return workbench_path(path).resolve() == workbench_path(MAIN_JOB_CONFIG).resolve()
+
+
 def notebook_run_dir(run_dir: str | Path, notebook: str) -> Path:
     """A notebook's output folder: ``run_dir`` when given (papermill passes one), else
     ``runs/notebooks/<notebook>/`` under the repository root, so that outputs never land in

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from avs_lib.core.files import read_json
-from avs_lib.core.paths import MAIN_JOB_CONFIG, repo_root, workbench_path
+from avs_lib.core.paths import MAIN_JOB_CONFIG, is_main_job_config, repo_root
 from avs_lib.experiments.notebooks import run_notebook
 from avs_lib.experiments.readme import format_number, headline_numbers, readme_numbers, update_readme_numbers
 from avs_lib.viz.plots import relink_plotlyjs
@@ -18,14 +18,20 @@ PIPELINE_NOTEBOOKS = ("00_data_tour", "01_semantic_memory", "02_derivation", "03
                       "05_training")
 
 
+def new_batch_name(config_file: Path | None = None) -> str:
+    """``main-<time>`` for the main job; ``config_<stem>-<time>`` for another model config, so that its
+    batch never passes for a main-job run, whatever its file is called."""
+    prefix = "main" if config_file is None or is_main_job_config(config_file) else f"config_{Path(config_file).stem}"
+    return f"{prefix}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
 def config_parameters(notebook: Path, config_file: Path | None) -> dict:
     """What the main job passes ``notebook`` besides ``data_root``: ``config_file`` where the notebook
     declares it (02-05, which share one model) and another config than their default was asked for;
     nothing otherwise, so that a default run's ``params.json`` is what it always was."""
     from avs_lib.experiments.notebooks import notebook_parameters
 
-    if (config_file is None or "config_file" not in notebook_parameters(notebook)
-            or workbench_path(config_file).resolve() == workbench_path(MAIN_JOB_CONFIG).resolve()):
+    if config_file is None or is_main_job_config(config_file) or "config_file" not in notebook_parameters(notebook):
         return {}
     return {"config_file": str(config_file)}
 
@@ -41,7 +47,7 @@ def run_pipeline(world: Path, figures: Path | None, runs_dir: Path, notebooks: t
     import time
 
 
-    batch = Path(runs_dir) / (batch_name or f"main-{dt.datetime.now():%Y%m%d-%H%M%S}")
+    batch = Path(runs_dir) / (batch_name or new_batch_name(config_file))
     started = time.time()
     try:
         for name in notebooks:
@@ -80,7 +86,7 @@ def _other_config(run: Path) -> str | None:
     """The model config a notebook run was given, where it is not the main job's default."""
     params = run / "params.json"
     given = read_json(params).get("config_file") if params.exists() else None
-    if given is None or workbench_path(given).resolve() == workbench_path(MAIN_JOB_CONFIG).resolve():
+    if given is None or is_main_job_config(given):
         return None
     return given
 
