@@ -326,12 +326,20 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     from avs_lib.analysis.compare import paired_table, score_runs, table_markdown
 
-    if len(args.runs) < 2:
-        print("avs compare: error: give at least two runs (the first is the one the others are compared with)",
-              file=sys.stderr)
+    if len(args.runs) < 2 and not args.save_scores:
+        print("avs compare: error: give at least two runs (the first is the one the others are compared with), "
+              "or one with --save-scores DIR to keep its scores", file=sys.stderr)
         return 2
+    keep = _scores_files(args.runs, Path(args.save_scores)) if args.save_scores else {}
     scores = score_runs(args.runs, args.split, data_root=args.data_root, progress=None if args.quiet else
                         (lambda run: print(f"scored {run}", file=sys.stderr, flush=True)))
+    if keep:  # before the pairing, which may refuse runs whose scores are still worth keeping
+        from avs_lib.analysis.compare import save_scores
+        from avs_lib.core.files import output_folder
+
+        output_folder(Path(args.save_scores), "--save-scores")
+        for index, path in keep.items():
+            print(f"scores of {args.runs[index]}: {save_scores(scores[index], path, args.split)}", file=sys.stderr)
     rows = paired_table(scores, boot=args.bootstrap)
     print(table_markdown(rows))
     if args.json:
@@ -347,6 +355,31 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             compared_learning_curves({s.run: s.history for s in scores if s.history}, args.curves)
             print(f"learning curves: {args.curves}")
     return 0
+
+
+def _scores_files(runs: list[str], folder: Path) -> dict[int, Path]:
+    """Where ``--save-scores`` keeps each run given (by its index in ``runs``): ``folder/<run folder's
+    name>.json``, a checkpoint other than a folder's best.pt adding its own name; runs read from
+    scores files are not written again, a run given twice once. Two different runs that would get
+    one name are refused here, before any run is scored."""
+    from avs_lib.analysis.compare import checkpoint_of, is_scores_file
+    from avs_lib.core.errors import ConfigError
+
+    files: dict[int, Path] = {}
+    scored: dict[Path, Path] = {}  # file -> the checkpoint kept in it
+    for index, run in enumerate(runs):
+        if is_scores_file(run):
+            continue
+        checkpoint = checkpoint_of(run).resolve()
+        name = checkpoint.parent.name if checkpoint.stem == "best" else f"{checkpoint.parent.name}_{checkpoint.stem}"
+        target = folder / f"{name}.json"
+        if target in scored:
+            if scored[target] != checkpoint:
+                raise ConfigError(f"--save-scores: {scored[target]} and {checkpoint} would both be kept as {target}; "
+                                  "save them in two calls with different folders")
+            continue
+        scored[target], files[index] = checkpoint, target
+    return files
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -605,14 +638,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     cp = sub.add_parser("compare", help="runs of avs train on the same frames, paired: each run's J&F and its "
                         "difference from the first, with 95 per cent intervals over clips")
-    cp.add_argument("runs", nargs="+", metavar="RUN", help="run folders (their best.pt) or checkpoints; the first is "
-                    "the reference")
+    cp.add_argument("runs", nargs="+", metavar="RUN", help="run folders (their best.pt), checkpoints, or scores files "
+                    "written by --save-scores; the first is the reference")
     cp.add_argument("--split", choices=["train", "val", "test"], default="test")
     cp.add_argument("--data-root", default=None, metavar="DIR",
                     help="the runs' dataset, where it is now (default: the data_root each run was trained on)")
     cp.add_argument("--bootstrap", type=int, default=2000, help="resamples of the clips (default: 2000)")
     cp.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     cp.add_argument("--curves", default=None, metavar="PNG", help="also draw the runs' learning curves on one axis")
+    cp.add_argument("--save-scores", default=None, metavar="DIR",
+                    help="also keep each scored run's per-frame scores as DIR/<run>.json, to pair with later "
+                         "without the run's checkpoint")
     cp.add_argument("--quiet", action="store_true", help="no line per scored run")
     cp.set_defaults(func=_cmd_compare)
 

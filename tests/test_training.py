@@ -116,20 +116,28 @@ def test_avs_train_and_eval_cli(training_world, tmp_path, capsys):
     assert main(["train", "nonsense_key=1"]) == 2
 
 
-def test_avs_compare_pairs_runs_on_the_same_frames(training_world, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def heard_and_deaf(training_world, tmp_path_factory):
+    """Two tiny runs on the training world: one heard, one trained without sound (another seed)."""
+    root = tmp_path_factory.mktemp("compared")
     common = [f"data_root={training_world}", "layout=ms3", "image_size=64", "epochs=1", "batch_size=4",
-              "encoder_epochs=1", "k=2", "m=2", "progress=false", f"cache_dir={tmp_path / 'cache'}"]
-    assert main(["train", *common, f"out={tmp_path / 'heard'}"]) == 0
-    assert main(["train", *common, f"out={tmp_path / 'deaf'}", "zero_audio=true", "seed=1"]) == 0
+              "encoder_epochs=1", "k=2", "m=2", "progress=false", f"cache_dir={root / 'cache'}"]
+    assert main(["train", *common, f"out={root / 'heard'}"]) == 0
+    assert main(["train", *common, f"out={root / 'deaf'}", "zero_audio=true", "seed=1"]) == 0
+    return root
+
+
+def test_avs_compare_pairs_runs_on_the_same_frames(heard_and_deaf, tmp_path, capsys):
+    runs_root = heard_and_deaf
     capsys.readouterr()
-    runs = [str(tmp_path / "heard"), str(tmp_path / "deaf"), str(tmp_path / "heard" / "best.pt")]
+    runs = [str(runs_root / "heard"), str(runs_root / "deaf"), str(runs_root / "heard" / "best.pt")]
     assert main(["compare", *runs, "--json", str(tmp_path / "rows.json"), "--curves", str(tmp_path / "curves.png"),
                  "--bootstrap", "200", "--quiet"]) == 0
     printed = capsys.readouterr().out
     rows = json.loads((tmp_path / "rows.json").read_text())
     assert [r["run"] for r in rows] == runs and all(r["run"] in printed for r in rows)
     for row, name in zip(rows, ("heard", "deaf")):  # the training's own test J&F of its best checkpoint
-        recorded = json.loads((tmp_path / name / "metrics.json").read_text())["test"]["JF"]
+        recorded = json.loads((runs_root / name / "metrics.json").read_text())["test"]["JF"]
         assert row["JF"] == pytest.approx(recorded, abs=1e-6) and row["ci95"][0] <= row["JF"] <= row["ci95"][1]
     assert rows[1]["delta"] == pytest.approx(rows[1]["JF"] - rows[0]["JF"], abs=1e-9)
     assert rows[2]["delta"] == 0 and rows[2]["delta_ci95"] == [0, 0]  # a run against itself
@@ -138,6 +146,46 @@ def test_avs_compare_pairs_runs_on_the_same_frames(training_world, tmp_path, cap
     capsys.readouterr()
     assert main(["compare", runs[0], str(tmp_path / "typo")]) == 2
     assert "typo does not exist" in capsys.readouterr().err
+
+
+def test_kept_scores_pair_as_the_run_did_without_its_checkpoint(heard_and_deaf, tmp_path, capsys):
+    """`avs compare --save-scores`: a run's per-frame scores kept in a file pair with another run as
+    the run itself did, after its checkpoint is gone; a file scored on another split, a file that
+    is not one, and two runs that would share a file's name are refused with messages."""
+    import shutil
+
+    heard, deaf = tmp_path / "heard", heard_and_deaf / "deaf"
+    shutil.copytree(heard_and_deaf / "heard", heard)  # a copy whose checkpoints this test may delete
+    kept = tmp_path / "kept"
+    assert main(["compare", str(heard), str(deaf), "--json", str(tmp_path / "live.json"), "--save-scores", str(kept),
+                 "--bootstrap", "200", "--quiet"]) == 0
+    assert sorted(p.name for p in kept.iterdir()) == ["deaf.json", "heard.json"]
+    assert "scores of" in capsys.readouterr().err
+    # the heard run's checkpoints gone: its kept scores are the reference, and the table is the same
+    for checkpoint in ("best.pt", "last.pt"):
+        (heard / checkpoint).unlink()
+    assert main(["compare", str(kept / "heard.json"), str(deaf), "--json", str(tmp_path / "kept.json"),
+                 "--bootstrap", "200", "--quiet"]) == 0
+    live, from_file = (json.loads((tmp_path / f).read_text()) for f in ("live.json", "kept.json"))
+    assert [(r["JF"], r["ci95"]) for r in from_file] == [(r["JF"], r["ci95"]) for r in live]
+    assert from_file[1]["delta"] == live[1]["delta"] and from_file[1]["delta_ci95"] == live[1]["delta_ci95"]
+    recorded = json.loads((heard / "metrics.json").read_text())["test"]["JF"]
+    assert from_file[0]["JF"] == pytest.approx(recorded, abs=1e-6)  # the training's own reading of that run
+    # one run is enough to keep its scores; the learning curve travels with them
+    assert main(["compare", str(deaf / "best.pt"), "--save-scores", str(tmp_path / "one"), "--quiet"]) == 0
+    saved = json.loads((tmp_path / "one" / "deaf.json").read_text())
+    assert saved["history"] == json.loads((deaf / "metrics.json").read_text())["history"]
+    capsys.readouterr()
+    assert main(["compare", str(kept / "heard.json"), str(deaf), "--split", "val", "--quiet"]) == 2
+    assert "scores on the test split, not val" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text(json.dumps({"rows": []}))
+    assert main(["compare", str(tmp_path / "other.json"), str(deaf), "--quiet"]) == 2
+    assert "is not a scores file" in capsys.readouterr().err
+    twin = tmp_path / "elsewhere" / "heard"
+    shutil.copytree(heard_and_deaf / "heard", twin)
+    assert main(["compare", str(heard_and_deaf / "heard"), str(twin), "--save-scores", str(tmp_path / "clash"),
+                 "--quiet"]) == 2
+    assert "would both be kept as" in capsys.readouterr().err and not (tmp_path / "clash").exists()
 
 
 def test_avs_reread_bn_reads_old_runs_again_and_keeps_them(training_world, tmp_path, capsys):

@@ -7,6 +7,13 @@ frames are hard for both. Pairing frame by frame, and resampling whole clips for
 cannot. The interval is over clips only: a second seed of either run can move it further (the
 ablation's seed intervals measure that). ``avs compare RUN_A RUN_B ...`` prints the table and can
 draw the runs' learning curves side by side (``avs_lib.viz.plots.compared_learning_curves``).
+
+A run's per-frame scores can be kept without its checkpoint (``save_scores``, ``avs compare
+--save-scores DIR``): a file of some 60 KB for the 1 500 test frames of the default world, which a
+later ``avs compare`` pairs as if the run were there (``load_scores``). So a run committed as figures,
+whose tens of MB of weights are not, can still be the reference of a paired comparison; the file
+carries the digest of the masks it was scored on, and a pairing with other truth is refused as
+between runs.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ import torch
 from avs_lib.analysis.metrics import per_frame_scores
 from avs_lib.analysis.stats import bootstrap_ci
 from avs_lib.core.errors import DataError
+from avs_lib.core.files import atomic_write_text, read_json
 from avs_lib.data.layouts import SEMANTIC_LAYOUTS
 from avs_lib.training.checkpoints import read_checkpoint
 from avs_lib.training.predict import load_trained, predict
@@ -30,6 +38,9 @@ from avs_lib.training.runs import run_identity
 # what ``prepare(config, backbone=False)`` reads: runs that agree on these share one set of frames
 PREPARE_KEYS = ("data_root", "cache_dir", "memory_root", "memory_file", "audio_encoder", "audio_dim",
                 "encoder_epochs", "k", "m", "layout", "image_size", "loader")
+
+
+SCORES_FORMAT = "avs per-frame scores, 1"  # the first key of a scores file: what it is and which version
 
 
 @dataclass
@@ -74,15 +85,53 @@ def _history(run_folder: Path) -> list[dict]:
                         "learning curve") from None
 
 
+def is_scores_file(run: str | Path) -> bool:
+    """Whether ``run`` names a file written by ``save_scores`` (a .json file) rather than a run folder
+    or a checkpoint."""
+    return Path(run).suffix == ".json" and Path(run).is_file()
+
+
+def save_scores(scores: RunScores, path: str | Path, split: str) -> Path:
+    """Write one run's per-frame scores on ``split`` to ``path`` (JSON, written whole or not at all),
+    for ``load_scores`` to read back exactly: the J&F values keep every digit (JSON writes a float
+    so that it reads back as the same float)."""
+    payload = {"format": SCORES_FORMAT, "run": scores.run, "split": split, "masks_digest": scores.masks_digest,
+               "frames": [[clip, index] for clip, index in scores.frames], "jf": [float(v) for v in scores.jf],
+               "history": scores.history}
+    return atomic_write_text(path, json.dumps(payload) + "\n")
+
+
+def load_scores(path: str | Path, split: str) -> RunScores:
+    """A run's scores as ``save_scores`` wrote them; refused with a message naming the file when it is
+    not such a file or was scored on another split than ``split``."""
+    payload = read_json(path, "scores file")
+    if not isinstance(payload, dict) or payload.get("format") != SCORES_FORMAT:
+        raise DataError(f"{path} is not a scores file written by avs compare --save-scores (its first key should be "
+                        f"format: {SCORES_FORMAT!r}); give a run folder, a checkpoint or such a file")
+    if payload["split"] != split:
+        raise DataError(f"{path} holds scores on the {payload['split']} split, not {split}: compare with "
+                        f"--split {payload['split']}, or score the run again on {split} from its checkpoint")
+    frames = [(clip, int(index)) for clip, index in payload["frames"]]
+    if len(frames) != len(payload["jf"]):
+        raise DataError(f"{path} names {len(frames)} frames but holds {len(payload['jf'])} scores: it was edited; "
+                        "write it again from the run's checkpoint")
+    return RunScores(str(path), frames, payload["masks_digest"], np.asarray(payload["jf"], dtype=float),
+                     payload.get("history", []))
+
+
 def score_runs(runs: list[str | Path], split: str = "test", device: str = "cpu", data_root: str | Path | None = None,
                progress: Callable[[str], None] | None = None) -> list[RunScores]:
     """Each run's per-frame J&F on ``split`` (frames with a ground truth only). Runs whose data
     settings agree (``PREPARE_KEYS``) share one prepared set of frames. ``data_root``: where the
     runs' dataset is now, when it has moved since they trained (``load_trained``). Binary masks
-    only (s4, ms3 and the composed worlds' layouts of them): a semantic layout is refused."""
+    only (s4, ms3 and the composed worlds' layouts of them): a semantic layout is refused. A run
+    given as a scores file (``save_scores``) is read, not scored again."""
     prepared_by: dict[str, object] = {}
     scores = []
     for run in runs:
+        if is_scores_file(run):
+            scores.append(load_scores(run, split))
+            continue
         checkpoint = checkpoint_of(run)
         state = read_checkpoint(checkpoint)
         saved = {**state["config"], **({"data_root": str(data_root)} if data_root else {})}

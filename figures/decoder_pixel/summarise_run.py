@@ -1,12 +1,15 @@
 """One trained run's figures for this folder: ``errors.json`` (test J&F with its 95 % interval over
-clips, and ``choice_and_outline`` of its masks) and ``curve.json`` (validation J&F against frames
-seen, ``late_gain`` and ``late_trend``, each epoch's seconds and frames/s), written into OUT_DIR.
+clips, and ``choice_and_outline`` of its masks), ``curve.json`` (validation J&F against frames
+seen, ``late_gain`` and ``late_trend``, each epoch's seconds and frames/s) and ``scores.json`` (its
+per-frame test J&F, which ``avs compare`` pairs with later runs once the checkpoint is gone),
+written into OUT_DIR.
 
 python figures/decoder_pixel/summarise_run.py RUN_DIR OUT_DIR   (from the repository root)"""
 import json
 import sys
 from pathlib import Path
 
+from avs_lib.analysis.compare import save_scores, score_runs
 from avs_lib.analysis.evaluation import jf_interval_of
 from avs_lib.training.loop import late_gain, late_trend, learning_curve
 from avs_lib.training.predict import load_trained
@@ -22,5 +25,6 @@ curve = {"curve": learning_curve(history), "late_gain": late_gain(history), "lat
          "epochs": [{"epoch": r["epoch"], "val_JF": r["val"]["JF"], "seconds": r["seconds"],
                      "frames_per_second": r["frames_per_second"]} for r in history]}
 (out / "curve.json").write_text(json.dumps(curve, indent=1) + "\n")
+save_scores(score_runs([run])[0], out / "scores.json", "test")
 print(json.dumps({"run": str(run), "JF": row["JF"], "ci95": row["ci95"], **row.get("errors", {}),
                   "late_gain": curve["late_gain"], "late_trend": curve["late_trend"]}))
