@@ -262,6 +262,8 @@ run_dir = ""
 
 # %%
 import time
+from pathlib import Path
+Path(run_dir, "sleeping").touch()  # the test's sign that the kernel runs this cell
 time.sleep(seconds)
 '''
 
@@ -322,10 +324,13 @@ def test_avs_run_status_after_a_signal(tmp_path, how):
                                 "--runs-dir", str(tmp_path / "runs"), "--quiet"], cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     status_path = tmp_path / "runs" / "r" / "status.json"
-    deadline = time.time() + 60
-    while not status_path.exists() and time.time() < deadline:
+    # The signal must reach a run whose kernel is inside the cell. A fixed wait was not enough: in a
+    # fresh clone the first kernel start (no bytecode cached yet) can take longer than the 3 s this
+    # test slept, and a SIGTERM before the kernel starts leaves no kernel.log.
+    deadline = time.time() + 120
+    while not (status_path.parent / "sleeping").exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    time.sleep(3)  # let the kernel start running the cell
+    assert (status_path.parent / "sleeping").exists(), process.communicate(timeout=60)
     assert run_status(tmp_path / "runs" / "r")["status"] == "running"
     process.send_signal(getattr(signal, how))
     _, err = process.communicate(timeout=60)
