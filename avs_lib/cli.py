@@ -335,9 +335,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                         (lambda run: print(f"scored {run}", file=sys.stderr, flush=True)))
     if keep:  # before the pairing, which may refuse runs whose scores are still worth keeping
         from avs_lib.analysis.compare import save_scores
-        from avs_lib.core.files import output_folder
 
-        output_folder(Path(args.save_scores), "--save-scores")
         for index, path in keep.items():
             print(f"scores of {args.runs[index]}: {save_scores(scores[index], path, args.split)}", file=sys.stderr)
     rows = paired_table(scores, boot=args.bootstrap)
@@ -359,27 +357,56 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _scores_files(runs: list[str], folder: Path) -> dict[int, Path]:
     """Where ``--save-scores`` keeps each run given (by its index in ``runs``): ``folder/<run folder's
-    name>.json``, a checkpoint other than a folder's best.pt adding its own name; runs read from
-    scores files are not written again, a run given twice once. Two different runs that would get
-    one name are refused here, before any run is scored."""
+    name>.json`` (a checkpoint given by its path, other than a best.pt, adds its own name); runs read
+    from scores files are not written again, a run given twice once. Refused here, before any run is
+    scored, so that no kept scores are ever overwritten by another run's: two runs that would get one
+    name, a name that is one of the scores files given, a file already there that keeps another
+    checkpoint's scores, an unusable folder, and nothing to keep."""
     from avs_lib.analysis.compare import checkpoint_of, is_scores_file
     from avs_lib.core.errors import ConfigError
+    from avs_lib.core.files import output_folder
 
+    inputs = {Path(run).resolve() for run in runs if is_scores_file(run)}
     files: dict[int, Path] = {}
     scored: dict[Path, Path] = {}  # file -> the checkpoint kept in it
     for index, run in enumerate(runs):
         if is_scores_file(run):
             continue
         checkpoint = checkpoint_of(run).resolve()
-        name = checkpoint.parent.name if checkpoint.stem == "best" else f"{checkpoint.parent.name}_{checkpoint.stem}"
+        given = Path(run)
+        name = (given.resolve().name if given.is_dir() else
+                checkpoint.parent.name if checkpoint.stem == "best" else f"{checkpoint.parent.name}_{checkpoint.stem}")
         target = folder / f"{name}.json"
         if target in scored:
             if scored[target] != checkpoint:
                 raise ConfigError(f"--save-scores: {scored[target]} and {checkpoint} would both be kept as {target}; "
                                   "save them in two calls with different folders")
             continue
+        if target.resolve() in inputs:
+            raise ConfigError(f"--save-scores: {target} is one of the scores files given; keeping {run}'s scores there "
+                              "would overwrite it: choose another folder")
+        kept = _checkpoint_kept_in(target)
+        if kept is not None and kept != str(checkpoint):
+            raise ConfigError(f"--save-scores: {target} already keeps the scores of {kept or 'another run'}; choose "
+                              f"another folder for {checkpoint}'s, or move that file first")
         scored[target], files[index] = checkpoint, target
+    if not files:
+        raise ConfigError("--save-scores: every run given is a scores file already; nothing to keep")
+    output_folder(folder, "--save-scores")
     return files
+
+
+def _checkpoint_kept_in(path: Path) -> str | None:
+    """The checkpoint whose scores ``path`` keeps ("" when it does not say, or is not a scores
+    file), or None where there is no file."""
+    import json
+
+    if not path.exists():
+        return None
+    try:
+        return str(json.loads(path.read_text()).get("checkpoint", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -647,8 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--json", default=None, metavar="FILE", help="also write the rows as JSON")
     cp.add_argument("--curves", default=None, metavar="PNG", help="also draw the runs' learning curves on one axis")
     cp.add_argument("--save-scores", default=None, metavar="DIR",
-                    help="also keep each scored run's per-frame scores as DIR/<run>.json, to pair with later "
-                         "without the run's checkpoint")
+                    help="also keep each scored run's per-frame scores as DIR/<run folder's name>.json, to pair with "
+                         "later without the run's checkpoint (never over another run's kept scores)")
     cp.add_argument("--quiet", action="store_true", help="no line per scored run")
     cp.set_defaults(func=_cmd_compare)
 

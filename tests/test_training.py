@@ -171,6 +171,11 @@ def test_kept_scores_pair_as_the_run_did_without_its_checkpoint(heard_and_deaf, 
     assert from_file[1]["delta"] == live[1]["delta"] and from_file[1]["delta_ci95"] == live[1]["delta_ci95"]
     recorded = json.loads((heard / "metrics.json").read_text())["test"]["JF"]
     assert from_file[0]["JF"] == pytest.approx(recorded, abs=1e-6)  # the training's own reading of that run
+    # the kept scores against the same weights scored afresh (the fixture's run, of which `heard` was a copy)
+    assert main(["compare", str(kept / "heard.json"), str(heard_and_deaf / "heard"), "--json",
+                 str(tmp_path / "self.json"), "--bootstrap", "200", "--quiet"]) == 0
+    itself = json.loads((tmp_path / "self.json").read_text())[1]
+    assert itself["delta"] == 0 and itself["delta_ci95"] == [0, 0]
     # one run is enough to keep its scores; the learning curve travels with them
     assert main(["compare", str(deaf / "best.pt"), "--save-scores", str(tmp_path / "one"), "--quiet"]) == 0
     saved = json.loads((tmp_path / "one" / "deaf.json").read_text())
@@ -183,9 +188,22 @@ def test_kept_scores_pair_as_the_run_did_without_its_checkpoint(heard_and_deaf, 
     assert "is not a scores file" in capsys.readouterr().err
     twin = tmp_path / "elsewhere" / "heard"
     shutil.copytree(heard_and_deaf / "heard", twin)
-    assert main(["compare", str(heard_and_deaf / "heard"), str(twin), "--save-scores", str(tmp_path / "clash"),
-                 "--quiet"]) == 2
-    assert "would both be kept as" in capsys.readouterr().err and not (tmp_path / "clash").exists()
+    assert main(["compare", str(heard_and_deaf / "heard"), str(twin), "--save-scores", str(tmp_path / "clash")]) == 2
+    err = capsys.readouterr().err
+    assert "would both be kept as" in err and "scored" not in err and not (tmp_path / "clash").exists()
+    # kept scores are never overwritten by another run's: not a file given, not a file already there
+    before = (kept / "heard.json").read_bytes()
+    assert main(["compare", str(kept / "heard.json"), str(heard_and_deaf / "heard"), "--save-scores", str(kept)]) == 2
+    err = capsys.readouterr().err
+    assert "is one of the scores files given" in err and "scored" not in err
+    assert main(["compare", str(heard_and_deaf / "heard"), "--save-scores", str(kept), "--quiet"]) == 2
+    assert "already keeps the scores of" in capsys.readouterr().err
+    assert (kept / "heard.json").read_bytes() == before
+    assert main(["compare", str(kept / "heard.json"), "--save-scores", str(tmp_path / "none"), "--quiet"]) == 2
+    assert "nothing to keep" in capsys.readouterr().err
+    (tmp_path / "damaged.json").write_text(json.dumps({"format": saved["format"], "jf": [0.5]}))
+    assert main(["compare", str(tmp_path / "damaged.json"), str(deaf), "--quiet"]) == 2
+    assert "damaged scores file" in capsys.readouterr().err
 
 
 def test_avs_reread_bn_reads_old_runs_again_and_keeps_them(training_world, tmp_path, capsys):

@@ -45,11 +45,12 @@ SCORES_FORMAT = "avs per-frame scores, 1"  # the first key of a scores file: wha
 
 @dataclass
 class RunScores:
-    run: str  # the run folder (or checkpoint) as given
+    run: str  # the run folder, checkpoint or scores file as given
     frames: list[tuple[str, int]]  # (clip, frame) of every scored frame, in order
     masks_digest: str  # sha256 of those frames' ground-truth masks: two runs pair only on the same truth
     jf: np.ndarray  # [N] per-frame J&F of the run's best checkpoint, its own audio input (zeroed if it trained so)
     history: list[dict]  # metrics.json's history (the learning curve), [] when the folder has none
+    checkpoint: str = ""  # the checkpoint scored, as an absolute path ("" where unknown)
 
 
 def checkpoint_of(run: str | Path) -> Path:
@@ -86,8 +87,8 @@ def _history(run_folder: Path) -> list[dict]:
 
 
 def is_scores_file(run: str | Path) -> bool:
-    """Whether ``run`` names a file written by ``save_scores`` (a .json file) rather than a run folder
-    or a checkpoint."""
+    """Whether ``run`` is to be read as a scores file (an existing file named *.json) rather than a run
+    folder or a checkpoint; ``load_scores`` checks that it is one."""
     return Path(run).suffix == ".json" and Path(run).is_file()
 
 
@@ -95,28 +96,34 @@ def save_scores(scores: RunScores, path: str | Path, split: str) -> Path:
     """Write one run's per-frame scores on ``split`` to ``path`` (JSON, written whole or not at all),
     for ``load_scores`` to read back exactly: the J&F values keep every digit (JSON writes a float
     so that it reads back as the same float)."""
-    payload = {"format": SCORES_FORMAT, "run": scores.run, "split": split, "masks_digest": scores.masks_digest,
-               "frames": [[clip, index] for clip, index in scores.frames], "jf": [float(v) for v in scores.jf],
-               "history": scores.history}
+    payload = {"format": SCORES_FORMAT, "run": scores.run, "checkpoint": scores.checkpoint, "split": split,
+               "masks_digest": scores.masks_digest, "frames": [[clip, index] for clip, index in scores.frames],
+               "jf": [float(v) for v in scores.jf], "history": scores.history}
     return atomic_write_text(path, json.dumps(payload) + "\n")
 
 
 def load_scores(path: str | Path, split: str) -> RunScores:
     """A run's scores as ``save_scores`` wrote them; refused with a message naming the file when it is
-    not such a file or was scored on another split than ``split``."""
+    not such a file, was damaged, or was scored on another split than ``split``."""
     payload = read_json(path, "scores file")
     if not isinstance(payload, dict) or payload.get("format") != SCORES_FORMAT:
         raise DataError(f"{path} is not a scores file written by avs compare --save-scores (its first key should be "
                         f"format: {SCORES_FORMAT!r}); give a run folder, a checkpoint or such a file")
-    if payload["split"] != split:
-        raise DataError(f"{path} holds scores on the {payload['split']} split, not {split}: compare with "
-                        f"--split {payload['split']}, or score the run again on {split} from its checkpoint")
-    frames = [(clip, int(index)) for clip, index in payload["frames"]]
-    if len(frames) != len(payload["jf"]):
-        raise DataError(f"{path} names {len(frames)} frames but holds {len(payload['jf'])} scores: it was edited; "
+    try:
+        saved_split, digest = str(payload["split"]), str(payload["masks_digest"])
+        frames = [(str(clip), int(index)) for clip, index in payload["frames"]]
+        jf = np.asarray([float(v) for v in payload["jf"]], dtype=float)
+        history, checkpoint = list(payload.get("history", [])), str(payload.get("checkpoint", ""))
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(f"{path} is a damaged scores file ({type(error).__name__}: {error}): write it again from the "
+                        "run's checkpoint with avs compare --save-scores") from None
+    if saved_split != split:
+        raise DataError(f"{path} holds scores on the {saved_split} split, not {split}: compare with "
+                        f"--split {saved_split}, or score the run again on {split} from its checkpoint")
+    if len(frames) != len(jf):
+        raise DataError(f"{path} names {len(frames)} frames but holds {len(jf)} scores: it was edited; "
                         "write it again from the run's checkpoint")
-    return RunScores(str(path), frames, payload["masks_digest"], np.asarray(payload["jf"], dtype=float),
-                     payload.get("history", []))
+    return RunScores(str(path), frames, digest, jf, history, checkpoint)
 
 
 def score_runs(runs: list[str | Path], split: str = "test", device: str = "cpu", data_root: str | Path | None = None,
@@ -150,7 +157,8 @@ def score_runs(runs: list[str | Path], split: str = "test", device: str = "cpu",
         j, f = per_frame_scores(logits[keep], masks)
         names = [(c, int(i)) for c, i, k in zip(frames.clips, frames.frames, keep.tolist()) if k]
         digest = hashlib.sha256(str(tuple(masks.shape)).encode() + masks.numpy().tobytes()).hexdigest()
-        scores.append(RunScores(str(run), names, digest, ((j + f) / 2).numpy().astype(float), _history(checkpoint.parent)))
+        scores.append(RunScores(str(run), names, digest, ((j + f) / 2).numpy().astype(float), _history(checkpoint.parent),
+                                str(checkpoint.resolve())))
         if progress:
             progress(str(run))
     return scores

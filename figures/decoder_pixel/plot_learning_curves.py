@@ -21,6 +21,7 @@ RUNS = {  # label: metrics.json
         "figures/decoder_pixel/model_outline_10_epochs_seed1/metrics.json",
     "model, stride 1, outline_weight=2, fourteen epochs": "figures/decoder_pixel/model_outline_14_epochs/metrics.json",
     "model, stride 1, outline_weight=2, twenty epochs": "figures/decoder_pixel/model_outline_20_epochs/metrics.json",
+    "model, stride 1, outline_weight=2, thirty epochs": "figures/decoder_pixel/model_outline_30_epochs/metrics.json",
 }
 histories = {label: json.loads(Path(path).read_text())["history"] for label, path in RUNS.items() if Path(path).exists()}
 fig = compared_learning_curves(histories)

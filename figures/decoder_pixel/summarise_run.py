@@ -25,6 +25,7 @@ curve = {"curve": learning_curve(history), "late_gain": late_gain(history), "lat
          "epochs": [{"epoch": r["epoch"], "val_JF": r["val"]["JF"], "seconds": r["seconds"],
                      "frames_per_second": r["frames_per_second"]} for r in history]}
 (out / "curve.json").write_text(json.dumps(curve, indent=1) + "\n")
+# scored once more from best.pt, as avs compare scores a run (the same frames, predictions and digest)
 save_scores(score_runs([run])[0], out / "scores.json", "test")
 print(json.dumps({"run": str(run), "JF": row["JF"], "ci95": row["ci95"], **row.get("errors", {}),
                   "late_gain": curve["late_gain"], "late_trend": curve["late_trend"]}))
