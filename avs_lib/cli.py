@@ -362,7 +362,7 @@ def _scores_files(runs: list[str], folder: Path) -> dict[int, Path]:
     scored, so that no kept scores are ever overwritten by another run's: two runs that would get one
     name, a name that is one of the scores files given, a file already there that keeps another
     checkpoint's scores, an unusable folder, and nothing to keep."""
-    from avs_lib.analysis.compare import checkpoint_of, is_scores_file
+    from avs_lib.analysis.compare import checkpoint_of, is_scores_file, kept_checkpoint
     from avs_lib.core.errors import ConfigError
     from avs_lib.core.files import output_folder
 
@@ -385,7 +385,7 @@ def _scores_files(runs: list[str], folder: Path) -> dict[int, Path]:
         if target.resolve() in inputs:
             raise ConfigError(f"--save-scores: {target} is one of the scores files given; keeping {run}'s scores there "
                               "would overwrite it: choose another folder")
-        kept = _checkpoint_kept_in(target)
+        kept = kept_checkpoint(target)
         if kept is not None and kept != str(checkpoint):
             raise ConfigError(f"--save-scores: {target} already keeps the scores of {kept or 'another run'}; choose "
                               f"another folder for {checkpoint}'s, or move that file first")
@@ -394,19 +394,6 @@ def _scores_files(runs: list[str], folder: Path) -> dict[int, Path]:
         raise ConfigError("--save-scores: every run given is a scores file already; nothing to keep")
     output_folder(folder, "--save-scores")
     return files
-
-
-def _checkpoint_kept_in(path: Path) -> str | None:
-    """The checkpoint whose scores ``path`` keeps ("" when it does not say, or is not a scores
-    file), or None where there is no file."""
-    import json
-
-    if not path.exists():
-        return None
-    try:
-        return str(json.loads(path.read_text()).get("checkpoint", ""))
-    except (OSError, ValueError, AttributeError):
-        return ""
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -126,6 +126,18 @@ def load_scores(path: str | Path, split: str) -> RunScores:
     return RunScores(str(path), frames, digest, jf, history, checkpoint)
 
 
+def kept_checkpoint(path: str | Path) -> str | None:
+    """The checkpoint whose scores the file ``path`` keeps, as ``save_scores`` recorded it ("" when
+    it does not say, or is no readable scores file), or None where there is no file."""
+    if not Path(path).exists():
+        return None
+    try:
+        payload = read_json(path, "scores file")
+    except DataError:
+        return ""
+    return str(payload.get("checkpoint", "")) if isinstance(payload, dict) else ""
+
+
 def score_runs(runs: list[str | Path], split: str = "test", device: str = "cpu", data_root: str | Path | None = None,
                progress: Callable[[str], None] | None = None) -> list[RunScores]:
     """Each run's per-frame J&F on ``split`` (frames with a ground truth only). Runs whose data
