@@ -372,6 +372,17 @@ def test_learning_curve_and_late_gain():
     assert late_gain(history[:1][:0]) is None
 
 
+def test_compared_learning_curves_tell_sixteen_runs_apart(tmp_path):
+    from matplotlib.colors import to_rgba
+
+    from avs_lib.viz.plots import compared_learning_curves
+
+    history = [{"epoch": 1, "frames_seen": 100, "val": {"JF": 0.5}}]
+    fig = compared_learning_curves({f"run {i}": history for i in range(16)}, tmp_path / "curves.png")
+    looks = [(to_rgba(line.get_color()), line.get_linestyle()) for line in fig.axes[0].get_lines()]
+    assert len(looks) == 16 and len(set(looks)) == 16 and (tmp_path / "curves.png").exists()
+
+
 def _readings(values, step=10):
     return [{"frames_seen": step * (i + 1), "val": {"JF": float(v)}} for i, v in enumerate(values)]
 

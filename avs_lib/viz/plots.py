@@ -340,12 +340,15 @@ def training_curves(history: list[dict], path=None):
 def compared_learning_curves(curves: dict[str, list[dict]], path: str | Path | None = None):
     """Several runs' learning curves on one axis: validation J&F against the training frames seen
     (``learning_curve`` of each run's metrics.json history; the epoch ends where a run validated
-    once per epoch)."""
+    once per epoch). Fifteen runs get fifteen colours (matplotlib's ten, then five dark ones); past
+    that the colours repeat, dashed."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
-    for label, history in curves.items():
+    colours = [f"C{i}" for i in range(10)] + ["black", "darkred", "darkgreen", "navy", "darkgoldenrod"]
+    for index, (label, history) in enumerate(curves.items()):
         points = _validation_points(history)
-        ax.plot([p["frames_seen"] for p in points], [p["JF"] for p in points], ".-", label=label)
+        ax.plot([p["frames_seen"] for p in points], [p["JF"] for p in points], marker=".",
+                color=colours[index % len(colours)], linestyle="-" if index < len(colours) else "--", label=label)
     ax.set_xlabel("training frames seen")
     ax.set_ylabel("validation J&F")
     ax.set_ylim(bottom=0)
