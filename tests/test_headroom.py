@@ -372,6 +372,18 @@ def test_learning_curve_and_late_gain():
     assert late_gain(history[:1][:0]) is None
 
 
+def test_unpaired_difference_adds_the_variances_of_two_independent_means():
+    from avs_lib.analysis.stats import unpaired_difference
+
+    # intervals of half-width 1.96 are sd 1 each: the difference has sd sqrt(2)
+    delta, low, high = unpaired_difference((0.0, (-1.96, 1.96)), (3.0, (1.04, 4.96)))
+    assert delta == pytest.approx(3.0)
+    assert (low, high) == pytest.approx((3.0 - 1.96 * 2 ** 0.5, 3.0 + 1.96 * 2 ** 0.5))
+    # a run set against itself differs by nothing, with an interval wider than a paired one's [0, 0]
+    delta, low, high = unpaired_difference((0.5, (0.4, 0.6)), (0.5, (0.4, 0.6)))
+    assert delta == 0 and low < -0.1 and high > 0.1
+
+
 def test_compared_learning_curves_tell_sixteen_runs_apart(tmp_path):
     from matplotlib.colors import to_rgba
 

@@ -5,6 +5,8 @@
   frames, are the independent units. ``bootstrap_ci`` (a mean over frames) and the within-frame AUC
   (``avs_lib.analysis.inspect.within_frame_auc``: wins over pairs) both use it.
 * ``t_interval``: the Student-t interval of a mean over a few seeds (the ablation's tables).
+* ``unpaired_difference``: the difference of two runs' means when only their intervals are left (no
+  per-frame scores to pair), each interval read as a normal one.
 """
 from __future__ import annotations
 
@@ -43,3 +45,15 @@ def t_interval(values) -> tuple[float, float, float, float]:
     std = float(values.std(ddof=1))
     half = float(stats.t.ppf(0.975, len(values) - 1)) * std / np.sqrt(len(values))
     return mean, std, mean - half, mean + half
+
+
+def unpaired_difference(first: tuple[float, tuple[float, float]], second: tuple[float, tuple[float, float]]
+                        ) -> tuple[float, float, float]:
+    """(delta, low, high): second's mean minus first's, each given as (mean, (low, high)) with its 95 %
+    interval, and the 95 % interval of the difference with the two taken as independent and each
+    interval as mean +- 1.96 sd. Wider than a paired interval on the same frames, which is to be
+    preferred (``avs compare``) where both runs' per-frame scores exist."""
+    (mean_a, (low_a, high_a)), (mean_b, (low_b, high_b)) = first, second
+    sd = float(np.hypot((high_a - low_a) / (2 * 1.96), (high_b - low_b) / (2 * 1.96)))
+    delta = mean_b - mean_a
+    return delta, delta - 1.96 * sd, delta + 1.96 * sd
