@@ -147,6 +147,43 @@ def test_pointing_shares_a_hit_among_cells_tied_at_the_peak():
     assert pointing_accuracy(cache, frames, source_size=16)["stage 1"] == pytest.approx((0.5 + 1) / 2)
 
 
+def test_pointing_reach_is_what_a_perfect_map_could_hit():
+    import pytest
+    import torch
+
+    from avs_lib.analysis.inspect import pointing_accuracy, pointing_reach
+    from avs_lib.models.hooks import ActivationCache
+
+    frames = _one_frame_with_sources()
+    frames.masks[0, 4:8, 4:8] = 0
+    frames.masks[0, 4, 4:8] = 1  # class 5 sounds in one row of its box only
+    # a 2x2 grid reads its peaks at pixels (2, 2), (2, 6), (6, 2), (6, 6) of the 8 px frame: class 2's
+    # object holds (2, 2), class 5's row holds none; an 8x8 grid reads every pixel
+    cache = ActivationCache({"derivation.classes": torch.tensor([[2, 9]]),
+                             "stage1.block0.cross_attn.pattern": torch.rand(1, 1, 4, 2),
+                             "stage2.block0.cross_attn.pattern": torch.rand(1, 1, 64, 2)})
+    cache.stage_hw = {1: (2, 2), 2: (8, 8)}
+    reach = pointing_reach(cache, frames, source_size=16)
+    assert reach["objects"] == 2 and reach["derived"] == 0.5
+    assert reach["geometry"] == {"stage 1": 0.5, "stage 2": 1.0}
+    assert reach["stage 1"] == 0.5 and reach["stage 2"] == 0.5  # class 5 has no token either way
+    cache["derivation.classes"] = torch.tensor([[2, 5]])
+    reach = pointing_reach(cache, frames, source_size=16)
+    assert reach["stage 1"] == 0.5 and reach["stage 2"] == 1.0
+    # no map scores above its stage's reach; the map peaking on each object's row scores it
+    for seed in range(20):
+        generator = torch.Generator().manual_seed(seed)
+        for stage, cells in ((1, 4), (2, 64)):
+            cache[f"stage{stage}.block0.cross_attn.pattern"] = torch.rand(1, 1, cells, 2, generator=generator)
+        pointing = pointing_accuracy(cache, frames, source_size=16)
+        assert all(pointing[f"stage {s}"] <= reach[f"stage {s}"] + 1e-9 for s in (1, 2))
+    best = torch.zeros(1, 1, 64, 2)
+    best[0, 0, 0, 0] = 1.0  # pixel (0, 0): class 2's object
+    best[0, 0, 4 * 8 + 5, 1] = 1.0  # pixel (4, 5): class 5's row
+    cache["stage2.block0.cross_attn.pattern"] = best
+    assert pointing_accuracy(cache, frames, source_size=16)["stage 2"] == pytest.approx(reach["stage 2"])
+
+
 def test_peak_places_say_where_each_miss_lands():
     import pytest
     import torch

@@ -255,13 +255,18 @@ def _objects_and_tokens(classes: torch.Tensor, frames: FrameSet, source_size: in
             yield index, c, region, (int(tokens[0]) if len(tokens) else None)
 
 
+def _cell_centre(cell: int, grid: tuple[int, int], side: tuple[int, int]) -> tuple[int, int]:
+    """The pixel (y, x) of a [S, S] frame at the centre of cell ``cell`` (row-major) of an h x w grid:
+    where a peak in that cell is read."""
+    (h, w), (rows, cols) = grid, side
+    return min(rows - 1, int((cell // w + 0.5) * rows / h)), min(cols - 1, int((cell % w + 0.5) * cols / w))
+
+
 def _peak_pixels(column: torch.Tensor, grid: tuple[int, int], side: tuple[int, int]) -> list[tuple[int, int]]:
     """The pixels (y, x) of a [S, S] frame at the centres of the cells where a map [h*w] peaks: all
     cells tied at the peak (a flat map, or audio queries' weights saturated at 1), so a caller can
     share a hit among them as a peak drawn at random among them would (argmax alone picks the first)."""
-    (h, w), (rows, cols) = grid, side
-    return [(min(rows - 1, int((peak // w + 0.5) * rows / h)), min(cols - 1, int((peak % w + 0.5) * cols / w)))
-            for peak in (column == column.max()).nonzero().flatten().tolist()]
+    return [_cell_centre(peak, grid, side) for peak in (column == column.max()).nonzero().flatten().tolist()]
 
 
 PEAK_PLACES = ("own object", "another sounding object", "a sounding object's box, off its mask",
@@ -325,6 +330,37 @@ def peak_places(source, frames: FrameSet, source_size: int) -> dict:
                 counts[f"stage {stage}"][PEAK_PLACES[int(places[y, x])]] += 1 / len(pixels)
     share = lambda count: {k: v / max(1, objects) for k, v in count.items()}  # noqa: E731
     return {**{stage: share(count) for stage, count in counts.items()}, "chance": share(area), "objects": objects}
+
+
+def pointing_reach(source, frames: FrameSet, source_size: int) -> dict:
+    """The most ``pointing_accuracy`` could read at each stage: the share of the objects sounding on
+    screen that a perfect map could hit. A peak is read at its cell's centre, so an object none of
+    whose cells has its centre on the object's mask (small or thin against a coarse grid) cannot be
+    hit at that stage by any map, and an object whose class no token was derived for is a miss
+    whatever the maps. Returns {"stage s": the share of objects with a token of their class and a
+    cell centre on their mask, "geometry": {"stage s": the share with a cell centre on their mask,
+    tokens aside}, "derived": as ``pointing_accuracy``'s, "objects": n}. Read a stage's pointing
+    against its reach, not against 1: the gap between them is the maps', the gap above the reach
+    is the grid's and the derivation's."""
+    cache, maps = _last_fusion_maps(source, frames)
+    reach, geometry = dict.fromkeys(maps, 0), dict.fromkeys(maps, 0)
+    objects = derived = 0
+    side = tuple(frames.masks.shape[-2:])
+    centres = {}  # stage -> ([h*w] rows, [h*w] cols) of the cells' centre pixels
+    for stage in maps:
+        h, w = cache.hw(stage)
+        centres[stage] = tuple(torch.tensor(axis) for axis in zip(*(_cell_centre(cell, (h, w), side) for cell in range(h * w))))
+    for _, _, region, token in _objects_and_tokens(cache["derivation.classes"], frames, source_size):
+        objects += 1
+        derived += token is not None
+        for stage in maps:
+            hittable = bool(region[centres[stage]].any())
+            geometry[stage] += hittable
+            reach[stage] += hittable and token is not None
+    share = lambda count: count / max(1, objects)  # noqa: E731
+    return {**{f"stage {s}": share(n) for s, n in reach.items()},
+            "geometry": {f"stage {s}": share(n) for s, n in geometry.items()},
+            "derived": share(derived), "objects": objects}
 
 
 def pointing_accuracy(source, frames: FrameSet, source_size: int) -> dict:

@@ -1,5 +1,6 @@
 """One trained run's attention, read as notebook 05 reads it, into OUT_DIR: ``pointing.json`` (the
-pointing accuracy per stage with its chance, where the peaks that miss land (``peak_places``), the
+pointing accuracy per stage with its chance and its reach (the most any map could score on the
+stage's grid, ``pointing_reach``), where the peaks that miss land (``peak_places``), the
 attention's anatomy around each sounding object, and test J&F with the attention spread over the
 frame or zeroed, ``attention_interventions``),
 ``anatomy.png`` and ``maps.png`` (four test frames' masks and each token's map at the stage that
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 
 from avs_lib.analysis.evaluation import attention_interventions
-from avs_lib.analysis.inspect import attention_anatomy, peak_places, pointing_accuracy
+from avs_lib.analysis.inspect import attention_anatomy, peak_places, pointing_accuracy, pointing_reach
 from avs_lib.data.datasets import world_frame_size
 from avs_lib.models.hooks import run_with_cache
 from avs_lib.training.predict import load_trained
@@ -25,12 +26,13 @@ size = world_frame_size(config.data_root)
 cache = run_with_cache(model, test, names=["derivation.classes", "stage*.block*.cross_attn.pattern", "logits"], strict=False)
 result = {"run": str(run), "fusion_query": model.config.fusion_query,
           "pointing": pointing_accuracy(cache, test, size),
+          "reach": pointing_reach(cache, test, size),
           "places": peak_places(cache, test, size),
           "anatomy": attention_anatomy(cache, test, size, queries=model.config.fusion_query),
           "interventions": [{k: r[k] for k in ("intervention", "JF", "ci95")}
                             for r in attention_interventions(model, test, config)]}
 (out / "pointing.json").write_text(json.dumps(result, indent=1) + "\n")
-print(json.dumps({"pointing": result["pointing"], "interventions": result["interventions"]}))
+print(json.dumps({"pointing": result["pointing"], "reach": result["reach"], "interventions": result["interventions"]}))
 
 attention_anatomy_figure(result["anatomy"], out / "anatomy.png")
 pointing = result["pointing"]
