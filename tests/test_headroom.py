@@ -181,7 +181,33 @@ def test_pointing_reach_is_what_a_perfect_map_could_hit():
     best[0, 0, 0, 0] = 1.0  # pixel (0, 0): class 2's object
     best[0, 0, 4 * 8 + 5, 1] = 1.0  # pixel (4, 5): class 5's row
     cache["stage2.block0.cross_attn.pattern"] = best
-    assert pointing_accuracy(cache, frames, source_size=16)["stage 2"] == pytest.approx(reach["stage 2"])
+    coarse = torch.zeros(1, 1, 4, 2)
+    coarse[0, 0, 0, 0] = 1.0  # cell (0, 0), centre (2, 2): class 2's object; class 5's row holds no centre
+    coarse[0, 0, 3, 1] = 1.0
+    cache["stage1.block0.cross_attn.pattern"] = coarse
+    pointing = pointing_accuracy(cache, frames, source_size=16)
+    assert pointing["stage 2"] == pytest.approx(reach["stage 2"])
+    assert pointing["stage 1"] == pytest.approx(reach["stage 1"])
+
+
+def test_pointing_reach_reads_cell_centres_not_cell_majorities():
+    import torch
+
+    from avs_lib.analysis.inspect import pointing_reach
+    from avs_lib.models.hooks import ActivationCache
+
+    # a 4x4 grid of 2x2-pixel cells on the 8 px frame reads its peaks at pixels 1, 3, 5, 7 of each axis
+    frames = _one_frame_with_sources()
+    frames.masks.zero_()
+    frames.masks[0, 1, 1] = 1  # class 2: a quarter of cell (0, 0), its centre pixel
+    frames.masks[0, 4, 4] = frames.masks[0, 4, 5] = frames.masks[0, 5, 4] = 1  # class 5: 3/4 of cell (2, 2), not (5, 5)
+    # class 5 has no token, so the reach counts class 2 alone: a centre rule gives it, a rule of
+    # majorities would count class 5's cell instead and leave nothing with a token
+    cache = ActivationCache({"derivation.classes": torch.tensor([[2, 9]]),
+                             "stage1.block0.cross_attn.pattern": torch.rand(1, 1, 16, 2)})
+    cache.stage_hw = {1: (4, 4)}
+    reach = pointing_reach(cache, frames, source_size=16)
+    assert reach["geometry"] == {"stage 1": 0.5} and reach["stage 1"] == 0.5
 
 
 def test_peak_places_say_where_each_miss_lands():

@@ -4,7 +4,8 @@
 (``summarise_run.py``) or ``pointing.json`` (``figures/attention_pointing/measure_pointing.py``:
 its "as trained" reading).
 
-python figures/decoder_pixel/unpaired_difference.py FIRST/errors.json SECOND/errors.json   (from the repository root)"""
+python figures/decoder_pixel/unpaired_difference.py FIRST.json SECOND.json   (from the repository root; each an
+errors.json or a pointing.json)"""
 import json
 import sys
 from pathlib import Path
@@ -12,12 +13,11 @@ from pathlib import Path
 from avs_lib.analysis.stats import unpaired_difference
 
 
-
 def reading_of(path: str) -> dict:
     """{"JF", "ci95"} of a run's test split, from either file."""
     data = json.loads(Path(path).read_text())
     if "interventions" in data:  # pointing.json
-        data = next(r for r in data["interventions"] if r["intervention"] == "as trained")
+        data = next((r for r in data["interventions"] if r["intervention"] == "as trained"), {})
     if "JF" not in data or "ci95" not in data:
         sys.exit(f"{path}: no test J&F with its interval; give an errors.json or a pointing.json")
     return data
